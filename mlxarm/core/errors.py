@@ -1,0 +1,10 @@
+"""Error types shared by the API layer.
+
+MLX raises ValueError or RuntimeError for dtype misuse (ValueError for a float-only op given a complex
+input, RuntimeError for bitwise ops on floats) where Python convention and our contract say TypeError:
+DtypeError is all three, so code written against either convention catches it.
+"""
+
+
+class DtypeError(TypeError, ValueError, RuntimeError):
+    pass
