@@ -146,8 +146,19 @@ def to_array(v, dtype=None) -> array:
     return realized_from_value(v, dtype)
 
 
+_SCALAR_CACHE: dict = {}
+
+
 def weak_scalar(v, like: "dt.Dtype") -> array:
-    """A Python scalar beside an array of dtype ``like`` takes that dtype where MLX says it does."""
+    """A Python scalar beside an array of dtype ``like`` takes that dtype where MLX says it does.
+
+    Scalar arrays are immutable inputs of the nodes that use them, so the common ones (``x * 0.5``)
+    are made once and shared. Zero is not cached: 0.0 and -0.0 compare equal as keys.
+    """
+    key = (type(v), v, like.index)
+    hit = _SCALAR_CACHE.get(key)
+    if hit is not None:
+        return hit
     if isinstance(v, bool):
         d = like
     elif isinstance(v, int):
@@ -158,7 +169,10 @@ def weak_scalar(v, like: "dt.Dtype") -> array:
         d = dt.complex64
     else:
         return to_array(v)
-    return make_realized(numpy_to_storage(np.asarray(v), d), d, current_stream())
+    out = make_realized(numpy_to_storage(np.asarray(v), d), d, current_stream())
+    if v and v == v and len(_SCALAR_CACHE) < 4096:
+        _SCALAR_CACHE[key] = out
+    return out
 
 
 def _is_py_scalar(v) -> bool:

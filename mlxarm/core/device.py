@@ -72,12 +72,14 @@ def gpu_available() -> bool:
 
 class _State(threading.local):
     def __init__(self):
-        self.device = None  # per-thread override
+        self.device = None  # per-thread override (inside ``with mx.stream(...)``)
         self.stream = None
 
 
 _state = _State()
-_global = {"device": None}
+# The process-wide default device and its default stream; ``current_stream`` is on every op's path,
+# so the stream is cached here rather than looked up.
+_global = {"device": None, "stream": None}
 _streams: dict = {}
 _stream_lock = threading.Lock()
 
@@ -111,6 +113,7 @@ def set_default_device(device) -> None:
     d = _as_device(device)
     _check_device(d)
     _global["device"] = d
+    _global["stream"] = default_stream(d)
     _state.device = None
     _state.stream = None
 
@@ -138,9 +141,13 @@ def set_default_stream(stream: Stream) -> None:
 
 
 def current_stream() -> Stream:
-    if _state.stream is not None:
-        return _state.stream
-    return default_stream(default_device())
+    s = _state.stream
+    if s is not None:
+        return s
+    s = _global["stream"]
+    if s is None:
+        s = _global["stream"] = default_stream(default_device())
+    return s
 
 
 def resolve_stream(s) -> Stream:

@@ -21,8 +21,10 @@ def fmt_shape(shape) -> str:
 def broadcast_shapes(*shapes, op="broadcast_shapes"):
     if len(shapes) == 2:
         a, b = shapes
-        if a == b:
+        if a == b or not b:
             return a
+        if not a:
+            return b
     ndim = max(len(s) for s in shapes)
     out = []
     for i in range(-ndim, 0):

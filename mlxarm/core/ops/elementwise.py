@@ -57,7 +57,8 @@ def copy(a, stream=None):
 
 def _erf(x):
     f = np.frompyfunc(math.erf, 1, 1)
-    return f(np.asarray(x, dtype=np.float64)).astype(np.float64)
+    # frompyfunc hands back a Python float for 0-d input: asarray keeps it an array.
+    return np.asarray(f(np.asarray(x, dtype=np.float64)), dtype=np.float64)
 
 
 def _erfinv(y):

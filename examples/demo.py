@@ -1,0 +1,24 @@
+"""Build a lazy graph, evaluate it, and say what ran it.
+
+    python examples/demo.py
+"""
+import mlxarm.core as mx
+
+
+def main():
+    mx.random.seed(0)
+    x = mx.random.normal((4, 8))
+    w = mx.arange(8 * 3, dtype=mx.float32).reshape(8, 3) / 24.0
+    logits = mx.tanh(x @ w + 0.5)
+    probs = mx.softmax(logits, axis=-1)
+    total = probs.sum(axis=-1)
+    print("recorded a lazy graph; nothing computed yet:", probs._data is None)
+    mx.eval(probs, total)
+    print("probs =", probs)
+    print("row sums =", total)
+    info = mx.device_info()
+    print(f"evaluated by the {info['executor']} executor on {mx.default_device()}")
+
+
+if __name__ == "__main__":
+    main()
