@@ -7,6 +7,9 @@ computes anything itself.
 """
 from __future__ import annotations
 
+import gc
+import sys
+
 import numpy as np
 
 from . import dtypes as dt
@@ -161,15 +164,33 @@ class array:
         return _ops.copy(self)
 
     # --- overwriting in place (setitem and the in-place operators) -------------------------------
-    def _overwrite(self, other: "array") -> "array":
-        """Make this Python object the node ``other`` (MLX's overwrite_descriptor)."""
+    def _overwrite(self, other: "array", old: "array") -> "array":
+        """Make this Python object the node ``other`` (MLX's overwrite_descriptor).
+
+        Every Python reference to this array sees the new value, but nodes already recorded on it
+        keep the value they were recorded with (``old``, a snapshot): they are re-pointed at it.
+        Consumers are found through the garbage collector's referrer lists rather than back-pointers
+        kept on every node, so recording stays cheap and only the rare in-place update pays.
+        """
         if other._shape != self._shape:
             raise ValueError(
                 f"Cannot broadcast the result of shape {other._shape} to the in-place target "
                 f"of shape {self._shape}.")
+        # References: the caller's name, the interpreter stack of the statement, the frame of
+        # __setitem__ (or the in-place operator), this frame, getrefcount's argument. More than
+        # that may be recorded consumers (or just aliases): only then search.
+        if sys.getrefcount(self) > _OVERWRITE_BASE_REFS:
+            self._repoint_consumers(old)
         self._prim, self._inputs, self._params = other._prim, other._inputs, other._params
         self._dtype, self._data, self._stream = other._dtype, other._data, other._stream
         return self
+
+    def _repoint_consumers(self, old: "array") -> None:
+        for ref in gc.get_referrers(self):
+            if type(ref) is tuple:
+                for holder in gc.get_referrers(ref):
+                    if type(holder) is array and holder._inputs is ref:
+                        holder._inputs = tuple(old if x is self else x for x in ref)
 
     def _snapshot(self) -> "array":
         """A new node with this one's current contents (the old value, before an overwrite)."""
@@ -182,7 +203,8 @@ class array:
         return _ops._getitem(self, idx)
 
     def __setitem__(self, idx, value):
-        self._overwrite(_ops._setitem(self._snapshot(), idx, value))
+        old = self._snapshot()
+        self._overwrite(_ops._setitem(old, idx, value), old)
 
     @property
     def at(self):
@@ -228,6 +250,7 @@ class array:
 
 
 _new = object.__new__
+_OVERWRITE_BASE_REFS = 5
 
 
 def make_node(prim, inputs, params, shape, dtype, stream) -> array:
@@ -271,12 +294,13 @@ def _binary(name, reflected=False):
 
 def _inplace(name):
     def op(self, other):
-        res = getattr(_ops, name)(self._snapshot(), other)
+        old = self._snapshot()
+        res = getattr(_ops, name)(old, other)
         if res._dtype is not self._dtype:
             res = _ops.astype(res, self._dtype)
         if res._shape != self._shape:
             res = _ops.broadcast_to(res, self._shape)
-        return self._overwrite(res)
+        return self._overwrite(res, old)
     return op
 
 

@@ -14,6 +14,8 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 def _infer_list_dtype(flat) -> "dt.Dtype":
+    if not flat:
+        return dt.float32  # MLX: an empty list is float32
     kind = "b"
     big = False
     for v in flat:

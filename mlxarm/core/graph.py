@@ -10,33 +10,11 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+from ..codegen.schedule import toposort
 from .array import array
 
 _LOCK = threading.RLock()
 _async_pool = None
-
-
-def toposort(outputs) -> list:
-    """Unrealized nodes reachable from ``outputs``, producers before consumers (iterative DFS)."""
-    order = []
-    done = set()
-    stack = [o for o in outputs if o._data is None]
-    while stack:
-        node = stack[-1]
-        key = id(node)
-        if key in done:
-            stack.pop()
-            continue
-        pending = False
-        for i in node._inputs:
-            if i._data is None and id(i) not in done:
-                stack.append(i)
-                pending = True
-        if not pending:
-            stack.pop()
-            done.add(key)
-            order.append(node)
-    return order
 
 
 def _flatten(args, out):
