@@ -274,7 +274,8 @@ class iinfo:
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     """uint16 bfloat16 bit patterns to float32 values (exact)."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    # asarray: a 0-d input would otherwise come back as a numpy scalar.
+    return np.asarray((np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16)).view(np.float32)
 
 
 def f32_to_bf16(x: np.ndarray) -> np.ndarray:

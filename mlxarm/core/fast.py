@@ -1,1 +1,269 @@
-"""(being written)"""
+"""``mlx.core.fast``: fused kernels (rms_norm, layer_norm, rope, scaled_dot_product_attention).
+
+Each is one primitive whose numpy reference computes in float32 for half types (as MLX's kernels
+accumulate) and rounds once into the input's dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes as dt
+from .ops._base import (DtypeError, Primitive, api, broadcast_shapes, cast, fmt_shape, make_node,
+                        register, resolve_stream, to_array)
+from .ops.linalg import sample as _sample
+
+_FLOATS = (dt.float16, dt.bfloat16, dt.float32, dt.float64)
+
+
+def _f32(x):
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+def _only_floats(make):
+    return lambda rng, d: make(rng, d) if d in (dt.float16, dt.bfloat16, dt.float32) else []
+
+
+def _check_float(op, *xs):
+    for x in xs:
+        if x is not None and x._dtype not in _FLOATS:
+            raise DtypeError(f"[{op}] Received unsupported type {x._dtype.name}.")
+
+
+# --- normalization -----------------------------------------------------------------------------------
+
+def _rms_norm_ref(p, x, *w):
+    x = _f32(x)
+    r = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + p["eps"])
+    return r * _f32(w[0]) if w else r
+
+
+RMS_NORM = register(Primitive(
+    "rms_norm", "kernel", _rms_norm_ref, dtypes=_FLOATS, doc="x / sqrt(mean(x^2) + eps) * weight.",
+    extra={"cases": _only_floats(lambda rng, d: [
+        ("fast.rms_norm", (_sample(rng, d, (2, 3, 8)), _sample(rng, d, (8,)), 1e-5), {}),
+        ("fast.rms_norm", (_sample(rng, d, (4, 16)), None, 1e-3), {})])}))
+
+
+@api(primitive="rms_norm", module="fast")
+def rms_norm(x, weight, eps: float, *, stream=None):
+    x = to_array(x)
+    ins = (x,)
+    _check_float("rms_norm", x)
+    if weight is not None:
+        weight = to_array(weight)
+        if weight.ndim != 1:
+            raise ValueError(f"[rms_norm] weight must have 1 dimension but has {weight.ndim} dimensions.")
+        if weight._shape[0] != x._shape[-1]:
+            raise ValueError(f"[rms_norm] weight must have the same size as the last dimension of x but "
+                             f"has {weight._shape[0]} elements.")
+        ins += (cast(weight, x._dtype, stream),)
+    if x.ndim == 0:
+        raise ValueError(f"[rms_norm] Input must have at least 1 dimension but got input with "
+                         f"{x.ndim} dimensions.")
+    return make_node(RMS_NORM, ins, {"eps": float(eps)}, x._shape, x._dtype, resolve_stream(stream))
+
+
+def _layer_norm_ref(p, x, *wb):
+    x = _f32(x)
+    mean = np.mean(x, axis=-1, keepdims=True)
+    var = np.mean((x - mean) ** 2, axis=-1, keepdims=True)
+    r = (x - mean) / np.sqrt(var + p["eps"])
+    wb = list(wb)
+    if p["weight"]:
+        r = r * _f32(wb.pop(0))
+    if p["bias"]:
+        r = r + _f32(wb.pop(0))
+    return r
+
+
+LAYER_NORM = register(Primitive(
+    "layer_norm", "kernel", _layer_norm_ref, dtypes=_FLOATS,
+    doc="(x - mean) / sqrt(var + eps) * weight + bias over the last axis.",
+    extra={"cases": _only_floats(lambda rng, d: [
+        ("fast.layer_norm", (_sample(rng, d, (2, 3, 8)), _sample(rng, d, (8,)), _sample(rng, d, (8,)), 1e-5), {}),
+        ("fast.layer_norm", (_sample(rng, d, (4, 16)), None, _sample(rng, d, (16,)), 1e-3), {}),
+        ("fast.layer_norm", (_sample(rng, d, (4, 16)), None, None, 1e-5), {})])}))
+
+
+@api(primitive="layer_norm", module="fast")
+def layer_norm(x, weight, bias, eps: float, *, stream=None):
+    x = to_array(x)
+    _check_float("layer_norm", x)
+    if x.ndim == 0:
+        raise ValueError(f"[layer_norm] Input must have at least 1 dimension but got input with "
+                         f"{x.ndim} dimensions.")
+    ins = (x,)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        t = to_array(t)
+        if t.ndim != 1:
+            raise ValueError(f"[layer_norm] {name} must have 1 dimension but has {t.ndim} dimensions.")
+        if t._shape[0] != x._shape[-1]:
+            raise ValueError(f"[layer_norm] {name} must have the same size as the last dimension of x "
+                             f"but has {t._shape[0]} elements.")
+        ins += (cast(t, x._dtype, stream),)
+    params = {"eps": float(eps), "weight": weight is not None, "bias": bias is not None}
+    return make_node(LAYER_NORM, ins, params, x._shape, x._dtype, resolve_stream(stream))
+
+
+# --- rotary embeddings -----------------------------------------------------------------------------
+
+def _rope_ref(p, x, *extra):
+    extra = list(extra)
+    offset = extra.pop(0)
+    freqs = extra.pop(0) if p["freqs"] else None
+    dims, half = p["dims"], p["dims"] // 2
+    xf = x if x.dtype == np.float64 else x.astype(np.float32)
+    seq = x.shape[-2]
+    if freqs is None:
+        inv_freq = np.power(np.float32(p["base"]), -np.arange(half, dtype=np.float32) * 2 / dims)
+    else:
+        inv_freq = 1 / freqs.astype(np.float32)
+    positions = np.arange(seq, dtype=np.float32)[:, None]
+    off = np.asarray(offset, dtype=np.float32)
+    if off.ndim:  # one starting position per batch element
+        off = off.reshape((-1,) + (1,) * (x.ndim - 2))
+    pos = (positions + off) * np.float32(p["scale"])
+    theta = pos * inv_freq
+    cos, sin = np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+    out = xf.copy()
+    if p["traditional"]:
+        a, b = xf[..., 0:dims:2], xf[..., 1:dims:2]
+        out[..., 0:dims:2] = a * cos - b * sin
+        out[..., 1:dims:2] = a * sin + b * cos
+    else:
+        a, b = xf[..., :half], xf[..., half:dims]
+        out[..., :half] = a * cos - b * sin
+        out[..., half:dims] = a * sin + b * cos
+    return out
+
+
+def _rope_cases(rng, d):
+    return [
+        ("fast.rope", (_sample(rng, d, (2, 3, 5, 8)), 8),
+         {"traditional": False, "base": 10000.0, "scale": 1.0, "offset": 0}),
+        ("fast.rope", (_sample(rng, d, (2, 5, 8)), 8),
+         {"traditional": True, "base": 10000.0, "scale": 0.5, "offset": 3}),
+        ("fast.rope", (_sample(rng, d, (1, 4, 16)), 8),
+         {"traditional": False, "base": 500.0, "scale": 1.0, "offset": 2}),
+        ("fast.rope", (_sample(rng, d, (1, 4, 8)), 8),
+         {"traditional": False, "base": None, "scale": 1.0, "offset": 1,
+          "freqs": np.abs(np.asarray(rng.uniform(1, 100, (4,)), dtype=np.float64)).astype(np.float32)}),
+    ]
+
+
+ROPE = register(Primitive("rope", "kernel", _rope_ref, dtypes=_FLOATS,
+                          doc="Rotary positional embedding over the first `dims` features.",
+                          extra={"cases": _only_floats(_rope_cases)}))
+
+
+@api(primitive="rope", module="fast")
+def rope(a, dims: int, *, traditional: bool, base, scale: float, offset, freqs=None, stream=None):
+    a = to_array(a)
+    _check_float("rope", a)
+    if a.ndim < 3:
+        raise ValueError(f"[rope] Input must have at least 3 dimensions but got input with {a.ndim} "
+                         "dimensions.")
+    if dims % 2:
+        raise ValueError(f"[rope] dims must be a multiple of 2 but got {dims}.")
+    if dims > a._shape[-1]:
+        raise ValueError(f"[rope] dims ({dims}) must be at most the size of the last dimension "
+                         f"({a._shape[-1]}).")
+    if (base is None) == (freqs is None):
+        raise ValueError("[rope] Only one of base or freqs can have a value.")
+    off = to_array(offset) if not isinstance(offset, int) else to_array(offset, dt.int32)
+    if off._dtype.kind not in "iu":
+        raise ValueError(f"[rope] offset must be an integer but got type {off._dtype.name}.")
+    if off.ndim > 1:
+        raise ValueError(f"[rope] offset must be a scalar or vector but has {off.ndim} dimensions.")
+    ins = (a, off)
+    if freqs is not None:
+        freqs = to_array(freqs)
+        if freqs.ndim != 1 or freqs._shape[0] != dims // 2:
+            raise ValueError(f"[rope] freqs must be one dimensional with size {dims // 2} but got shape "
+                             f"{fmt_shape(freqs._shape)}.")
+        ins += (cast(freqs, dt.float32, stream),)
+    params = {"dims": int(dims), "traditional": bool(traditional),
+              "base": None if base is None else float(base), "scale": float(scale),
+              "freqs": freqs is not None}
+    return make_node(ROPE, ins, params, a._shape, a._dtype, resolve_stream(stream))
+
+
+# --- attention ------------------------------------------------------------------------------------
+
+def _sdpa_ref(p, q, k, v, *mask):
+    q, k, v = (x.astype(np.float32) if x.dtype == np.float16 else x for x in (q, k, v))
+    hq, hk = q.shape[-3], k.shape[-3]
+    if hq != hk:
+        k = np.repeat(k, hq // hk, axis=-3)
+        v = np.repeat(v, hq // hk, axis=-3)
+    scores = (q * p["scale"]) @ np.swapaxes(k, -1, -2)
+    L, S = scores.shape[-2:]
+    if p["mask"] == "causal":
+        keep = np.arange(S)[None, :] <= np.arange(L)[:, None] + (S - L)
+        scores = np.where(keep, scores, -np.inf)
+    elif p["mask"] == "array":
+        m = mask[0]
+        scores = np.where(m, scores, -np.inf) if m.dtype == np.bool_ else scores + _f32(m)
+    scores = scores - np.max(scores, axis=-1, keepdims=True)
+    w = np.exp(scores)
+    w = w / np.sum(w, axis=-1, keepdims=True)
+    return w @ v
+
+
+def _sdpa_cases(rng, d):
+    q = _sample(rng, d, (2, 4, 5, 8))
+    k = _sample(rng, d, (2, 2, 7, 8))
+    v = _sample(rng, d, (2, 2, 7, 8))
+    return [
+        ("fast.scaled_dot_product_attention", (q, k, v), {"scale": 8 ** -0.5}),
+        ("fast.scaled_dot_product_attention", (q, k, v), {"scale": 0.3, "mask": "causal"}),
+        ("fast.scaled_dot_product_attention", (q, k, v),
+         {"scale": 0.3, "mask": np.asarray(rng.random((5, 7)) < 0.8) | np.eye(5, 7, dtype=bool)}),
+        ("fast.scaled_dot_product_attention", (q, _sample(rng, d, (2, 4, 7, 8)), _sample(rng, d, (2, 4, 7, 8))),
+         {"scale": 0.3, "mask": _sample(rng, d, (1, 4, 5, 7))}),
+    ]
+
+
+SDPA = register(Primitive("scaled_dot_product_attention", "kernel", _sdpa_ref, dtypes=_FLOATS,
+                          doc="softmax(scale * q k^T + mask) v, with grouped key/value heads.",
+                          extra={"cases": _only_floats(_sdpa_cases)}))
+
+
+@api(primitive="scaled_dot_product_attention", module="fast")
+def scaled_dot_product_attention(q, k, v, *, scale: float, mask=None, sinks=None, stream=None):
+    q, k, v = to_array(q), to_array(k), to_array(v)
+    _check_float("scaled_dot_product_attention", q, k, v)
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"[scaled_dot_product_attention] queries, keys and values must be 4D, got "
+                         f"{fmt_shape(q._shape)}, {fmt_shape(k._shape)} and {fmt_shape(v._shape)}.")
+    if k._shape[1] != v._shape[1] or q._shape[1] % k._shape[1]:
+        raise ValueError(f"[scaled_dot_product_attention] The number of query heads ({q._shape[1]}) "
+                         f"must be a multiple of the number of key/value heads ({k._shape[1]}).")
+    if q._shape[-1] != k._shape[-1] or k._shape[-2] != v._shape[-2]:
+        raise ValueError(f"[scaled_dot_product_attention] Incompatible shapes: queries "
+                         f"{fmt_shape(q._shape)}, keys {fmt_shape(k._shape)}, values {fmt_shape(v._shape)}.")
+    if sinks is not None:
+        raise ValueError("[scaled_dot_product_attention] sinks are not supported.")
+    d = q._dtype
+    k, v = cast(k, d, stream), cast(v, d, stream)
+    B, H, L = q._shape[:3]
+    S = k._shape[2]
+    out_shape = broadcast_shapes((B,), (k._shape[0],)) + (H, L, v._shape[-1])
+    ins = (q, k, v)
+    if mask is None:
+        kind = None
+    elif isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"[scaled_dot_product_attention] Invalid mask_mode {mask}, must be 'causal' "
+                             "or an array.")
+        kind = "causal"
+    else:
+        m = to_array(mask)
+        broadcast_shapes(m._shape, out_shape[:-1] + (S,))
+        ins += (m if m._dtype is dt.bool_ else cast(m, d, stream),)
+        kind = "array"
+    params = {"scale": float(scale), "mask": kind}
+    return make_node(SDPA, ins, params, out_shape, d, resolve_stream(stream))
+
