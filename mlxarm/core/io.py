@@ -297,6 +297,8 @@ def _load_safetensors(buf: np.ndarray, label: str, stream):
     arrays, metadata = {}, {}
     for key, entry in header.items():
         if key == "__metadata__":
+            if entry is None:  # what MLX writes when there is no metadata
+                continue
             if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
                 r.fail("Invalid __metadata__ (must map strings to strings)")
             metadata.update(entry)
