@@ -24,6 +24,7 @@ from . import random  # noqa: E402
 from . import fast  # noqa: E402
 from . import linalg  # noqa: E402
 from . import io as _io  # noqa: E402,F401
+from . import metal, cuda  # noqa: E402
 globals().update(_public("io"))  # load, save, savez, ... (registered by io)
 from .typing import result_type, promote_types, can_cast  # noqa: E402
 
