@@ -29,7 +29,6 @@ class array:
     """An N-dimensional array, recorded lazily (MLX's ``mlx.core.array``)."""
 
     __slots__ = ("_prim", "_inputs", "_params", "_shape", "_dtype", "_data", "_stream", "__weakref__")
-    __array_priority__ = 1000  # numpy defers binary operators to us
 
     def __init__(self, val, dtype: Dtype | None = None):
         from .convert import realized_from_value
