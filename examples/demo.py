@@ -12,8 +12,8 @@ def main():
     logits = mx.tanh(x @ w + 0.5)
     probs = mx.softmax(logits, axis=-1)
     total = probs.sum(axis=-1)
-    print("recorded a lazy graph; nothing computed yet:", probs._data is None)
-    mx.eval(probs, total)
+    print(f"recorded a lazy graph for probs {probs.shape} and row sums {total.shape}")
+    mx.eval(probs, total)  # the whole graph is computed here
     print("probs =", probs)
     print("row sums =", total)
     info = mx.device_info()

@@ -11,12 +11,16 @@ import os
 from .numpy_executor import NumpyExecutor
 
 _EXECUTORS: dict = {}
-KNOWN = ("numpy",)
+KNOWN = ("numpy", "llvm")
 
 
 def _make(name: str):
     if name == "numpy":
         return NumpyExecutor()
+    if name == "llvm":
+        from .llvm import LLVMExecutor  # needs llvmlite, so only when asked for
+
+        return LLVMExecutor()
     raise ValueError(f"MLXARM_DEVICE={name!r} is not an executor this build knows (known: {', '.join(KNOWN)}).")
 
 

@@ -1,6 +1,10 @@
 """The numpy executor: interprets any graph through the registry's reference implementations.
 
 It is the oracle for every other backend and the one that runs with nothing but numpy installed.
+
+Memory is counted as MLX's allocator would count it with buffer donation: an elementwise node whose
+input buffer dies with it reuses that buffer in MLX, so the inputs are released before the new
+buffer is counted, and a chain of elementwise ops over a temporary never raises the peak.
 """
 from __future__ import annotations
 
@@ -11,6 +15,15 @@ import numpy as np
 from ..core import dtypes as dt
 from ..core.device import memory
 
+_ELEMENTWISE = frozenset(("unary", "binary", "ternary"))
+
+
+def _keeps_graph() -> bool:
+    """While a transform traces a function, realized nodes keep their inputs for the walk after."""
+    from ..core import transforms
+
+    return transforms.tracing_depth > 0
+
 
 class NumpyExecutor:
     name = "numpy"
@@ -20,6 +33,7 @@ class NumpyExecutor:
 
     def run(self, refs) -> None:
         bf16 = dt.bfloat16
+        keep_graph = _keeps_graph()
         for ref in refs:
             node = ref()
             if node is None or node._data is not None:
@@ -31,8 +45,10 @@ class NumpyExecutor:
                     out = prim.ref(node._params, *ins)
                 out = dt.to_storage(out, node._dtype)
             else:
+                ins = [i._data for i in node._inputs]
                 with np.errstate(all="ignore"):
-                    out = prim.ref(node._params, *[i._data for i in node._inputs])
+                    out = prim.ref(node._params, *ins)
+            del ins
             if not isinstance(out, np.ndarray):
                 out = np.asarray(out, dtype=node._dtype.np_storage)
             if out.shape != node._shape:
@@ -41,9 +57,14 @@ class NumpyExecutor:
             if out.dtype != node._dtype.np_storage:
                 raise RuntimeError(
                     f"[{prim.name}] reference produced dtype {out.dtype}, expected {node._dtype}")
-            if out.base is None:
+            node._data = out
+            # A new buffer, not a view and not an input handed back unchanged (already counted).
+            owns = out.base is None and not any(out is i._data for i in node._inputs)
+            if owns and not keep_graph and prim.kind in _ELEMENTWISE:
+                node._inputs = ()  # inputs dying here are freed first: MLX donates their buffer
+            if owns:
                 memory.alloc(out.nbytes)
                 weakref.finalize(out, memory.free, out.nbytes)  # lives as long as the buffer
-            node._data = out
-            node._inputs = ()
-            node._params = None
+            if not keep_graph:
+                node._inputs = ()
+                node._params = None

@@ -16,6 +16,7 @@ from .device import (Device, DeviceType, Stream, cpu, gpu, default_device, set_d
 from .graph import eval, async_eval, synchronize
 from .registry import public as _public
 from . import ops as _ops_pkg
+from . import transforms as _transforms  # noqa: F401  (registers grad, vjp, ...)
 
 _bind_ops(_ops_pkg)
 globals().update(_public("core"))
@@ -23,8 +24,11 @@ globals().update(_public("core"))
 from . import random  # noqa: E402
 from . import fast  # noqa: E402
 from . import linalg  # noqa: E402
+from . import vmap as _vmap, compile as _compile  # noqa: E402,F401  (batching rules need every op)
+from . import fft  # noqa: E402
 from . import io as _io  # noqa: E402,F401
 from . import metal, cuda  # noqa: E402
+globals().update(_public("core"))  # vmap, compile
 globals().update(_public("io"))  # load, save, savez, ... (registered by io)
 from .typing import result_type, promote_types, can_cast  # noqa: E402
 

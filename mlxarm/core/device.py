@@ -3,12 +3,22 @@
 A Device is (type, index); a Stream is (device, index). Every recorded node carries the stream it was
 recorded on; executors are chosen per device type. ``mx.cpu``/``mx.gpu`` are ``DeviceType`` members as
 in MLX. The memory figures count the bytes of realized buffers that are alive right now.
+
+Streams follow MLX's threading rules: the default device is process wide, but each thread has its own
+default stream per device. A stream made by ``new_stream`` belongs to the thread that made it
+(evaluating work queued on it from another thread, or after that thread's ``clear_streams``, is an
+error); ``new_thread_unsafe_stream`` streams and the default streams may be used from any thread; a
+``ThreadLocalStream`` stands for a separate stream in each thread that uses it.
 """
 from __future__ import annotations
 
-import contextlib
 import enum
+import os
+import platform
 import threading
+import weakref
+
+from .registry import api
 
 
 class DeviceType(enum.Enum):
@@ -54,13 +64,33 @@ class Stream:
         self.index = index
 
     def __eq__(self, other):
-        return isinstance(other, Stream) and self.device == other.device and self.index == other.index
+        return type(other) is Stream and self.device == other.device and self.index == other.index
 
     def __hash__(self):
         return hash((self.device, self.index))
 
     def __repr__(self):
         return f"Stream({self.device!r}, {self.index})"
+
+
+@api(name="ThreadLocalStream")
+class ThreadLocalStream:
+    """A stream that is a different ``Stream`` in each thread that uses it."""
+
+    __slots__ = ("device", "index")
+
+    def __init__(self, device: Device, index: int):
+        self.device = device
+        self.index = index
+
+    def __eq__(self, other):
+        return type(other) is ThreadLocalStream and self.device == other.device and self.index == other.index
+
+    def __hash__(self):
+        return hash((self.device, self.index))
+
+    def __repr__(self):
+        return f"ThreadLocalStream({self.device!r}, {self.index})"
 
 
 def gpu_available() -> bool:
@@ -70,18 +100,25 @@ def gpu_available() -> bool:
     return available_gpu_backend() is not None
 
 
-class _State(threading.local):
+class _ThreadState(threading.local):
     def __init__(self):
-        self.device = None  # per-thread override (inside ``with mx.stream(...)``)
-        self.stream = None
+        self.defaults = {}  # Device -> this thread's default stream on it
+        self.owned = set()  # indices of the thread-bound streams usable in this thread
+        self.local = {}  # ThreadLocalStream index -> this thread's stream for it
+        self.device = None  # override inside ``with mx.stream(...)``
+        self.current = None  # cache of the current stream, valid while ``epoch`` matches
+        self.epoch = -1
 
 
-_state = _State()
-# The process-wide default device and its default stream; ``current_stream`` is on every op's path,
-# so the stream is cached here rather than looked up.
-_global = {"device": None, "stream": None}
-_streams: dict = {}
-_stream_lock = threading.Lock()
+_tl = _ThreadState()
+_global_device = [None]
+# Bumped whenever the process-wide default device changes, invalidating every thread's cached stream.
+_epoch = [0]
+_lock = threading.Lock()
+_next_index = [0]
+_next_local_index = [0]
+# Indices of streams bound to the thread that made them (``new_stream``), and their devices.
+_bound: set = set()
 
 
 def _default_device_init() -> Device:
@@ -89,11 +126,13 @@ def _default_device_init() -> Device:
 
 
 def default_device() -> Device:
-    if _state.device is not None:
-        return _state.device
-    if _global["device"] is None:
-        _global["device"] = _default_device_init()
-    return _global["device"]
+    d = _tl.device
+    if d is not None:
+        return d
+    d = _global_device[0]
+    if d is None:
+        d = _global_device[0] = _default_device_init()
+    return d
 
 
 def _as_device(d) -> Device:
@@ -104,97 +143,215 @@ def _as_device(d) -> Device:
     raise TypeError(f"Expected a Device or DeviceType, got {type(d).__name__}.")
 
 
-def _check_device(d: Device):
+def _require_backend(d: Device, message: str) -> None:
     if d.type is gpu and not gpu_available():
-        raise ValueError("[set_default_device] No GPU backend is available on this machine.")
+        raise ValueError(message)
 
 
 def set_default_device(device) -> None:
     d = _as_device(device)
-    _check_device(d)
-    _global["device"] = d
-    _global["stream"] = default_stream(d)
-    _state.device = None
-    _state.stream = None
+    _require_backend(d, "[set_default_device] Cannot set gpu device without gpu backend.")
+    _global_device[0] = d
+    _tl.device = None
+    _epoch[0] += 1
+
+
+def _make_stream(d: Device, bound: bool) -> Stream:
+    with _lock:
+        s = Stream(d, _next_index[0])
+        _next_index[0] += 1
+        if bound:
+            _bound.add(s.index)
+    if bound:
+        _tl.owned.add(s.index)
+    return s
 
 
 def default_stream(device) -> Stream:
     d = _as_device(device)
-    with _stream_lock:
-        if d not in _streams:
-            _streams[d] = [Stream(d, 0)]
-        return _streams[d][0]
+    s = _tl.defaults.get(d)
+    if s is None:
+        _require_backend(d, "[default_stream] Cannot get gpu stream without gpu backend.")
+        s = _tl.defaults[d] = _make_stream(d, bound=False)
+    return s
 
 
 def new_stream(device) -> Stream:
     d = _as_device(device)
-    default_stream(d)
-    with _stream_lock:
-        s = Stream(d, len(_streams[d]) + sum(len(v) for k, v in _streams.items() if k != d))
-        _streams[d].append(s)
-        return s
+    _require_backend(d, "[new_stream] Cannot make gpu stream without gpu backend.")
+    return _make_stream(d, bound=True)
+
+
+@api()
+def new_thread_unsafe_stream(device) -> Stream:
+    """A new stream that may be used from any thread."""
+    d = _as_device(device)
+    _require_backend(d, "[new_stream] Cannot make gpu stream without gpu backend.")
+    return _make_stream(d, bound=False)
+
+
+@api()
+def new_thread_local_stream(device) -> ThreadLocalStream:
+    """A stream that is unique per thread: each thread using it gets its own."""
+    d = _as_device(device)
+    with _lock:
+        s = ThreadLocalStream(d, _next_local_index[0])
+        _next_local_index[0] += 1
+    return s
+
+
+def _from_thread_local(s: ThreadLocalStream) -> Stream:
+    out = _tl.local.get(s.index)
+    if out is None:
+        out = _tl.local[s.index] = new_stream(s.device)
+    return out
 
 
 def set_default_stream(stream: Stream) -> None:
-    _state.stream = stream
-    _state.device = stream.device
+    if isinstance(stream, ThreadLocalStream):
+        stream = _from_thread_local(stream)
+    _require_backend(stream.device, "[set_default_stream] Cannot set gpu stream without gpu backend.")
+    _tl.defaults[stream.device] = stream
+    _tl.current = None
+
+
+@api()
+def clear_streams() -> None:
+    """Destroy all streams created in the current thread."""
+    _tl.owned.clear()
+
+
+def check_stream_usable(s: Stream) -> None:
+    """Raise as MLX does when work on ``s`` is evaluated in a thread that cannot run it."""
+    if s.index in _bound and s.index not in _tl.owned:
+        raise RuntimeError(f"There is no Stream({s.device.type.name}, {s.index}) in current thread.")
 
 
 def current_stream() -> Stream:
-    s = _state.stream
-    if s is not None:
+    tl = _tl
+    s = tl.current
+    if s is not None and tl.epoch == _epoch[0]:
         return s
-    s = _global["stream"]
-    if s is None:
-        s = _global["stream"] = default_stream(default_device())
+    s = default_stream(default_device())
+    tl.current, tl.epoch = s, _epoch[0]
     return s
 
 
 def resolve_stream(s) -> Stream:
-    """The ``stream=`` argument of every op: None, a Stream, a Device or a DeviceType."""
+    """The ``stream=`` argument of every op: None, a Stream, a ThreadLocalStream, a Device or a type."""
     if s is None:
         return current_stream()
-    if isinstance(s, Stream):
+    if type(s) is Stream:
         return s
-    d = _as_device(s)
-    _check_device(d)
-    return default_stream(d)
+    if type(s) is ThreadLocalStream:
+        return _from_thread_local(s)
+    return default_stream(_as_device(s))
 
 
 class StreamContext:
     """``with mx.stream(s):`` makes ``s`` (a Stream or Device) the default inside the block."""
 
     def __init__(self, s):
-        self._target = resolve_stream(s)
+        if s is None:
+            raise TypeError(
+                "__init__(): incompatible function arguments. The following argument "
+                "types are supported:\n    1. __init__(self, s: mlx.core.Stream | mlx.core.ThreadLocalStream"
+                " | mlx.core.Device | mlx.core.DeviceType) -> None\n\nInvoked with types: "
+                "mlx.core.StreamContext, NoneType")
+        self._s = s
         self._saved = []
 
     def __enter__(self):
-        self._saved.append((_state.device, _state.stream))
-        _state.stream = self._target
-        _state.device = self._target.device
-        return self
+        target = resolve_stream(self._s)
+        tl = _tl
+        self._saved.append((tl.device, tl.defaults.get(target.device)))
+        tl.device = target.device
+        tl.defaults[target.device] = target
+        tl.current = None
 
     def __exit__(self, *exc):
-        _state.device, _state.stream = self._saved.pop()
+        tl = _tl
+        device, previous = self._saved.pop()
+        target_device = tl.device
+        tl.device = device
+        if previous is None:
+            tl.defaults.pop(target_device, None)
+        else:
+            tl.defaults[target_device] = previous
+        tl.current = None
         return False
 
 
 def stream(s) -> StreamContext:
+    if s is None:
+        raise TypeError(
+            "stream(): incompatible function arguments. The following argument types are supported:\n"
+            "    1. stream(s: mlx.core.Stream | mlx.core.ThreadLocalStream | mlx.core.Device | "
+            "mlx.core.DeviceType) -> mlx.core.StreamContext\n\nInvoked with types: NoneType")
     return StreamContext(s)
+
+
+def _type_name(x) -> str:
+    t = type(x)
+    return f"mlx.core.{t.__name__}" if t.__module__.startswith("mlxarm.core") else t.__name__
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+@api()
+def device_count(device_type) -> int:
+    """Number of available devices of ``device_type``."""
+    if not isinstance(device_type, DeviceType):
+        raise TypeError(
+            "device_count(): incompatible function arguments. The following argument types are "
+            "supported:\n    1. device_count(device_type: mlx.core.DeviceType) -> int\n\n"
+            f"Invoked with types: {_type_name(device_type)}")
+    if device_type is cpu:
+        return 1
+    return 1 if gpu_available() else 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and ": " in line:
+                    return line.split(": ", 1)[1].rstrip("\n")
+    except OSError:
+        pass
+    return platform.machine() or "unknown"
+
+
+_CPU_INFO: dict = {}
+
+
+def device_info(d=None) -> dict:
+    """Properties of a device (the default one when ``d`` is None): MLX's ``device_name`` and
+    ``architecture``, then which executor runs its work."""
+    d = default_device() if d is None else _as_device(d)
+    if d.type is gpu and not gpu_available():
+        return {}  # MLX reports nothing for a GPU it does not have
+    from ..backend import executor_for
+
+    if not _CPU_INFO:
+        _CPU_INFO.update(device_name=_cpu_name(), architecture=platform.machine() or "unknown")
+    ex = executor_for(d)
+    info = dict(_CPU_INFO, device=repr(d), executor=ex.name, memory_size=_total_ram())
+    info.update(ex.info())
+    return info
 
 
 # --- memory accounting ------------------------------------------------------------------------
 
 class MemoryStats:
-    """Bytes of live realized buffers, the peak since reset, and the limit."""
+    """Bytes of live realized buffers, the peak since reset, and the limits."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.active = 0
         self.peak = 0
-        self.limit = 0
-        self.cache_limit = 0
-        self.wired_limit = 0
+        self.limit = int(0.8 * _total_ram()) or 1 << 33
+        self.cache_limit = 32 << 20
 
     def alloc(self, n: int):
         with self.lock:
@@ -207,16 +364,21 @@ class MemoryStats:
             self.active -= n
 
 
+def _total_ram() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 memory = MemoryStats()
 
 
-def _total_ram() -> int:
-    try:
-        import os
-
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
+def count_buffer(data) -> None:
+    """Count ``data`` (a numpy array made outside the executor, e.g. a loaded array) as allocated
+    for as long as it lives, as MLX's allocator counts the buffer it reads a file into."""
+    memory.alloc(data.nbytes)
+    weakref.finalize(data, memory.free, data.nbytes)
 
 
 def get_active_memory() -> int:
@@ -229,7 +391,7 @@ def get_peak_memory() -> int:
 
 def reset_peak_memory() -> None:
     with memory.lock:
-        memory.peak = memory.active
+        memory.peak = 0
 
 
 def get_cache_memory() -> int:
@@ -242,32 +404,23 @@ def clear_cache() -> None:
 
 
 def set_memory_limit(limit: int) -> int:
-    prev = memory.limit or int(_total_ram() * 1.5)
-    memory.limit = int(limit)
+    with memory.lock:
+        prev, memory.limit = memory.limit, int(limit)
     return prev
 
 
+@api()
 def get_memory_limit() -> int:
-    return memory.limit or int(_total_ram() * 1.5)
+    """The memory limit in bytes (by default 80% of the machine's memory)."""
+    return memory.limit
 
 
 def set_cache_limit(limit: int) -> int:
-    prev = memory.cache_limit or get_memory_limit()
-    memory.cache_limit = int(limit)
+    with memory.lock:
+        prev, memory.cache_limit = memory.cache_limit, int(limit)
     return prev
 
 
 def set_wired_limit(limit: int) -> int:
-    prev = memory.wired_limit
-    memory.wired_limit = int(limit)
-    return prev
-
-
-def device_info() -> dict:
-    from ..backend import executor_for
-
-    d = default_device()
-    ex = executor_for(d)
-    info = {"device": repr(d), "executor": ex.name, "memory_size": _total_ram()}
-    info.update(ex.info())
-    return info
+    # Wired memory is a GPU notion: on the CPU the limit is ignored and the previous one is always 0.
+    return 0

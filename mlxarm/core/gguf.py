@@ -15,6 +15,7 @@ import numpy as np
 
 from . import dtypes as dt
 from .array import array, make_realized
+from .device import count_buffer
 from .errors import DtypeError
 
 MAGIC = b"GGUF"
@@ -299,6 +300,7 @@ def _load_tensor(arrays: dict, r: ByteReader, name, shape, ttype, start, stream)
         if k in arrays:
             r.fail(f"Duplicate parameter name {k} (this can happen when loading quantized "
                    "tensors)")
+        count_buffer(v)
         arrays[k] = make_realized(v, dtype, stream)
 
 

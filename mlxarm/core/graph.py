@@ -2,7 +2,9 @@
 
 ``eval`` takes one process-wide lock, so arrays shared between threads evaluate once and safely.
 ``async_eval`` runs the same evaluation on a worker thread and returns at once; any later use of
-those arrays goes through ``eval``, which waits on the lock.
+those arrays goes through ``eval``, which waits on the lock. An error raised by asynchronous work is
+kept on its stream and raised (once) by the next ``synchronize`` of that stream, as in MLX.
+Also here: ``export_to_dot``, which writes the unrealized graph behind some arrays in DOT format.
 """
 from __future__ import annotations
 
@@ -12,9 +14,48 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..codegen.schedule import toposort
 from .array import array
+from .device import check_stream_usable, resolve_stream
+from .registry import api
 
 _LOCK = threading.RLock()
 _async_pool = None
+# Stream -> message of the first error raised by asynchronous work queued on it.
+_async_errors: dict = {}
+
+
+class _Transforming(threading.local):
+    def __init__(self):
+        self.depth = 0  # transforms being traced in this thread
+        self.no_eval = 0  # of which forbid evaluation (vmap, compile)
+
+
+_transforming = _Transforming()
+
+
+class tracing:
+    """``with tracing(allow_eval=...):`` marks a function transformation being traced in this thread.
+
+    ``async_eval`` is refused inside any transformation; ``eval`` only inside those that cannot
+    evaluate their intermediates (vmap, compile), as in MLX.
+    """
+
+    def __init__(self, allow_eval: bool = True):
+        self._forbid = 0 if allow_eval else 1
+
+    def __enter__(self):
+        _transforming.depth += 1
+        _transforming.no_eval += self._forbid
+
+    def __exit__(self, *exc):
+        _transforming.depth -= 1
+        _transforming.no_eval -= self._forbid
+        return False
+
+
+def _in_transform() -> bool:
+    from . import transforms
+
+    return _transforming.depth > 0 or transforms.tracing_depth > 0
 
 
 def _flatten(args, out):
@@ -25,58 +66,164 @@ def _flatten(args, out):
             _flatten(a, out)
         elif isinstance(a, dict):
             _flatten(list(a.values()), out)
-        elif a is None:
-            continue
-        else:
-            from ..utils import tree_flatten  # nn.Module and other containers
+        elif hasattr(a, "items") and callable(a.items):
+            _flatten([v for _, v in a.items()], out)
+        # Anything else holds no arrays: MLX ignores it.
 
-            leaves = [v for _, v in tree_flatten(a)] if hasattr(a, "items") else []
-            out.extend(x for x in leaves if isinstance(x, array))
+
+def _check_streams(order) -> None:
+    last = None
+    for node in order:
+        s = node._stream
+        if s is not last:
+            check_stream_usable(s)
+            last = s
+
+
+def _run(outputs) -> None:
+    from ..backend import run_order
+
+    order = toposort(outputs)
+    if not order:
+        return
+    _check_streams(order)
+    # Only the outputs are held strongly: an intermediate lives while a consumer that is not yet
+    # computed (or the user) refers to it, so buffers die as soon as they are used up.
+    keep = [o for o in outputs if o._data is None]
+    refs = [weakref.ref(n) for n in order]
+    del order
+    run_order(refs)
+    del keep
 
 
 def eval_arrays(outputs) -> None:
     """Realize ``outputs`` and everything unrealized they depend on."""
-    from ..backend import run_order
-
     with _LOCK:
-        order = toposort(outputs)
-        if not order:
-            return
-        # Only the outputs are held strongly: an intermediate lives while a consumer that is not yet
-        # computed (or the user) refers to it, so buffers die as soon as they are used up.
-        keep = [o for o in outputs if o._data is None]
-        refs = [weakref.ref(n) for n in order]
-        del order
-        run_order(refs)
-        del keep
+        _run(outputs)
 
 
 def eval(*args) -> None:
     arrs: list = []
     _flatten(args, arrs)
+    if _transforming.no_eval:
+        raise ValueError("[eval] Attempting to eval an array during function transformations like "
+                         "compile or vmap is not allowed.")
     eval_arrays(arrs)
 
 
 def async_eval(*args) -> None:
     global _async_pool
+    if _in_transform():
+        raise ValueError("[async_eval] Not allowed inside a graph transformation.")
     arrs: list = []
     _flatten(args, arrs)
+    if not arrs:
+        return
+    order = toposort(arrs)
+    if not order:
+        return
+    # Checked here, in the caller's thread: the worker thread owns no streams.
+    _check_streams(order)
+    stream = arrs[0]._stream
+    del order
     with _LOCK:
         if _async_pool is None:
             _async_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlxarm-async")
-    # The lock is taken here, before returning, so a later eval in this thread waits for this one.
+    # The lock is taken before returning, so a later eval in this thread waits for this one.
     started = threading.Event()
 
     def work():
         with _LOCK:
             started.set()
-            eval_arrays(arrs)
+            try:
+                _run(arrs)
+            except Exception as e:  # noqa: BLE001 - kept for synchronize, as MLX keeps it on the stream
+                _async_errors.setdefault(stream, str(e))
 
     _async_pool.submit(work)
     started.wait()
 
 
 def synchronize(stream=None) -> None:
-    """Wait for all queued work (async evaluations) to finish."""
+    """Wait for all queued work (async evaluations) to finish; raise the first error it met."""
+    s = resolve_stream(stream)
     with _LOCK:
-        pass
+        message = _async_errors.pop(s, None)
+    if message is not None:
+        raise RuntimeError(message)
+
+
+# --- DOT export ---------------------------------------------------------------------------------
+
+def _letters(i: int) -> str:
+    name = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        name = chr(ord("A") + r) + name
+    return name
+
+
+def _label(prim) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in prim.name.split("_"))
+
+
+def _post_order(outputs) -> list:
+    """Every array behind ``outputs``, inputs first, stopping at realized ones (the sources)."""
+    order, done = [], set()
+    for out in outputs:
+        stack = [(out, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if id(node) in done:
+                continue
+            if expanded or node._data is not None:
+                done.add(id(node))
+                order.append(node)
+                continue
+            stack.append((node, True))
+            stack.extend((i, False) for i in reversed(node._inputs))
+    return order
+
+
+@api()
+def export_to_dot(file, *args, **kwargs) -> None:
+    """Write the graph behind ``args`` (its unevaluated part) to ``file`` (a path or a text stream)
+    in DOT format. ``kwargs`` name arrays of the graph."""
+    outputs = []
+    for a in args:
+        if not isinstance(a, array):
+            raise ValueError("[tree_flatten] The argument should contain only arrays")
+        outputs.append(a)
+    names = {}
+    for name, a in kwargs.items():
+        if not isinstance(a, array):
+            raise ValueError("[tree_flatten] The argument should contain only arrays")
+        names[id(a)] = name
+    counter = [0]
+
+    def name_of(a):
+        key = id(a)
+        if key not in names:
+            names[key] = _letters(counter[0])
+            counter[0] += 1
+        return names[key]
+
+    output_ids = {id(o) for o in outputs}
+    lines = ["digraph {"]
+    for x in _post_order(outputs):
+        if x._data is not None:
+            lines.append(f'{{ rank=source; "{name_of(x)}"; }}')
+            continue
+        lines.append(f'{{ {id(x)} [label ="{_label(x._prim)}", shape=rectangle]; }}')
+        for i in x._inputs:
+            lines.append(f'"{name_of(i)}" -> {id(x)}')
+        rank = "rank=sink; " if id(x) in output_ids else ""
+        lines.append(f'{{ {rank}"{name_of(x)}"; }}')
+        lines.append(f'{id(x)} -> "{name_of(x)}"')
+    text = "\n".join(lines) + "\n}"
+    if isinstance(file, str):
+        with open(file, "w") as f:
+            f.write(text + "\n")
+    else:
+        file.write(text)

@@ -21,11 +21,11 @@ import zlib
 import numpy as np
 
 from . import dtypes as dt
-from .array import array, make_realized
-from .device import resolve_stream
+from .array import array, make_node, make_realized
+from .device import count_buffer, resolve_stream
 from .errors import DtypeError
 from .gguf import ByteReader, MalformedFileError, read_gguf, write_gguf
-from .registry import api
+from .registry import Primitive, api, register
 
 __all__ = ["MalformedFileError"]
 
@@ -172,7 +172,7 @@ def _npy_write(f, a: array) -> None:
         f.write(body.data.cast("B"))
 
 
-def _npy_parse(buf: np.ndarray, label: str, stream) -> array:
+def _npy_parse(buf: np.ndarray, label: str, stream, path=None) -> array:
     r = ByteReader(buf, label, "load")
     if len(buf) < 8 or buf[:6].tobytes() != _NPY_MAGIC:
         r.fail("Invalid npy header (bad magic)")
@@ -198,14 +198,48 @@ def _npy_parse(buf: np.ndarray, label: str, stream) -> array:
         r.fail(f"Unsupported array protocol type-string: {header['descr']}")
     shape = header["shape"]
     n = r.check_shape(shape, "Array")
+    order = "F" if header["fortran_order"] else "C"
+    byteorder = ">" if m.group(1) == ">" and dtype.size > 1 else "<"
+    if n * dtype.size > r.remaining and path is not None:
+        # MLX reads array data when it is evaluated: a file cut short fails then, not here.
+        params = {"path": path, "offset": r.pos, "byteorder": byteorder, "order": order,
+                  "shape": tuple(shape), "dtype": dtype}
+        return make_node(READ, (), params, tuple(shape), dtype, stream)
     data = r.take(n * dtype.size, "Array data")
-    if m.group(1) == ">" and dtype.size > 1:
+    values = _npy_values(data, dtype, byteorder)
+    count_buffer(values)
+    return make_realized(values.reshape(shape, order=order), dtype, stream)
+
+
+def _npy_values(data: np.ndarray, dtype, byteorder: str) -> np.ndarray:
+    if byteorder == ">":
         kind = "u" if dtype is dt.bfloat16 else dtype.np_storage.kind
-        values = data.view(f">{kind}{dtype.size}").astype(dtype.np_storage)
-    else:
-        values = _canonical(data.view(dtype.np_storage))
-    return make_realized(values.reshape(shape, order="F" if header["fortran_order"] else "C"),
-                         dtype, stream)
+        return data.view(f">{kind}{dtype.size}").astype(dtype.np_storage)
+    return _canonical(data.view(dtype.np_storage))
+
+
+def _read_ref(params) -> np.ndarray:
+    shape, dtype = params["shape"], params["dtype"]
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.size
+    path = params["path"]
+    with open(path, "rb") as f:
+        held = os.fstat(f.fileno()).st_size - params["offset"]
+        if held < nbytes:
+            raise MalformedFileError(f"[read] Unable to read from file {path}: the header declares "
+                                     f"{nbytes} bytes of data but the file holds {max(held, 0)}.")
+        f.seek(params["offset"])
+        raw = f.read(nbytes)
+    if len(raw) < nbytes:
+        raise MalformedFileError(f"[read] Unable to read from file {path}: it ended after "
+                                 f"{len(raw)} of {nbytes} bytes of data.")
+    values = _npy_values(np.frombuffer(bytearray(raw), np.uint8), dtype, params["byteorder"])
+    return values.reshape(shape, order=params["order"])
+
+
+READ = register(Primitive(
+    "load", "movement", _read_ref,
+    compute=False, doc="Array data read from a file when evaluated (.npy files by path).",
+    extra={"cases": lambda rng, dtype: []}))
 
 
 # --- .npz ------------------------------------------------------------------------------------
@@ -324,6 +358,7 @@ def _load_safetensors(buf: np.ndarray, label: str, stream):
             r.fail(f"Tensor '{key}' invalid data offsets ({begin}, {end}) exceeding the size of "
                    f"the file")
         data = _canonical(buf[base + begin:base + end].view(dtype.np_storage))
+        count_buffer(data)
         arrays[key] = make_realized(data.reshape(shape), dtype, stream)
     return arrays, metadata
 
@@ -420,7 +455,8 @@ def load(file, /, format=None, return_metadata=False, *, stream=None):
     s = resolve_stream(stream)
     label = _label(file)
     if format == "npy":
-        return _npy_parse(_source(file, "load_npy"), label, s)
+        return _npy_parse(_source(file, "load_npy"), label, s,
+                          os.path.abspath(os.fspath(file)) if _is_path(file) else None)
     if format == "npz":
         return _load_npz(file, s)
     if format == "safetensors":

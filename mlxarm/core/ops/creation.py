@@ -14,6 +14,7 @@ from ._base import (DtypeError, Primitive, api, array, cast, dt, fmt_shape, make
 from ..array import make_realized
 from ..convert import realized_from_value
 from ..device import current_stream
+from .shape import shape_arg
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
@@ -49,12 +50,7 @@ def scalar_array(v, dtype=None) -> array:
 
 
 def _shape(shape, op: str = "full") -> tuple:
-    if isinstance(shape, (int, np.integer)):
-        shape = (int(shape),)
-    elif isinstance(shape, (list, tuple)) and all(isinstance(s, (int, np.integer)) for s in shape):
-        shape = tuple(int(s) for s in shape)
-    else:
-        raise TypeError(f"{op}(): shape must be an int or a sequence of ints, got {shape!r}.")
+    shape = shape_arg(shape, op)
     if any(s < 0 for s in shape):
         raise ValueError(f"[{op}] Negative dimensions not allowed.")
     return shape
@@ -152,6 +148,11 @@ def ones_like(a, /, dtype=None, *, stream=None):
     return full_like(a, 1, dtype, stream=stream)
 
 
+# MLX's empty and empty_like are its zeros and zeros_like.
+api(name="empty", primitive="full")(zeros)
+api(name="empty_like", primitive="full")(zeros_like)
+
+
 # --- ranges ----------------------------------------------------------------------------------------------
 
 def _arange_ref(p):
@@ -193,28 +194,59 @@ ARANGE = register(Primitive("arange", "creation", _arange_ref, compute=False,
                             extra={"cases": _arange_cases}))
 
 
-def _scalar_dtype(v) -> "dt.Dtype":
+def _scalar_dtype(v):
+    """The dtype MLX infers for an arange bound, or None when ``v`` is not a number."""
     if isinstance(v, (bool, np.bool_)):
         return dt.bool_
     if isinstance(v, (int, np.integer)):
         return dt.int32 if _INT32_MIN <= int(v) <= _INT32_MAX else dt.int64
     if isinstance(v, (float, np.floating)):
         return dt.float32
-    raise TypeError(f"arange(): incompatible function arguments: expected int or float, got "
-                    f"{type(v).__name__}.")
+    return None
+
+
+# MLX's two overloads: arange(start, stop, step=None, dtype=None) and arange(stop, step=None,
+# dtype=None); stop may be None only in the first, which then counts from 0 to start.
+_ARANGE_OVERLOADS = ((("start", "stop", "step", "dtype"), 2), (("stop", "step", "dtype"), 1))
+_ARANGE_USAGE = (
+    "arange(): incompatible function arguments. The following argument types are supported:\n"
+    "    1. arange(start : int | float, stop : None | int | float, step : None | int | float, "
+    "dtype: Dtype | None = None, *, stream: StreamOrDevice = None) -> array\n"
+    "    2. arange(stop : int | float, step : None | int | float = None, dtype: Dtype | None = "
+    "None, *, stream: StreamOrDevice = None) -> array\n")
+
+
+def _arange_bind(args, kwargs):
+    """(start, stop, step, dtype) from the first overload the arguments fit (start None: from 0)."""
+    for names, required in _ARANGE_OVERLOADS:
+        if len(args) > len(names) or any(k not in names for k in kwargs):
+            continue
+        bound = dict(zip(names, args))
+        if any(k in bound for k in kwargs):
+            continue
+        bound.update(kwargs)
+        if any(n not in bound for n in names[:required]):
+            continue
+        first = bound.get("start", bound["stop"])
+        if _scalar_dtype(first) is None or any(
+                bound.get(n) is not None and _scalar_dtype(bound[n]) is None for n in ("stop", "step")):
+            continue
+        d = bound.get("dtype")
+        if d is not None and not isinstance(d, dt.Dtype):
+            continue
+        if "start" in bound and bound["stop"] is not None:
+            return bound["start"], bound["stop"], bound.get("step"), d
+        return None, first, bound.get("step"), d
+    raise TypeError(_ARANGE_USAGE + f"\nInvoked with types: {', '.join(type(a).__name__ for a in args)}"
+                    + (f"{', ' if args else ''}kwargs = {{ "
+                       + ", ".join(f"{k}: {type(v).__name__}" for k, v in kwargs.items()) + " }"
+                       if kwargs else ""))
 
 
 @api(primitive="arange")
-def arange(start=None, stop=None, step=None, dtype=None, *, stream=None):
-    if start is None:
-        if stop is None:
-            raise TypeError("arange(): incompatible function arguments: stop is required.")
-        kinds = [stop] if step is None else [stop, step]
-        start = 0
-    else:
-        if stop is None:
-            start, stop = 0, start
-        kinds = [start, stop] if step is None else [start, stop, step]
+def arange(*args, stream=None, **kwargs):
+    start, stop, step, dtype = _arange_bind(args, kwargs)
+    kinds = [v for v in (start, stop, step) if v is not None]
     inferred = [_scalar_dtype(v) for v in kinds]
     if dtype is None:
         dtype = inferred[-1]
@@ -224,7 +256,7 @@ def arange(start=None, stop=None, step=None, dtype=None, *, stream=None):
         dtype = dt.as_dtype(dtype)
     if dtype is dt.bool_:
         raise ValueError("bool not supported for arange.")
-    start, stop = float(start), float(stop)
+    start, stop = float(start or 0), float(stop)
     step = 1.0 if step is None else float(step)
     if math.isnan(start) or math.isnan(stop) or math.isnan(step) or math.isinf(start) \
             or math.isinf(stop):
@@ -260,6 +292,56 @@ def linspace(start, stop, num: int = 50, endpoint: bool = True, dtype=dt.float32
     out = add(multiply(t_bar, realized_from_value(float(start), inner), stream=stream),
               multiply(t, realized_from_value(float(stop), inner), stream=stream), stream=stream)
     return cast(out, dtype, stream)
+
+
+# --- windows ------------------------------------------------------------------------------------------------
+
+def _window_ref(p):
+    m = p["m"]
+    if m == 1:
+        return np.ones(1, np.float32)
+    # numpy's float64 formulas, rounded once to float32.
+    return getattr(np, p["window"])(m).astype(np.float32)
+
+
+def _window_cases(rng, dtype):
+    if dtype is not dt.float32:
+        return []
+    return [(name, (m,), {}) for name in _WINDOWS for m in (0, 1, 2, 7, 16)]
+
+
+WINDOW = register(Primitive("window", "creation", _window_ref, compute=False, dtypes=(dt.float32,),
+                            doc="A tapering window (Hanning, Hamming, Blackman or Bartlett).",
+                            extra={"cases": _window_cases}))
+_WINDOWS = ("hanning", "hamming", "blackman", "bartlett")
+
+
+def _window(name: str, M, stream) -> array:
+    if isinstance(M, float) or not isinstance(M, (int, np.integer)):
+        raise TypeError(f"{name}(): incompatible function arguments: M must be an int, got "
+                        f"{type(M).__name__}.")
+    m = max(int(M), 0)
+    return make_node(WINDOW, (), {"window": name, "m": m}, (m,), dt.float32, resolve_stream(stream))
+
+
+@api(primitive="window")
+def hanning(M: int, *, stream=None):
+    return _window("hanning", M, stream)
+
+
+@api(primitive="window")
+def hamming(M: int, *, stream=None):
+    return _window("hamming", M, stream)
+
+
+@api(primitive="window")
+def blackman(M: int, *, stream=None):
+    return _window("blackman", M, stream)
+
+
+@api(primitive="window")
+def bartlett(M: int, *, stream=None):
+    return _window("bartlett", M, stream)
 
 
 # --- matrices ----------------------------------------------------------------------------------------------

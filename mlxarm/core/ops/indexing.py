@@ -19,6 +19,7 @@ from ._base import (DtypeError, Primitive, api, array, broadcast_shapes, cast, d
                     make_node, register, resolve_stream, to_array)
 from ..convert import numpy_to_storage
 from ..array import make_realized
+from .shape import AxisError
 
 _pyslice = builtins.slice
 _INT_TYPES = (int, np.integer)
@@ -190,7 +191,7 @@ def _view_ref(p, x):
 
 def _gather_ref(p, x, *arrays):
     out = x[_numpy_index(p["index"], arrays, p["axes"], x.shape, clip=True)]
-    return np.ascontiguousarray(out)
+    return np.asarray(out, order="C")
 
 
 STRIDED_SLICE = register(Primitive(
@@ -203,6 +204,11 @@ GATHER = register(Primitive(
 
 
 def _getitem(a: array, idx):
+    if isinstance(idx, _INT_TYPES) and not isinstance(idx, bool) and a.ndim and a._shape[0]:
+        n = a._shape[0]
+        if not -n <= idx < n:
+            # MLX reads outside the array for a lone out-of-range int; a clamped read stays defined.
+            idx = n - 1 if idx > 0 else 0
     template, arrays, axes = _parse(a, idx, "gather")
     for e in template:
         if isinstance(e, _OutOfRange):
@@ -451,11 +457,13 @@ def take(a, /, indices, axis=None, *, stream=None):
         a = reshape(a, (-1,), stream=stream)
         axis = 0
     elif not -a.ndim <= axis < a.ndim:
-        raise IndexError(f"[take] Received invalid axis {axis} for array with {a.ndim} dimensions.")
+        raise AxisError(f"[take] Received invalid axis {axis} for array with {a.ndim} dimensions.")
     axis = axis % a.ndim
     lead = [_pyslice(0, n, 1) for n in a._shape[:axis]]
     rest = [_pyslice(0, n, 1) for n in a._shape[axis + 1:]]
     if isinstance(indices, _INT_TYPES) and not isinstance(indices, bool):
+        if not a.size:
+            raise ValueError("[take] Cannot do a non-empty take from an array with zero elements.")
         # MLX slices [i, i+1) without wrapping a negative index first.
         s = _pyslice(*_pyslice(int(indices), int(indices) + 1).indices(a._shape[axis]))
         if len(range(s.start, s.stop, s.step)) != 1:
@@ -470,13 +478,15 @@ def take(a, /, indices, axis=None, *, stream=None):
         raise ValueError("[Gather] Boolean indices not supported.")
     if indices._dtype.kind not in "iu":
         raise ValueError("[gather] Got indices with invalid dtype. Indices must be integral.")
+    if not a._shape[axis] and indices.size:
+        raise ValueError("[take] Cannot do a non-empty take from an empty axis.")
     template = tuple(lead + [(_ARRAY, 0)] + rest)
     shape = _result_shape(template, (indices,))
     return make_node(GATHER, (a, indices), {"index": template, "axes": (axis,)}, shape, a._dtype,
                      resolve_stream(stream))
 
 
-def _along_axis_args(a, indices, axis, op):
+def _along_axis_args(a, indices, axis, op, check_dtype=True):
     """(a, indices, axis) with a flattened for ``axis=None``, after MLX's checks."""
     from .shape import reshape
 
@@ -489,9 +499,9 @@ def _along_axis_args(a, indices, axis, op):
         raise ValueError(f"[{op}] Indices of dimension {indices.ndim} does not match array of "
                          f"dimension {a.ndim}.")
     if not -a.ndim <= axis < a.ndim:
-        raise IndexError(f"[{op}] Axis {axis} is out of bounds for array with {a.ndim} dimensions.")
+        raise AxisError(f"[{op}] Axis {axis} is out of bounds for array with {a.ndim} dimensions.")
     axis = axis % a.ndim
-    if indices._dtype.kind not in "iu":
+    if check_dtype and indices._dtype.kind not in "iu":
         raise DtypeError(f"[{op}] Indices must be integers, got type {indices._dtype.name}.")
     return a, indices, axis
 
@@ -504,8 +514,10 @@ def _take_along_axis_ref(p, x, idx):
     axis = p["axis"]
     shape = p["shape"]
     n = x.shape[axis]
+    if not n:  # MLX reads outside the (empty) axis; zeros stay defined
+        return np.zeros(shape, x.dtype)
     idx = np.where(idx < 0, idx + n, idx) if idx.dtype.kind == "i" else idx
-    idx = np.clip(idx, 0, max(n - 1, 0)).astype(np.intp)
+    idx = np.clip(idx, 0, n - 1).astype(np.intp)
     x = np.broadcast_to(x, shape[:axis] + (n,) + shape[axis + 1:])
     idx = np.broadcast_to(idx, shape)
     return np.take_along_axis(x, idx, axis)
@@ -553,7 +565,9 @@ def put_along_axis(a, /, indices, values, axis=None, *, stream=None):
     from .shape import broadcast_to, reshape
 
     a_in = to_array(a)
-    a, indices, axis_ = _along_axis_args(a_in, indices, axis, "put_along_axis")
+    # An empty target is never written, so MLX accepts any index type there.
+    a, indices, axis_ = _along_axis_args(a_in, indices, axis, "put_along_axis",
+                                         check_dtype=bool(a_in.size))
     rest = _without(a._shape, axis_)
     if broadcast_shapes(rest, _without(indices._shape, axis_)) != rest:
         raise ValueError(f"[broadcast_shapes] Shapes {fmt_shape(rest)} and "
@@ -584,7 +598,7 @@ def _starts(a: array, start, axes, op: str):
                          f"axes {len(axes)}.")
     for ax in axes:
         if not -a.ndim <= ax < a.ndim:
-            raise IndexError(f"[{op}] Invalid axis {ax} for array with dimension {a.ndim}.")
+            raise AxisError(f"[{op}] Invalid axis {ax} for array with dimension {a.ndim}.")
     return start, tuple(ax % a.ndim for ax in axes)
 
 
@@ -703,3 +717,232 @@ TAKE_ALONG_AXIS.extra["cases"] = _take_along_axis_cases
 PUT_ALONG_AXIS.extra["cases"] = _put_along_axis_cases
 DYNAMIC_SLICE.extra["cases"] = _slice_cases
 DYNAMIC_SLICE_UPDATE.extra["cases"] = _slice_update_cases
+
+
+# --- gradient rules -----------------------------------------------------------------------------
+
+def _attach_gradients():
+    from ._autodiff import O, linear_jvp, unbroadcast
+
+    add_prim, prod_prim = _SCATTER_REDUCE["scatter_add"], _SCATTER_REDUCE["scatter_prod"]
+    max_prim, min_prim = _SCATTER_REDUCE["scatter_max"], _SCATTER_REDUCE["scatter_min"]
+
+    def index_error(name):
+        return ValueError(f"[{name}] Cannot calculate VJP with respect to indices. "
+                          "Use stop_gradient on indices to stop gradients from being computed.")
+
+    def like(node, prim, inputs, shape, dtype=None, params=None):
+        return make_node(prim, tuple(inputs), node._params if params is None else params, shape,
+                         inputs[0]._dtype if dtype is None else dtype, node._stream)
+
+    def tangent_or_zero(node, tangents, argnums, i, dtype):
+        for j, t in zip(argnums, tangents):
+            if j == i:
+                return t
+        return O.zeros(node._inputs[i]._shape, dtype)
+
+    def gathered(node, cot, shape):
+        """``cot`` read at the positions ``node`` (a scatter) wrote to."""
+        arrays = node._inputs[2:]
+        if not arrays:
+            return make_node(STRIDED_SLICE, (cot,), {"index": node._params["index"]}, shape,
+                             cot._dtype, node._stream)
+        return make_node(GATHER, (cot, *arrays), node._params, shape, cot._dtype, node._stream)
+
+    def strided_slice_vjp(node, cot, argnums):
+        x = node._inputs[0]
+        return [make_node(SLICE_UPDATE, (O.zeros(x._shape, cot._dtype), cot), node._params, x._shape,
+                          cot._dtype, node._stream)]
+
+    STRIDED_SLICE.vjp, STRIDED_SLICE.jvp = strided_slice_vjp, linear_jvp
+
+    def gather_vjp(node, cot, argnums):
+        if any(i > 0 for i in argnums):
+            raise index_error("gather")
+        x = node._inputs[0]
+        zeros = O.zeros(x._shape, cot._dtype)
+        return [make_node(add_prim, (zeros, cot, *node._inputs[1:]), node._params, x._shape,
+                          cot._dtype, node._stream)]
+
+    GATHER.vjp, GATHER.jvp = gather_vjp, linear_jvp
+
+    def slice_update_vjp(node, cot, argnums):
+        x, u = node._inputs
+        out = []
+        for i in argnums:
+            if i == 0:
+                out.append(like(node, SLICE_UPDATE, (cot, O.zeros(u._shape, cot._dtype)), x._shape))
+            else:
+                out.append(make_node(STRIDED_SLICE, (cot,), node._params, u._shape, cot._dtype,
+                                     node._stream))
+        return out
+
+    def slice_update_jvp(node, tangents, argnums):
+        d = tangents[0]._dtype
+        tx = tangent_or_zero(node, tangents, argnums, 0, d)
+        tu = tangent_or_zero(node, tangents, argnums, 1, d)
+        return like(node, SLICE_UPDATE, (tx, tu), node._shape)
+
+    SLICE_UPDATE.vjp, SLICE_UPDATE.jvp = slice_update_vjp, slice_update_jvp
+
+    def scatter_rule(kind):
+        def vjp(node, cot, argnums):
+            if any(i > 1 for i in argnums):
+                raise index_error("scatter")
+            x, u = node._inputs[:2]
+            arrays = node._inputs[2:]
+            out = []
+            for i in argnums:
+                if i == 0:
+                    if kind == "set":
+                        g = like(node, node._prim, (cot, O.zeros(u._shape, cot._dtype), *arrays),
+                                 x._shape)
+                    elif kind == "add":
+                        g = cot
+                    elif kind == "prod":
+                        ones = O.ones(x._shape, x._dtype)
+                        g = cot * like(node, prod_prim, (ones, u, *arrays), x._shape)
+                    else:
+                        g = O.where(O.equal(node, x), cot, O.zeros((), cot._dtype))
+                    out.append(g)
+                else:
+                    if kind in ("set", "add"):
+                        g = gathered(node, cot, u._shape)
+                    elif kind == "prod":
+                        g = gathered(node, cot * node, u._shape) / u
+                    else:
+                        won = O.equal(gathered(node, node, u._shape), u)
+                        g = O.where(won, gathered(node, cot, u._shape), O.zeros((), cot._dtype))
+                    out.append(g)
+            return out
+
+        def jvp(node, tangents, argnums):
+            if kind in ("max", "min"):
+                tx = tangent_or_zero(node, tangents, argnums, 0, tangents[0]._dtype)
+                tu = tangent_or_zero(node, tangents, argnums, 1, tangents[0]._dtype)
+                x, u = node._inputs[:2]
+                from_x = O.equal(node, x)
+                scattered = like(node, SCATTER, (tx, tu, *node._inputs[2:]), node._shape)
+                return O.where(from_x, tx, scattered)
+            d = tangents[0]._dtype
+            tx = tangent_or_zero(node, tangents, argnums, 0, d)
+            tu = tangent_or_zero(node, tangents, argnums, 1, d)
+            arrays = node._inputs[2:]
+            if kind == "prod":
+                x, u = node._inputs[:2]
+                ones = O.ones(x._shape, x._dtype)
+                factor = like(node, prod_prim, (ones, u, *arrays), x._shape)
+                per_update = like(node, add_prim, (O.zeros(x._shape, d), tu / u, *arrays), x._shape)
+                return tx * factor + node * per_update
+            return like(node, node._prim, (tx, tu, *arrays), node._shape)
+
+        return vjp, jvp
+
+    SCATTER.vjp, SCATTER.jvp = scatter_rule("set")
+    add_prim.vjp, add_prim.jvp = scatter_rule("add")
+    prod_prim.vjp, prod_prim.jvp = scatter_rule("prod")
+    max_prim.vjp, max_prim.jvp = scatter_rule("max")
+    min_prim.vjp, min_prim.jvp = scatter_rule("min")
+
+    def masked_scatter_vjp(node, cot, argnums):
+        x, mask, src = node._inputs
+        trailing = (1,) * (x.ndim - mask.ndim)
+        full_mask = O.broadcast_to(O.reshape(mask, mask._shape + trailing), x._shape)
+        out = []
+        for i in argnums:
+            if i == 0:
+                out.append(O.where(full_mask, O.zeros((), cot._dtype), cot))
+            elif i == 1:
+                out.append(O.zeros_like(mask))
+            else:
+                flat = O.reshape(full_mask, (-1,))
+                order = O.cumsum(O.astype(flat, dt.int32)) - 1
+                slot = O.where(flat, order, O.full((), src.size, dt.int32))
+                g = O.zeros((src.size,), cot._dtype).at[O.stop_gradient(slot)].add(O.reshape(cot, (-1,)))
+                out.append(O.reshape(g, src._shape))
+        return out
+
+    def masked_scatter_jvp(node, tangents, argnums):
+        d = tangents[0]._dtype
+        tx = tangent_or_zero(node, tangents, argnums, 0, d)
+        ts = tangent_or_zero(node, tangents, argnums, 2, d)
+        return make_node(MASKED_SCATTER, (tx, node._inputs[1], ts), None, node._shape, d, node._stream)
+
+    MASKED_SCATTER.vjp, MASKED_SCATTER.jvp = masked_scatter_vjp, masked_scatter_jvp
+
+    def take_along_axis_vjp(node, cot, argnums):
+        if any(i > 0 for i in argnums):
+            raise index_error("gather_axis")
+        x, idx = node._inputs
+        axis, shape = node._params["axis"], node._shape
+        n = x._shape[axis]
+        index = []
+        for d, size in enumerate(shape):
+            if d == axis:
+                index.append(O.broadcast_to(idx, shape))
+            else:
+                view = [1] * len(shape)
+                view[d] = size
+                index.append(O.reshape(O.arange(size, dtype=dt.int32), tuple(view)))
+        full_ = shape[:axis] + (n,) + shape[axis + 1:]
+        g = O.zeros(full_, cot._dtype).at[tuple(index)].add(cot)
+        return [unbroadcast(g, x._shape)]
+
+    TAKE_ALONG_AXIS.vjp, TAKE_ALONG_AXIS.jvp = take_along_axis_vjp, linear_jvp
+
+    def put_along_axis_vjp(node, cot, argnums):
+        if any(i == 1 for i in argnums):
+            raise index_error("scatter_axis")
+        x, idx, values = node._inputs
+        out = []
+        for i in argnums:
+            if i == 0:
+                out.append(like(node, PUT_ALONG_AXIS, (cot, idx, O.zeros(values._shape, cot._dtype)),
+                                x._shape))
+            else:
+                out.append(make_node(TAKE_ALONG_AXIS, (cot, idx),
+                                     {"axis": node._params["axis"], "shape": values._shape},
+                                     values._shape, cot._dtype, node._stream))
+        return out
+
+    def put_along_axis_jvp(node, tangents, argnums):
+        d = tangents[0]._dtype
+        tx = tangent_or_zero(node, tangents, argnums, 0, d)
+        tv = tangent_or_zero(node, tangents, argnums, 2, d)
+        return like(node, PUT_ALONG_AXIS, (tx, node._inputs[1], tv), node._shape)
+
+    PUT_ALONG_AXIS.vjp, PUT_ALONG_AXIS.jvp = put_along_axis_vjp, put_along_axis_jvp
+
+    def dynamic_slice_vjp(node, cot, argnums):
+        x, start = node._inputs
+        return [make_node(DYNAMIC_SLICE_UPDATE, (O.zeros(x._shape, cot._dtype), cot, start),
+                          {"axes": node._params["axes"]}, x._shape, cot._dtype, node._stream)
+                if i == 0 else O.zeros_like(start) for i in argnums]
+
+    DYNAMIC_SLICE.vjp, DYNAMIC_SLICE.jvp = dynamic_slice_vjp, linear_jvp
+
+    def dynamic_slice_update_vjp(node, cot, argnums):
+        x, u, start = node._inputs
+        out = []
+        for i in argnums:
+            if i == 0:
+                out.append(like(node, DYNAMIC_SLICE_UPDATE, (cot, O.zeros(u._shape, cot._dtype), start),
+                                x._shape))
+            elif i == 1:
+                out.append(make_node(DYNAMIC_SLICE, (cot, start),
+                                     {"axes": node._params["axes"], "sizes": u._shape}, u._shape,
+                                     cot._dtype, node._stream))
+            else:
+                out.append(O.zeros_like(start))
+        return out
+
+    def dynamic_slice_update_jvp(node, tangents, argnums):
+        d = tangents[0]._dtype
+        tx = tangent_or_zero(node, tangents, argnums, 0, d)
+        tu = tangent_or_zero(node, tangents, argnums, 1, d)
+        return like(node, DYNAMIC_SLICE_UPDATE, (tx, tu, node._inputs[2]), node._shape)
+
+    DYNAMIC_SLICE_UPDATE.vjp, DYNAMIC_SLICE_UPDATE.jvp = dynamic_slice_update_vjp, dynamic_slice_update_jvp
+
+
+_attach_gradients()

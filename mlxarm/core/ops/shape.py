@@ -1,17 +1,46 @@
 """Movement primitives: views of their input (index maps, never copies), and the ops built on them."""
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from ._base import (DtypeError, Primitive, api, array, cast, dt, fmt_shape, make_node,
-                    normalize_axis, register, resolve_stream, to_array)
+                    register, resolve_stream, to_array)
 from ._base import broadcast_shapes as _broadcast_shapes
 
 
-def _shape_arg(shape) -> tuple:
-    if isinstance(shape, int):
-        return (shape,)
-    return tuple(int(s) for s in shape)
+class AxisError(IndexError, ValueError):
+    """An axis outside an array's dimensions (MLX 0.32 raises IndexError, later releases ValueError)."""
+
+
+_DIM_MIN, _DIM_MAX = -(2**31), 2**31 - 1
+
+
+def checked_dim(d: int, op: str | None = None) -> int:
+    """``d`` when it fits MLX's 32-bit shape dimensions, else MLX's OverflowError."""
+    if not _DIM_MIN <= d <= _DIM_MAX:
+        raise OverflowError(("" if op is None else f"[{op}] ") + f"Shape dimension {d} is outside "
+                            f"the supported range [{_DIM_MIN}, {_DIM_MAX}]. MLX currently uses "
+                            "32-bit integers for shape dimensions.")
+    return d
+
+
+def _dim(v, op: str) -> int:
+    try:
+        return checked_dim(operator.index(v))
+    except TypeError:
+        raise TypeError(f"{op}(): incompatible function arguments: shape entries must be integers, "
+                        f"got {type(v).__name__}.") from None
+
+
+def shape_arg(shape, op: str) -> tuple:
+    """A shape argument (an int or a sequence of ints, anything with ``__index__``) as a tuple."""
+    if isinstance(shape, (list, tuple)):
+        return tuple(_dim(s, op) for s in shape)
+    if isinstance(shape, array) and shape.ndim:
+        return tuple(_dim(s, op) for s in shape.tolist())
+    return (_dim(shape, op),)
 
 
 def _case_values(rng, dtype, shape) -> np.ndarray:
@@ -47,15 +76,13 @@ def _resolve_reshape(size: int, shape: tuple, op: str = "reshape") -> tuple:
     known = 1
     for s in shape:
         if s != -1:
-            if s < 0:
-                raise ValueError(f"[{op}] Invalid dimension {s} in shape {fmt_shape(shape)}.")
             known *= s
     if infer:
-        if known == 0 or size % known:
-            raise ValueError(f"[{op}] Cannot infer the shape of an array of size {size} into shape "
-                             f"{fmt_shape(shape)}.")
+        if known == 0:
+            raise ValueError(f"[{op}] Cannot infer the shape of an empty array")
         shape = tuple(size // known if s == -1 else s for s in shape)
-    elif known != size:
+        known *= size // known
+    if known != size or any(s < 0 for s in shape):
         raise ValueError(f"[{op}] Cannot reshape array of size {size} into shape {fmt_shape(shape)}.")
     return shape
 
@@ -63,10 +90,14 @@ def _resolve_reshape(size: int, shape: tuple, op: str = "reshape") -> tuple:
 @api(primitive="reshape")
 def reshape(a, /, shape, *, stream=None):
     a = to_array(a)
-    shape = _resolve_reshape(a.size, _shape_arg(shape))
+    requested = shape_arg(shape, "reshape")
+    shape = _resolve_reshape(a.size, requested)
     if shape == a._shape:
         return a
-    return make_node(RESHAPE, (a,), {"shape": shape}, shape, a._dtype, resolve_stream(stream))
+    params = {"shape": shape}
+    if -1 in requested:  # kept so that a shapeless compiled replay infers it again
+        params["infer"] = requested.index(-1)
+    return make_node(RESHAPE, (a,), params, shape, a._dtype, resolve_stream(stream))
 
 
 # --- transpose ---------------------------------------------------------------------------------------
@@ -94,7 +125,7 @@ def transpose(a, /, axes=None, *, stream=None):
             raise ValueError(f"[transpose] Received {len(axes)} axes for array with {nd} dimensions.")
         for ax in axes:
             if ax < -nd or ax >= nd:
-                raise IndexError(f"[transpose] Invalid axis ({ax}) for array with {nd} dimensions.")
+                raise AxisError(f"[transpose] Invalid axis ({ax}) for array with {nd} dimensions.")
         axes = tuple(ax + nd if ax < 0 else ax for ax in axes)
         if len(set(axes)) != nd:
             raise ValueError("[transpose] Repeat axes not allowed.")
@@ -108,10 +139,22 @@ def transpose(a, /, axes=None, *, stream=None):
 def swapaxes(a, /, axis1: int, axis2: int, *, stream=None):
     a = to_array(a)
     nd = a.ndim
-    i, j = normalize_axis(axis1, nd, "swapaxes"), normalize_axis(axis2, nd, "swapaxes")
+    for ax in (axis1, axis2):
+        if not -nd <= ax < nd:
+            raise AxisError(f"[swapaxes] Invalid axis {ax} for array with {nd} dimensions.")
+    i, j = axis1 % nd, axis2 % nd
     axes = list(range(nd))
     axes[i], axes[j] = axes[j], axes[i]
     return transpose(a, axes, stream=stream)
+
+
+@api()
+def matrix_transpose(a, /, *, stream=None):
+    a = to_array(a)
+    nd = a.ndim
+    if nd < 2:
+        raise ValueError("[matrix_transpose] Input array must have at least 2 dimensions.")
+    return transpose(a, tuple(range(nd - 2)) + (nd - 1, nd - 2), stream=stream)
 
 
 # --- broadcast ---------------------------------------------------------------------------------------
@@ -130,9 +173,11 @@ BROADCAST = register(Primitive("broadcast_to", "movement",
 @api(primitive="broadcast_to")
 def broadcast_to(a, /, shape, *, stream=None):
     a = to_array(a)
-    shape = _shape_arg(shape)
+    shape = shape_arg(shape, "broadcast_to")
     if shape == a._shape:
         return a
+    if any(s < 0 for s in shape):
+        raise ValueError("[broadcast_to] Negative dimensions not allowed.")
     if len(shape) < a.ndim:
         raise ValueError(f"[broadcast_shapes] Shapes {fmt_shape(a._shape)} and {fmt_shape(shape)} "
                          "cannot be broadcast.")
@@ -162,11 +207,11 @@ def broadcast_arrays(*arrays, stream=None):
 # --- shape-only edits: all are reshapes (numpy views) ---------------------------------------------
 
 def _axis(axis, ndim: int, op: str) -> int:
-    """An axis in [-ndim, ndim), as MLX checks it (IndexError otherwise)."""
+    """An axis in [-ndim, ndim), as MLX checks it (AxisError otherwise)."""
     if not isinstance(axis, int):
         raise TypeError(f"{op}(): axis must be an integer, got {type(axis).__name__}.")
     if axis < -ndim or axis >= ndim:
-        raise IndexError(f"[{op}] Axis {axis} is out of bounds for array with {ndim} dimensions.")
+        raise AxisError(f"[{op}] Axis {axis} is out of bounds for array with {ndim} dimensions.")
     return axis + ndim if axis < 0 else axis
 
 
@@ -215,13 +260,13 @@ def flatten(a, /, start_axis: int = 0, end_axis: int = -1, *, stream=None):
 @api()
 def unflatten(a, /, axis: int, shape, *, stream=None):
     a = to_array(a)
-    shape = _shape_arg(shape)
+    shape = shape_arg(shape, "unflatten")
     if not shape:
         raise ValueError("[unflatten] Shape to unflatten to cannot be empty.")
     nd = a.ndim
     ax = axis + nd if axis < 0 else axis
     if ax < 0 or ax >= nd:
-        raise IndexError(f"[unflatten] Invalid axes {ax} for array with {nd} dimensions.")
+        raise AxisError(f"[unflatten] Invalid axes {ax} for array with {nd} dimensions.")
     infer = [i for i, s in enumerate(shape) if s == -1]
     if len(infer) > 1:
         raise ValueError("[Unflatten] Can only infer one dimension.")
@@ -267,8 +312,8 @@ def expand_dims(a, /, axis, *, stream=None):
     norm = []
     for ax in axes:
         if ax < -out_nd or ax >= out_nd:
-            raise IndexError(f"[expand_dims] Axis {ax} is out of bounds for array with {out_nd} "
-                             "dimensions.")
+            raise AxisError(f"[expand_dims] Axis {ax} is out of bounds for array with {out_nd} "
+                            "dimensions.")
         norm.append(ax + out_nd if ax < 0 else ax)
     if len(set(norm)) != len(norm):
         raise ValueError("[expand_dims] Received duplicate axes.")
@@ -322,7 +367,7 @@ def moveaxis(a, /, source: int, destination: int, *, stream=None):
     nd = a.ndim
     for ax in (source, destination):
         if ax < -nd or ax >= nd:
-            raise IndexError(f"[moveaxis] Invalid axis {ax} for array with {nd} dimensions.")
+            raise AxisError(f"[moveaxis] Invalid axis {ax} for array with {nd} dimensions.")
     src, dst = source % nd, destination % nd
     order = [i for i in range(nd) if i != src]
     order.insert(dst, src)
@@ -413,7 +458,7 @@ def concatenate(arrays, axis=0, *, stream=None):
     for a in arrays[1:]:
         d = dt.promote_types(d, a._dtype)
     inputs = tuple(cast(a, d, stream) for a in arrays)
-    shape = first[:ax] + (total,) + first[ax + 1:]
+    shape = first[:ax] + (checked_dim(total, "concatenate"),) + first[ax + 1:]
     return make_node(CONCATENATE, inputs, {"axis": ax}, shape, d, resolve_stream(stream))
 
 
@@ -483,6 +528,26 @@ def unstack(x, /, *, axis: int = 0, stream=None):
     shape = x._shape[:ax] + x._shape[ax + 1:]
     return tuple(_reshaped(_section(x, ax, i, i + 1, stream), shape, stream)
                  for i in range(x._shape[ax]))
+
+
+@api()
+def diff(a, /, n: int = 1, axis: int = -1, *, stream=None):
+    from .elementwise import not_equal, subtract
+
+    a = _array_arg(a, "diff")
+    nd = a.ndim
+    if not -nd <= axis < nd:
+        raise AxisError("[diff] Axis is out of bounds for the array.")
+    if n < 0:
+        raise ValueError("[diff] Order `n` must be non-negative.")
+    ax = axis % nd
+    # Booleans difference by inequality (MLX has no boolean subtraction).
+    step = not_equal if a._dtype is dt.bool_ else subtract
+    for _ in range(n):
+        size = a._shape[ax]
+        a = step(_section(a, ax, 1, size, stream), _section(a, ax, 0, size - 1, stream),
+                 stream=stream)
+    return a
 
 
 # --- pad -------------------------------------------------------------------------------------------
@@ -563,7 +628,7 @@ def pad(a, pad_width, mode: str = "constant", constant_values=0, *, stream=None)
     value = cast(scalar_array(constant_values, a._dtype), a._dtype, stream)
     if not a._shape:
         return a
-    shape = tuple(n + lo + hi for n, (lo, hi) in zip(a._shape, widths))
+    shape = tuple(checked_dim(n + lo + hi, "pad") for n, (lo, hi) in zip(a._shape, widths))
     return make_node(PAD, (a, value), {"widths": tuple(widths), "mode": mode}, shape, a._dtype,
                      resolve_stream(stream))
 
@@ -589,7 +654,7 @@ def tile(a, reps, /, *, stream=None):
             broadcast.append(r)
         expanded.append(n)
         broadcast.append(n)
-        final.append(r * n)
+        final.append(checked_dim(r * n, "tile"))
     x = _reshaped(a, tuple(expanded), stream)
     x = broadcast_to(x, tuple(broadcast), stream=stream)
     return reshape(x, tuple(final), stream=stream)
@@ -611,7 +676,8 @@ def repeat(array, repeats: int, axis=None, *, stream=None):
     s = a._shape
     x = broadcast_to(_reshaped(a, s[:ax + 1] + (1,) + s[ax + 1:], stream),
                      s[:ax + 1] + (repeats,) + s[ax + 1:], stream=stream)
-    return reshape(x, s[:ax] + (s[ax] * repeats,) + s[ax + 1:], stream=stream)
+    shape = s[:ax] + (checked_dim(s[ax] * repeats, "repeat"),) + s[ax + 1:]
+    return reshape(x, shape, stream=stream)
 
 
 # --- roll --------------------------------------------------------------------------------------------
@@ -628,7 +694,7 @@ ROLL = register(Primitive("roll", "movement",
 
 
 @api(primitive="roll")
-def roll(a, shift, axis=None, /, *, stream=None):
+def roll(a, shift, /, axis=None, *, stream=None):
     a = to_array(a)
     if axis is None:
         total = int(shift) if _is_int(shift) else sum(int(s) for s in shift)
@@ -649,7 +715,7 @@ def roll(a, shift, axis=None, /, *, stream=None):
     nd = a.ndim
     for ax in axes:
         if ax < -nd or ax >= nd:
-            raise IndexError(f"[roll] Invalid axis {ax} for array with {nd} dimensions.")
+            raise AxisError(f"[roll] Invalid axis {ax} for array with {nd} dimensions.")
     params = {"shifts": tuple(shifts[:len(axes)]), "axes": tuple(ax % nd for ax in axes)}
     return make_node(ROLL, (a,), params, a._shape, a._dtype, resolve_stream(stream))
 
@@ -680,7 +746,7 @@ def diagonal(a, offset: int = 0, axis1: int = 0, axis2: int = 1, stream=None):
                          "dimensions.")
     for name, ax in (("axis1", axis1), ("axis2", axis2)):
         if ax < -nd or ax >= nd:
-            raise IndexError(f"[diagonal] Invalid {name} {ax} for array with {nd} dimensions.")
+            raise AxisError(f"[diagonal] Invalid {name} {ax} for array with {nd} dimensions.")
     ax1, ax2 = axis1 % nd, axis2 % nd
     if ax1 == ax2:
         raise ValueError("[diagonal] axis1 and axis2 cannot be the same axis")
@@ -742,7 +808,7 @@ AS_STRIDED = register(Primitive("as_strided", "movement", _as_strided_ref, compu
 @api(primitive="as_strided")
 def as_strided(a, /, shape=None, strides=None, offset: int = 0, *, stream=None):
     a = to_array(a)
-    shape = a._shape if shape is None else _shape_arg(shape)
+    shape = a._shape if shape is None else shape_arg(shape, "as_strided")
     if any(s < 0 for s in shape):
         raise ValueError("[as_strided] Negative dimensions not allowed.")
     if strides is None:
@@ -807,3 +873,112 @@ def view(a, dtype, stream=None):
     shape = tuple(shape)
     params = {"storage": dtype.np_storage, "shape": shape}
     return make_node(VIEW, (a,), params, shape, dtype, resolve_stream(stream))
+
+
+# --- gradient rules -----------------------------------------------------------------------------
+
+def _attach_gradients():
+    from . import _autodiff as ad
+    from ._autodiff import O, unbroadcast
+
+    def input_shape(node, i=0):
+        return node._inputs[i]._shape
+
+    RESHAPE.vjp = lambda node, cot, argnums: [reshape(cot, input_shape(node))]
+    TRANSPOSE.vjp = lambda node, cot, argnums: [
+        transpose(cot, tuple(np.argsort(node._params["axes"]).tolist()))]
+    BROADCAST.vjp = lambda node, cot, argnums: [unbroadcast(cot, input_shape(node))]
+    FLIP.vjp = lambda node, cot, argnums: [flip(cot, node._params["axes"])]
+    ROLL.vjp = lambda node, cot, argnums: [
+        make_node(ROLL, (cot,), {"shifts": tuple(-s for s in node._params["shifts"]),
+                                 "axes": node._params["axes"]},
+                  cot._shape, cot._dtype, node._stream)]
+    CONTIGUOUS.vjp = lambda node, cot, argnums: [cot]
+    for prim in (RESHAPE, TRANSPOSE, BROADCAST, FLIP, ROLL, CONTIGUOUS, SPLIT, DIAGONAL, DIAG,
+                 AS_STRIDED):
+        prim.jvp = ad.linear_jvp
+    ad.nondifferentiable(VIEW)
+
+    def concatenate_vjp(node, cot, argnums):
+        ax = node._params["axis"]
+        bounds = [0]
+        for x in node._inputs:
+            bounds.append(bounds[-1] + x._shape[ax])
+        return [_section(cot, ax, bounds[i], bounds[i + 1], None) for i in argnums]
+
+    def concatenate_jvp(node, tangents, argnums):
+        given = dict(zip(argnums, tangents))
+        d = tangents[0]._dtype
+        parts = [given[i] if i in given else O.zeros(x._shape, d) for i, x in enumerate(node._inputs)]
+        return concatenate([cast(t, d) for t in parts], node._params["axis"])
+
+    CONCATENATE.vjp, CONCATENATE.jvp = concatenate_vjp, concatenate_jvp
+
+    def split_vjp(node, cot, argnums):
+        p = node._params
+        n = input_shape(node)[p["axis"]]
+        widths = [(0, 0)] * cot.ndim
+        widths[p["axis"]] = (p["start"], n - p["stop"])
+        return [pad(cot, widths)]
+
+    SPLIT.vjp = split_vjp
+
+    def pad_vjp(node, cot, argnums):
+        p = node._params
+        if p["mode"] != "constant":
+            raise ValueError(f"[pad] vjp not implemented for mode {p['mode']!r}.")
+        x = node._inputs[0]
+        inner = cot[tuple(slice(lo, lo + n) for (lo, _), n in zip(p["widths"], x._shape))]
+        out = []
+        for i in argnums:
+            if i == 0:
+                out.append(inner)
+            else:
+                rim = O.sum(cot) - O.sum(inner)
+                out.append(reshape(rim, node._inputs[1]._shape))
+        return out
+
+    def pad_jvp(node, tangents, argnums):
+        given = dict(zip(argnums, tangents))
+        d = tangents[0]._dtype
+        tx = given.get(0, O.zeros(input_shape(node), d))
+        tv = given.get(1, O.zeros(input_shape(node, 1), d))
+        return make_node(PAD, (tx, cast(tv, tx._dtype)), node._params, node._shape, tx._dtype,
+                         node._stream)
+
+    PAD.vjp, PAD.jvp = pad_vjp, pad_jvp
+
+    def diagonal_vjp(node, cot, argnums):
+        p = node._params
+        shape = input_shape(node)
+        a1, a2, k = p["axis1"], p["axis2"], p["offset"]
+        n1, n2 = shape[a1], shape[a2]
+        r0 = max(0, -k)
+        widths = [(0, 0)] * (cot.ndim - 1) + [(r0, n1 - r0 - cot._shape[-1])]
+        rows = pad(cot, widths)
+        mask = O.eye(n1, n2, k, dtype=dt.bool_)
+        full_ = O.where(mask, expand_dims(rows, -1), O.zeros((), cot._dtype))
+        others = [i for i in range(len(shape)) if i not in (a1, a2)]
+        order = others + [a1, a2]
+        return [transpose(full_, tuple(order.index(j) for j in range(len(shape))))]
+
+    DIAGONAL.vjp = diagonal_vjp
+    DIAG.vjp = lambda node, cot, argnums: [diagonal(cot, node._params["k"])]
+
+    def as_strided_vjp(node, cot, argnums):
+        p = node._params
+        x = node._inputs[0]
+        index = np.full(p["shape"], p["offset"], dtype=np.int64)
+        for ax, (n, s) in enumerate(zip(p["shape"], p["strides"])):
+            view = [1] * len(p["shape"])
+            view[ax] = n
+            index = index + (np.arange(n, dtype=np.int64) * s).reshape(view)
+        from ._base import to_array
+
+        flat = O.zeros((x.size,), cot._dtype).at[to_array(index.astype(np.int32))].add(cot)
+        return [reshape(flat, x._shape)]
+
+    AS_STRIDED.vjp = as_strided_vjp
+
+
+_attach_gradients()

@@ -1,0 +1,102 @@
+"""Fusion: cut the execution order of one eval into kernels and nodes the numpy executor runs.
+
+A node is *materialized* (gets a buffer) when something outside one kernel needs it: it is an output
+or the user holds it (a reference from outside the graph), more than one node consumes it, it is a
+reduction, or a node only numpy can run reads it. Every other elementwise or view node is folded into
+the kernel of its consumer: elementwise chains fuse through views and broadcasts, and a reduction
+takes its elementwise producers as a prologue. Intermediates that stay inside a kernel are never
+allocated. A view of a materialized buffer stays a numpy view (no kernel, no copy).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from .lower import classify
+
+
+MAX_DEPTH = 128
+
+
+@dataclass
+class Step:
+    kind: str  # 'kernel' or 'numpy'
+    node: object
+
+
+def _uses(nodes) -> tuple:
+    """Distinct consumers per node, and references held by consumers' input tuples."""
+    consumers: dict = {}
+    refs: dict = {}
+    for n in nodes:
+        seen = set()
+        for i in n._inputs:
+            k = id(i)
+            refs[k] = refs.get(k, 0) + 1
+            if k not in seen:
+                seen.add(k)
+                consumers[k] = consumers.get(k, 0) + 1
+    return consumers, refs
+
+
+def _observed(nodes, refs: dict, held_by_caller: int) -> set:
+    """Nodes referenced from outside the graph (the user, the eval's outputs). ``getrefcount`` sees
+    the consumers' input tuples, ``nodes``, the loop variable, its own argument, and whatever the
+    caller holds besides ``nodes``; anything more is an outside reference."""
+    base = 3 + held_by_caller
+    return {id(n) for n in nodes if sys.getrefcount(n) - base > refs.get(id(n), 0)}
+
+
+def plan(nodes: list, held_by_caller: int = 0) -> list:
+    """The steps that realize ``nodes`` (topologically ordered, all unrealized)."""
+    consumers, refs = _uses(nodes)
+    observed = _observed(nodes, refs, held_by_caller)
+    kinds = {id(n): classify(n) for n in nodes}
+    materialized = set()
+    shared_views = []
+    for n in nodes:
+        k = id(n)
+        kind = kinds[k]
+        if kind is None:
+            materialized.add(k)
+            for i in n._inputs:
+                if i._data is None:
+                    materialized.add(id(i))
+        elif kind == "reduce" or k in observed or consumers.get(k, 0) == 0:
+            materialized.add(k)
+        elif consumers[k] > 1:
+            if kind == "view":
+                shared_views.append(n)
+            else:
+                materialized.add(k)
+    # A view read by several kernels is free to repeat when it only re-indexes a buffer.
+    for n in shared_views:
+        if not _views_a_buffer(n, materialized, kinds):
+            materialized.add(id(n))
+    # Very long chains are cut into kernels of bounded depth (lowering walks a kernel recursively).
+    depth: dict = {}
+    for n in nodes:
+        k = id(n)
+        d = 1 + max((depth.get(id(i), 0) for i in n._inputs), default=0)
+        if d > MAX_DEPTH:
+            materialized.add(k)
+        depth[k] = 0 if k in materialized else d
+    steps = []
+    for n in nodes:
+        k = id(n)
+        if k not in materialized:
+            continue
+        kind = kinds[k]
+        if kind is None or (kind == "view" and _views_a_buffer(n, materialized, kinds)):
+            steps.append(Step("numpy", n))
+        else:
+            steps.append(Step("kernel", n))
+    return steps
+
+
+def _views_a_buffer(node, materialized: set, kinds: dict) -> bool:
+    """Whether ``node`` is views all the way down to a buffer (realized or materialized)."""
+    src = node._inputs[0]
+    while src._data is None and id(src) not in materialized and kinds.get(id(src)) == "view":
+        src = src._inputs[0]
+    return src._data is not None or id(src) in materialized

@@ -1,0 +1,177 @@
+"""Lowering: a fused group of graph nodes to one ``codegen.ir.Kernel`` plus the buffers it reads.
+
+``classify`` says how code generation treats a node: an ``elementwise`` op it can compute, a ``view``
+(a movement primitive whose numpy reference returns a view), a ``reduce`` it can compute, or None
+(the numpy executor runs it). ``lower`` runs when the group's inputs are realized: it walks from the
+root through unrealized nodes, pushes every view down to the realized buffers by applying the view's
+own numpy reference to them (so a kernel reads transposed, sliced, broadcast or reshaped data in
+place, through strides), and merges loop dims that every buffer walks contiguously.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from . import ir
+
+VIEWS = frozenset({"reshape", "transpose", "broadcast_to", "strided_slice", "flip"})
+_IDENTITY = frozenset({"copy", "stop_gradient"})
+_ELEMENTWISE = ir.UNARY_OPS | ir.BINARY_OPS | ir.TERNARY_OPS | _IDENTITY | {"astype"}
+_FLOAT_ONLY = frozenset({"exp", "expm1", "log", "log2", "log10", "log1p", "sqrt", "rsqrt", "reciprocal",
+                         "sin", "cos", "tanh", "sigmoid", "erf", "degrees", "radians", "divide"})
+_ELEMENTWISE_KINDS = ("unary", "binary", "ternary")
+
+
+def _broadcast(params, x):
+    return np.broadcast_to(x, params)
+
+
+def _transpose(params, x):
+    return x.transpose(params)
+
+
+def classify(node):
+    """'elementwise', 'view', 'reduce', or None when only the numpy executor can run ``node``."""
+    prim = node._prim
+    name = prim.name
+    if name in VIEWS:
+        return "view"
+    if node._dtype.name not in ir.DTYPES:
+        return None
+    if prim.kind in _ELEMENTWISE_KINDS and name in _ELEMENTWISE:
+        for i in node._inputs:
+            if i._dtype.name not in ir.DTYPES:
+                return None
+        if name in _FLOAT_ONLY and node._inputs[0]._dtype.kind != "f":
+            return None
+        if name == "round" and node._params and node._params.get("decimals", 0):
+            return None
+        return "elementwise"
+    if prim.kind == "reduce" and name in ir.REDUCE_OPS and node._inputs[0]._dtype.name in ir.DTYPES:
+        return "reduce"
+    return None
+
+
+class _Group:
+    """Builds the expression of one kernel and collects the buffer views it loads."""
+
+    def __init__(self, final_moves: tuple):
+        self.final = final_moves  # applied to every leaf after the graph's own views
+        self.arrays: list = []
+        self.slots: dict = {}
+        self.memo: dict = {}
+
+    def expr(self, node, moves: tuple):
+        key = (id(node), tuple((id(f), id(p)) for f, p in moves))
+        hit = self.memo.get(key)
+        if hit is None:
+            hit = self.memo[key] = self._expr(node, moves)
+        return hit
+
+    def _expr(self, node, moves):
+        if node._data is not None:
+            return self.leaf(node, moves)
+        prim = node._prim
+        if prim.name in VIEWS:
+            return self.expr(node._inputs[0], ((prim.ref, node._params),) + moves)
+        shape = node._shape
+        args = []
+        for i in node._inputs:
+            m = moves if i._shape == shape else ((_broadcast, shape),) + moves
+            args.append(self.expr(i, m))
+        dtype = node._dtype.name
+        name = prim.name
+        if name == "astype":
+            return ir.Cast(args[0], dtype)
+        if name in _IDENTITY:
+            return args[0]
+        return ir.Op(name, tuple(args), dtype)
+
+    def leaf(self, node, moves):
+        arr = node._data
+        for fn, params in moves + self.final:
+            arr = fn(params, arr)
+        key = (arr.__array_interface__["data"][0], arr.strides, arr.shape, node._dtype.name)
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = len(self.arrays) + 1  # buffer 0 is the output
+            self.arrays.append(arr)
+        size = arr.itemsize
+        return ir.Load(slot, node._dtype.name, tuple(s // size for s in arr.strides))
+
+
+def _coalesce(dims: tuple, strides: list, n_out: int) -> tuple:
+    """Drop size-1 dims and merge neighbours every buffer walks contiguously. Returns
+    (dims, strides per buffer, n_out)."""
+    groups = []
+    for lo, hi in ((0, n_out), (n_out, len(dims))):
+        kept = [d for d in range(lo, hi) if dims[d] != 1]
+        merged: list = []  # [size, [stride per buffer]]
+        for d in kept:
+            if merged and all(s[d] * dims[d] == m for s, m in zip(strides, merged[-1][1])):
+                merged[-1][0] *= dims[d]
+                merged[-1][1] = [s[d] for s in strides]
+            else:
+                merged.append([dims[d], [s[d] for s in strides]])
+        groups.append(merged)
+    out, red = groups
+    if n_out == len(dims) and not out:
+        out = [[1, [0] * len(strides)]]
+    if n_out < len(dims) and not red:
+        red = [[1, [0] * len(strides)]]
+    new_dims = tuple(m[0] for m in out + red)
+    new_strides = [tuple(m[1][b] for m in out + red) for b in range(len(strides))]
+    return new_dims, new_strides, len(out)
+
+
+def _contiguous_strides(shape: tuple) -> tuple:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= s
+    return tuple(reversed(out))
+
+
+def _restride(e, strides_of: dict):
+    if isinstance(e, ir.Load):
+        return ir.Load(e.buf, e.dtype, strides_of[e.buf])
+    if isinstance(e, ir.Const):
+        return e
+    if isinstance(e, ir.Cast):
+        return ir.Cast(_restride(e.arg, strides_of), e.dtype)
+    return ir.Op(e.op, tuple(_restride(a, strides_of) for a in e.args), e.dtype)
+
+
+def lower(root, width: int):
+    """(kernel, [input arrays in buffer order 1..n], output array) for the group rooted at ``root``."""
+    out = np.empty(root._shape, dtype=root._dtype.np_storage)
+    if root._prim.kind == "reduce":
+        src = root._inputs[0]
+        axes = root._params["axes"]
+        kept = tuple(d for d in range(len(src._shape)) if d not in axes)
+        perm = kept + tuple(axes)
+        group = _Group(((_transpose, perm),))
+        value = group.expr(src, ())
+        dims = tuple(src._shape[d] for d in perm)
+        n_out = len(kept)
+        out_strides = _contiguous_strides(tuple(src._shape[d] for d in kept)) + (0,) * len(axes)
+        reduce_op = root._prim.name
+    else:
+        group = _Group(())
+        value = group.expr(root, ())
+        dims = root._shape
+        n_out = len(dims)
+        out_strides = _contiguous_strides(dims)
+        reduce_op = None
+    loads = [l for l in ir.walk(value) if isinstance(l, ir.Load)]
+    by_buf = {l.buf: l.strides for l in loads}
+    bufs = sorted(by_buf)
+    dims, strides, n_out = _coalesce(dims, [out_strides] + [by_buf[b] for b in bufs], n_out)
+    strides_of = dict(zip(bufs, strides[1:]))
+    value = _restride(value, strides_of)
+    store = ir.Store(0, root._dtype.name, strides[0][:n_out] if reduce_op else strides[0], value)
+    kernel = ir.Kernel("", dims, n_out, store, reduce_op, width)
+    digest = hashlib.sha1(repr(kernel).encode()).hexdigest()[:16]
+    kernel = ir.Kernel(f"k{digest}", dims, n_out, store, reduce_op, width)
+    return kernel, group.arrays, out

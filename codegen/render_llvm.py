@@ -1,0 +1,838 @@
+"""LLVM IR renderer: kernel IR (``codegen.ir``) to LLVM IR text, explicitly vectorized for a target.
+
+Every kernel becomes ``void @name(ptr %args, i64 %start, i64 %end)``: ``args`` points to the buffers'
+base pointers, and [start, end) is the share of the output index space (elements, or output elements
+of a reduction) one thread computes. The innermost loop runs on vectors of ``Kernel.width`` lanes (a
+scalable ``<vscale x 4 x T>`` on SVE, written as text because llvmlite's IR builder has no scalable
+types), then a scalar loop finishes the remainder. Transcendental functions are polynomial
+approximations emitted inline (Cephes-style range reduction, about 1 ulp in float32), so hot loops
+never call libm. Loop counters live in allocas; the optimizer promotes them to registers.
+"""
+from __future__ import annotations
+
+import math
+import struct
+
+from .ir import Cast, Const, Kernel, Load, Op
+from .target import Target
+
+# compute type (what values are in registers) and storage type (what memory holds) per dtype
+_COMPUTE = {"bool": "i1", "uint8": "i8", "int8": "i8", "uint16": "i16", "int16": "i16", "uint32": "i32",
+            "int32": "i32", "uint64": "i64", "int64": "i64", "float16": "float", "float32": "float",
+            "bfloat16": "float"}
+_STORAGE = {**_COMPUTE, "bool": "i8", "float16": "half", "bfloat16": "i16"}
+_SIZE = {"i1": 1, "i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "float": 4}
+_BITS = {"i1": 1, "i8": 8, "i16": 16, "i32": 32, "i64": 64}
+_SUFFIX = {"float": "f32", "half": "f16", "i1": "i1", "i8": "i8", "i16": "i16", "i32": "i32", "i64": "i64"}
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype in ("float16", "float32", "bfloat16")
+
+
+def _is_unsigned(dtype: str) -> bool:
+    return dtype.startswith("uint") or dtype == "bool"
+
+
+def float_literal(v: float) -> str:
+    """LLVM writes float constants as the hex bits of the (exactly representable) double."""
+    v = struct.unpack("<f", struct.pack("<f", v))[0] if math.isfinite(v) else v
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", v))[0]
+
+
+def _int_literal(v: int, ctype: str) -> str:
+    if ctype == "i1":
+        return "true" if v else "false"
+    bits = _BITS[ctype]
+    v &= (1 << bits) - 1
+    return str(v - (1 << bits) if v >> (bits - 1) else v)
+
+
+class _Body:
+    """Instructions of one function, with fresh SSA names and the intrinsics they declare."""
+
+    def __init__(self, declares: set):
+        self.lines: list = []
+        self.n = 0
+        self.declares = declares
+
+    def tmp(self) -> str:
+        self.n += 1
+        return f"%t{self.n}"
+
+    def emit(self, text: str) -> str:
+        name = self.tmp()
+        self.lines.append(f"  {name} = {text}")
+        return name
+
+    def raw(self, text: str) -> None:
+        self.lines.append(text if text.endswith(":") else f"  {text}")
+
+    def declare(self, text: str) -> None:
+        self.declares.add(f"declare {text}")
+
+
+class _Lanes:
+    """Emits elementwise arithmetic for one lane shape: scalar, fixed vector, or scalable vector."""
+
+    def __init__(self, body: _Body, lanes):
+        self.b = body
+        self.lanes = lanes  # None (scalar), an int (fixed), or "vscale" (<vscale x 4 x T>)
+
+    # --- types ------------------------------------------------------------------------------
+    def ty(self, c: str) -> str:
+        if self.lanes is None:
+            return c
+        if self.lanes == "vscale":
+            return f"<vscale x 4 x {c}>"
+        return f"<{self.lanes} x {c}>"
+
+    def sfx(self, c: str) -> str:
+        if self.lanes is None:
+            return _SUFFIX[c]
+        if self.lanes == "vscale":
+            return f"nxv4{_SUFFIX[c]}"
+        return f"v{self.lanes}{_SUFFIX[c]}"
+
+    def const(self, c: str, v) -> str:
+        lit = float_literal(float(v)) if c in ("float", "half") else _int_literal(int(v), c)
+        return lit if self.lanes is None else f"splat ({c} {lit})"
+
+    # --- instructions ---------------------------------------------------------------------------
+    def op(self, opcode: str, c: str, a: str, b: str) -> str:
+        return self.b.emit(f"{opcode} {self.ty(c)} {a}, {b}")
+
+    def call(self, name: str, c_out: str, args: list, c_overload: str | None = None) -> str:
+        """Call ``llvm.<name>`` overloaded on the type of ``c_overload`` (default: the result)."""
+        if name == "fptosi.sat":  # overloaded on the result and the argument
+            full = f"llvm.fptosi.sat.{self.sfx(c_out)}.{self.sfx('float')}"
+            self.b.declare(f"{self.ty(c_out)} @{full}({self.ty('float')})")
+            return self.b.emit(f"call {self.ty(c_out)} @{full}({self.ty('float')} {args[0][1]})")
+        full = f"llvm.{name}.{self.sfx(c_overload or c_out)}"
+        self.b.declare(f"{self.ty(c_out)} @{full}({', '.join(t for t, _ in args)})")
+        return self.b.emit(f"call {self.ty(c_out)} @{full}({', '.join(f'{t} {v}' for t, v in args)})")
+
+    def fcall(self, name: str, *vals) -> str:
+        t = self.ty("float")
+        return self.call(name, "float", [(t, v) for v in vals])
+
+    def cmp(self, kind: str, pred: str, c: str, a: str, b: str) -> str:
+        return self.b.emit(f"{kind} {pred} {self.ty(c)} {a}, {b}")
+
+    def select(self, cond: str, c: str, a: str, b: str) -> str:
+        return self.b.emit(f"select {self.ty('i1')} {cond}, {self.ty(c)} {a}, {self.ty(c)} {b}")
+
+    def conv(self, opcode: str, c_from: str, v: str, c_to: str) -> str:
+        return self.b.emit(f"{opcode} {self.ty(c_from)} {v} to {self.ty(c_to)}")
+
+    def splat(self, c: str, scalar: str) -> str:
+        if self.lanes is None:
+            return scalar
+        one = self.b.emit(f"insertelement {self.ty(c)} poison, {c} {scalar}, i64 0")
+        mask = "zeroinitializer"
+        return self.b.emit(f"shufflevector {self.ty(c)} {one}, {self.ty(c)} poison, {self.ty('i32')} {mask}")
+
+    # float helpers
+    def fk(self, v: float) -> str:
+        return self.const("float", v)
+
+    def fadd(self, a, b):
+        return self.op("fadd", "float", a, b)
+
+    def fsub(self, a, b):
+        return self.op("fsub", "float", a, b)
+
+    def fmul(self, a, b):
+        return self.op("fmul", "float", a, b)
+
+    def fdiv(self, a, b):
+        return self.op("fdiv", "float", a, b)
+
+    def fma(self, a, b, c):
+        return self.fcall("fma", a, b, c)
+
+    def poly(self, x: str, coeffs) -> str:
+        """Horner: coeffs from the highest power down."""
+        acc = self.fk(coeffs[0])
+        for c in coeffs[1:]:
+            acc = self.fma(acc, x, self.fk(c))
+        return acc
+
+    def fcmp(self, pred, a, b):
+        return self.cmp("fcmp", pred, "float", a, b)
+
+    def fsel(self, cond, a, b):
+        return self.select(cond, "float", a, b)
+
+    def bits(self, x):
+        return self.conv("bitcast", "float", x, "i32")
+
+    def from_bits(self, i):
+        return self.conv("bitcast", "i32", i, "float")
+
+    def iop(self, opcode, a, b, c="i32"):
+        return self.op(opcode, c, a, b)
+
+    # --- transcendental functions (float32, inline) ----------------------------------------------
+    def exp(self, x: str) -> str:
+        xc = self.fcall("minnum", self.fcall("maxnum", x, self.fk(-104.0)), self.fk(89.0))
+        n = self.fcall("floor", self.fma(xc, self.fk(1.44269504088896341), self.fk(0.5)))
+        r = self.fma(n, self.fk(-0.693359375), xc)
+        r = self.fma(n, self.fk(2.12194440e-4), r)
+        p = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                          1.6666665459e-1, 5.0000001201e-1])
+        y = self.fadd(self.fma(p, self.fmul(r, r), r), self.fk(1.0))
+        ni = self.conv("fptosi", "float", n, "i32")
+        n1 = self.iop("ashr", ni, self.const("i32", 1))
+        n2 = self.iop("sub", ni, n1)
+        s1 = self.from_bits(self.iop("shl", self.iop("add", n1, self.const("i32", 127)), self.const("i32", 23)))
+        s2 = self.from_bits(self.iop("shl", self.iop("add", n2, self.const("i32", 127)), self.const("i32", 23)))
+        out = self.fmul(self.fmul(y, s1), s2)
+        return self.fsel(self.fcmp("uno", x, x), x, out)
+
+    def log(self, x: str) -> str:
+        tiny = self.fcmp("olt", x, self.fk(1.17549435e-38))
+        xs = self.fsel(tiny, self.fmul(x, self.fk(8388608.0)), x)
+        adj = self.select(tiny, "i32", self.const("i32", 23), self.const("i32", 0))
+        ib = self.bits(xs)
+        e = self.iop("sub", self.iop("sub", self.iop("lshr", ib, self.const("i32", 23)), self.const("i32", 126)), adj)
+        m = self.from_bits(self.iop("or", self.iop("and", ib, self.const("i32", 0x807FFFFF)),
+                                    self.const("i32", 0x3F000000)))
+        small = self.fcmp("olt", m, self.fk(0.707106781186547524))
+        e = self.iop("sub", e, self.conv("zext", "i1", small, "i32"))
+        m = self.fsub(self.fsel(small, self.fadd(m, m), m), self.fk(1.0))
+        z = self.fmul(m, m)
+        y = self.poly(m, [7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+                          1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+                          3.3333331174e-1])
+        y = self.fmul(self.fmul(y, m), z)
+        fe = self.conv("sitofp", "i32", e, "float")
+        y = self.fma(fe, self.fk(-2.12194440e-4), y)
+        y = self.fma(z, self.fk(-0.5), y)
+        r = self.fma(fe, self.fk(0.693359375), self.fadd(m, y))
+        r = self.fsel(self.fcmp("oeq", x, self.fk(math.inf)), x, r)
+        r = self.fsel(self.fcmp("oeq", x, self.fk(0.0)), self.fk(-math.inf), r)
+        return self.fsel(self.fcmp("ult", x, self.fk(0.0)), self.fk(math.nan), r)
+
+    def log1p(self, x: str) -> str:
+        u = self.fadd(x, self.fk(1.0))
+        d = self.fsub(u, self.fk(1.0))
+        kahan = self.fmul(self.log(u), self.fdiv(x, d))
+        r = self.fsel(self.fcmp("oeq", d, self.fk(0.0)), x, kahan)
+        return self.fsel(self.fcmp("oeq", u, self.fk(math.inf)), u, r)
+
+    def expm1(self, x: str) -> str:
+        u = self.exp(x)
+        d = self.fsub(u, self.fk(1.0))
+        kahan = self.fdiv(self.fmul(d, x), self.log(u))
+        near = self.fsel(self.fcmp("oeq", u, self.fk(1.0)), x, kahan)
+        return self.fsel(self.fcmp("ogt", self.fcall("fabs", x), self.fk(0.5)), d, near)
+
+    def tanh(self, x: str) -> str:
+        ax = self.fcall("fabs", x)
+        z = self.fmul(x, x)
+        p = self.poly(z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1,
+                          -3.33332819422e-1])
+        small = self.fma(self.fmul(p, z), x, x)
+        s = self.exp(self.fadd(ax, ax))
+        big = self.fsub(self.fk(1.0), self.fdiv(self.fk(2.0), self.fadd(s, self.fk(1.0))))
+        big = self.fcall("copysign", big, x)
+        return self.fsel(self.fcmp("olt", ax, self.fk(0.625)), small, big)
+
+    def sigmoid(self, x: str) -> str:
+        e = self.exp(self.fsub(self.fk(-0.0), x))
+        return self.fdiv(self.fk(1.0), self.fadd(self.fk(1.0), e))
+
+    def _sincos(self, x: str, cosine: bool) -> str:
+        ax = self.fcall("fabs", x)
+        jf = self.fmul(ax, self.fk(1.27323954473516))  # 4 / pi
+        j = self.call("fptosi.sat", "i32", [(self.ty("float"), jf)])
+        j = self.iop("and", self.iop("add", j, self.const("i32", 1)), self.const("i32", -2))
+        y = self.conv("sitofp", "i32", j, "float")
+        r = self.fma(y, self.fk(-0.78515625), ax)
+        r = self.fma(y, self.fk(-2.4187564849853515625e-4), r)
+        r = self.fma(y, self.fk(-3.77489497744594108e-8), r)
+        z = self.fmul(r, r)
+        cos_p = self.poly(z, [2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2])
+        cos_p = self.fadd(self.fma(self.fmul(cos_p, z), z, self.fmul(z, self.fk(-0.5))), self.fk(1.0))
+        sin_p = self.poly(z, [-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1])
+        sin_p = self.fma(self.fmul(sin_p, z), r, r)
+        quadrant = self.iop("and", j, self.const("i32", 7))
+        hi = self.cmp("icmp", "uge", "i32", quadrant, self.const("i32", 4))
+        q2 = self.iop("and", j, self.const("i32", 3))
+        use_other = self.cmp("icmp", "eq", "i32", q2, self.const("i32", 2))
+        if cosine:
+            val = self.fsel(use_other, sin_p, cos_p)
+            neg = self.op("xor", "i1", hi, use_other)
+        else:
+            val = self.fsel(use_other, cos_p, sin_p)
+            neg = self.op("xor", "i1", hi, self.fcmp("olt", x, self.fk(0.0)))
+        val = self.fsel(neg, self.fsub(self.fk(-0.0), val), val)
+        return self.fsel(self.fcmp("oeq", ax, self.fk(math.inf)), self.fk(math.nan), val)
+
+    def erf(self, x: str) -> str:
+        ax = self.fcall("fabs", x)
+        t = self.fdiv(self.fk(1.0), self.fma(ax, self.fk(0.3275911), self.fk(1.0)))
+        p = self.poly(t, [1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592])
+        e = self.exp(self.fsub(self.fk(-0.0), self.fmul(ax, ax)))
+        far = self.fsub(self.fk(1.0), self.fmul(self.fmul(p, t), e))
+        far = self.fcall("copysign", far, x)
+        z = self.fmul(x, x)
+        near = self.poly(z, [1.0 / 75600, -1.0 / 9360, 1.0 / 1320, -1.0 / 216, 1.0 / 42, -0.1, 1.0 / 3, -1.0])
+        near = self.fmul(self.fmul(near, self.fk(-1.1283791670955126)), x)
+        return self.fsel(self.fcmp("olt", ax, self.fk(0.5)), near, far)
+
+
+class _Values(_Lanes):
+    """Emits kernel-IR expressions at a loop index, for one lane shape."""
+
+    def __init__(self, body, lanes, ptrs: dict, index: str, width_value: str):
+        super().__init__(body, lanes)
+        self.ptrs = ptrs  # buffer -> SSA pointer at the current row
+        self.index = index  # SSA i64: position in the innermost loop
+        self.step = width_value
+        self.memo: dict = {}
+
+    def value(self, e) -> str:
+        hit = self.memo.get(e)
+        if hit is None:
+            hit = self.memo[e] = self._value(e)
+        return hit
+
+    def _value(self, e) -> str:
+        if isinstance(e, Load):
+            return self.load(e)
+        if isinstance(e, Const):
+            return self.const(_COMPUTE[e.dtype], e.value)
+        if isinstance(e, Cast):
+            return self.round(self.cast(self.value(e.arg), e.arg.dtype, e.dtype), e.dtype)
+        return self.round(self.alu(e), e.dtype)
+
+    # --- memory ----------------------------------------------------------------------------------
+    def address(self, buf: int, st: str, stride: int) -> str:
+        if self.lanes is None or stride == 0:
+            off = self.index if stride == 1 else self.b.emit(f"mul i64 {self.index}, {stride}")
+            if stride == 0:
+                return self.ptrs[buf]
+            return self.b.emit(f"getelementptr {st}, ptr {self.ptrs[buf]}, i64 {off}")
+        if stride == 1:
+            return self.b.emit(f"getelementptr {st}, ptr {self.ptrs[buf]}, i64 {self.index}")
+        idx = self.op("add", "i64", self.splat("i64", self.index), self.step_vector())
+        idx = self.op("mul", "i64", idx, self.const("i64", stride))
+        return self.b.emit(f"getelementptr {st}, ptr {self.ptrs[buf]}, {self.ty('i64')} {idx}")
+
+    def step_vector(self) -> str:
+        if self.lanes == "vscale":
+            self.b.declare("<vscale x 4 x i64> @llvm.stepvector.nxv4i64()")
+            return self.b.emit("call <vscale x 4 x i64> @llvm.stepvector.nxv4i64()")
+        return "<" + ", ".join(f"i64 {i}" for i in range(self.lanes)) + ">"
+
+    def load(self, e: Load) -> str:
+        st = _STORAGE[e.dtype]
+        stride = e.strides[-1] if e.strides else 0
+        p = self.address(e.buf, st, stride)
+        size = _SIZE[st]
+        if self.lanes is None or stride == 0:
+            raw = self.b.emit(f"load {st}, ptr {p}, align {size}")
+            raw = self.to_compute_scalar_or_vector(raw, e.dtype, scalar=True)
+            return self.splat(_COMPUTE[e.dtype], raw) if self.lanes is not None else raw
+        if stride == 1:
+            raw = self.b.emit(f"load {self.ty(st)}, ptr {p}, align {size}")
+        else:
+            full = f"llvm.masked.gather.{self.sfx(st)}.{self.sfx('i1').replace('i1', 'p0')}"
+            self.b.declare(f"{self.ty(st)} @{full}({self.ty('ptr')}, i32, {self.ty('i1')}, {self.ty(st)})")
+            raw = self.b.emit(f"call {self.ty(st)} @{full}({self.ty('ptr')} {p}, i32 {size}, "
+                              f"{self.ty('i1')} {self.const('i1', 1)}, {self.ty(st)} poison)")
+        return self.to_compute_scalar_or_vector(raw, e.dtype, scalar=False)
+
+    def to_compute_scalar_or_vector(self, raw: str, dtype: str, scalar: bool) -> str:
+        saved = self.lanes
+        if scalar:
+            self.lanes = None
+        try:
+            if dtype == "float16":
+                return self.conv("fpext", "half", raw, "float")
+            if dtype == "bfloat16":
+                wide = self.conv("zext", "i16", raw, "i32")
+                return self.from_bits(self.iop("shl", wide, self.const("i32", 16)))
+            if dtype == "bool":
+                return self.cmp("icmp", "ne", "i8", raw, self.const("i8", 0))
+            return raw
+        finally:
+            self.lanes = saved
+
+    def stored(self, v: str, dtype: str) -> str:
+        """A computed value in its dtype's storage form."""
+        if dtype == "float16":
+            return self.conv("fptrunc", "float", v, "half")
+        if dtype == "bfloat16":
+            return self.conv("trunc", "i32", self.iop("lshr", self.bf16_bits(v), self.const("i32", 16)), "i16")
+        if dtype == "bool":
+            return self.conv("zext", "i1", v, "i8")
+        return v
+
+    def bf16_bits(self, v: str) -> str:
+        """float32 -> bfloat16 in the high half of an i32: round to nearest even, NaN stays NaN."""
+        u = self.bits(v)
+        lsb = self.iop("and", self.iop("lshr", u, self.const("i32", 16)), self.const("i32", 1))
+        r = self.iop("add", u, self.iop("add", lsb, self.const("i32", 0x7FFF)))
+        r = self.iop("and", r, self.const("i32", -65536))
+        nan = self.iop("or", self.iop("and", u, self.const("i32", -65536)), self.const("i32", 0x400000))
+        return self.select(self.fcmp("uno", v, v), "i32", nan, r)
+
+    def round(self, v: str, dtype: str) -> str:
+        """Half-precision results are rounded at every node, as the numpy reference does."""
+        if dtype == "float16":
+            return self.conv("fpext", "half", self.conv("fptrunc", "float", v, "half"), "float")
+        if dtype == "bfloat16":
+            return self.from_bits(self.bf16_bits(v))
+        return v
+
+    # --- casts ----------------------------------------------------------------------------------
+    def cast(self, v: str, src: str, dst: str) -> str:
+        cs, cd = _COMPUTE[src], _COMPUTE[dst]
+        if dst == "bool":
+            if cs == "float":
+                return self.fcmp("une", v, self.fk(0.0))
+            if cs == "i1":
+                return v
+            return self.cmp("icmp", "ne", cs, v, self.const(cs, 0))
+        if cs == "float" and cd == "float":
+            return v
+        if cd == "float":
+            return self.conv("uitofp" if _is_unsigned(src) else "sitofp", cs, v, "float")
+        if cs == "float":
+            wide = self.call("fptosi.sat", "i64", [(self.ty("float"), v)])
+            return wide if cd == "i64" else self.conv("trunc", "i64", wide, cd)
+        if _BITS[cs] == _BITS[cd]:
+            return v
+        if _BITS[cs] > _BITS[cd]:
+            return self.conv("trunc", cs, v, cd)
+        return self.conv("zext" if _is_unsigned(src) else "sext", cs, v, cd)
+
+    def as_bool(self, v: str, dtype: str) -> str:
+        return self.cast(v, dtype, "bool")
+
+    # --- arithmetic -----------------------------------------------------------------------------
+    def alu(self, e: Op) -> str:
+        args = [self.value(a) for a in e.args]
+        src = e.args[0].dtype
+        c = _COMPUTE[src]
+        name = e.op
+        if name == "where":
+            return self.select(args[0], _COMPUTE[e.dtype], args[1], args[2])
+        if name in ("logical_and", "logical_or"):
+            a, b = self.as_bool(args[0], src), self.as_bool(args[1], e.args[1].dtype)
+            return self.op("and" if name == "logical_and" else "or", "i1", a, b)
+        if name == "logical_not":
+            return self.op("xor", "i1", self.as_bool(args[0], src), self.const("i1", 1))
+        if c == "float":
+            return self._float_op(name, args)
+        return self._int_op(name, args, c, _is_unsigned(src))
+
+    _FCMP = {"equal": "oeq", "not_equal": "une", "less": "olt", "less_equal": "ole", "greater": "ogt",
+             "greater_equal": "oge"}
+    _ICMP = {"equal": "eq", "not_equal": "ne", "less": "lt", "less_equal": "le", "greater": "gt",
+             "greater_equal": "ge"}
+
+    def _float_op(self, name: str, a: list) -> str:
+        x = a[0]
+        if name in self._FCMP:
+            return self.fcmp(self._FCMP[name], x, a[1])
+        simple = {"add": "fadd", "subtract": "fsub", "multiply": "fmul", "divide": "fdiv"}
+        if name in simple:
+            return self.op(simple[name], "float", x, a[1])
+        if name in ("maximum", "minimum"):
+            return self.fcall(name, x, a[1])
+        if name in ("abs", "floor", "ceil", "sqrt"):
+            return self.fcall({"abs": "fabs"}.get(name, name), x)
+        if name == "round":
+            return self.fcall("roundeven", x)
+        if name == "negative":
+            return self.fsub(self.fk(-0.0), x)
+        if name == "square":
+            return self.fmul(x, x)
+        if name == "sign":
+            pos = self.fsel(self.fcmp("ogt", x, self.fk(0.0)), self.fk(1.0), x)
+            return self.fsel(self.fcmp("olt", x, self.fk(0.0)), self.fk(-1.0), pos)
+        if name == "reciprocal":
+            return self.fdiv(self.fk(1.0), x)
+        if name == "rsqrt":
+            return self.fdiv(self.fk(1.0), self.fcall("sqrt", x))
+        if name == "exp":
+            return self.exp(x)
+        if name == "expm1":
+            return self.expm1(x)
+        if name == "log":
+            return self.log(x)
+        if name == "log2":
+            return self.fmul(self.log(x), self.fk(1.4426950408889634))
+        if name == "log10":
+            return self.fmul(self.log(x), self.fk(0.4342944819032518))
+        if name == "log1p":
+            return self.log1p(x)
+        if name == "sin":
+            return self._sincos(x, cosine=False)
+        if name == "cos":
+            return self._sincos(x, cosine=True)
+        if name == "tanh":
+            return self.tanh(x)
+        if name == "sigmoid":
+            return self.sigmoid(x)
+        if name == "erf":
+            return self.erf(x)
+        if name == "degrees":
+            return self.fmul(x, self.fk(180.0 / math.pi))
+        if name == "radians":
+            return self.fmul(x, self.fk(math.pi / 180.0))
+        if name == "isnan":
+            return self.fcmp("uno", x, x)
+        if name == "isinf":
+            return self.fcmp("oeq", self.fcall("fabs", x), self.fk(math.inf))
+        if name == "isfinite":
+            return self.fcmp("one", self.fcall("fabs", x), self.fk(math.inf))
+        if name == "isposinf":
+            return self.fcmp("oeq", x, self.fk(math.inf))
+        if name == "isneginf":
+            return self.fcmp("oeq", x, self.fk(-math.inf))
+        raise NotImplementedError(f"float op {name}")
+
+    def _int_op(self, name: str, a: list, c: str, unsigned: bool) -> str:
+        x = a[0]
+        if name in self._ICMP:
+            pred = self._ICMP[name]
+            if pred not in ("eq", "ne"):
+                pred = ("u" if unsigned else "s") + pred
+            return self.cmp("icmp", pred, c, x, a[1])
+        if c == "i1":  # booleans compute as integers and come back as != 0
+            table = {"add": "or", "subtract": "xor", "multiply": "and", "maximum": "or", "minimum": "and",
+                     "bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor"}
+            if name in table:
+                return self.op(table[name], "i1", x, a[1])
+            if name in ("abs", "sign", "square", "floor", "ceil", "round"):
+                return x
+            if name == "bitwise_invert":
+                return self.op("xor", "i1", x, self.const("i1", 1))
+        simple = {"add": "add", "subtract": "sub", "multiply": "mul", "bitwise_and": "and",
+                  "bitwise_or": "or", "bitwise_xor": "xor"}
+        if name in simple:
+            return self.op(simple[name], c, x, a[1])
+        if name in ("maximum", "minimum"):
+            fn = ("u" if unsigned else "s") + name[:3]
+            return self.call(fn, c, [(self.ty(c), x), (self.ty(c), a[1])])
+        if name in ("floor", "ceil", "round"):
+            return x
+        if name == "abs":
+            return x if unsigned else self.call("abs", c, [(self.ty(c), x), ("i1", "false")])
+        if name == "negative":
+            return self.op("sub", c, self.const(c, 0), x)
+        if name == "square":
+            return self.op("mul", c, x, x)
+        if name == "bitwise_invert":
+            return self.op("xor", c, x, self.const(c, -1))
+        if name == "sign":
+            if unsigned:
+                return self.conv("zext", "i1", self.cmp("icmp", "ne", c, x, self.const(c, 0)), c)
+            pos = self.conv("zext", "i1", self.cmp("icmp", "sgt", c, x, self.const(c, 0)), c)
+            neg = self.conv("zext", "i1", self.cmp("icmp", "slt", c, x, self.const(c, 0)), c)
+            return self.op("sub", c, pos, neg)
+        if name in ("isnan", "isinf", "isposinf", "isneginf"):
+            return self.const("i1", 0)
+        if name == "isfinite":
+            return self.const("i1", 1)
+        raise NotImplementedError(f"integer op {name}")
+
+
+# --- reductions ---------------------------------------------------------------------------------
+
+def _identity(op: str, dtype: str):
+    c = _COMPUTE[dtype]
+    if op == "sum":
+        return 0
+    if op == "prod":
+        return 1
+    if c == "float":
+        return -math.inf if op == "max" else math.inf
+    if c == "i1":
+        return 0 if op == "max" else 1
+    bits = _BITS[c]
+    if _is_unsigned(dtype):
+        return 0 if op == "max" else (1 << bits) - 1
+    return -(1 << (bits - 1)) if op == "max" else (1 << (bits - 1)) - 1
+
+
+def _combine(lanes: _Lanes, op: str, dtype: str, a: str, b: str) -> str:
+    c = _COMPUTE[dtype]
+    if c == "float":
+        if op == "sum":
+            return lanes.b.emit(f"fadd reassoc {lanes.ty(c)} {a}, {b}")
+        if op == "prod":
+            return lanes.b.emit(f"fmul reassoc {lanes.ty(c)} {a}, {b}")
+        return lanes.fcall("maximum" if op == "max" else "minimum", a, b)
+    if c == "i1":
+        return lanes.op({"max": "or", "min": "and", "sum": "or", "prod": "and"}[op], c, a, b)
+    if op in ("sum", "prod"):
+        return lanes.op("add" if op == "sum" else "mul", c, a, b)
+    fn = ("u" if _is_unsigned(dtype) else "s") + op
+    return lanes.call(fn, c, [(lanes.ty(c), a), (lanes.ty(c), b)])
+
+
+def _horizontal(vec: _Lanes, op: str, dtype: str, v: str) -> str:
+    c = _COMPUTE[dtype]
+    t = vec.ty(c)
+    if c == "float":
+        if op in ("sum", "prod"):
+            name = f"llvm.vector.reduce.{'fadd' if op == 'sum' else 'fmul'}.{vec.sfx(c)}"
+            vec.b.declare(f"float @{name}(float, {t})")
+            start = float_literal(-0.0 if op == "sum" else 1.0)
+            return vec.b.emit(f"call reassoc float @{name}(float {start}, {t} {v})")
+        name = f"llvm.vector.reduce.{'fmaximum' if op == 'max' else 'fminimum'}.{vec.sfx(c)}"
+    elif c == "i1":
+        name = f"llvm.vector.reduce.{ {'max': 'or', 'min': 'and', 'sum': 'or', 'prod': 'and'}[op]}.{vec.sfx(c)}"
+    elif op in ("sum", "prod"):
+        name = f"llvm.vector.reduce.{'add' if op == 'sum' else 'mul'}.{vec.sfx(c)}"
+    else:
+        name = f"llvm.vector.reduce.{'u' if _is_unsigned(dtype) else 's'}{op}.{vec.sfx(c)}"
+    vec.b.declare(f"{c} @{name}({t})")
+    return vec.b.emit(f"call {c} @{name}({t} {v})")
+
+
+# --- the function ---------------------------------------------------------------------------------
+
+def _index_terms(body: _Body, linear: str, dims: tuple, strides_of: dict) -> dict:
+    """Per buffer: the element offset of the multi-index that ``linear`` (row-major over ``dims``)
+    names. Dims of size 1 and buffers with stride 0 cost nothing."""
+    offsets = {b: "0" for b in strides_of}
+    div = 1
+    for d in range(len(dims) - 1, -1, -1):
+        size = dims[d]
+        if size > 1 and any(s[d] for s in strides_of.values()):
+            q = body.emit(f"udiv i64 {linear}, {div}") if div > 1 else linear
+            idx = body.emit(f"urem i64 {q}, {size}") if d > 0 else q
+            for b, s in strides_of.items():
+                if s[d]:
+                    term = body.emit(f"mul i64 {idx}, {s[d]}")
+                    offsets[b] = term if offsets[b] == "0" else body.emit(f"add i64 {offsets[b]}, {term}")
+        div *= size
+    return offsets
+
+
+def _buffers(kernel: Kernel) -> dict:
+    """Buffer -> (dtype, strides over all dims) for every load, and the store."""
+    from .ir import walk
+
+    bufs = {}
+    for e in walk(kernel.store.value):
+        if isinstance(e, Load):
+            bufs.setdefault(e.buf, (e.dtype, e.strides))
+    return bufs
+
+
+def render(kernel: Kernel, target: Target) -> str:
+    declares: set = set()
+    body = _Body(declares)
+    lanes = "vscale" if target.scalable else kernel.width
+    if kernel.reduce_op is None:
+        _render_elementwise(body, kernel, lanes)
+    else:
+        _render_reduce(body, kernel, lanes)
+    head = (f'; mlxarm kernel for {target.triple} ({"scalable" if target.scalable else kernel.width} lanes)\n'
+            f'target triple = "{target.triple}"\n\n'
+            f"define void @{kernel.name}(ptr noalias nocapture readonly %args, i64 %start, i64 %end) "
+            f"nounwind {{\nentry:\n")
+    return head + "\n".join(body.lines) + "\n}\n\n" + "\n".join(sorted(declares)) + "\n"
+
+
+def _prologue(body: _Body, kernel: Kernel, lanes) -> tuple:
+    bufs = _buffers(kernel)
+    base = {}
+    for b in sorted(set(bufs) | {kernel.store.buf}):
+        slot = body.emit(f"getelementptr ptr, ptr %args, i64 {b}")
+        base[b] = body.emit(f"load ptr, ptr {slot}, align 8")
+    if lanes == "vscale":
+        body.declare("i64 @llvm.vscale.i64()")
+        vs = body.emit("call i64 @llvm.vscale.i64()")
+        width = body.emit(f"shl i64 {vs}, 2")
+    else:
+        width = str(lanes)
+    return bufs, base, width
+
+
+def _row_pointers(body: _Body, base: dict, offsets: dict, storage: dict) -> dict:
+    ptrs = {}
+    for b, off in offsets.items():
+        ptrs[b] = base[b] if off == "0" else body.emit(f"getelementptr {storage[b]}, ptr {base[b]}, i64 {off}")
+    return ptrs
+
+
+def _counter(body: _Body, name: str) -> str:
+    slot = f"%{name}.slot"
+    body.raw(f"{slot} = alloca i64, align 8")
+    return slot
+
+
+def _render_elementwise(body: _Body, k: Kernel, lanes) -> None:
+    bufs, base, width = _prologue(body, k, lanes)
+    store = k.store
+    dims = k.dims
+    inner = dims[-1]
+    storage = {b: _STORAGE[d] for b, (d, _) in bufs.items()}
+    storage[store.buf] = _STORAGE[store.dtype]
+    i_slot, j_slot = _counter(body, "i"), _counter(body, "j")
+    body.raw(f"store i64 %start, ptr {i_slot}, align 8")
+    body.raw("br label %row")
+    body.raw("row:")
+    i = body.emit(f"load i64, ptr {i_slot}, align 8")
+    done = body.emit(f"icmp sge i64 {i}, %end")
+    body.raw(f"br i1 {done}, label %exit, label %rowbody")
+    body.raw("rowbody:")
+    row = body.emit(f"udiv i64 {i}, {inner}")
+    col0 = body.emit(f"urem i64 {i}, {inner}")
+    left = body.emit(f"sub i64 %end, {i}")
+    avail = body.emit(f"sub i64 {inner}, {col0}")
+    body.declare("i64 @llvm.umin.i64(i64, i64)")
+    n = body.emit(f"call i64 @llvm.umin.i64(i64 {left}, i64 {avail})")
+    strides_of = {b: s[:-1] for b, (_, s) in bufs.items()}
+    strides_of[store.buf] = store.strides[:-1]
+    offsets = _index_terms(body, row, dims[:-1], strides_of)
+    inner_strides = {b: s[-1] for b, (_, s) in bufs.items()}
+    inner_strides[store.buf] = store.strides[-1]
+    for b, s in inner_strides.items():
+        if s:
+            term = body.emit(f"mul i64 {col0}, {s}")
+            offsets[b] = term if offsets[b] == "0" else body.emit(f"add i64 {offsets[b]}, {term}")
+    ptrs = _row_pointers(body, base, offsets, storage)
+    body.raw(f"store i64 0, ptr {j_slot}, align 8")
+    vector_ok = lanes != "vscale" or all(s in (0, 1) for s in inner_strides.values())
+    if vector_ok:
+        body.raw("br label %vloop")
+        body.raw("vloop:")
+        j = body.emit(f"load i64, ptr {j_slot}, align 8")
+        jn = body.emit(f"add i64 {j}, {width}")
+        ok = body.emit(f"icmp sle i64 {jn}, {n}")
+        body.raw(f"br i1 {ok}, label %vbody, label %sloop")
+        body.raw("vbody:")
+        vec = _Values(body, lanes, ptrs, j, width)
+        _store(vec, store, ptrs, j)
+        body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
+        body.raw("br label %vloop")
+    else:
+        body.raw("br label %sloop")
+    body.raw("sloop:")
+    j = body.emit(f"load i64, ptr {j_slot}, align 8")
+    ok = body.emit(f"icmp slt i64 {j}, {n}")
+    body.raw(f"br i1 {ok}, label %sbody, label %rowend")
+    body.raw("sbody:")
+    sca = _Values(body, None, ptrs, j, "1")
+    _store(sca, store, ptrs, j)
+    jn = body.emit(f"add i64 {j}, 1")
+    body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
+    body.raw("br label %sloop")
+    body.raw("rowend:")
+    nxt = body.emit(f"add i64 {i}, {n}")
+    body.raw(f"store i64 {nxt}, ptr {i_slot}, align 8")
+    body.raw("br label %row")
+    body.raw("exit:")
+    body.raw("ret void")
+
+
+def _store(vals: _Values, store, ptrs: dict, j: str) -> None:
+    v = vals.stored(vals.value(store.value), store.dtype)
+    st = _STORAGE[store.dtype]
+    stride = store.strides[-1] if store.strides else 0
+    if vals.lanes is None:
+        p = vals.address(store.buf, st, stride)
+        vals.b.raw(f"store {st} {v}, ptr {p}, align {_SIZE[st]}")
+        return
+    p = vals.b.emit(f"getelementptr {st}, ptr {ptrs[store.buf]}, i64 {j}")
+    vals.b.raw(f"store {vals.ty(st)} {v}, ptr {p}, align {_SIZE[st]}")
+
+
+def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
+    bufs, base, width = _prologue(body, k, lanes)
+    store, op, dtype = k.store, k.reduce_op, k.store.value.dtype
+    c = _COMPUTE[dtype]
+    out_dims, red_dims = k.dims[:k.n_out], k.dims[k.n_out:]
+    inner = red_dims[-1]
+    rows = 1
+    for d in red_dims[:-1]:
+        rows *= d
+    storage = {b: _STORAGE[d] for b, (d, _) in bufs.items()}
+    vec = _Lanes(body, lanes)
+    sca = _Lanes(body, None)
+    o_slot, r_slot, j_slot = _counter(body, "o"), _counter(body, "r"), _counter(body, "j")
+    vacc_slot, sacc_slot = "%vacc.slot", "%sacc.slot"
+    body.raw(f"{vacc_slot} = alloca {vec.ty(c)}")
+    body.raw(f"{sacc_slot} = alloca {c}")
+    body.raw(f"store i64 %start, ptr {o_slot}, align 8")
+    body.raw("br label %out")
+    body.raw("out:")
+    o = body.emit(f"load i64, ptr {o_slot}, align 8")
+    done = body.emit(f"icmp sge i64 {o}, %end")
+    body.raw(f"br i1 {done}, label %exit, label %outbody")
+    body.raw("outbody:")
+    ident = _identity(op, dtype)
+    body.raw(f"store {vec.ty(c)} {vec.const(c, ident)}, ptr {vacc_slot}")
+    body.raw(f"store {c} {sca.const(c, ident)}, ptr {sacc_slot}")
+    out_offsets = _index_terms(body, o, out_dims, {b: s[:k.n_out] for b, (_, s) in bufs.items()})
+    body.raw(f"store i64 0, ptr {r_slot}, align 8")
+    body.raw("br label %red")
+    body.raw("red:")
+    r = body.emit(f"load i64, ptr {r_slot}, align 8")
+    rdone = body.emit(f"icmp sge i64 {r}, {rows}")
+    body.raw(f"br i1 {rdone}, label %finish, label %redbody")
+    body.raw("redbody:")
+    red_offsets = _index_terms(body, r, red_dims[:-1], {b: s[k.n_out:-1] for b, (_, s) in bufs.items()})
+    offsets = {}
+    for b in bufs:
+        a, bb = out_offsets[b], red_offsets[b]
+        offsets[b] = a if bb == "0" else bb if a == "0" else body.emit(f"add i64 {a}, {bb}")
+    ptrs = _row_pointers(body, base, offsets, storage)
+    inner_strides = [s[-1] for _, s in bufs.values()]
+    body.raw(f"store i64 0, ptr {j_slot}, align 8")
+    if lanes != "vscale" or all(s in (0, 1) for s in inner_strides):
+        body.raw("br label %vloop")
+        body.raw("vloop:")
+        j = body.emit(f"load i64, ptr {j_slot}, align 8")
+        jn = body.emit(f"add i64 {j}, {width}")
+        ok = body.emit(f"icmp sle i64 {jn}, {inner}")
+        body.raw(f"br i1 {ok}, label %vbody, label %sloop")
+        body.raw("vbody:")
+        vv = _Values(body, lanes, ptrs, j, width)
+        x = vv.value(store.value)
+        acc = body.emit(f"load {vec.ty(c)}, ptr {vacc_slot}")
+        body.raw(f"store {vec.ty(c)} {_combine(vec, op, dtype, acc, x)}, ptr {vacc_slot}")
+        body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
+        body.raw("br label %vloop")
+    else:
+        body.raw("br label %sloop")
+    body.raw("sloop:")
+    j = body.emit(f"load i64, ptr {j_slot}, align 8")
+    ok = body.emit(f"icmp slt i64 {j}, {inner}")
+    body.raw(f"br i1 {ok}, label %sbody, label %redend")
+    body.raw("sbody:")
+    sv = _Values(body, None, ptrs, j, "1")
+    x = sv.value(store.value)
+    acc = body.emit(f"load {c}, ptr {sacc_slot}")
+    body.raw(f"store {c} {_combine(sca, op, dtype, acc, x)}, ptr {sacc_slot}")
+    jn = body.emit(f"add i64 {j}, 1")
+    body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
+    body.raw("br label %sloop")
+    body.raw("redend:")
+    rn = body.emit(f"add i64 {r}, 1")
+    body.raw(f"store i64 {rn}, ptr {r_slot}, align 8")
+    body.raw("br label %red")
+    body.raw("finish:")
+    vacc = body.emit(f"load {vec.ty(c)}, ptr {vacc_slot}")
+    total = _combine(sca, op, dtype, _horizontal(vec, op, dtype, vacc),
+                     body.emit(f"load {c}, ptr {sacc_slot}"))
+    out = _Values(body, None, {}, o, "1")
+    v = out.stored(out.round(total, store.dtype), store.dtype)
+    st = _STORAGE[store.dtype]
+    p = body.emit(f"getelementptr {st}, ptr {base[store.buf]}, i64 {o}")
+    body.raw(f"store {st} {v}, ptr {p}, align {_SIZE[st]}")
+    on = body.emit(f"add i64 {o}, 1")
+    body.raw(f"store i64 {on}, ptr {o_slot}, align 8")
+    body.raw("br label %out")
+    body.raw("exit:")
+    body.raw("ret void")

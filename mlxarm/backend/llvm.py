@@ -1,0 +1,180 @@
+"""The LLVM executor: fused kernels compiled for the host CPU by llvmlite and run on every core.
+
+``run`` plans an eval (``codegen.fuse``), lowers each kernel group when its inputs exist
+(``codegen.lower``), renders LLVM IR for the host (``codegen.render_llvm``), and runs the machine code
+through ctypes (which releases the GIL) from a thread pool, each worker taking a slice of the output
+index space. Nodes no kernel covers run on the numpy executor in between; buffers are numpy arrays
+either way, so nothing is copied between the two. Object code is cached on disk (``cache``) and the
+loaded functions in memory, keyed by the kernel IR.
+
+``MLXARM_DEBUG=1`` prints the steps of every eval, ``MLXARM_DEBUG=2`` also each kernel's source.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .. import __version__
+from ..codegen import fuse, ir, lower, render_llvm
+from ..codegen import target as targets
+from ..core.device import memory
+from .cache import ObjectCache
+from .numpy_executor import NumpyExecutor
+
+_KERNEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+# Below this many element-steps a kernel runs on the calling thread: handing work to the pool costs
+# more than it saves.
+_PARALLEL_MIN = 1 << 16
+
+
+class CompileError(RuntimeError):
+    pass
+
+
+class Compiler:
+    """llvmlite MCJIT for one target, with the disk cache in front of it."""
+
+    def __init__(self, target: targets.Target | None = None, cache: ObjectCache | None = None):
+        import llvmlite.binding as llvm
+
+        self.llvm = llvm
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        self.target = target or targets.host()
+        self.machine = llvm.Target.from_triple(self.target.triple).create_target_machine(
+            cpu=self.target.cpu, features=self.target.features, opt=3, reloc="pic", codemodel="small")
+        self.cache = cache or ObjectCache()
+        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.machine)
+        self.lock = threading.Lock()
+        self.objects: list = []
+        self.compiled = 0
+
+    def object_code(self, source: str) -> bytes:
+        key = self.cache.key(source, self.target.triple, self.target.features, __version__)
+        obj = self.cache.get(key)
+        if obj is not None:
+            return obj
+        llvm = self.llvm
+        try:
+            module = llvm.parse_assembly(source)
+            module.verify()
+            pto = llvm.create_pipeline_tuning_options(speed_level=3)
+            pto.loop_vectorization = False  # kernels are vectorized by hand; keep the loops as written
+            builder = llvm.create_pass_builder(self.machine, pto)
+            builder.getModulePassManager().run(module, builder)
+            obj = self.machine.emit_object(module)
+        except Exception as e:  # noqa: BLE001 - any LLVM failure is reported with the kept source
+            path = self.cache.keep_source(key, source)
+            raise CompileError(f"[llvm] Kernel compilation failed: {e}. The generated source is kept "
+                               f"at {path}") from e
+        self.compiled += 1
+        self.cache.put(key, obj)
+        return obj
+
+    def load(self, source: str, name: str):
+        obj = self.object_code(source)
+        with self.lock:
+            ref = self.llvm.ObjectFileRef.from_data(obj)
+            self.objects.append(ref)  # the engine runs code from this object's memory
+            self.engine.add_object_file(ref)
+            self.engine.finalize_object()
+            addr = self.engine.get_function_address(name)
+        if not addr:
+            raise CompileError(f"[llvm] Kernel {name} was not found in its object code.")
+        return _KERNEL_FN(addr)
+
+
+class LLVMExecutor:
+    name = "llvm"
+
+    def __init__(self, target: targets.Target | None = None, cache: ObjectCache | None = None):
+        self.compiler = Compiler(target, cache)
+        self.target = self.compiler.target
+        self.functions: dict = {}  # kernel IR -> loaded function
+        self.sources: dict = {}
+        self.workers = os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mlxarm-llvm") \
+            if self.workers > 1 else None
+        self.numpy = NumpyExecutor()
+        self.kernels_run = 0
+        self.last_plan: list = []
+
+    def info(self) -> dict:
+        t = self.target
+        return {"backend": "llvm", "llvm": ".".join(map(str, self.compiler.llvm.llvm_version_info)),
+                "triple": t.triple, "cpu": t.cpu, "vector_bits": t.vector_bits, "threads": self.workers}
+
+    def function(self, kernel: ir.Kernel):
+        fn = self.functions.get(kernel)
+        if fn is None:
+            source = render_llvm.render(kernel, self.target)
+            fn = self.functions[kernel] = self.compiler.load(source, kernel.name)
+            self.sources[kernel] = source
+        return fn
+
+    def run(self, refs) -> None:
+        nodes = [n for n in (r() for r in refs) if n is not None and n._data is None]
+        steps = fuse.plan(nodes)
+        del nodes
+        debug = int(os.environ.get("MLXARM_DEBUG", "0") or 0)
+        self.last_plan = []
+        for step in steps:
+            node = step.node
+            if node._data is not None:
+                continue
+            if step.kind == "numpy":
+                self.numpy.run([weakref.ref(node)])
+                self.last_plan.append(("numpy", node._prim.name if node._prim else "?"))
+                if debug:
+                    print(f"[mlxarm] numpy  {self.last_plan[-1][1]} {node._shape} {node._dtype.name}",
+                          file=sys.stderr)
+                continue
+            kernel, arrays, out = lower.lower(node, self.target.lanes)
+            self.last_plan.append(("kernel", ir.summary(kernel)))
+            if debug:
+                print(f"[mlxarm] kernel {ir.summary(kernel)}", file=sys.stderr)
+            if out.size:
+                fn = self.function(kernel)
+                if debug > 1:
+                    print(self.sources[kernel], file=sys.stderr)
+                self.launch(fn, kernel, [out] + arrays)
+            self.kernels_run += 1
+            memory.alloc(out.nbytes)
+            weakref.finalize(out, memory.free, out.nbytes)
+            node._data = out
+            node._inputs = ()
+            node._params = None
+
+    def launch(self, fn, kernel: ir.Kernel, arrays: list) -> None:
+        args = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
+        total = kernel.out_size
+        per_unit = 1
+        for d in kernel.dims[kernel.n_out:]:
+            per_unit *= d
+        if self.pool is None or total * per_unit < _PARALLEL_MIN or total < 2:
+            fn(args, 0, total)
+            return
+        parts = min(self.workers, total)
+        align = kernel.width * 4 if kernel.reduce_op is None else 1
+        bounds = [min(total, (total * p // parts + align - 1) // align * align) for p in range(parts)] + [total]
+        futures = [self.pool.submit(fn, args, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+        for f in futures:
+            f.result()
+        del arrays  # the buffers must outlive the workers: they are held until here
+
+
+def available() -> str | None:
+    """None when llvmlite can be used, else the reason it cannot."""
+    try:
+        import llvmlite.binding  # noqa: F401
+    except ImportError as e:
+        return f"llvmlite is not installed ({e})"
+    return None

@@ -1,0 +1,480 @@
+"""``mx.compile``: trace a function once per input signature and replay the recorded graph.
+
+The first call with a given signature (the tree structure and constants of the arguments, and the
+shape and dtype of every array; only the number of dimensions when ``shapeless``) calls the function
+on placeholder inputs. The graph it records between the placeholders and the outputs becomes a
+template: a list of (primitive, params, shape, dtype, stream) steps. Every call, the first included,
+re-records the template's steps on the real inputs, so the result is the same graph the uncompiled
+function would build (and evaluates identically), while Python side effects of the function happen
+only while tracing. ``inputs``/``outputs`` name captured state (e.g. ``mx.random.state``, a model's
+parameters): its arrays are extra inputs, and its final values extra outputs written back after
+every call.
+
+With ``shapeless=True`` a replay on new shapes re-infers each step's shape (``shapeless_shape``).
+"""
+from __future__ import annotations
+
+import functools
+import struct
+import threading
+import weakref
+
+from .array import array, make_node
+from .registry import api
+from .graph import tracing
+from .vmap import TRACE_INPUT, trace_input, placeholder_slot, in_tracing
+from .ops._base import broadcast_shapes
+
+_enabled = [True]
+
+_ARRAY, _LIST, _TUPLE, _DICT, _NONE = "a", "l", "t", "d", "n"
+
+
+@api()
+def disable_compile() -> None:
+    """Make ``mx.compile`` functions run uncompiled (MLX ``mlx.core.disable_compile``)."""
+    _enabled[0] = False
+
+
+@api()
+def enable_compile() -> None:
+    """Undo ``disable_compile`` (MLX ``mlx.core.enable_compile``)."""
+    _enabled[0] = True
+
+
+def _signature(tree, arrays: list, key: list) -> None:
+    """Append the arrays of ``tree`` to ``arrays`` and its structure and constants to ``key``."""
+    if isinstance(tree, array):
+        arrays.append(tree)
+        key.append(_ARRAY)
+    elif isinstance(tree, (list, tuple)):
+        key.append((_LIST if isinstance(tree, list) else _TUPLE, len(tree)))
+        for x in tree:
+            _signature(x, arrays, key)
+    elif isinstance(tree, dict):
+        key.append((_DICT, len(tree)))
+        for k, v in tree.items():
+            key.append(k)
+            _signature(v, arrays, key)
+    elif tree is None:
+        key.append(_NONE)
+    elif isinstance(tree, (bool, int)):
+        key.append(("i", int(tree)))
+    elif isinstance(tree, float):
+        key.append(("f", struct.pack("d", tree)))
+    elif isinstance(tree, str):
+        key.append(("s", tree))
+    else:
+        raise ValueError("[compile] Function arguments must be trees of arrays or constants (floats, "
+                         f"ints, strings, or None), but received type {_type_name(tree)}.")
+
+
+def _type_name(obj) -> str:
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _state_arrays(tree) -> list:
+    """The arrays of captured state (non-array leaves are ignored)."""
+    out: list = []
+
+    def walk(t):
+        if isinstance(t, array):
+            out.append(t)
+        elif isinstance(t, (list, tuple)):
+            for x in t:
+                walk(x)
+        elif isinstance(t, dict):
+            for x in t.values():
+                walk(x)
+        elif hasattr(t, "items") and callable(t.items):  # nn.Module and other mappings
+            for _, x in t.items():
+                walk(x)
+
+    walk(tree)
+    return out
+
+
+def _fill_state(tree, values) -> None:
+    """Write ``values`` (an iterator) over the array leaves of captured state, in place."""
+    def walk(t):
+        if isinstance(t, list):
+            for i, x in enumerate(t):
+                if isinstance(x, array):
+                    t[i] = next(values)
+                else:
+                    walk(x)
+        elif isinstance(t, tuple):
+            for x in t:
+                if isinstance(x, array):
+                    raise ValueError("[compile] Captured state in a tuple cannot be updated.")
+                walk(x)
+        elif isinstance(t, dict) or (hasattr(t, "items") and callable(t.items)):
+            for k, x in list(t.items()):
+                if isinstance(x, array):
+                    t[k] = next(values)
+                else:
+                    walk(x)
+
+    walk(tree)
+
+
+def _replace_state(tree, old_to_new: dict) -> None:
+    """Put back the original arrays where placeholders still sit in captured state (an argument
+    updated in place is the same object but no longer a placeholder)."""
+    def walk(t):
+        if isinstance(t, list):
+            for i, x in enumerate(t):
+                if isinstance(x, array):
+                    if id(x) in old_to_new and x._prim is TRACE_INPUT:
+                        t[i] = old_to_new[id(x)]
+                else:
+                    walk(x)
+        elif isinstance(t, tuple):
+            for x in t:
+                walk(x)
+        elif isinstance(t, dict) or (hasattr(t, "items") and callable(t.items)):
+            for k, x in list(t.items()):
+                if isinstance(x, array):
+                    if id(x) in old_to_new and x._prim is TRACE_INPUT:
+                        t[k] = old_to_new[id(x)]
+                else:
+                    walk(x)
+
+    walk(tree)
+
+
+def _output_structure(tree, arrays: list):
+    """A picklable-free description of ``tree`` with its arrays replaced by slots."""
+    if isinstance(tree, array):
+        arrays.append(tree)
+        return _Slot(len(arrays) - 1)
+    if isinstance(tree, list):
+        return [_output_structure(x, arrays) for x in tree]
+    if isinstance(tree, tuple):
+        items = [_output_structure(x, arrays) for x in tree]
+        if type(tree) is tuple:
+            return tuple(items)
+        return _Rebuild(type(tree), items)
+    if isinstance(tree, dict):
+        return {k: _output_structure(v, arrays) for k, v in tree.items()}
+    return tree
+
+
+class _Slot:
+    __slots__ = ("i",)
+
+    def __init__(self, i):
+        self.i = i
+
+
+class _Rebuild:
+    __slots__ = ("cls", "items")
+
+    def __init__(self, cls, items):
+        self.cls, self.items = cls, items
+
+
+def _fill_structure(s, outs):
+    if isinstance(s, _Slot):
+        return outs[s.i]
+    if isinstance(s, list):
+        return [_fill_structure(x, outs) for x in s]
+    if isinstance(s, tuple):
+        return tuple(_fill_structure(x, outs) for x in s)
+    if isinstance(s, _Rebuild):
+        items = [_fill_structure(x, outs) for x in s.items]
+        return s.cls(*items) if hasattr(s.cls, "_fields") else s.cls(items)
+    if isinstance(s, dict):
+        return {k: _fill_structure(v, outs) for k, v in s.items()}
+    return s
+
+
+class _Tape:
+    """A traced graph: steps in dependency order, each reading placeholders, constants or earlier
+    steps; outputs name steps, inputs or constants."""
+
+    __slots__ = ("steps", "outputs", "structure", "num_outputs", "in_shapes")
+
+    def __init__(self, steps, outputs, structure, num_outputs, in_shapes):
+        self.steps, self.outputs, self.structure = steps, outputs, structure
+        self.num_outputs, self.in_shapes = num_outputs, in_shapes
+
+    def replay(self, inputs: list, shapeless: bool) -> list:
+        values: list = []
+        reinfer = shapeless and any(x._shape != s for x, s in zip(inputs, self.in_shapes))
+        for prim, refs, params, shape, dtype, stream, traced_in in self.steps:
+            ins = tuple(_value(r, inputs, values) for r in refs)
+            if reinfer:
+                shape, params = shapeless_shape(prim, ins, params, shape, traced_in)
+            values.append(make_node(prim, ins, params, shape, dtype, stream))
+        return [_value(r, inputs, values) for r in self.outputs]
+
+
+def _value(ref, inputs, values):
+    kind, v = ref
+    if kind == 0:
+        return values[v]
+    if kind == 1:
+        return inputs[v]
+    return v
+
+
+def _trace(fun, args, kwargs, inputs, captured_inputs, captured_outputs, num_args, num_kwargs):
+    token = object()
+    placeholders = [trace_input(x._shape, x._dtype, i, token) for i, x in enumerate(inputs)]
+    it = iter(placeholders)
+    from .vmap import rebuild
+
+    t_args = rebuild(args, it)
+    t_kwargs = rebuild(kwargs, it)
+    state_ph = placeholders[num_args + num_kwargs:]
+    if captured_inputs is not None:
+        _fill_state(captured_inputs, iter(state_ph))
+    try:
+        with tracing(allow_eval=False):
+            result = fun(*t_args, **t_kwargs)
+        out_arrays: list = []
+        structure = _output_structure(result, out_arrays)
+        num_outputs = len(out_arrays)
+        if captured_outputs is not None:  # read before the placeholders are put back
+            out_arrays.extend(_state_arrays(captured_outputs))
+    finally:
+        if captured_inputs is not None:
+            _replace_state(captured_inputs, {id(p): x for p, x in
+                                             zip(state_ph, inputs[num_args + num_kwargs:])})
+    return _record_tape(out_arrays, token, inputs, structure, num_outputs)
+
+
+def _record_tape(outputs, token, inputs, structure, num_outputs) -> _Tape:
+    originals = {id(x) for x in inputs}
+    index: dict = {}  # id(node) -> ref
+    keep = []
+    steps = []
+    seen: dict = {}
+
+    for root in outputs:
+        stack = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            key = id(node)
+            if key in index:
+                continue
+            if key in originals:
+                raise ValueError("[compile] Attempting to compile a function with uncaptured inputs "
+                                 "is not allowed.")
+            slot = placeholder_slot(node, token)
+            if slot is not None:
+                index[key] = (1, slot)
+                keep.append(node)
+                continue
+            if node._data is not None or not node._inputs:
+                index[key] = (2, node)
+                continue
+            if not ready:
+                stack.append((node, True))
+                stack.extend((x, False) for x in node._inputs if id(x) not in index)
+                continue
+            refs = tuple(index[id(x)] for x in node._inputs)
+            keep.append(node)
+            if all(r[0] == 2 for r in refs):  # no placeholder behind it: a constant of the trace
+                index[key] = (2, node)
+                continue
+            # Identical steps on identical inputs are recorded once (common subexpressions).
+            signature = (node._prim.name, tuple(r if r[0] != 2 else (2, id(r[1])) for r in refs),
+                         repr(node._params), node._shape, node._dtype, node._stream)
+            if signature in seen:
+                index[key] = seen[signature]
+                continue
+            index[key] = seen[signature] = (0, len(steps))
+            steps.append((node._prim, refs, node._params, node._shape, node._dtype, node._stream,
+                          tuple(x._shape for x in node._inputs)))
+    out_refs = [index[id(o)] for o in outputs]
+    return _Tape(steps, out_refs, structure, num_outputs, tuple(x._shape for x in inputs))
+
+
+class _Compiled:
+    """The callable ``mx.compile`` returns."""
+
+    def __init__(self, fun, inputs, outputs, shapeless):
+        self._fun = fun
+        self._captured_inputs = inputs
+        self._captured_outputs = outputs
+        self._shapeless = bool(shapeless)
+        self._cache: dict = {}
+        self._lock = threading.RLock()
+        functools.update_wrapper(self, fun)
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        return functools.partial(self, obj)
+
+    def __call__(self, *args, **kwargs):
+        if not _enabled[0] or in_tracing():
+            return self._fun(*args, **kwargs)
+        inputs: list = []
+        key: list = []
+        _signature(args, inputs, key)
+        num_args = len(inputs)
+        _signature(kwargs, inputs, key)
+        num_kwargs = len(inputs) - num_args
+        if self._captured_inputs is not None:
+            inputs.extend(_state_arrays(self._captured_inputs))
+        if self._shapeless:
+            key.extend((x.ndim, x._dtype) for x in inputs)
+        else:
+            key.extend((x._shape, x._dtype) for x in inputs)
+        key = tuple(key)
+        with self._lock:
+            tape = self._cache.get(key)
+            if tape is None:
+                tape = _trace(self._fun, args, kwargs, inputs, self._captured_inputs,
+                              self._captured_outputs, num_args, num_kwargs)
+                self._cache[key] = tape
+        outs = tape.replay(inputs, self._shapeless)
+        if self._captured_outputs is not None:
+            _fill_state(self._captured_outputs, iter(outs[tape.num_outputs:]))
+        return _fill_structure(tape.structure, outs[:tape.num_outputs])
+
+
+@api()
+def compile(fun, inputs=None, outputs=None, shapeless: bool = False):
+    """Compile ``fun``: trace it once per input signature and replay the graph (MLX
+    ``mlx.core.compile``)."""
+    return _Compiled(fun, inputs, outputs, shapeless)
+
+
+# --- shapeless replay: each step's shape from its new inputs -----------------------------------------
+
+def shapeless_shape(prim, ins, params, shape, traced_in):
+    """(shape, params) of a traced step replayed on inputs of new shapes.
+
+    A rule is ``rule(inputs, params, traced_shape, traced_input_shapes) -> (shape, params)``;
+    steps whose inputs kept their traced shapes keep their traced shape and params.
+    """
+    if all(x._shape == s for x, s in zip(ins, traced_in)):
+        return shape, params
+    rule = prim.extra.get("shapeless") or _SHAPELESS.get(prim.name) or _SHAPELESS_KIND.get(prim.kind)
+    if rule is None:
+        return shape, params
+    return rule(ins, params, shape, traced_in)
+
+
+def _same_as_input(ins, params, shape, traced_in):
+    return ins[0]._shape, params
+
+
+def _broadcasting(ins, params, shape, traced_in):
+    return broadcast_shapes(*[x._shape for x in ins]), params
+
+
+def _reduced(ins, params, shape, traced_in):
+    s = ins[0]._shape
+    axes = params["axes"]
+    if params["keepdims"]:
+        return tuple(1 if i in axes else n for i, n in enumerate(s)), params
+    return tuple(n for i, n in enumerate(s) if i not in axes), params
+
+
+def _matmul(ins, params, shape, traced_in):
+    a, b = ins[-2]._shape, ins[-1]._shape
+    out = broadcast_shapes(a[:-2], b[:-2]) + (a[-2], b[-1])
+    if len(ins) == 3:
+        out = broadcast_shapes(out, ins[0]._shape)
+    return out, params
+
+
+def _transpose(ins, params, shape, traced_in):
+    s = ins[0]._shape
+    return tuple(s[a] for a in params["axes"]), params
+
+
+def _unit_axes_map(src, dst):
+    """For a reshape that only inserts or removes unit axes: the source axis of each destination
+    axis (None for an inserted one), else None."""
+    out = []
+    i = 0
+    for n in dst:
+        if i < len(src) and src[i] == n:
+            out.append(i)
+            i += 1
+        elif n == 1:
+            out.append(None)
+        else:
+            while i < len(src) and src[i] == 1:
+                i += 1
+            if i < len(src) and src[i] == n:
+                out.append(i)
+                i += 1
+            else:
+                return None
+    if any(n != 1 for n in src[i:]):
+        return None
+    return out
+
+
+def _reshape(ins, params, shape, traced_in):
+    new_in = ins[0]._shape
+    if "unit_axes" in params:
+        new = list(new_in)
+        for ax in params["unit_axes"]:
+            new.insert(ax, 1)
+        new = tuple(new)
+        return new, dict(params, shape=new)
+    mapping = _unit_axes_map(traced_in[0], shape)
+    if mapping is not None and len(new_in) == len(traced_in[0]):
+        kept = {m for m in mapping if m is not None}
+        if all(new_in[i] == 1 for i in range(len(new_in)) if i not in kept):
+            new = tuple(1 if m is None else new_in[m] for m in mapping)
+            return new, dict(params, shape=new)
+    size = 1
+    for n in ins[0]._shape:
+        size *= n
+    target = 1
+    for n in shape:
+        target *= n
+    if size == target:
+        return shape, params
+    infer = params.get("infer")
+    if infer is not None:
+        rest = 1
+        for i, n in enumerate(shape):
+            if i != infer:
+                rest *= n
+        if rest and size % rest == 0:
+            new = shape[:infer] + (size // rest,) + shape[infer + 1:]
+            return new, dict(params, shape=new)
+        new = shape[:infer] + ((size // rest) if rest else 0,) + shape[infer + 1:]
+        shape = new
+    fmt = "(" + ",".join(str(n) for n in shape) + ")"
+    raise ValueError(f"[reshape] Cannot reshape array of size {size} into shape {fmt}.")
+
+
+def _broadcast_to(ins, params, shape, traced_in):
+    s = ins[0]._shape
+    if broadcast_shapes(s, shape) != shape:
+        raise ValueError(f"[broadcast_to] Cannot broadcast array of shape {s} to {shape}.")
+    return shape, params
+
+
+def _gather(ins, params, shape, traced_in):
+    from .ops.indexing import _result_shape
+
+    return _result_shape(params["index"], ins[1:]), params
+
+
+def _take_along_axis(ins, params, shape, traced_in):
+    a, idx = ins[0]._shape, ins[1]._shape
+    ax = params["axis"]
+    new = broadcast_shapes(a[:ax] + (idx[ax],) + a[ax + 1:], idx)
+    return new, dict(params, shape=new)
+
+
+_SHAPELESS_KIND = {"unary": _same_as_input, "binary": _broadcasting, "ternary": _broadcasting,
+                   "reduce": _reduced, "scan": _same_as_input,
+                   "index": _same_as_input}  # updates (scatter, slice_update) keep their target's shape
+_SHAPELESS = {"matmul": _matmul, "addmm": _matmul, "transpose": _transpose, "reshape": _reshape,
+              "broadcast_to": _broadcast_to, "sort": _same_as_input, "argsort": _same_as_input,
+              "contiguous": _same_as_input, "copy": _same_as_input, "gather": _gather,
+              "take_along_axis": _take_along_axis}

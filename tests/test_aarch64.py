@@ -1,0 +1,168 @@
+"""Kernels for ARM: cross-compile generated kernels for aarch64 (NEON, and SVE/SVE2 as scalable
+vectors), check the machine code uses the vector units, then link them into a static C harness and run
+it under qemu's user-mode emulation, comparing with numpy."""
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llvmlite", reason="cross-compiling kernels needs llvmlite")
+
+import mlxarm.core as ma  # noqa: E402
+from mlxarm.codegen import lower, render_llvm  # noqa: E402
+from mlxarm.codegen.target import for_triple  # noqa: E402
+
+TRIPLE = "aarch64-unknown-linux-gnu"
+NEON = for_triple(TRIPLE, "generic", "+neon,+fp-armv8,+fullfp16")
+SVE = for_triple(TRIPLE, "generic", "+neon,+fp-armv8,+fullfp16,+sve,+sve2")
+
+HARNESS = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+void KERNEL(void **args, int64_t start, int64_t end);
+
+static void *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); exit(2); }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *p = malloc(n + 64);
+    if (fread(p, 1, n, f) != (size_t)n) exit(3);
+    fclose(f);
+    return p;
+}
+
+/* usage: run TOTAL OUT_PATH OUT_BYTES INPUT... (buffer 0 is the output, then the inputs in order) */
+int main(int argc, char **argv) {
+    int64_t total = atoll(argv[1]);
+    long out_bytes = atol(argv[3]);
+    int n = argc - 4;
+    void **args = malloc(sizeof(void *) * (n + 1));
+    args[0] = calloc(1, out_bytes + 64);
+    for (int i = 0; i < n; i++) args[i + 1] = slurp(argv[4 + i]);
+    /* two calls, as two threads would split the work */
+    KERNEL(args, 0, total / 3);
+    KERNEL(args, total / 3, total);
+    FILE *f = fopen(argv[2], "wb");
+    fwrite(args[0], 1, out_bytes, f);
+    fclose(f);
+    return 0;
+}
+"""
+
+TOOLS = ("aarch64-linux-gnu-gcc", "qemu-aarch64-static")
+
+
+def _machine(target):
+    import llvmlite.binding as llvm
+
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    return llvm.Target.from_triple(target.triple).create_target_machine(
+        cpu=target.cpu, features=target.features, opt=3, reloc="pic")
+
+
+def _compile(source, target):
+    import llvmlite.binding as llvm
+
+    machine = _machine(target)
+    module = llvm.parse_assembly(source)
+    module.verify()
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    builder = llvm.create_pass_builder(machine, pto)
+    builder.getModulePassManager().run(module, builder)
+    return machine.emit_assembly(module), machine.emit_object(module)
+
+
+def _graphs():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-2, 2, (5, 301)).astype(np.float32)
+    b = rng.uniform(-2, 2, (301,)).astype(np.float32)
+    c = rng.uniform(-2, 2, (5, 1)).astype(np.float32)
+    xa, xb, xc = ma.array(a), ma.array(b), ma.array(c)
+    return {
+        "chain": (ma.tanh(xa * xb + xc) * 0.5, [xa, xb, xc], np.tanh(a * b + c) * 0.5),
+        "transcendentals": (ma.exp(xa) + ma.sin(xa) * ma.log(ma.abs(xb) + 1) - ma.sigmoid(xc) + ma.erf(xa),
+                            [xa, xb, xc],
+                            np.exp(a) + np.sin(a) * np.log(np.abs(b) + 1) - 1 / (1 + np.exp(-c))
+                            + np.vectorize(__import__("math").erf)(a).astype(np.float32)),
+        "reduce": (ma.sum(ma.exp(xa) * xb, axis=-1), [xa, xb], (np.exp(a) * b).sum(-1)),
+        "max": (ma.max(xa * xc, axis=1), [xa, xc], (a * c).max(1)),
+    }
+
+
+def _buffers(y) -> list:
+    """The realized arrays a graph reads (inputs and scalar constants)."""
+    out, stack, seen = [], [y], set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n._data is not None:
+            out.append(n._data)
+        else:
+            stack.extend(n._inputs)
+    return out
+
+
+def _lowered(name, width):
+    y, _, expected = _graphs()[name]
+    kernel, views, out = lower.lower(y, width)
+    buffers = _buffers(y)
+    bases = []
+    for v in views:  # every leaf here is its whole buffer (broadcasts only set strides to 0)
+        ptr = v.__array_interface__["data"][0]
+        (base,) = [b for b in buffers if b.__array_interface__["data"][0] == ptr]
+        bases.append(base)
+    return kernel, bases, out, expected
+
+
+@pytest.mark.parametrize("name", ["chain", "reduce"])
+def test_neon_assembly_uses_vector_fma(name):
+    kernel, _, _, _ = _lowered(name, NEON.lanes)
+    asm, _ = _compile(render_llvm.render(kernel, NEON), NEON)
+    assert re.search(r"\bfmla\s+v\d+\.4s", asm) or re.search(r"\bfadd\s+v\d+\.4s", asm), asm[:2000]
+    assert re.search(r"\bld[r1p]\w*\s+\{?\s*[qv]\d+", asm), asm[:2000]
+
+
+@pytest.mark.parametrize("name", ["chain", "reduce"])
+def test_sve_assembly_uses_scalable_registers(name):
+    kernel, _, _, _ = _lowered(name, SVE.lanes)
+    source = render_llvm.render(kernel, SVE)
+    assert "<vscale x 4 x float>" in source
+    asm, _ = _compile(source, SVE)
+    assert re.search(r"\b(ld1w\s+\{\s*z\d+\.s|ldr\s+z\d+)", asm), asm[:2000]
+    assert re.search(r"\bz\d+\.s\b", asm)
+    assert re.search(r"\b(fmla|fmad|fmad)\s+z\d+\.s", asm) or "cntw" in asm or "incw" in asm
+
+
+@pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
+                    reason="needs Debian packages gcc-aarch64-linux-gnu and qemu-user-static")
+@pytest.mark.parametrize("target", [NEON, SVE], ids=["neon", "sve"])
+@pytest.mark.parametrize("name", ["chain", "transcendentals", "reduce", "max"])
+def test_runs_under_qemu(tmp_path, target, name):
+    kernel, bases, out, expected = _lowered(name, target.lanes)
+    _, obj = _compile(render_llvm.render(kernel, target), target)
+    (tmp_path / "kernel.o").write_bytes(obj)
+    (tmp_path / "harness.c").write_text(HARNESS)
+    exe = tmp_path / "run"
+    subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={kernel.name}", "harness.c",
+                    "kernel.o", "-o", str(exe)], cwd=tmp_path, check=True, capture_output=True)
+    inputs = []
+    for i, base in enumerate(bases):
+        path = tmp_path / f"in{i}.bin"
+        path.write_bytes(np.ascontiguousarray(base).tobytes())
+        inputs.append(str(path))
+    out_path = tmp_path / "out.bin"
+    cpu = "max" if target.scalable else "cortex-a72"
+    subprocess.run(["qemu-aarch64-static", "-cpu", cpu, str(exe), str(kernel.out_size), str(out_path),
+                    str(out.nbytes)] + inputs, check=True, capture_output=True, timeout=120)
+    got = np.frombuffer(out_path.read_bytes(), dtype=out.dtype).reshape(out.shape)
+    np.testing.assert_allclose(got, expected, rtol=3e-5, atol=3e-5)

@@ -1,0 +1,152 @@
+"""Fusion on the LLVM executor: which graphs become how many kernels, what gets a buffer, and that
+numpy-only nodes run between kernels."""
+import os
+import weakref
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llvmlite", reason="the LLVM backend needs llvmlite")
+
+import mlxarm.core as ma  # noqa: E402
+from mlxarm.backend import executor  # noqa: E402
+
+
+@pytest.fixture
+def llvm(monkeypatch):
+    monkeypatch.setenv("MLXARM_DEVICE", "llvm")
+    return executor("llvm")
+
+
+def arrays(*shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [ma.array(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+
+
+def kinds(ex):
+    return [k for k, _ in ex.last_plan]
+
+
+def test_elementwise_chain_is_one_kernel(llvm):
+    a, b, c = arrays((64, 32), (32,), (64, 1))
+    y = ma.tanh(a * b + c) * 0.5
+    ma.eval(y)
+    assert kinds(llvm) == ["kernel"]
+    an, bn, cn = np.array(a), np.array(b), np.array(c)
+    np.testing.assert_allclose(np.array(y), np.tanh(an * bn + cn) * 0.5, rtol=2e-5, atol=2e-6)
+
+
+def test_views_fuse_as_strides(llvm):
+    a, b = arrays((16, 8), (8, 16))
+    y = ma.exp(a.T[1:, ::2]) * ma.broadcast_to(b.T[1:8, :1], (7, 8)) + a.T[1:, 1::2]
+    ma.eval(y)
+    assert kinds(llvm) == ["kernel"]
+    an, bn = np.array(a), np.array(b)
+    ref = np.exp(an.T[1:, ::2]) * bn.T[1:8, :1] + an.T[1:, 1::2]
+    np.testing.assert_allclose(np.array(y), ref, rtol=2e-5, atol=2e-6)
+
+
+def test_reduction_takes_elementwise_prologue(llvm):
+    a, b = arrays((32, 48), (48,))
+    y = ma.sum(ma.exp(a) * b, axis=-1)
+    ma.eval(y)
+    assert kinds(llvm) == ["kernel"]
+    np.testing.assert_allclose(np.array(y), (np.exp(np.array(a)) * np.array(b)).sum(-1), rtol=2e-5, atol=1e-4)
+
+
+def test_reduction_feeds_next_kernel(llvm):
+    (a,) = arrays((32, 48))
+    m = ma.max(a, axis=1, keepdims=True)
+    y = ma.exp(a - m)  # softmax's numerator: the reduction is a buffer, the rest one kernel
+    del m
+    ma.eval(y)
+    assert kinds(llvm) == ["kernel", "kernel"]
+    an = np.array(a)
+    np.testing.assert_allclose(np.array(y), np.exp(an - an.max(1, keepdims=True)), rtol=2e-5, atol=2e-6)
+
+
+def test_held_intermediate_is_materialized(llvm):
+    a, b = arrays((8, 8), (8,))
+    x = a * b
+    y = ma.exp(x) + 1
+    ma.eval(y)
+    assert kinds(llvm) == ["kernel", "kernel"]  # x is held by the caller, so it gets a buffer
+    assert x._data is not None
+    np.testing.assert_allclose(np.array(x), np.array(a) * np.array(b), rtol=1e-6)
+
+
+def test_unheld_intermediates_are_never_allocated(llvm):
+    a, b = arrays((8, 8), (8,))
+    y = ma.exp(a * b - 1) + 1
+    inner = weakref.ref(y._inputs[0]._inputs[0])  # exp(a * b - 1), known only to y
+    ma.eval(y)
+    assert kinds(llvm) == ["kernel"]
+    assert inner() is None  # computed in registers and gone with the graph, never given a buffer
+
+
+def test_shared_intermediate_gets_one_buffer(llvm):
+    a, b = arrays((8, 8), (8,))
+    y = ma.sin(a * b) + ma.cos(a * b)  # two distinct nodes: each fuses
+    ma.eval(y)
+    assert kinds(llvm) == ["kernel"]
+    x = a * b
+    z = ma.sin(x) + ma.cos(x)
+    del x  # consumed twice: it becomes a buffer both kernels read
+    ma.eval(z)
+    assert kinds(llvm) == ["kernel", "kernel"]
+    np.testing.assert_allclose(np.array(z), np.array(y), rtol=1e-6)
+
+
+def test_numpy_nodes_run_between_kernels(llvm):
+    (a,) = arrays((16, 16))
+    y = ma.exp(ma.cumsum(ma.abs(a) * 2, axis=1)) * 0.5  # cumsum has no kernel lowering
+    ma.eval(y)
+    assert kinds(llvm) == ["kernel", "numpy", "kernel"]
+    an = np.array(a)
+    np.testing.assert_allclose(np.array(y), np.exp(np.cumsum(np.abs(an) * 2, 1)) * 0.5, rtol=2e-5)
+
+
+def test_view_of_buffer_stays_a_view(llvm):
+    (a,) = arrays((6, 4))
+    t = a.T
+    ma.eval(t)
+    assert kinds(llvm) == ["numpy"]
+    assert np.shares_memory(t._data, a._data)
+
+
+def test_outputs_evaluated_together(llvm):
+    a, b = arrays((8, 8), (8,))
+    x = a + b
+    y = x * 2
+    ma.eval(x, y)
+    assert kinds(llvm) == ["kernel", "kernel"]
+    np.testing.assert_allclose(np.array(y), (np.array(a) + np.array(b)) * 2, rtol=1e-6)
+
+
+def test_debug_prints_kernels(llvm, monkeypatch, capsys):
+    monkeypatch.setenv("MLXARM_DEBUG", "2")
+    a, b = arrays((4, 4), (4,), seed=5)
+    ma.eval(ma.tanh(a * b))
+    err = capsys.readouterr().err
+    assert "[mlxarm] kernel" in err and "tanh(multiply(b1, b2))" in err and "define void" in err
+
+
+def test_numpy_stays_the_default(monkeypatch):
+    monkeypatch.delenv("MLXARM_DEVICE", raising=False)
+    from mlxarm.backend import executor_for
+
+    assert executor_for(None).name == "numpy"
+    assert os.environ.get("MLXARM_DEVICE") is None
+
+
+def test_deep_chain_is_cut_into_bounded_kernels(llvm):
+    (a,) = arrays((4, 4))
+    y = a
+    for _ in range(1000):
+        y = y * 1.0001 + 0.0
+    ma.eval(y)
+    assert 1 < kinds(llvm).count("kernel") < 100
+    ref = np.array(a)
+    for _ in range(1000):
+        ref = ref * np.float32(1.0001)
+    np.testing.assert_allclose(np.array(y), ref, rtol=1e-4)

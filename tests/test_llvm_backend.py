@@ -1,0 +1,220 @@
+"""The LLVM executor against the numpy executor: the elementwise and reduction part of the op matrix,
+random graphs of elementwise/broadcast/reduce/movement ops, and the compiled-kernel disk cache."""
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llvmlite", reason="the LLVM backend needs llvmlite")
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+import mlxarm.core as ma  # noqa: E402
+from _matrix import convert_args, elementwise_primitives, tolerance, values  # noqa: E402
+from mlxarm.backend import executor  # noqa: E402
+from mlxarm.backend.cache import ObjectCache  # noqa: E402
+from mlxarm.backend.llvm import CompileError, Compiler  # noqa: E402
+from mlxarm.core import dtypes as dt  # noqa: E402
+from mlxarm.core.registry import API  # noqa: E402
+
+# Dtypes the matrix runs on (kernels compute every dtype in ir.DTYPES; these cover each code path:
+# float32, half precision in both formats, signed, unsigned and boolean integers).
+MATRIX_DTYPES = [dt.float32, dt.float16, dt.bfloat16, dt.int32, dt.bool_]
+REDUCE_DTYPES = MATRIX_DTYPES + [dt.int64, dt.uint8]
+
+
+def on(device: str, fn):
+    old = os.environ.get("MLXARM_DEVICE")
+    os.environ["MLXARM_DEVICE"] = device
+    try:
+        out = fn()
+        ma.eval(out)
+        return out
+    finally:
+        if old is None:
+            del os.environ["MLXARM_DEVICE"]
+        else:
+            os.environ["MLXARM_DEVICE"] = old
+
+
+def assert_backends_agree(fn, context=""):
+    ref = on("numpy", fn)
+    got = on("llvm", fn)
+    assert got.dtype == ref.dtype and got.shape == ref.shape, context
+    rtol, atol = tolerance(ref.dtype) if ref.dtype.kind in "fc" else (0, 0)
+    np.testing.assert_allclose(np.array(got), np.array(ref), rtol=rtol, atol=atol, equal_nan=True,
+                               err_msg=context)
+
+
+def _cases(kind):
+    # Unary ops on booleans are identities or constants; the binary matrix covers the i1 code paths.
+    dtypes = MATRIX_DTYPES if kind == "binary" else [d for d in MATRIX_DTYPES if d is not dt.bool_]
+    return [(p, d) for p in elementwise_primitives(kind) for d in dtypes if d in p.dtypes]
+
+
+@pytest.mark.parametrize("prim,d", _cases("unary"), ids=lambda v: getattr(v, "name", None))
+def test_unary_matches_numpy(prim, d):
+    rng = np.random.default_rng(1)
+    x = values(rng, d, (5, 37), prim.domain)
+    fn = API[("core", prim.name)].fn
+    assert_backends_agree(lambda: fn(*convert_args([x], d, ma)), f"{prim.name}[{d.name}]")
+
+
+@pytest.mark.parametrize("prim,d", _cases("binary"), ids=lambda v: getattr(v, "name", None))
+def test_binary_matches_numpy(prim, d):
+    rng = np.random.default_rng(2)
+    x, y = values(rng, d, (5, 37), prim.domain), values(rng, d, (37,), prim.domain)
+    fn = API[("core", prim.name)].fn
+    assert_backends_agree(lambda: fn(*convert_args([x, y], d, ma)), f"{prim.name}[{d.name}]")
+
+
+@pytest.mark.parametrize("name", ["sum", "prod", "max", "min"])
+@pytest.mark.parametrize("d", REDUCE_DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("axis", [None, 0, (0, 2)], ids=str)
+def test_reduction_matches_numpy(name, d, axis):
+    rng = np.random.default_rng(3)
+    x = values(rng, d, (3, 6, 19), (-2, 2) if name != "prod" else (0.5, 1.5))
+    fn = getattr(ma, name)
+    assert_backends_agree(lambda: fn(ma.array(x, dtype=d), axis=axis), f"{name}[{d.name}] axis={axis}")
+
+
+def test_float_edge_values():
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40, 88.8, -104, 1e30, -1e30, 3.0],
+                       np.float32)
+    # sin/cos reduce the argument by multiples of pi/4 in float32 arithmetic: accurate up to ~1e5.
+    trig = np.where(np.abs(special) > 1e5, 1e5, special).astype(np.float32)
+    for name in ("sin", "cos"):
+        assert_backends_agree(lambda: getattr(ma, name)(ma.array(trig)), name)
+    for name in ("exp", "log", "log1p", "expm1", "tanh", "sigmoid", "erf", "sqrt", "sign",
+                 "abs", "isnan", "isinf", "floor", "round"):
+        fn = getattr(ma, name)
+        assert_backends_agree(lambda: fn(ma.array(special)), name)
+
+
+def test_transcendentals_accuracy_wide_range():
+    x = np.linspace(-30, 30, 20001, dtype=np.float32)
+    for name in ("exp", "tanh", "sigmoid", "sin", "cos", "erf"):
+        assert_backends_agree(lambda: getattr(ma, name)(ma.array(x)), name)
+    pos = np.geomspace(1e-30, 1e30, 20001).astype(np.float32)
+    for name in ("log", "log2", "log10", "log1p", "rsqrt"):
+        assert_backends_agree(lambda: getattr(ma, name)(ma.array(pos)), name)
+
+
+def test_casts_between_lowered_dtypes():
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(77) * 100).astype(np.float32)
+    for src in REDUCE_DTYPES:
+        for dst in REDUCE_DTYPES:
+            assert_backends_agree(lambda: ma.array(x).astype(src).astype(dst) * 1, f"{src.name}->{dst.name}")
+
+
+def test_large_input_splits_across_threads():
+    n = 1 << 20
+    a = np.arange(n, dtype=np.float32) / n
+    assert_backends_agree(lambda: ma.tanh(ma.array(a) * 3 - 1) * 0.5, "chain")
+    assert_backends_agree(lambda: ma.sum(ma.array(a).reshape(256, -1) * 2, axis=1), "rows")
+
+
+# --- random graphs -------------------------------------------------------------------------------
+
+_UNARY = ["exp", "tanh", "sin", "abs", "negative", "sigmoid", "square"]
+_BINARY = ["add", "subtract", "multiply", "maximum", "minimum"]
+
+
+@st.composite
+def graphs(draw):
+    """A recipe: shapes, then a list of ops applied to a stack of arrays."""
+    rows = draw(st.integers(1, 9))
+    cols = draw(st.integers(1, 40))
+    steps = draw(st.lists(st.tuples(st.sampled_from(["unary", "binary", "transpose", "slice", "bcast",
+                                                     "reduce", "where", "reshape"]),
+                                    st.integers(0, 1000)), min_size=1, max_size=8))
+    seed = draw(st.integers(0, 2 ** 16))
+    return rows, cols, steps, seed
+
+
+def _build(rows, cols, steps, seed):
+    rng = np.random.default_rng(seed)
+    base = [ma.array(rng.uniform(-2, 2, (rows, cols)).astype(np.float32)),
+            ma.array(rng.uniform(-2, 2, (cols,)).astype(np.float32))]
+    x = base[0]
+    for kind, k in steps:
+        if kind == "unary":
+            x = getattr(ma, _UNARY[k % len(_UNARY)])(x)
+        elif kind == "binary":
+            other = base[1] if x.ndim and x.shape[-1] == cols else base[0][..., :1].reshape(-1)[:1]
+            x = getattr(ma, _BINARY[k % len(_BINARY)])(x, other)
+        elif kind == "transpose" and x.ndim >= 2:
+            x = x.T
+        elif kind == "slice" and x.ndim >= 1 and x.shape[0] > 1:
+            x = x[k % 2::1 + k % 3]
+        elif kind == "bcast":
+            x = ma.broadcast_to(x, (2,) + x.shape)
+        elif kind == "reduce" and x.ndim >= 1:
+            x = [ma.sum, ma.max, ma.min][k % 3](x, axis=k % x.ndim)
+        elif kind == "where":
+            x = ma.where(x > 0, x, x * 0.5)
+        elif kind == "reshape":
+            x = x.reshape(-1)
+        x = ma.clip(x, -1e3, 1e3)
+    return x
+
+
+@settings(max_examples=25, deadline=None)
+@given(graphs())
+def test_random_graphs_agree(recipe):
+    assert_backends_agree(lambda: _build(*recipe), repr(recipe))
+
+
+# --- the compiled-kernel cache -------------------------------------------------------------------
+
+_SOURCE = """
+define void @k_test(ptr %args, i64 %start, i64 %end) {
+entry:
+  ret void
+}
+"""
+
+
+def test_cache_miss_then_hit(tmp_path):
+    first = Compiler(cache=ObjectCache(str(tmp_path)))
+    first.load(_SOURCE, "k_test")
+    assert (first.cache.misses, first.cache.hits, first.compiled) == (1, 0, 1)
+    second = Compiler(cache=ObjectCache(str(tmp_path)))
+    second.load(_SOURCE, "k_test")
+    assert (second.cache.hits, second.compiled) == (1, 0)
+
+
+def test_cache_detects_corruption_and_rebuilds(tmp_path):
+    cache = ObjectCache(str(tmp_path))
+    Compiler(cache=cache).load(_SOURCE, "k_test")
+    (entry,) = [p for p in tmp_path.rglob("*.o")]
+    blob = bytearray(entry.read_bytes())
+    blob[-10] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    again = Compiler(cache=ObjectCache(str(tmp_path)))
+    again.load(_SOURCE, "k_test")
+    assert again.cache.corrupt == 1 and again.compiled == 1
+    third = Compiler(cache=ObjectCache(str(tmp_path)))
+    third.load(_SOURCE, "k_test")
+    assert third.cache.hits == 1 and third.compiled == 0
+
+
+def test_cache_writes_atomically(tmp_path):
+    Compiler(cache=ObjectCache(str(tmp_path))).load(_SOURCE, "k_test")
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+def test_compile_failure_names_backend_and_keeps_source(tmp_path):
+    comp = Compiler(cache=ObjectCache(str(tmp_path)))
+    with pytest.raises(CompileError) as info:
+        comp.load("define void @broken( {", "broken")
+    msg = str(info.value)
+    assert msg.startswith("[llvm]")
+    path = msg.rsplit(" ", 1)[-1]
+    assert os.path.isfile(path) and "broken" in open(path).read()
+
+
+def test_executor_info():
+    info = executor("llvm").info()
+    assert info["backend"] == "llvm" and info["threads"] >= 1
