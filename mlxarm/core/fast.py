@@ -123,7 +123,7 @@ def _rope_ref(p, x, *extra):
     positions = np.arange(seq, dtype=np.float32)[:, None]
     off = np.asarray(offset, dtype=np.float32)
     if off.ndim:  # one starting position per batch element
-        off = off.reshape((-1,) + (1,) * (x.ndim - 2))
+        off = off.reshape((-1,) + (1,) * (x.ndim - 1))
     pos = (positions + off) * np.float32(p["scale"])
     theta = pos * inv_freq
     cos, sin = np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
@@ -165,18 +165,26 @@ def rope(a, dims: int, *, traditional: bool, base, scale: float, offset, freqs=N
     if a.ndim < 3:
         raise ValueError(f"[rope] Input must have at least 3 dimensions but got input with {a.ndim} "
                          "dimensions.")
+    if dims <= 0:
+        raise ValueError(f"[rope] dims must be positive but got {dims}.")
     if dims % 2:
-        raise ValueError(f"[rope] dims must be a multiple of 2 but got {dims}.")
+        raise ValueError(f"[rope] dims must be even but got {dims}.")
     if dims > a._shape[-1]:
-        raise ValueError(f"[rope] dims ({dims}) must be at most the size of the last dimension "
-                         f"({a._shape[-1]}).")
-    if (base is None) == (freqs is None):
+        raise ValueError(f"[rope] dims must not exceed the input's last dimension ({a._shape[-1]}) but "
+                         f"got {dims}.")
+    if base is None and freqs is None:
+        raise ValueError("[rope] Neither base nor freqs has a value.")
+    if base is not None and freqs is not None:
         raise ValueError("[rope] Only one of base or freqs can have a value.")
     off = to_array(offset) if not isinstance(offset, int) else to_array(offset, dt.int32)
     if off._dtype.kind not in "iu":
         raise ValueError(f"[rope] offset must be an integer but got type {off._dtype.name}.")
     if off.ndim > 1:
-        raise ValueError(f"[rope] offset must be a scalar or vector but has {off.ndim} dimensions.")
+        raise ValueError(f"[rope] offset must have at most one dimension but has shape "
+                         f"{fmt_shape(off._shape)}.")
+    if off.ndim == 1 and off._shape[0] not in (1, a._shape[0]):
+        raise ValueError(f"[rope] offset must be a scalar or vector with {a._shape[0]} elements but has "
+                         f"shape {fmt_shape(off._shape)}.")
     ins = (a, off)
     if freqs is not None:
         freqs = to_array(freqs)
@@ -192,24 +200,33 @@ def rope(a, dims: int, *, traditional: bool, base, scale: float, offset, freqs=N
 
 # --- attention ------------------------------------------------------------------------------------
 
-def _sdpa_ref(p, q, k, v, *mask):
+def _sdpa_ref(p, q, k, v, *extra):
     q, k, v = (x.astype(np.float32) if x.dtype == np.float16 else x for x in (q, k, v))
+    extra = list(extra)
+    mask = extra.pop(0) if p["mask"] == "array" else None
+    sinks = extra.pop(0) if p["sinks"] else None
     hq, hk = q.shape[-3], k.shape[-3]
     if hq != hk:
         k = np.repeat(k, hq // hk, axis=-3)
         v = np.repeat(v, hq // hk, axis=-3)
-    scores = (q * p["scale"]) @ np.swapaxes(k, -1, -2)
+    scores = (q * np.asarray(p["scale"], q.dtype)) @ np.swapaxes(k, -1, -2)
     L, S = scores.shape[-2:]
+    # Boolean masks use the lowest finite value, so a fully masked row averages v instead of NaN.
+    lowest = np.finfo(scores.dtype).min
     if p["mask"] == "causal":
         keep = np.arange(S)[None, :] <= np.arange(L)[:, None] + (S - L)
-        scores = np.where(keep, scores, -np.inf)
-    elif p["mask"] == "array":
-        m = mask[0]
-        scores = np.where(m, scores, -np.inf) if m.dtype == np.bool_ else scores + _f32(m)
-    scores = scores - np.max(scores, axis=-1, keepdims=True)
-    w = np.exp(scores)
-    w = w / np.sum(w, axis=-1, keepdims=True)
-    return w @ v
+        scores = np.where(keep, scores, lowest)
+    elif mask is not None:
+        scores = np.where(mask, scores, lowest) if mask.dtype == np.bool_ else scores + _f32(mask)
+    top = np.max(scores, axis=-1, keepdims=True)
+    if sinks is not None:
+        sink = _f32(sinks).astype(scores.dtype)[:, None, None]
+        top = np.maximum(top, sink)
+    w = np.exp(scores - top)
+    total = np.sum(w, axis=-1, keepdims=True)
+    if sinks is not None:
+        total = total + np.exp(sink - top)
+    return (w / total) @ v
 
 
 def _sdpa_cases(rng, d):
@@ -233,37 +250,150 @@ SDPA = register(Primitive("scaled_dot_product_attention", "kernel", _sdpa_ref, d
 
 @api(primitive="scaled_dot_product_attention", module="fast")
 def scaled_dot_product_attention(q, k, v, *, scale: float, mask=None, sinks=None, stream=None):
+    from .ops.shape import broadcast_to
+
+    op = "[scaled_dot_product_attention]"
     q, k, v = to_array(q), to_array(k), to_array(v)
-    _check_float("scaled_dot_product_attention", q, k, v)
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"[scaled_dot_product_attention] queries, keys and values must be 4D, got "
-                         f"{fmt_shape(q._shape)}, {fmt_shape(k._shape)} and {fmt_shape(v._shape)}.")
-    if k._shape[1] != v._shape[1] or q._shape[1] % k._shape[1]:
-        raise ValueError(f"[scaled_dot_product_attention] The number of query heads ({q._shape[1]}) "
-                         f"must be a multiple of the number of key/value heads ({k._shape[1]}).")
-    if q._shape[-1] != k._shape[-1] or k._shape[-2] != v._shape[-2]:
-        raise ValueError(f"[scaled_dot_product_attention] Incompatible shapes: queries "
-                         f"{fmt_shape(q._shape)}, keys {fmt_shape(k._shape)}, values {fmt_shape(v._shape)}.")
-    if sinks is not None:
-        raise ValueError("[scaled_dot_product_attention] sinks are not supported.")
-    d = q._dtype
-    k, v = cast(k, d, stream), cast(v, d, stream)
-    B, H, L = q._shape[:3]
+    for x in (q, k, v):
+        if x.ndim != 4:
+            raise ValueError(f"{op} input with shape {fmt_shape(x._shape)} expected to be rank 4")
+    B, H, L, D = q._shape
+    if k._shape[1] != v._shape[1]:
+        raise ValueError(f"{op} keys, values expected to have matching n_kv_heads; found keys with n_heads "
+                         f"{k._shape[1]} for values with n_heads {v._shape[1]}.")
+    if H % k._shape[1]:
+        raise ValueError(f"{op} n_heads must be a multiple of n_kv_heads, found n_heads {H} for n_kv_heads "
+                         f"{k._shape[1]}.")
+    if k._shape[-1] != D:
+        raise ValueError(f"{op} query, keys expected to have matching last dimension; found query shape "
+                         f"{fmt_shape(q._shape)} for keys shape {fmt_shape(k._shape)}.")
+    for x in (k, v):
+        if x._shape[0] != B:
+            raise ValueError(f"{op} mismatching batch dimension for input with shape {fmt_shape(x._shape)}.")
+    if v._shape[2] != k._shape[2]:
+        raise ValueError(f"[matmul] Last dimension of first input with shape "
+                         f"{fmt_shape((B, k._shape[1], H // k._shape[1], L, k._shape[2]))} must match second "
+                         f"to last dimension of second input with shape "
+                         f"{fmt_shape((B, v._shape[1], 1) + v._shape[2:])}.")
+    d = dt.promote_types(dt.promote_types(q._dtype, k._dtype), v._dtype)
+    if d not in _FLOATS:
+        raise DtypeError(f"{op} Received unsupported type {d.name}.")
+    q, k, v = cast(q, d, stream), cast(k, d, stream), cast(v, d, stream)
     S = k._shape[2]
-    out_shape = broadcast_shapes((B,), (k._shape[0],)) + (H, L, v._shape[-1])
     ins = (q, k, v)
     if mask is None:
         kind = None
     elif isinstance(mask, str):
         if mask != "causal":
-            raise ValueError(f"[scaled_dot_product_attention] Invalid mask_mode {mask}, must be 'causal' "
-                             "or an array.")
+            raise ValueError(f"{op} invalid mask option '{mask}'. Must be 'causal', or an array.")
         kind = "causal"
     else:
         m = to_array(mask)
-        broadcast_shapes(m._shape, out_shape[:-1] + (S,))
-        ins += (m if m._dtype is dt.bool_ else cast(m, d, stream),)
+        if m.ndim > 4:
+            raise ValueError(f"{op} the mask with shape {fmt_shape(m._shape)} expected to have at most "
+                             "rank 4.")
+        if m._dtype is not dt.bool_:
+            if dt.promote_types(m._dtype, d) is not d:
+                raise ValueError(f"{op} Mask type must promote to output type {d.name}.")
+            m = cast(m, d, stream)
+        ins += (broadcast_to(m, (B, H, L, S), stream=stream),)
         kind = "array"
-    params = {"scale": float(scale), "mask": kind}
-    return make_node(SDPA, ins, params, out_shape, d, resolve_stream(stream))
+    if sinks is not None:
+        sinks = to_array(sinks)
+        if sinks._shape != (H,):
+            raise ValueError(f"{op} Received invalid shape for sinks {fmt_shape(sinks._shape)}.")
+        if dt.promote_types(sinks._dtype, d) is not d:
+            raise ValueError(f"{op} Type of sinks must promote to output type {d.name}.")
+        ins += (cast(sinks, d, stream),)
+    params = {"scale": float(scale), "mask": kind, "sinks": sinks is not None}
+    return make_node(SDPA, ins, params, (B, H, L, v._shape[-1]), d, resolve_stream(stream))
 
+
+# --- gradient rules: each kernel differentiated through its composition of ops -------------------
+
+def _attach_gradients():
+    from .ops import _autodiff as ad
+    from .ops._autodiff import O
+
+    f32 = dt.float32
+
+    def wide(x):
+        return x if x._dtype is dt.float64 else O.astype(x, f32)
+
+    def rms_norm_composite(p, x, *w):
+        xf = wide(x)
+        r = xf * O.rsqrt(O.mean(xf * xf, axis=-1, keepdims=True) + p["eps"])
+        if w:
+            r = r * wide(w[0])
+        return O.astype(r, x._dtype)
+
+    def layer_norm_composite(p, x, *wb):
+        xf = wide(x)
+        mu = O.mean(xf, axis=-1, keepdims=True)
+        centered = xf - mu
+        r = centered * O.rsqrt(O.mean(centered * centered, axis=-1, keepdims=True) + p["eps"])
+        wb = list(wb)
+        if p["weight"]:
+            r = r * wide(wb.pop(0))
+        if p["bias"]:
+            r = r + wide(wb.pop(0))
+        return O.astype(r, x._dtype)
+
+    def rope_composite(p, x, offset, *freqs):
+        dims, half = p["dims"], p["dims"] // 2
+        xf = wide(x)
+        if p["freqs"]:
+            inv_freq = O.reciprocal(O.astype(O.stop_gradient(freqs[0]), f32))
+        else:
+            inv_freq = O.power(O.full((), float(p["base"]), f32), O.arange(half, dtype=f32) * (-2.0 / dims))
+        seq = x._shape[-2]
+        positions = O.reshape(O.arange(seq, dtype=f32), (seq, 1))
+        off = O.astype(O.stop_gradient(offset), f32)
+        if off.ndim:
+            off = O.reshape(off, (-1,) + (1,) * (x.ndim - 1))
+        theta = (positions + off) * float(p["scale"]) * inv_freq
+        cos, sin = O.cos(theta), O.sin(theta)
+        if p["traditional"]:
+            a, b = xf[..., 0:dims:2], xf[..., 1:dims:2]
+        else:
+            a, b = xf[..., :half], xf[..., half:dims]
+        first, second = a * cos - b * sin, a * sin + b * cos
+        if p["traditional"]:
+            rotated = O.reshape(O.stack([first, second], axis=-1), first._shape[:-1] + (dims,))
+        else:
+            rotated = O.concatenate([first, second], axis=-1)
+        if dims < x._shape[-1]:
+            rotated = O.concatenate([rotated, xf[..., dims:]], axis=-1)
+        return O.astype(rotated, x._dtype)
+
+    def sdpa_composite(p, q, k, v, *extra):
+        mask = extra[:1] if p["mask"] == "array" else ()
+        sinks = extra[-1] if p.get("sinks") else None
+        hq, hk = q._shape[-3], k._shape[-3]
+        if hq != hk:
+            k = O.repeat(k, hq // hk, axis=-3)
+            v = O.repeat(v, hq // hk, axis=-3)
+        scores = O.matmul(q * p["scale"], O.swapaxes(k, -1, -2))
+        length, keys = scores._shape[-2:]
+        lowest = float(np.finfo(scores._dtype.np_compute).min)
+        if p["mask"] == "causal":
+            keep = np.arange(keys)[None, :] <= np.arange(length)[:, None] + (keys - length)
+            scores = O.where(to_array(keep), scores, lowest)
+        elif p["mask"] == "array":
+            m = O.stop_gradient(mask[0])
+            scores = O.where(m, scores, lowest) if m._dtype is dt.bool_ else scores + m
+        if sinks is not None:
+            column = O.broadcast_to(O.reshape(sinks, (-1, 1, 1)), scores._shape[:-1] + (1,))
+            scores = O.concatenate([O.astype(column, scores._dtype), scores], axis=-1)
+        weights = O.softmax(scores, axis=-1, precise=True)
+        if sinks is not None:
+            weights = weights[..., 1:]
+        return O.astype(O.matmul(weights, v), q._dtype)
+
+    ad.composite(RMS_NORM, rms_norm_composite)
+    ad.composite(LAYER_NORM, layer_norm_composite)
+    ad.composite(ROPE, rope_composite)
+    ad.composite(SDPA, sdpa_composite)
+
+
+_attach_gradients()

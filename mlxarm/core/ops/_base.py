@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from ..array import array, make_node
-from ..convert import operands, to_array
+from ..convert import beside, operands, to_array
 from ..device import resolve_stream
 from ..registry import register, Primitive, api, PRIMITIVES
 from .. import dtypes as dt
 from ..errors import DtypeError
 
-__all__ = ["array", "make_node", "operands", "to_array", "resolve_stream", "register", "Primitive",
+__all__ = ["array", "make_node", "beside", "operands", "to_array", "resolve_stream", "register", "Primitive",
            "api", "PRIMITIVES", "dt", "DtypeError", "broadcast_shapes", "normalize_axis",
            "normalize_axes", "fmt_shape", "record", "cast", "broadcast_to_shape"]
 
@@ -18,29 +18,30 @@ def fmt_shape(shape) -> str:
     return "(" + ",".join(str(s) for s in shape) + ")"
 
 
-def broadcast_shapes(*shapes, op="broadcast_shapes"):
-    if len(shapes) == 2:
-        a, b = shapes
-        if a == b or not b:
-            return a
-        if not a:
-            return b
-    ndim = max(len(s) for s in shapes)
+def _broadcast_two(a, b, op):
+    if a == b or not b:
+        return a
+    if not a:
+        return b
+    n = max(len(a), len(b))
+    pa, pb = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
     out = []
-    for i in range(-ndim, 0):
-        d = 1
-        for s in shapes:
-            if len(s) >= -i:
-                v = s[i]
-                if v == d or v == 1:
-                    continue
-                if d == 1:
-                    d = v
-                else:
-                    raise ValueError(f"[{op}] Shapes " + " and ".join(fmt_shape(s) for s in shapes)
-                                     + " cannot be broadcast.")
-        out.append(d)
+    for x, y in zip(pa, pb):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise ValueError(f"[{op}] Shapes {fmt_shape(a)} and {fmt_shape(b)} cannot be broadcast.")
     return tuple(out)
+
+
+def broadcast_shapes(*shapes, op="broadcast_shapes"):
+    """MLX broadcasts left to right, so a clash names the shape so far and the next one."""
+    out = shapes[0]
+    for s in shapes[1:]:
+        out = _broadcast_two(out, s, op)
+    return out
 
 
 def normalize_axis(axis: int, ndim: int, op: str | None = None) -> int:
@@ -50,13 +51,14 @@ def normalize_axis(axis: int, ndim: int, op: str | None = None) -> int:
         except AttributeError:
             raise TypeError(f"axis must be an integer, got {type(axis).__name__}.") from None
     if axis < -ndim or axis >= ndim:
-        raise ValueError(f"[{op}] Invalid axis {axis} for array with {ndim} dimensions." if op else
+        raise IndexError(f"[{op}] Invalid axis {axis} for array with {ndim} dimensions." if op else
                          f"Invalid axis {axis} for array with {ndim} dimensions.")
     return axis + ndim if axis < 0 else axis
 
 
 def normalize_axes(axis, ndim: int, op: str | None = None) -> tuple:
-    """None -> all axes; int or sequence -> sorted, non-negative, unique (ValueError otherwise)."""
+    """None -> all axes; int or sequence -> sorted, non-negative, unique (IndexError for an axis
+    out of range, ValueError for a repeated one)."""
     if axis is None:
         return tuple(range(ndim))
     if isinstance(axis, (list, tuple)):

@@ -443,3 +443,17 @@ def meshgrid(*arrays, sparse=False, indexing="xy", stream=None):
     if not sparse:
         outs = broadcast_arrays(*outs, stream=stream)
     return tuple(outs)
+
+
+# --- gradient rules -----------------------------------------------------------------------------
+
+def _attach_gradients():
+    from . import _autodiff as ad
+
+    FULL.vjp = lambda node, cot, argnums: [ad.unbroadcast(cot, node._inputs[0]._shape)]
+    FULL.jvp = ad.linear_jvp
+    for prim in (ARANGE, WINDOW, EYE, TRI):
+        ad.nondifferentiable(prim)
+
+
+_attach_gradients()

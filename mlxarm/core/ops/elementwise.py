@@ -13,6 +13,7 @@ import numpy as np
 
 from ._base import (DtypeError, Primitive, api, array, broadcast_shapes, cast, dt, make_node,
                     operands, register, resolve_stream, to_array)
+from ..convert import operand
 
 INT_BOOL = tuple(d for d in dt.ALL if d.kind in "biu")
 REAL = tuple(d for d in dt.ALL if d.kind != "c")
@@ -22,7 +23,11 @@ ALL = tuple(dt.ALL)
 
 
 def _dtype_error(op, a):
-    return DtypeError(f"[{op}] Not supported for input of type {a._dtype.name}.")
+    if op == "negative" and a._dtype is dt.bool_:
+        return DtypeError("[negative] Not supported for bool, use logical_not instead.")
+    if op == "bitwise_invert":
+        return DtypeError("[bitwise_invert] Bitwise inverse only allowed on integer types.")
+    return DtypeError(f"[{op}] Not supported for {a._dtype.name}.")
 
 
 # --- astype / copy ---------------------------------------------------------------------------
@@ -47,7 +52,6 @@ COPY = register(Primitive("copy", "unary", lambda p, x: np.array(x, copy=True), 
                           doc="A new buffer with the same contents."))
 
 
-@api(primitive="copy")
 def copy(a, stream=None):
     a = to_array(a)
     return make_node(COPY, (a,), None, a._shape, a._dtype, resolve_stream(stream))
@@ -95,7 +99,7 @@ def _in_float(fn):
 def _round_ref(p, x):
     decimals = p["decimals"] if p else 0
     if x.dtype.kind in "biu":
-        return x
+        return np.round(x, decimals) if decimals < 0 and x.dtype.kind != "b" else x
     return np.round(x, decimals)
 
 
@@ -109,11 +113,15 @@ def _sign_ref(p, x):
 
 
 def _isposinf(p, x):
-    return np.isposinf(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
+    return x == np.inf if x.dtype.kind in "fc" else np.zeros(x.shape, bool)
 
 
 def _isneginf(p, x):
-    return np.isneginf(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
+    return x == -np.inf if x.dtype.kind in "fc" else np.zeros(x.shape, bool)
+
+
+def _trunc(p, x):
+    return np.trunc(x) if x.dtype.kind == "f" else x
 
 
 def _float_test(p, fn):
@@ -125,7 +133,9 @@ def _float_test(p, fn):
 
 
 def _sigmoid(p, x):
-    return (1 / (1 + np.exp(-x))).astype(x.dtype)
+    # float16 computes in float32 so that sigmoid(8) stays below 1 before rounding, as in MLX.
+    wide = x.astype(np.float32) if x.dtype == np.float16 else x
+    return (1 / (1 + np.exp(-wide))).astype(x.dtype)
 
 
 def _rsqrt(p, x):
@@ -178,19 +188,20 @@ _UNARY = [
     ("arcsinh", lambda p, x: np.arcsinh(x), "float", ALL, (-10, 10)),
     ("arccosh", lambda p, x: np.arccosh(x), "float", ALL, (1.01, 10)),
     ("arctanh", lambda p, x: np.arctanh(x), "float", ALL, (-0.99, 0.99)),
-    ("degrees", lambda p, x: np.degrees(x), "float", ALL, None),
-    ("radians", lambda p, x: np.radians(x), "float", ALL, None),
+    ("degrees", lambda p, x: x * x.real.dtype.type(180 / math.pi), "float", ALL, None),
+    ("radians", lambda p, x: x * x.real.dtype.type(math.pi / 180), "float", ALL, None),
     ("sigmoid", _sigmoid, "float", REAL, (-10, 10)),
     ("erf", _in_float(_erf), "float", REAL, (-3, 3)),
     ("erfinv", _in_float(_erfinv), "float", REAL, (-0.99, 0.99)),
     ("isnan", _float_test(None, np.isnan), "bool", ALL, None),
     ("isinf", _float_test(None, np.isinf), "bool", ALL, None),
     ("isfinite", _float_test(None, np.isfinite), "bool", ALL, None),
-    ("isposinf", _isposinf, "bool", REAL, None),
-    ("isneginf", _isneginf, "bool", REAL, None),
+    ("isposinf", _isposinf, "bool", ALL, None),
+    ("isneginf", _isneginf, "bool", ALL, None),
     ("logical_not", lambda p, x: np.logical_not(x), "bool", ALL, None),
     ("bitwise_invert", lambda p, x: np.invert(x), "same", INT_BOOL, None),
     ("stop_gradient", lambda p, x: x, "same", ALL, None),
+    ("trunc", _trunc, "same", REAL, None),
 ]
 
 
@@ -213,7 +224,7 @@ def _make_unary(name, ref, rule, dtypes, domain):
 
     def op(a, /, *, stream=None):
         if not isinstance(a, array):
-            a = to_array(a)
+            a = operand(a)
         d = a._dtype
         if d not in allowed:
             raise _dtype_error(name, a)
@@ -256,14 +267,14 @@ def _floor_divide(x, y):
         zero = y == 0
         q = np.floor_divide(x, np.where(zero, 1, y))
         return np.where(zero, 0, q).astype(x.dtype)
-    return np.floor(x / y) if x.dtype.kind == "f" else x // y
+    return np.floor(x / y) if x.dtype.kind == "f" else x / y  # MLX: complex // is the quotient
 
 
 def _remainder(x, y):
     if x.dtype.kind in "iu":
         zero = y == 0
         r = np.remainder(x, np.where(zero, 1, y))
-        return np.where(zero, 0, r).astype(x.dtype)
+        return np.where(zero, x, r).astype(x.dtype)  # x % 0 is x in MLX
     return np.remainder(x, y)
 
 
@@ -311,6 +322,7 @@ _BINARY = [
     ("minimum", _int_domain(np.minimum), "same", ALL, None),
     ("logaddexp", lambda p, x, y: _logaddexp(x, y), "float", ALL, (-10, 10)),
     ("arctan2", lambda p, x, y: np.arctan2(x, y), "float", REAL, None),
+    ("logical_xor", lambda p, x, y: np.logical_xor(x, y), "bool", ALL, None),
     ("equal", lambda p, x, y: np.equal(x, y), "bool", ALL, None),
     ("not_equal", lambda p, x, y: np.not_equal(x, y), "bool", ALL, None),
     ("less", lambda p, x, y: np.less(x, y), "bool", ALL, None),
@@ -343,7 +355,9 @@ def _make_binary(name, ref, rule, dtypes, domain):
             if bitwise:
                 raise DtypeError(f"[{name}] Only allowed on integer or boolean types but got types "
                                  f"{a._dtype.name} and {b._dtype.name}.")
-            raise DtypeError(f"[{name}] Not supported for inputs of type {d.name}.")
+            if name == "remainder":
+                raise DtypeError("[remainder] Complex type not supported.")
+            raise DtypeError(f"[{name}] Not supported for {d.name}.")
         if shifts and d is dt.bool_:
             d = dt.uint8
         if rule == "float" and d.kind in "biu":
@@ -372,10 +386,27 @@ _bitwise_or_op = bitwise_or  # noqa: F821
 _bitwise_xor_op = bitwise_xor  # noqa: F821
 _invert_op = bitwise_invert  # noqa: F821
 
+# MLX's other names for the same operations (array API spellings).
+for _alias, _op in {"acos": "arccos", "acosh": "arccosh", "asin": "arcsin", "asinh": "arcsinh",
+                    "atan": "arctan", "atan2": "arctan2", "atanh": "arctanh", "pow": "power",
+                    "conj": "conjugate", "bitwise_left_shift": "left_shift",
+                    "bitwise_right_shift": "right_shift"}.items():
+    globals()[_alias] = api(_alias, primitive=_op)(globals()[_op])
+
+
+@api()
+def positive(a, /, *, stream=None):
+    if not isinstance(a, array):
+        raise TypeError(f"positive(): incompatible function arguments: expected an array, "
+                        f"got {type(a).__name__}.")
+    return a
+
 
 @api()
 def divmod(a, b, /, *, stream=None):
-    return [floor_divide(a, b, stream=stream), remainder(a, b, stream=stream)]  # noqa: F821
+    # Like MLX's DivMod, neither output carries a gradient.
+    return [stop_gradient(floor_divide(a, b, stream=stream), stream=stream),  # noqa: F821
+            stop_gradient(remainder(a, b, stream=stream), stream=stream)]  # noqa: F821
 
 
 # --- ternary ------------------------------------------------------------------------------------
@@ -417,15 +448,16 @@ def _nan_to_num_ref(p, x):
     return np.nan_to_num(x, nan=p["nan"], posinf=posinf, neginf=neginf)
 
 
-NAN_TO_NUM = register(Primitive("nan_to_num", "unary", _nan_to_num_ref, dtypes=REAL,
+NAN_TO_NUM = register(Primitive("nan_to_num", "unary", _nan_to_num_ref,
+                                dtypes=tuple(d for d in REAL if d is not dt.float64),
                                 extra={"out": "same"}))
 
 
 @api(primitive="nan_to_num")
 def nan_to_num(a, nan: float = 0.0, posinf=None, neginf=None, *, stream=None):
     a = to_array(a)
-    if a._dtype is dt.complex64:
-        raise _dtype_error("nan_to_num", a)
+    if a._dtype is dt.complex64 or a._dtype is dt.float64:
+        raise DtypeError(f"[nan_to_num] Does not yet support given type: {a._dtype.name}.")
     if a._dtype is dt.bfloat16:
         # bfloat16's range, not float32's, bounds the replacement of infinities.
         bf = dt.finfo(dt.bfloat16)
@@ -442,9 +474,11 @@ def isclose(a, b, /, rtol: float = 1e-05, atol: float = 1e-08, *, equal_nan: boo
     a, b = operands(a, b)
     diff = abs(subtract(a, b, stream=stream), stream=stream)  # noqa: F821
     bound = add(atol, multiply(rtol, abs(b, stream=stream), stream=stream), stream=stream)  # noqa: F821
-    out = less_equal(diff, bound, stream=stream)  # noqa: F821
-    same_inf = logical_and(equal(a, b, stream=stream), isinf(a, stream=stream), stream=stream)  # noqa: F821
-    out = logical_or(out, same_inf, stream=stream)  # noqa: F821
+    # An infinity is close only to itself: inf - (-inf) is inf, which the bound inf would admit.
+    any_inf = logical_or(isinf(a, stream=stream), isinf(b, stream=stream), stream=stream)  # noqa: F821
+    out = logical_and(less_equal(diff, bound, stream=stream), logical_not(any_inf, stream=stream),  # noqa: F821
+                      stream=stream)
+    out = logical_or(out, equal(a, b, stream=stream), stream=stream)  # noqa: F821
     if equal_nan:
         both = logical_and(isnan(a, stream=stream), isnan(b, stream=stream), stream=stream)  # noqa: F821
         out = logical_or(out, both, stream=stream)  # noqa: F821
@@ -473,3 +507,195 @@ def array_equal(a, b, /, equal_nan: bool = False, *, stream=None):
     if equal_nan:
         eq = logical_or(eq, logical_and(isnan(a), isnan(b)))  # noqa: F821
     return all_(eq, stream=stream)
+
+
+# --- gradient rules -----------------------------------------------------------------------------
+
+def _attach_gradients():
+    from . import _autodiff as ad
+    from ._autodiff import O, conj, unbroadcast
+    from ._base import PRIMITIVES
+
+    prims = {name: PRIMITIVES[name] for name in [s[0] for s in _UNARY] + [s[0] for s in _BINARY]}
+    ln2, ln10 = math.log(2.0), math.log(10.0)
+    derivs = {
+        "square": lambda x, y: 2 * x,
+        "exp": lambda x, y: y,
+        "expm1": lambda x, y: y + 1,
+        "log": lambda x, y: O.reciprocal(x),
+        "log2": lambda x, y: O.reciprocal(x * ln2),
+        "log10": lambda x, y: O.reciprocal(x * ln10),
+        "log1p": lambda x, y: O.reciprocal(x + 1),
+        "sqrt": lambda x, y: 0.5 / y,
+        "rsqrt": lambda x, y: -0.5 * y / x,
+        "reciprocal": lambda x, y: -(y * y),
+        "sin": lambda x, y: O.cos(x),
+        "cos": lambda x, y: -O.sin(x),
+        "tan": lambda x, y: O.reciprocal(O.square(O.cos(x))),
+        "arcsin": lambda x, y: O.rsqrt(1 - x * x),
+        "arccos": lambda x, y: -O.rsqrt(1 - x * x),
+        "arctan": lambda x, y: O.reciprocal(1 + x * x),
+        "sinh": lambda x, y: O.cosh(x),
+        "cosh": lambda x, y: O.sinh(x),
+        "tanh": lambda x, y: 1 - y * y,
+        "arcsinh": lambda x, y: O.rsqrt(x * x + 1),
+        "arccosh": lambda x, y: O.rsqrt(x * x - 1),
+        "arctanh": lambda x, y: O.reciprocal(1 - x * x),
+        "degrees": lambda x, y: O.full(x._shape, 180.0 / math.pi, x._dtype),
+        "radians": lambda x, y: O.full(x._shape, math.pi / 180.0, x._dtype),
+        "sigmoid": lambda x, y: y * (1 - y),
+        "erf": lambda x, y: (2.0 / math.sqrt(math.pi)) * O.exp(-(x * x)),
+        "erfinv": lambda x, y: (math.sqrt(math.pi) / 2.0) * O.exp(y * y),
+    }
+    for name, d in derivs.items():
+        ad.elementwise(prims[name], d)
+    for name in ("sign", "floor", "ceil", "isnan", "isinf", "isfinite", "isposinf", "isneginf",
+                 "logical_not", "bitwise_invert", "stop_gradient", "equal", "not_equal", "less",
+                 "less_equal", "greater", "greater_equal", "logical_and", "logical_or", "bitwise_and",
+                 "bitwise_or", "bitwise_xor", "left_shift", "right_shift", "floor_divide", "trunc",
+                 "logical_xor"):
+        ad.nondifferentiable(prims[name])
+    ad.nondifferentiable(ROUND)
+
+    def identity(node, cot, argnums):
+        return [cot]
+
+    def same_jvp(node, tangents, argnums):
+        return tangents[0]
+
+    COPY.vjp, COPY.jvp = identity, same_jvp
+    prims["negative"].vjp = lambda node, cot, argnums: [-cot]
+    prims["negative"].jvp = lambda node, ts, argnums: -ts[0]
+    prims["conjugate"].vjp = lambda node, cot, argnums: [O.conjugate(cot)]
+    prims["conjugate"].jvp = lambda node, ts, argnums: O.conjugate(ts[0])
+
+    ASTYPE.vjp = lambda node, cot, argnums: [astype(cot, node._inputs[0]._dtype)]
+    ASTYPE.jvp = lambda node, ts, argnums: astype(ts[0], node._dtype)
+
+    def abs_vjp(node, cot, argnums):
+        x = node._inputs[0]
+        if x._dtype.kind == "c":
+            return [multiply(astype(cot, x._dtype), _safe_div(x, node))]  # noqa: F821
+        return [cot * sign(x)]  # noqa: F821
+
+    def abs_jvp(node, ts, argnums):
+        x, t = node._inputs[0], ts[0]
+        if x._dtype.kind == "c":
+            return _safe_div(real(multiply(O.conjugate(x), t)), node)  # noqa: F821
+        return t * sign(x)  # noqa: F821
+
+    def _safe_div(a, mag):
+        zero = equal(mag, 0)  # noqa: F821
+        return where(zero, 0, divide(a, where(zero, 1, mag)))  # noqa: F821
+
+    prims["abs"].vjp, prims["abs"].jvp = abs_vjp, abs_jvp
+
+    def real_vjp(node, cot, argnums):
+        x = node._inputs[0]
+        return [astype(cot, x._dtype)]
+
+    def imag_vjp(node, cot, argnums):
+        x = node._inputs[0]
+        if x._dtype.kind == "c":
+            return [multiply(astype(cot, x._dtype), 1j)]  # noqa: F821
+        return [O.zeros_like(x)]
+
+    prims["real"].vjp, prims["real"].jvp = real_vjp, lambda node, ts, argnums: real(ts[0])  # noqa: F821
+    prims["imag"].vjp, prims["imag"].jvp = imag_vjp, lambda node, ts, argnums: imag(ts[0])  # noqa: F821
+
+    def nan_to_num_vjp(node, cot, argnums):
+        return [where(isfinite(node._inputs[0]), cot, 0)]  # noqa: F821
+
+    NAN_TO_NUM.vjp = nan_to_num_vjp
+    NAN_TO_NUM.jvp = lambda node, ts, argnums: where(isfinite(node._inputs[0]), ts[0], 0)  # noqa: F821
+
+    # Binary ops: their inputs broadcast implicitly, so gradients are summed back to each shape.
+    def binary(name, partials):
+        """partials(x, y, out) -> (d out/dx, d out/dy) as lazily built factors."""
+        def vjp(node, cot, argnums):
+            x, y = node._inputs
+            grads = partials(x, y, node, cot)
+            return [unbroadcast(grads[i], node._inputs[i]._shape) for i in argnums]
+
+        def jvp(node, tangents, argnums):
+            x, y = node._inputs
+            out = None
+            for i, t in zip(argnums, tangents):
+                term = partials_jvp[name](x, y, node, t, i)
+                out = term if out is None else add(out, term)  # noqa: F821
+            return out
+
+        prims[name].vjp, prims[name].jvp = vjp, jvp
+
+    def pow_dy(x, y, out):
+        return where(greater(x, 0), log(where(greater(x, 0), x, 1)), 0) * out  # noqa: F821
+
+    def pow_dx(x, y, out):
+        return y * power(x, y - 1)  # noqa: F821
+
+    def max_mask(x, y, first):
+        return greater_equal(x, y) if first else less(x, y)  # noqa: F821
+
+    def min_mask(x, y, first):
+        return less_equal(x, y) if first else greater(x, y)  # noqa: F821
+
+    def atan2_den(x, y):
+        return x * x + y * y
+
+    vjps = {
+        "add": lambda x, y, o, c: (c, c),
+        "subtract": lambda x, y, o, c: (c, -c),
+        "multiply": lambda x, y, o, c: (conj(y) * c, conj(x) * c),
+        "divide": lambda x, y, o, c: (c / conj(y), -c * conj(o / y)),
+        "remainder": lambda x, y, o, c: (c, -c * floor_divide(x, y)),  # noqa: F821
+        "power": lambda x, y, o, c: (c * conj(pow_dx(x, y, o)), c * conj(pow_dy(x, y, o))),
+        "maximum": lambda x, y, o, c: (where(max_mask(x, y, True), c, 0),  # noqa: F821
+                                       where(max_mask(x, y, False), c, 0)),  # noqa: F821
+        "minimum": lambda x, y, o, c: (where(min_mask(x, y, True), c, 0),  # noqa: F821
+                                       where(min_mask(x, y, False), c, 0)),  # noqa: F821
+        "logaddexp": lambda x, y, o, c: (c * exp(x - o), c * exp(y - o)),  # noqa: F821
+        "arctan2": lambda x, y, o, c: (c * y / atan2_den(x, y), -c * x / atan2_den(x, y)),
+    }
+    partials_jvp = {
+        "add": lambda x, y, o, t, i: t,
+        "subtract": lambda x, y, o, t, i: t if i == 0 else -t,
+        "multiply": lambda x, y, o, t, i: t * (y if i == 0 else x),
+        "divide": lambda x, y, o, t, i: t / y if i == 0 else -t * o / y,
+        "remainder": lambda x, y, o, t, i: t if i == 0 else -t * floor_divide(x, y),  # noqa: F821
+        "power": lambda x, y, o, t, i: t * (pow_dx(x, y, o) if i == 0 else pow_dy(x, y, o)),
+        "maximum": lambda x, y, o, t, i: where(max_mask(x, y, i == 0), t, 0),  # noqa: F821
+        "minimum": lambda x, y, o, t, i: where(min_mask(x, y, i == 0), t, 0),  # noqa: F821
+        "logaddexp": lambda x, y, o, t, i: t * exp((x if i == 0 else y) - o),  # noqa: F821
+        "arctan2": lambda x, y, o, t, i: t * (y if i == 0 else -x) / atan2_den(x, y),
+    }
+    for name, partials in vjps.items():
+        binary(name, partials)
+
+    def where_vjp(node, cot, argnums):
+        c, x, y = node._inputs
+        out = []
+        for i in argnums:
+            if i == 0:
+                out.append(O.zeros_like(c))
+            else:
+                g = where(c, cot, 0) if i == 1 else where(c, 0, cot)  # noqa: F821
+                out.append(unbroadcast(g, node._inputs[i]._shape))
+        return out
+
+    def where_jvp(node, tangents, argnums):
+        c, x, y = node._inputs
+        tx = ty = None
+        for i, t in zip(argnums, tangents):
+            if i == 1:
+                tx = t
+            elif i == 2:
+                ty = t
+        if tx is None and ty is None:
+            return O.zeros(node._shape, node._dtype)
+        zero = O.zeros((), (tx if tx is not None else ty)._dtype)
+        return where(c, zero if tx is None else tx, zero if ty is None else ty)  # noqa: F821
+
+    WHERE.vjp, WHERE.jvp = where_vjp, where_jvp
+
+
+_attach_gradients()

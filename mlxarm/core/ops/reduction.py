@@ -12,6 +12,7 @@ import operator
 import numpy as np
 
 from ._base import Primitive, api, array, cast, dt, make_node, register, resolve_stream
+from .shape import AxisError
 from .elementwise import (abs as abs_, add, astype, exp, isinf, isnan, log, multiply, not_equal, sqrt,
                           square, stop_gradient, subtract, where)
 
@@ -69,8 +70,8 @@ def _normalize_axes(axis, shape, op, bounds_msg=None, dup_msg="Duplicate axes de
     for ax in raw:
         if ax < -ndim or ax >= ndim:
             if bounds_msg:
-                raise IndexError(bounds_msg.format(axis=ax, ndim=ndim))
-            raise IndexError(f"Invalid axis {ax} for array with {ndim} dimensions.")
+                raise AxisError(bounds_msg.format(axis=ax, ndim=ndim))
+            raise AxisError(f"Invalid axis {ax} for array with {ndim} dimensions.")
         axes.append(ax + ndim if ax < 0 else ax)
     if len(set(axes)) != len(axes):
         raise ValueError(dup_msg)
@@ -372,3 +373,74 @@ def count_nonzero(a, /, axis=None, keepdims=False, *, stream=None):
 
 __all__ = ["sum", "prod", "max", "min", "all", "any", "argmax", "argmin", "mean", "var", "std",
            "logsumexp", "median", "count_nonzero", "array"]
+
+
+# --- gradient rules -----------------------------------------------------------------------------
+
+def _attach_gradients():
+    from . import _autodiff as ad
+    from ._autodiff import O, conj
+
+    def expand(node, g):
+        """A reduction's output (or cotangent) broadcast back over the input's shape."""
+        p = node._params
+        shape = node._inputs[0]._shape
+        if not p["keepdims"]:
+            g = O.reshape(g, _reduced_shape(shape, p["axes"], True))
+        return O.broadcast_to(g, shape)
+
+    SUM.vjp = lambda node, cot, argnums: [expand(node, cot)]
+    for prim in (SUM,):
+        prim.jvp = ad.linear_jvp
+
+    def others_product(x, axes):
+        """Per element, the product of the other elements of its reduced slice (exact with zeros)."""
+        keep = [i for i in range(x.ndim) if i not in axes]
+        order = keep + list(axes)
+        moved = O.transpose(x, tuple(order))
+        head = tuple(x._shape[i] for i in keep)
+        flat = O.reshape(moved, head + (-1,))
+        before = O.cumprod(flat, axis=-1, inclusive=False)
+        after = O.cumprod(flat, axis=-1, reverse=True, inclusive=False)
+        both = O.reshape(before * after, moved._shape)
+        return O.transpose(both, tuple(order.index(i) for i in range(x.ndim)))
+
+    def prod_vjp(node, cot, argnums):
+        x = node._inputs[0]
+        return [conj(others_product(x, node._params["axes"])) * expand(node, cot)]
+
+    def prod_jvp(node, tangents, argnums):
+        x = node._inputs[0]
+        p = node._params
+        return O.sum(tangents[0] * others_product(x, p["axes"]), axis=p["axes"], keepdims=p["keepdims"])
+
+    PROD.vjp, PROD.jvp = prod_vjp, prod_jvp
+
+    def extremum_mask(node):
+        x = node._inputs[0]
+        mask = O.equal(x, expand(node, node))
+        count = O.sum(mask, axis=node._params["axes"], keepdims=True)
+        return mask, count
+
+    def extremum_vjp(node, cot, argnums):
+        mask, count = extremum_mask(node)
+        g = O.where(mask, expand(node, cot), O.zeros((), cot._dtype))
+        return [g / O.astype(count, cot._dtype)]
+
+    def extremum_jvp(node, tangents, argnums):
+        mask, count = extremum_mask(node)
+        p = node._params
+        t = tangents[0]
+        picked = O.sum(O.where(mask, t, O.zeros((), t._dtype)), axis=p["axes"], keepdims=True)
+        out = picked / count
+        if not p["keepdims"]:
+            out = O.reshape(out, node._shape)
+        return O.astype(out, t._dtype) if t._dtype.kind in "fc" else out
+
+    for prim in (MAX, MIN):
+        prim.vjp, prim.jvp = extremum_vjp, extremum_jvp
+    for prim in (ALL, ANY, ARGMAX, ARGMIN):
+        ad.nondifferentiable(prim)
+
+
+_attach_gradients()

@@ -11,6 +11,7 @@ import numpy as np
 
 from ._base import Primitive, api, cast, dt, make_node, register, resolve_stream
 from .elementwise import astype
+from .shape import AxisError
 from .reduction import _random_values, check_array, incompatible
 
 _ALL = tuple(dt.ALL)
@@ -121,7 +122,7 @@ def _scan(name, a, axis, reverse, inclusive, stream):
         axis = int(operator.index(axis))
     ndim = a.ndim
     if axis < -ndim or axis >= ndim:
-        raise IndexError(f"[{name}] Axis {axis} is out of bounds for array with {ndim} dimensions.")
+        raise AxisError(f"[{name}] Axis {axis} is out of bounds for array with {ndim} dimensions.")
     params = {"axis": axis % ndim, "reverse": bool(reverse), "inclusive": bool(inclusive)}
     return make_node(_PRIMS[name], (a,), params, a._shape, a._dtype, resolve_stream(stream))
 
@@ -165,3 +166,134 @@ def logcumsumexp(a, /, axis=None, *, reverse=False, inclusive=True, stream=None)
     if a._dtype.kind in "biu":
         a = cast(a, dt.float32, stream)
     return _scan("logcumsumexp", a, axis, reverse, inclusive, stream)
+
+
+# --- gradient rules -----------------------------------------------------------------------------
+# cumsum is linear. The other scans have rules for the forward inclusive scan over the last axis;
+# any other direction, axis or exclusive scan is differentiated through its rewriting as that one
+# (move the axis last, flip for reverse, shift by the identity for exclusive).
+
+def _attach_gradients():
+    from . import _autodiff as ad
+    from ._autodiff import O, conj
+
+    cumsum_prim = _PRIMS["cumsum"]
+    cumsum_prim.vjp = lambda node, cot, argnums: [make_node(
+        cumsum_prim, (cot,), dict(node._params, reverse=not node._params["reverse"]), cot._shape,
+        cot._dtype, node._stream)]
+    cumsum_prim.jvp = ad.linear_jvp
+
+    def canonical(node):
+        p = node._params
+        return p["axis"] == node.ndim - 1 and not p["reverse"] and p["inclusive"]
+
+    def rewritten(name, p):
+        """The scan ``p`` describes, written with a forward inclusive scan over the last axis."""
+        def fn(params, x):
+            from .shape import concatenate, flip, moveaxis
+
+            y = moveaxis(x, p["axis"], -1)
+            if p["reverse"]:
+                y = flip(y, -1)
+            if not p["inclusive"]:
+                first = O.full(y._shape[:-1] + (1,), _identity_value(name, y._dtype), y._dtype)
+                y = concatenate([first, y[..., :-1]], -1)
+            y = make_node(_PRIMS[name], (y,), {"axis": y.ndim - 1, "reverse": False, "inclusive": True},
+                          y._shape, y._dtype, y._stream)
+            if p["reverse"]:
+                y = flip(y, -1)
+            return moveaxis(y, -1, p["axis"])
+        return fn
+
+    def rules(name, direct_vjp, direct_jvp):
+        prim = _PRIMS[name]
+
+        def vjp(node, cot, argnums):
+            if canonical(node):
+                return [direct_vjp(node, cot)]
+            from ..transforms import vjp_flat
+
+            fn = rewritten(name, node._params)
+            return vjp_flat(lambda xs: [fn(None, xs[0])], [node._inputs[0]], [cot])[1]
+
+        def jvp(node, tangents, argnums):
+            if canonical(node):
+                return direct_jvp(node, tangents[0])
+            from ..transforms import jvp_flat
+
+            fn = rewritten(name, node._params)
+            return jvp_flat(lambda xs: [fn(None, xs[0])], [node._inputs[0]], tangents)[1][0]
+
+        prim.vjp, prim.jvp = vjp, jvp
+
+    def partial_products(x):
+        """C[..., i, j] = product of x[..., k] for k <= j, k != i (exact with zeros)."""
+        n = x._shape[-1]
+        eye = O.eye(n, dtype=dt.bool_)
+        replaced = O.where(eye, O.ones((), x._dtype), O.expand_dims(x, -2))
+        return O.cumprod(replaced, axis=-1)
+
+    def upper(n):
+        return O.triu(O.ones((n, n), dt.bool_))  # j >= i
+
+    def cumprod_vjp(node, cot):
+        x = node._inputs[0]
+        c = partial_products(x)
+        zero = O.zeros((), cot._dtype)
+        terms = O.where(upper(x._shape[-1]), O.expand_dims(cot, -2) * conj(c), zero)
+        return O.sum(terms, axis=-1)
+
+    def cumprod_jvp(node, t):
+        x = node._inputs[0]
+        c = partial_products(x)
+        zero = O.zeros((), t._dtype)
+        terms = O.where(upper(x._shape[-1]), O.expand_dims(t, -1) * c, zero)
+        return O.sum(terms, axis=-2)
+
+    rules("cumprod", cumprod_vjp, cumprod_jvp)
+
+    def owners(node):
+        """For each output position, the input position whose value it is (the latest on ties)."""
+        x = node._inputs[0]
+        n = x._shape[-1]
+        pos = O.arange(n, dtype=dt.int32)
+        fresh = O.equal(x, node)
+        marks = O.where(fresh, pos, O.full((), -1, dt.int32))
+        return O.stop_gradient(O.cummax(marks, axis=-1))
+
+    def route_vjp(node, cot):
+        n = cot._shape[-1]
+        onehot = O.equal(O.expand_dims(owners(node), -1), O.arange(n, dtype=dt.int32))  # [..., j, k]
+        return O.sum(O.where(onehot, O.expand_dims(cot, -1), O.zeros((), cot._dtype)), axis=-2)
+
+    def route_jvp(node, t):
+        return O.take_along_axis(t, owners(node), axis=-1)
+
+    rules("cummax", route_vjp, route_jvp)
+    rules("cummin", route_vjp, route_jvp)
+
+    def lcse_vjp(node, cot):
+        x = node._inputs[0]
+        return O.exp(x) * O.cumsum(cot * O.exp(-node), axis=-1, reverse=True)
+
+    def lcse_jvp(node, t):
+        x = node._inputs[0]
+        return O.cumsum(t * O.exp(x), axis=-1) * O.exp(-node)
+
+    rules("logcumsumexp", lcse_vjp, lcse_jvp)
+
+
+def _identity_value(name, d):
+    if name == "cumprod":
+        return 1
+    if name == "logcumsumexp":
+        return float("-inf")
+    if d.kind == "f" or d.kind == "c":
+        return float("-inf") if name == "cummax" else float("inf")
+    if d.kind == "b":
+        return name != "cummax"
+    info = dt.iinfo(d)
+    return info.min if name == "cummax" else info.max
+
+
+_attach_gradients()

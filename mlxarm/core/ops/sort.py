@@ -12,6 +12,7 @@ import numpy as np
 
 from ._base import Primitive, api, cast, dt, fmt_shape, make_node, register, resolve_stream, to_array
 from .reduction import _random_values, check_array, incompatible
+from .shape import AxisError
 
 _ALL = tuple(dt.ALL)
 
@@ -159,7 +160,7 @@ def _along(a, axis, op, stream):
     axis = _int_arg(axis, op)
     ndim = a.ndim
     if axis < -ndim or axis >= ndim:
-        raise IndexError(f"[{op}] Axis {axis} is out of bounds for array with {ndim} dimensions.")
+        raise AxisError(f"[{op}] Axis {axis} is out of bounds for array with {ndim} dimensions.")
     return a, axis % ndim
 
 
@@ -248,3 +249,100 @@ def unique(a, /, size, return_index=False, return_inverse=False, return_counts=F
     if return_counts:
         out.append(output("counts", (size,), dt.int32))
     return tuple(out)
+
+
+# --- searchsorted ------------------------------------------------------------------------------------
+
+def _searchsorted_ref(p, seq, values):
+    return np.searchsorted(seq, values, side=p["side"]).astype(np.uint32)
+
+
+def _searchsorted_cases(rng, dtype):
+    seq = np.sort(_random_values(rng, dtype, (9,)))
+    return [("searchsorted", (seq, _random_values(rng, dtype, (3, 4))), {}),
+            ("searchsorted", (seq, seq[::2].copy()), {"side": "right"}),
+            ("searchsorted", (seq, seq[1::3].copy()), {"side": "left"}),
+            ("searchsorted", (seq[:0].copy(), _random_values(rng, dtype, (2,))), {})]
+
+
+SEARCHSORTED = register(Primitive("searchsorted", "sort", _searchsorted_ref,
+                                  doc="Insertion points of values into a sorted 1-D sequence.",
+                                  extra={"cases": _searchsorted_cases}))
+
+_SEARCHSORTED_SIGNATURE = ("searchsorted(sorted_sequence: array, values: array, /, side: str = 'left', *, "
+                           "stream: StreamOrDevice = None) -> array")
+
+
+@api(primitive="searchsorted")
+def searchsorted(sorted_sequence, values, /, side: str = "left", *, stream=None):
+    from ._base import array
+
+    if not isinstance(sorted_sequence, array) or not isinstance(values, array):
+        raise incompatible("searchsorted", _SEARCHSORTED_SIGNATURE, sorted_sequence, values)
+    if sorted_sequence.ndim != 1:
+        raise ValueError(f"[searchsorted] The sorted sequence must be 1-D but has {sorted_sequence.ndim} "
+                         "dimensions.")
+    if side not in ("left", "right"):
+        raise ValueError(f"[searchsorted] Invalid side '{side}'. Expected 'left' or 'right'.")
+    d = dt.promote_types(sorted_sequence._dtype, values._dtype)
+    seq, values = cast(sorted_sequence, d, stream), cast(values, d, stream)
+    return make_node(SEARCHSORTED, (seq, values), {"side": side}, values._shape, dt.uint32,
+                     resolve_stream(stream))
+
+
+def _searchsorted_vmap(node, inputs, axes, size):
+    if axes[0] is not None:
+        raise ValueError("[searchsorted] Cannot vmap over the sorted sequence: it must be 1-D.")
+    return searchsorted(inputs[0], inputs[1], side=node._params["side"]), axes[1]
+
+
+SEARCHSORTED.extra["vmap"] = _searchsorted_vmap
+
+
+def _no_gradient(prim):
+    from ._autodiff import nondifferentiable
+
+    nondifferentiable(prim)
+
+
+_no_gradient(SEARCHSORTED)
+
+
+# --- gradient rules -----------------------------------------------------------------------------
+# sort, partition and topk permute (a selection of) the input: gradients route through the
+# permutation, which is locally constant, so its indices carry no gradient themselves.
+
+def _attach_gradients():
+    from . import _autodiff as ad
+    from ._autodiff import O
+
+    def permutation(node):
+        p = node._params
+        x = node._inputs[0]
+        if node._prim is SORT:
+            idx = O.argsort(x, axis=p["axis"])
+        elif node._prim is PARTITION:
+            idx = O.argpartition(x, p["kth"], axis=p["axis"])
+        else:
+            n = x._shape[p["axis"]]
+            idx = O.argpartition(x, n - p["k"], axis=p["axis"])
+            window = [slice(None)] * x.ndim
+            window[p["axis"]] = slice(n - p["k"], n)
+            idx = idx[tuple(window)]
+        return O.stop_gradient(idx)
+
+    def vjp(node, cot, argnums):
+        x = node._inputs[0]
+        zeros = O.zeros(x._shape, cot._dtype)
+        return [O.put_along_axis(zeros, permutation(node), cot, axis=node._params["axis"])]
+
+    def jvp(node, tangents, argnums):
+        return O.take_along_axis(tangents[0], permutation(node), axis=node._params["axis"])
+
+    for prim in (SORT, PARTITION, TOPK):
+        prim.vjp, prim.jvp = vjp, jvp
+    for prim in (ARGSORT, ARGPARTITION, UNIQUE):
+        ad.nondifferentiable(prim)
+
+
+_attach_gradients()
