@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from .lower import classify
+from .lower import PORTABLE, classify
 
 
 MAX_DEPTH = 128
@@ -47,11 +47,12 @@ def _observed(nodes, refs: dict, held_by_caller: int) -> set:
     return {id(n) for n in nodes if sys.getrefcount(n) - base > refs.get(id(n), 0)}
 
 
-def plan(nodes: list, held_by_caller: int = 0) -> list:
-    """The steps that realize ``nodes`` (topologically ordered, all unrealized)."""
+def plan(nodes: list, held_by_caller: int = 0, caps=PORTABLE) -> list:
+    """The steps that realize ``nodes`` (topologically ordered, all unrealized); ``caps`` is what
+    the backend's renderer covers (``lower.PORTABLE`` or ``lower.EVERYTHING``)."""
     consumers, refs = _uses(nodes)
     observed = _observed(nodes, refs, held_by_caller)
-    kinds = {id(n): classify(n) for n in nodes}
+    kinds = {id(n): classify(n, caps) for n in nodes}
     materialized = set()
     shared_views = []
     for n in nodes:
@@ -73,6 +74,14 @@ def plan(nodes: list, held_by_caller: int = 0) -> list:
     for n in shared_views:
         if not _views_a_buffer(n, materialized, kinds):
             materialized.add(id(n))
+    # A materialized view of a buffer runs on numpy, which needs every view below it realized too
+    # (they are views as well, so this costs no copies).
+    for n in nodes:
+        if id(n) in materialized and kinds[id(n)] == "view" and _views_a_buffer(n, materialized, kinds):
+            src = n._inputs[0]
+            while src._data is None and id(src) not in materialized:
+                materialized.add(id(src))
+                src = src._inputs[0]
     # Very long chains are cut into kernels of bounded depth (lowering walks a kernel recursively).
     depth: dict = {}
     for n in nodes:

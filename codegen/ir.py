@@ -24,18 +24,44 @@ UNARY_OPS = frozenset({
     "abs", "negative", "sign", "square", "floor", "ceil", "round", "exp", "expm1", "log", "log2", "log10",
     "log1p", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "tanh", "sigmoid", "erf", "degrees", "radians",
     "isnan", "isinf", "isfinite", "isposinf", "isneginf", "logical_not", "bitwise_invert",
+    # inverse trigonometric and hyperbolic functions; trunc rounds toward zero
+    "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "arcsinh", "arccosh", "arctanh", "trunc",
 })
 BINARY_OPS = frozenset({
     "add", "subtract", "multiply", "divide", "maximum", "minimum", "equal", "not_equal", "less",
     "less_equal", "greater", "greater_equal", "logical_and", "logical_or", "bitwise_and", "bitwise_or",
     "bitwise_xor",
+    # floating point only for power; floor_divide and remainder follow numpy's signs, with MLX's
+    # integer answers for a zero divisor (x // 0 == 0, x % 0 == x)
+    "power", "floor_divide", "remainder", "arctan2", "logaddexp",
 })
 TERNARY_OPS = frozenset({"where"})
-REDUCE_OPS = frozenset({"sum", "prod", "max", "min"})
+ALL_OPS = UNARY_OPS | BINARY_OPS | TERNARY_OPS
+REDUCE_OPS = frozenset({"sum", "prod", "max", "min"})  # all/any lower to min/max over bools
+# Reductions to a position: the store's value is what is compared, the store writes the first
+# position (row-major over the reduced dims) of its maximum/minimum, NaN counting as the maximum
+# and the minimum both (numpy's rule).
+ARG_REDUCE_OPS = frozenset({"argmax", "argmin"})
 
 # The dtypes kernels compute on: the rest run on the numpy executor.
 DTYPES = frozenset({"bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
                     "float16", "float32", "bfloat16"})
+# What every renderer implements. ``fuse.plan`` and ``lower.classify`` keep to these unless a backend
+# passes wider sets (the LLVM executor passes ``ALL_OPS`` and ``DTYPES | {"float64"}``).
+PORTABLE_OPS = frozenset({
+    "abs", "negative", "sign", "square", "floor", "ceil", "round", "exp", "expm1", "log", "log2", "log10",
+    "log1p", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "tanh", "sigmoid", "erf", "degrees", "radians",
+    "isnan", "isinf", "isfinite", "isposinf", "isneginf", "logical_not", "bitwise_invert",
+    "add", "subtract", "multiply", "divide", "maximum", "minimum", "equal", "not_equal", "less",
+    "less_equal", "greater", "greater_equal", "logical_and", "logical_or", "bitwise_and", "bitwise_or",
+    "bitwise_xor", "where",
+})
+# What a float64 value may go through in a kernel (exact in IEEE double); other float64 ops stay on
+# the numpy executor, whose libm is the reference.
+FLOAT64_OPS = frozenset({"add", "subtract", "multiply", "divide", "maximum", "minimum", "equal",
+                         "not_equal", "less", "less_equal", "greater", "greater_equal", "abs", "floor",
+                         "ceil", "sqrt", "round", "trunc", "negative", "square", "reciprocal", "isnan",
+                         "where", "logical_and", "logical_or", "logical_not"})
 
 
 @dataclass(frozen=True)
@@ -83,7 +109,7 @@ class Kernel:
     dims: tuple  # loop sizes, outermost first
     n_out: int  # how many leading dims are the output space
     store: Store
-    reduce_op: Optional[str] = None  # for dims[n_out:]; the value reduced is ``store.value``
+    reduce_op: Optional[str] = None  # REDUCE_OPS or ARG_REDUCE_OPS over dims[n_out:], of ``store.value``
     width: int = 8  # vector lanes of the innermost loop (a scalable renderer multiplies by vscale)
 
     @property

@@ -15,12 +15,16 @@ import numpy as np
 
 from . import ir
 
-VIEWS = frozenset({"reshape", "transpose", "broadcast_to", "strided_slice", "flip"})
-_IDENTITY = frozenset({"copy", "stop_gradient"})
+# stop_gradient returns its input unchanged, so on a buffer it is a view, as in the numpy executor.
+VIEWS = frozenset({"reshape", "transpose", "broadcast_to", "strided_slice", "flip", "stop_gradient"})
+_IDENTITY = frozenset({"copy"})
 _ELEMENTWISE = ir.UNARY_OPS | ir.BINARY_OPS | ir.TERNARY_OPS | _IDENTITY | {"astype"}
 _FLOAT_ONLY = frozenset({"exp", "expm1", "log", "log2", "log10", "log1p", "sqrt", "rsqrt", "reciprocal",
                          "sin", "cos", "tanh", "sigmoid", "erf", "degrees", "radians", "divide"})
 _ELEMENTWISE_KINDS = ("unary", "binary", "ternary")
+# reduction primitive -> the kernel's reduce op (all and any reduce booleans)
+_REDUCTIONS = {"sum": "sum", "prod": "prod", "max": "max", "min": "min", "all": "min", "any": "max",
+               "argmax": "argmax", "argmin": "argmin"}
 
 
 def _broadcast(params, x):
@@ -31,24 +35,41 @@ def _transpose(params, x):
     return x.transpose(params)
 
 
-def classify(node):
+# What a backend's renderer covers: (op and reduction names, dtypes). Every renderer covers PORTABLE;
+# the LLVM renderer covers EVERYTHING.
+PORTABLE = (ir.PORTABLE_OPS | ir.REDUCE_OPS, ir.DTYPES)
+EVERYTHING = (ir.ALL_OPS | ir.REDUCE_OPS | ir.ARG_REDUCE_OPS | {"all", "any"}, ir.DTYPES | {"float64"})
+_FLOAT_INPUT = frozenset({"power", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "arcsinh",
+                          "arccosh", "arctanh", "arctan2", "logaddexp"})
+
+
+def classify(node, caps=PORTABLE):
     """'elementwise', 'view', 'reduce', or None when only the numpy executor can run ``node``."""
     prim = node._prim
     name = prim.name
     if name in VIEWS:
         return "view"
-    if node._dtype.name not in ir.DTYPES:
+    ops, dtypes = caps
+    if node._dtype.name not in dtypes:
         return None
     if prim.kind in _ELEMENTWISE_KINDS and name in _ELEMENTWISE:
+        if name not in ops and name not in _IDENTITY and name != "astype":
+            return None
+        wide = node._dtype.name == "float64"
         for i in node._inputs:
-            if i._dtype.name not in ir.DTYPES:
+            if i._dtype.name not in dtypes:
                 return None
-        if name in _FLOAT_ONLY and node._inputs[0]._dtype.kind != "f":
+            wide = wide or i._dtype.name == "float64"
+        if wide and name not in ir.FLOAT64_OPS and name not in _IDENTITY and name != "astype":
+            return None
+        kind = node._inputs[0]._dtype.kind
+        if (name in _FLOAT_ONLY or name in _FLOAT_INPUT) and kind != "f":
             return None
         if name == "round" and node._params and node._params.get("decimals", 0):
             return None
         return "elementwise"
-    if prim.kind == "reduce" and name in ir.REDUCE_OPS and node._inputs[0]._dtype.name in ir.DTYPES:
+    if prim.kind == "reduce" and name in ops and name in _REDUCTIONS \
+            and node._inputs[0]._dtype.name in dtypes:
         return "reduce"
     return None
 
@@ -153,10 +174,12 @@ def lower(root, width: int):
         perm = kept + tuple(axes)
         group = _Group(((_transpose, perm),))
         value = group.expr(src, ())
+        if root._prim.name in ("all", "any") and value.dtype != "bool":
+            value = ir.Cast(value, "bool")
         dims = tuple(src._shape[d] for d in perm)
         n_out = len(kept)
         out_strides = _contiguous_strides(tuple(src._shape[d] for d in kept)) + (0,) * len(axes)
-        reduce_op = root._prim.name
+        reduce_op = _REDUCTIONS[root._prim.name]
     else:
         group = _Group(())
         value = group.expr(root, ())

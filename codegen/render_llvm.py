@@ -19,11 +19,11 @@ from .target import Target
 # compute type (what values are in registers) and storage type (what memory holds) per dtype
 _COMPUTE = {"bool": "i1", "uint8": "i8", "int8": "i8", "uint16": "i16", "int16": "i16", "uint32": "i32",
             "int32": "i32", "uint64": "i64", "int64": "i64", "float16": "float", "float32": "float",
-            "bfloat16": "float"}
+            "bfloat16": "float", "float64": "double"}
 _STORAGE = {**_COMPUTE, "bool": "i8", "float16": "half", "bfloat16": "i16"}
-_SIZE = {"i1": 1, "i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "float": 4}
+_SIZE = {"i1": 1, "i8": 1, "i16": 2, "i32": 4, "i64": 8, "half": 2, "float": 4, "double": 8}
 _BITS = {"i1": 1, "i8": 8, "i16": 16, "i32": 32, "i64": 64}
-_SUFFIX = {"float": "f32", "half": "f16", "i1": "i1", "i8": "i8", "i16": "i16", "i32": "i32", "i64": "i64"}
+_SUFFIX = {"float": "f32", "double": "f64", "half": "f16", "i1": "i1", "i8": "i8", "i16": "i16", "i32": "i32", "i64": "i64"}
 
 
 def _is_float(dtype: str) -> bool:
@@ -34,9 +34,10 @@ def _is_unsigned(dtype: str) -> bool:
     return dtype.startswith("uint") or dtype == "bool"
 
 
-def float_literal(v: float) -> str:
+def float_literal(v: float, double: bool = False) -> str:
     """LLVM writes float constants as the hex bits of the (exactly representable) double."""
-    v = struct.unpack("<f", struct.pack("<f", v))[0] if math.isfinite(v) else v
+    if not double and math.isfinite(v):
+        v = struct.unpack("<f", struct.pack("<f", v))[0]
     return "0x%016X" % struct.unpack("<Q", struct.pack("<d", v))[0]
 
 
@@ -95,7 +96,10 @@ class _Lanes:
         return f"v{self.lanes}{_SUFFIX[c]}"
 
     def const(self, c: str, v) -> str:
-        lit = float_literal(float(v)) if c in ("float", "half") else _int_literal(int(v), c)
+        if c == "double":
+            lit = float_literal(float(v), double=True)
+        else:
+            lit = float_literal(float(v)) if c in ("float", "half") else _int_literal(int(v), c)
         return lit if self.lanes is None else f"splat ({c} {lit})"
 
     # --- instructions ---------------------------------------------------------------------------
@@ -105,9 +109,10 @@ class _Lanes:
     def call(self, name: str, c_out: str, args: list, c_overload: str | None = None) -> str:
         """Call ``llvm.<name>`` overloaded on the type of ``c_overload`` (default: the result)."""
         if name == "fptosi.sat":  # overloaded on the result and the argument
-            full = f"llvm.fptosi.sat.{self.sfx(c_out)}.{self.sfx('float')}"
-            self.b.declare(f"{self.ty(c_out)} @{full}({self.ty('float')})")
-            return self.b.emit(f"call {self.ty(c_out)} @{full}({self.ty('float')} {args[0][1]})")
+            c_in = c_overload or "float"
+            full = f"llvm.fptosi.sat.{self.sfx(c_out)}.{self.sfx(c_in)}"
+            self.b.declare(f"{self.ty(c_out)} @{full}({self.ty(c_in)})")
+            return self.b.emit(f"call {self.ty(c_out)} @{full}({self.ty(c_in)} {args[0][1]})")
         full = f"llvm.{name}.{self.sfx(c_overload or c_out)}"
         self.b.declare(f"{self.ty(c_out)} @{full}({', '.join(t for t, _ in args)})")
         return self.b.emit(f"call {self.ty(c_out)} @{full}({', '.join(f'{t} {v}' for t, v in args)})")
@@ -392,17 +397,33 @@ class _Values(_Lanes):
     def cast(self, v: str, src: str, dst: str) -> str:
         cs, cd = _COMPUTE[src], _COMPUTE[dst]
         if dst == "bool":
-            if cs == "float":
-                return self.fcmp("une", v, self.fk(0.0))
+            if cs in ("float", "double"):
+                return self.cmp("fcmp", "une", cs, v, self.const(cs, 0.0))
             if cs == "i1":
                 return v
             return self.cmp("icmp", "ne", cs, v, self.const(cs, 0))
         if cs == "float" and cd == "float":
             return v
-        if cd == "float":
-            return self.conv("uitofp" if _is_unsigned(src) else "sitofp", cs, v, "float")
-        if cs == "float":
-            wide = self.call("fptosi.sat", "i64", [(self.ty("float"), v)])
+        if cs == "double" and dst == "float16":
+            # Rounding to odd on the way to float32 keeps the final rounding to half exact (numpy
+            # rounds once); double -> half directly would be a compiler-rt call MCJIT cannot link.
+            f = self.conv("fptrunc", "double", v, "float")
+            back = self.conv("fpext", "float", f, "double")
+            exact = self.cmp("fcmp", "oeq", "double", back, v)
+            away = self.cmp("fcmp", "ogt", "double", self.call("fabs", "double", [(self.ty("double"), back)]),
+                            self.call("fabs", "double", [(self.ty("double"), v)]))
+            fb = self.bits(f)
+            fb = self.select(away, "i32", self.iop("sub", fb, self.const("i32", 1)), fb)
+            odd = self.select(exact, "i32", self.bits(f), self.iop("or", fb, self.const("i32", 1)))
+            return self.round(self.from_bits(odd), "float16")
+        if cs == "double" and cd == "float":
+            return self.conv("fptrunc", "double", v, "float")
+        if cs == "float" and cd == "double":
+            return self.conv("fpext", "float", v, "double")
+        if cd in ("float", "double"):
+            return self.conv("uitofp" if _is_unsigned(src) else "sitofp", cs, v, cd)
+        if cs in ("float", "double"):
+            wide = self.call("fptosi.sat", "i64", [(self.ty(cs), v)], cs)
             return wide if cd == "i64" else self.conv("trunc", "i64", wide, cd)
         if _BITS[cs] == _BITS[cd]:
             return v
@@ -428,6 +449,8 @@ class _Values(_Lanes):
             return self.op("xor", "i1", self.as_bool(args[0], src), self.const("i1", 1))
         if c == "float":
             return self._float_op(name, args)
+        if c == "double":
+            return self._double_op(name, args)
         return self._int_op(name, args, c, _is_unsigned(src))
 
     _FCMP = {"equal": "oeq", "not_equal": "une", "less": "olt", "less_equal": "ole", "greater": "ogt",
@@ -495,7 +518,86 @@ class _Values(_Lanes):
             return self.fcmp("oeq", x, self.fk(math.inf))
         if name == "isneginf":
             return self.fcmp("oeq", x, self.fk(-math.inf))
+        if name in self._LIBM:  # rarely hot: LLVM lowers these to libm calls, one per lane
+            return self.fcall(self._LIBM[name], *a)
+        if name == "trunc":
+            return self.fcall("trunc", x)
+        if name == "floor_divide":
+            return self.fcall("floor", self.fdiv(x, a[1]))
+        if name == "remainder":
+            return self.float_remainder(x, a[1])
+        if name == "logaddexp":
+            return self.logaddexp(x, a[1])
+        if name == "sinh":
+            return self.sinh(x)
+        if name == "cosh":
+            h = self.exp(self.fsub(self.fcall("fabs", x), self.fk(math.log(2.0))))
+            return self.fadd(h, self.fdiv(self.fk(0.25), h))
+        if name == "arctanh":
+            r = self.log1p(self.fdiv(self.fadd(x, x), self.fsub(self.fk(1.0), x)))
+            return self.fmul(r, self.fk(0.5))
+        if name == "arcsinh":
+            ax = self.fcall("fabs", x)
+            sq = self.fmul(ax, ax)
+            near = self.log1p(self.fadd(ax, self.fdiv(sq, self.fadd(self.fk(1.0), self.fcall(
+                "sqrt", self.fadd(self.fk(1.0), sq))))))
+            far = self.fadd(self.log(ax), self.fk(math.log(2.0)))
+            return self.fcall("copysign", self.fsel(self.fcmp("ogt", ax, self.fk(1e9)), far, near), x)
+        if name == "arccosh":
+            t = self.fsub(x, self.fk(1.0))
+            near = self.log1p(self.fadd(t, self.fcall("sqrt", self.fmul(t, self.fadd(t, self.fk(2.0))))))
+            far = self.fadd(self.log(x), self.fk(math.log(2.0)))
+            return self.fsel(self.fcmp("ogt", x, self.fk(1e9)), far, near)
         raise NotImplementedError(f"float op {name}")
+
+    _LIBM = {"tan": "tan", "arcsin": "asin", "arccos": "acos", "arctan": "atan", "arctan2": "atan2",
+             "power": "pow"}
+
+    def float_remainder(self, x: str, y: str) -> str:
+        """numpy's remainder: the sign of the divisor, and a zero result carries it too."""
+        r = self.op("frem", "float", x, y)
+        differ = self.op("xor", "i1", self.fcmp("olt", r, self.fk(0.0)), self.fcmp("olt", y, self.fk(0.0)))
+        fix = self.op("and", "i1", self.fcmp("une", r, self.fk(0.0)), differ)
+        r = self.fsel(fix, self.fadd(r, y), r)
+        return self.fsel(self.fcmp("oeq", r, self.fk(0.0)), self.fcall("copysign", self.fk(0.0), y), r)
+
+    def logaddexp(self, x: str, y: str) -> str:
+        m = self.fcall("maximum", x, y)
+        d = self.fcall("fabs", self.fsub(x, y))
+        r = self.fadd(m, self.log1p(self.exp(self.fsub(self.fk(-0.0), d))))
+        return self.fsel(self.fcmp("oeq", x, y), self.fadd(x, self.fk(math.log(2.0))), r)
+
+    def sinh(self, x: str) -> str:
+        ax = self.fcall("fabs", x)
+        u = self.expm1(ax)
+        near = self.fmul(self.fadd(u, self.fdiv(u, self.fadd(u, self.fk(1.0)))), self.fk(0.5))
+        h = self.exp(self.fsub(ax, self.fk(math.log(2.0))))
+        far = self.fsub(h, self.fdiv(self.fk(0.25), h))
+        return self.fcall("copysign", self.fsel(self.fcmp("olt", ax, self.fk(1.0)), near, far), x)
+
+    def _double_op(self, name: str, a: list) -> str:
+        """float64: exact arithmetic and comparisons only (classify keeps the rest on numpy)."""
+        x, d = a[0], "double"
+        if name in self._FCMP:
+            return self.cmp("fcmp", self._FCMP[name], d, x, a[1])
+        simple = {"add": "fadd", "subtract": "fsub", "multiply": "fmul", "divide": "fdiv"}
+        if name in simple:
+            return self.op(simple[name], d, x, a[1])
+        unary = {"abs": "fabs", "floor": "floor", "ceil": "ceil", "sqrt": "sqrt", "round": "roundeven",
+                 "trunc": "trunc"}
+        if name in unary:
+            return self.call(unary[name], d, [(self.ty(d), x)])
+        if name in ("maximum", "minimum"):
+            return self.call(name, d, [(self.ty(d), x), (self.ty(d), a[1])])
+        if name == "negative":
+            return self.op("fsub", d, self.const(d, -0.0), x)
+        if name == "square":
+            return self.op("fmul", d, x, x)
+        if name == "reciprocal":
+            return self.op("fdiv", d, self.const(d, 1.0), x)
+        if name == "isnan":
+            return self.cmp("fcmp", "uno", d, x, x)
+        raise NotImplementedError(f"float64 op {name}")
 
     def _int_op(self, name: str, a: list, c: str, unsigned: bool) -> str:
         x = a[0]
@@ -513,6 +615,10 @@ class _Values(_Lanes):
                 return x
             if name == "bitwise_invert":
                 return self.op("xor", "i1", x, self.const("i1", 1))
+            if name == "floor_divide":  # x // 0 is 0, x // 1 is x
+                return self.op("and", "i1", x, a[1])
+            if name == "remainder":  # x % 0 is x, x % 1 is 0
+                return self.op("and", "i1", x, self.op("xor", "i1", a[1], self.const("i1", 1)))
         simple = {"add": "add", "subtract": "sub", "multiply": "mul", "bitwise_and": "and",
                   "bitwise_or": "or", "bitwise_xor": "xor"}
         if name in simple:
@@ -536,11 +642,40 @@ class _Values(_Lanes):
             pos = self.conv("zext", "i1", self.cmp("icmp", "sgt", c, x, self.const(c, 0)), c)
             neg = self.conv("zext", "i1", self.cmp("icmp", "slt", c, x, self.const(c, 0)), c)
             return self.op("sub", c, pos, neg)
+        if name in ("floor_divide", "remainder"):
+            return self.int_division(name, x, a[1], c, unsigned)
+        if name == "trunc":
+            return x
         if name in ("isnan", "isinf", "isposinf", "isneginf"):
             return self.const("i1", 0)
         if name == "isfinite":
             return self.const("i1", 1)
         raise NotImplementedError(f"integer op {name}")
+
+
+    def int_division(self, name: str, x: str, y: str, c: str, unsigned: bool) -> str:
+        """Floor division and remainder with MLX's answers where the hardware's are undefined:
+        x // 0 is 0, x % 0 is x, and x // -1 wraps (INT_MIN // -1 is INT_MIN)."""
+        zero = self.cmp("icmp", "eq", c, y, self.const(c, 0))
+        if unsigned:
+            safe = self.select(zero, c, self.const(c, 1), y)
+            if name == "floor_divide":
+                return self.select(zero, c, self.const(c, 0), self.op("udiv", c, x, safe))
+            return self.select(zero, c, x, self.op("urem", c, x, safe))
+        minus_one = self.cmp("icmp", "eq", c, y, self.const(c, -1))
+        bad = self.op("or", "i1", zero, minus_one)
+        safe = self.select(bad, c, self.const(c, 1), y)
+        r = self.op("srem", c, x, safe)
+        differ = self.op("xor", "i1", self.cmp("icmp", "slt", c, r, self.const(c, 0)),
+                         self.cmp("icmp", "slt", c, safe, self.const(c, 0)))
+        fix = self.op("and", "i1", self.cmp("icmp", "ne", c, r, self.const(c, 0)), differ)
+        if name == "floor_divide":
+            q = self.op("sub", c, self.op("sdiv", c, x, safe), self.conv("zext", "i1", fix, c))
+            q = self.select(minus_one, c, self.op("sub", c, self.const(c, 0), x), q)
+            return self.select(zero, c, self.const(c, 0), q)
+        r = self.select(fix, c, self.op("add", c, r, safe), r)
+        r = self.select(minus_one, c, self.const(c, 0), r)
+        return self.select(zero, c, x, r)
 
 
 # --- reductions ---------------------------------------------------------------------------------
@@ -551,7 +686,7 @@ def _identity(op: str, dtype: str):
         return 0
     if op == "prod":
         return 1
-    if c == "float":
+    if c in ("float", "double"):
         return -math.inf if op == "max" else math.inf
     if c == "i1":
         return 0 if op == "max" else 1
@@ -563,12 +698,12 @@ def _identity(op: str, dtype: str):
 
 def _combine(lanes: _Lanes, op: str, dtype: str, a: str, b: str) -> str:
     c = _COMPUTE[dtype]
-    if c == "float":
+    if c in ("float", "double"):
         if op == "sum":
             return lanes.b.emit(f"fadd reassoc {lanes.ty(c)} {a}, {b}")
         if op == "prod":
             return lanes.b.emit(f"fmul reassoc {lanes.ty(c)} {a}, {b}")
-        return lanes.fcall("maximum" if op == "max" else "minimum", a, b)
+        return lanes.call("maximum" if op == "max" else "minimum", c, [(lanes.ty(c), a), (lanes.ty(c), b)])
     if c == "i1":
         return lanes.op({"max": "or", "min": "and", "sum": "or", "prod": "and"}[op], c, a, b)
     if op in ("sum", "prod"):
@@ -580,12 +715,12 @@ def _combine(lanes: _Lanes, op: str, dtype: str, a: str, b: str) -> str:
 def _horizontal(vec: _Lanes, op: str, dtype: str, v: str) -> str:
     c = _COMPUTE[dtype]
     t = vec.ty(c)
-    if c == "float":
+    if c in ("float", "double"):
         if op in ("sum", "prod"):
             name = f"llvm.vector.reduce.{'fadd' if op == 'sum' else 'fmul'}.{vec.sfx(c)}"
-            vec.b.declare(f"float @{name}(float, {t})")
+            vec.b.declare(f"{c} @{name}({c}, {t})")
             start = float_literal(-0.0 if op == "sum" else 1.0)
-            return vec.b.emit(f"call reassoc float @{name}(float {start}, {t} {v})")
+            return vec.b.emit(f"call reassoc {c} @{name}({c} {start}, {t} {v})")
         name = f"llvm.vector.reduce.{'fmaximum' if op == 'max' else 'fminimum'}.{vec.sfx(c)}"
     elif c == "i1":
         name = f"llvm.vector.reduce.{ {'max': 'or', 'min': 'and', 'sum': 'or', 'prod': 'and'}[op]}.{vec.sfx(c)}"
@@ -634,6 +769,8 @@ def render(kernel: Kernel, target: Target) -> str:
     lanes = "vscale" if target.scalable else kernel.width
     if kernel.reduce_op is None:
         _render_elementwise(body, kernel, lanes)
+    elif kernel.reduce_op in ("argmax", "argmin"):
+        _render_argreduce(body, kernel, lanes)
     else:
         _render_reduce(body, kernel, lanes)
     head = (f'; mlxarm kernel for {target.triple} ({"scalable" if target.scalable else kernel.width} lanes)\n'
@@ -829,6 +966,88 @@ def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
     out = _Values(body, None, {}, o, "1")
     v = out.stored(out.round(total, store.dtype), store.dtype)
     st = _STORAGE[store.dtype]
+    p = body.emit(f"getelementptr {st}, ptr {base[store.buf]}, i64 {o}")
+    body.raw(f"store {st} {v}, ptr {p}, align {_SIZE[st]}")
+    on = body.emit(f"add i64 {o}, 1")
+    body.raw(f"store i64 {on}, ptr {o_slot}, align 8")
+    body.raw("br label %out")
+    body.raw("exit:")
+    body.raw("ret void")
+
+
+def _render_argreduce(body: _Body, k: Kernel, lanes) -> None:
+    """argmax/argmin: the first position (row-major over the reduced dims) of the extreme value; a
+    NaN beats every number, so the first NaN wins, as in numpy. One scalar pass per output."""
+    bufs, base, _ = _prologue(body, k, lanes)
+    store, dtype = k.store, k.store.value.dtype
+    c = _COMPUTE[dtype]
+    out_dims, red_dims = k.dims[:k.n_out], k.dims[k.n_out:]
+    inner = red_dims[-1]
+    rows = 1
+    for d in red_dims[:-1]:
+        rows *= d
+    storage = {b: _STORAGE[d] for b, (d, _) in bufs.items()}
+    sca = _Lanes(body, None)
+    o_slot, r_slot, j_slot = _counter(body, "o"), _counter(body, "r"), _counter(body, "j")
+    body.raw(f"%best.slot = alloca {c}")
+    body.raw("%where.slot = alloca i64, align 8")
+    body.raw(f"store i64 %start, ptr {o_slot}, align 8")
+    body.raw("br label %out")
+    body.raw("out:")
+    o = body.emit(f"load i64, ptr {o_slot}, align 8")
+    done = body.emit(f"icmp sge i64 {o}, %end")
+    body.raw(f"br i1 {done}, label %exit, label %outbody")
+    body.raw("outbody:")
+    worst = "max" if k.reduce_op == "argmax" else "min"
+    body.raw(f"store {c} {sca.const(c, _identity(worst, dtype))}, ptr %best.slot")
+    body.raw("store i64 0, ptr %where.slot, align 8")
+    out_offsets = _index_terms(body, o, out_dims, {b: s[:k.n_out] for b, (_, s) in bufs.items()})
+    body.raw(f"store i64 0, ptr {r_slot}, align 8")
+    body.raw("br label %red")
+    body.raw("red:")
+    r = body.emit(f"load i64, ptr {r_slot}, align 8")
+    rdone = body.emit(f"icmp sge i64 {r}, {rows}")
+    body.raw(f"br i1 {rdone}, label %finish, label %redbody")
+    body.raw("redbody:")
+    red_offsets = _index_terms(body, r, red_dims[:-1], {b: s[k.n_out:-1] for b, (_, s) in bufs.items()})
+    offsets = {}
+    for b in bufs:
+        a, bb = out_offsets[b], red_offsets[b]
+        offsets[b] = a if bb == "0" else bb if a == "0" else body.emit(f"add i64 {a}, {bb}")
+    ptrs = _row_pointers(body, base, offsets, storage)
+    body.raw(f"store i64 0, ptr {j_slot}, align 8")
+    body.raw("br label %sloop")
+    body.raw("sloop:")
+    j = body.emit(f"load i64, ptr {j_slot}, align 8")
+    ok = body.emit(f"icmp slt i64 {j}, {inner}")
+    body.raw(f"br i1 {ok}, label %sbody, label %redend")
+    body.raw("sbody:")
+    sv = _Values(body, None, ptrs, j, "1")
+    x = sv.value(store.value)
+    best = body.emit(f"load {c}, ptr %best.slot")
+    if c in ("float", "double"):
+        beats = sca.cmp("fcmp", "ogt" if worst == "max" else "olt", c, x, best)
+        nan_first = sca.op("and", "i1", sca.cmp("fcmp", "uno", c, x, x), sca.cmp("fcmp", "ord", c, best, best))
+        beats = sca.op("or", "i1", beats, nan_first)
+    else:
+        pred = ("u" if _is_unsigned(dtype) else "s") + ("gt" if worst == "max" else "lt")
+        beats = sca.cmp("icmp", pred, c, x, best)
+    row_base = body.emit(f"mul i64 {r}, {inner}")
+    pos = body.emit(f"add i64 {row_base}, {j}")
+    where = body.emit("load i64, ptr %where.slot, align 8")
+    body.raw(f"store {c} {sca.select(beats, c, x, best)}, ptr %best.slot")
+    body.raw(f"store i64 {sca.select(beats, 'i64', pos, where)}, ptr %where.slot, align 8")
+    jn = body.emit(f"add i64 {j}, 1")
+    body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
+    body.raw("br label %sloop")
+    body.raw("redend:")
+    rn = body.emit(f"add i64 {r}, 1")
+    body.raw(f"store i64 {rn}, ptr {r_slot}, align 8")
+    body.raw("br label %red")
+    body.raw("finish:")
+    where = body.emit("load i64, ptr %where.slot, align 8")
+    st = _STORAGE[store.dtype]
+    v = where if st == "i64" else body.emit(f"trunc i64 {where} to {st}")
     p = body.emit(f"getelementptr {st}, ptr {base[store.buf]}, i64 {o}")
     body.raw(f"store {st} {v}, ptr {p}, align {_SIZE[st]}")
     on = body.emit(f"add i64 {o}, 1")

@@ -15,9 +15,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 KNOWN_MISMATCHES = {
-    r"test_cases_unsupported_dtype_like_mlx\[slogdet-(?!complex64)":
-        "linalg.det/slogdet of bool/integer/float16/bfloat16 input: MLX computes it (det of int32 [[1,2],[3,4]] "
-        "is float32 -2); ours raises DtypeError",
     r"test_repr_values\[uint64-\d+\]":
         "mx.array([2**64 - 1], dtype=uint64): MLX itself raises RuntimeError std::bad_cast (so do we)",
 }

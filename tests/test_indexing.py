@@ -368,7 +368,16 @@ def test_hypothesis_mixed_advanced_indices(entries):
             ours[build(mx)]
         return
     assert_same(ours[build(mx)], expected)
-    assert_same(ours.at[build(mx)].add(1.0), ref.at[build(mlx)].add(1.0))
+    try:
+        ref_at = ref.at[build(mlx)].add(1.0)
+    except ValueError:
+        # MLX's scatter fails on some index combinations its gather takes (a reshape error inside
+        # MLX); numpy's unbuffered add is the reference for those.
+        want = np.array(ref)
+        np.add.at(want, build(np), 1.0)
+        np.testing.assert_array_equal(np.array(ours.at[build(mx)].add(1.0)), want)
+    else:
+        assert_same(ours.at[build(mx)].add(1.0), ref_at)
     ours[build(mx)] = 0.5
     ref[build(mlx)] = 0.5
     assert_same(ours, ref)

@@ -11,7 +11,7 @@ import os
 from .numpy_executor import NumpyExecutor
 
 _EXECUTORS: dict = {}
-KNOWN = ("numpy", "llvm")
+KNOWN = ("numpy", "llvm", "opencl", "vulkan")
 
 
 def _make(name: str):
@@ -21,6 +21,14 @@ def _make(name: str):
         from .llvm import LLVMExecutor  # needs llvmlite, so only when asked for
 
         return LLVMExecutor()
+    if name == "opencl":
+        from .opencl import OpenCLExecutor  # needs pyopencl and an OpenCL driver
+
+        return OpenCLExecutor()
+    if name == "vulkan":
+        from .vulkan import VulkanExecutor  # needs kp and a Vulkan driver
+
+        return VulkanExecutor()
     raise ValueError(f"MLXARM_DEVICE={name!r} is not an executor this build knows (known: {', '.join(KNOWN)}).")
 
 

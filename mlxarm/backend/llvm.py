@@ -25,7 +25,7 @@ from ..codegen import fuse, ir, lower, render_llvm
 from ..codegen import target as targets
 from ..core.device import memory
 from .cache import ObjectCache
-from .numpy_executor import NumpyExecutor
+from .numpy_executor import NumpyExecutor, _keeps_graph
 
 _KERNEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 # Below this many element-steps a kernel runs on the calling thread: handing work to the pool costs
@@ -122,7 +122,7 @@ class LLVMExecutor:
 
     def run(self, refs) -> None:
         nodes = [n for n in (r() for r in refs) if n is not None and n._data is None]
-        steps = fuse.plan(nodes)
+        steps = fuse.plan(nodes, caps=lower.EVERYTHING)
         del nodes
         debug = int(os.environ.get("MLXARM_DEBUG", "0") or 0)
         self.last_plan = []
@@ -146,12 +146,16 @@ class LLVMExecutor:
                 if debug > 1:
                     print(self.sources[kernel], file=sys.stderr)
                 self.launch(fn, kernel, [out] + arrays)
+            del arrays
             self.kernels_run += 1
+            node._data = out
+            if not _keeps_graph():
+                # Inputs dying here are freed before the output is counted, as MLX's buffer
+                # donation would reuse them.
+                node._inputs = ()
+                node._params = None
             memory.alloc(out.nbytes)
             weakref.finalize(out, memory.free, out.nbytes)
-            node._data = out
-            node._inputs = ()
-            node._params = None
 
     def launch(self, fn, kernel: ir.Kernel, arrays: list) -> None:
         args = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])

@@ -30,7 +30,7 @@ from . import io as _io  # noqa: E402,F401
 from . import metal, cuda  # noqa: E402
 globals().update(_public("core"))  # vmap, compile
 globals().update(_public("io"))  # load, save, savez, ... (registered by io)
-from .typing import result_type, promote_types, can_cast  # noqa: E402
+from .typing import result_type, can_cast  # noqa: E402
 
 newaxis = None
 pi = 3.141592653589793

@@ -33,6 +33,9 @@ class array:
     def __init__(self, val, dtype: Dtype | None = None):
         from .convert import realized_from_value
 
+        if val is None:
+            raise TypeError("__init__(): incompatible function arguments: val must be a scalar, "
+                            "list, tuple, DLPack-compatible object or array, not NoneType.")
         src = realized_from_value(val, dtype)
         self._prim = None
         self._inputs = ()
@@ -94,40 +97,63 @@ class array:
         return data
 
     def __array__(self, dtype=None, copy=None):
+        if copy is False and dtype is None and self._dtype is not dt.bfloat16:
+            # A view of the buffer that keeps this array alive (MLX shares memory the same way).
+            return np.asarray(_BufferOwner(self, self._realized()))
         out = self._numpy()
         if dtype is not None:
             out = out.astype(dtype)
-        elif copy:
+        elif copy or out is self._data:
             out = out.copy()
         return out
 
-    def item(self):
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        if self._dtype is dt.bfloat16:
+            raise DtypeError("bfloat16 arrays cannot be exported through DLPack.")
+        view = np.asarray(_BufferOwner(self, self._realized()))
+        kwargs = {"stream": stream}
+        if max_version is not None:
+            kwargs.update(max_version=max_version, dl_device=dl_device, copy=copy)
+        return view.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return (1, 0)  # kDLCPU, device 0: the buffers live in host memory
+
+    def __bytes__(self):
+        return np.ascontiguousarray(self._realized()).tobytes()
+
+    def __array_namespace__(self, *, api_version=None):
+        if api_version is not None:
+            raise ValueError("Explicitly specifying api_version is not yet implemented.")
+        return sys.modules[__name__.rpartition(".")[0]]
+
+    def _scalar(self):
         if self.size != 1:
-            raise ValueError("item can only be called on arrays of size 1.")
-        v = self._numpy().reshape(()).item()
-        return v
+            raise ValueError("[convert] Only length-1 arrays can be converted to Python scalars.")
+        return self._numpy().reshape(()).item()
+
+    def item(self):
+        return self._scalar()
 
     def tolist(self):
         return self._numpy().tolist()
 
     def __bool__(self):
-        if self.size != 1:
-            raise ValueError("The truth value of an array with more than one element is ambiguous.")
-        return bool(self.item())
+        return bool(self._scalar())
 
     def __int__(self):
-        return int(self.item())
+        return int(self._scalar())
 
     def __float__(self):
-        return float(self.item())
+        return float(self._scalar())
 
     def __index__(self):
-        if not dt.is_integer(self._dtype) and self._dtype is not dt.bool_:
-            raise TypeError("Only integer arrays can be converted to an index.")
+        if self._shape or not dt.is_integer(self._dtype):
+            raise TypeError("Only 0-dimensional integer arrays can be converted to an index.")
         return int(self.item())
 
     def __complex__(self):
-        return complex(self.item())
+        return complex(self._scalar())
 
     def __repr__(self):
         from .printing import format_array
@@ -137,24 +163,30 @@ class array:
     __str__ = __repr__
 
     def __format__(self, spec):
-        if spec and self.size == 1:
-            return format(self.item(), spec)
-        return repr(self) if not spec else format(repr(self), spec)
+        if not spec:
+            return repr(self)
+        if self._shape:
+            raise TypeError("unsupported format string passed to mx.array.__format__")
+        return format(self.item(), spec)
 
     def __hash__(self):
         return id(self)
 
     def __iter__(self):
-        if not self._shape:
-            raise TypeError("iteration over a 0-d array")
-        for i in range(self._shape[0]):
-            yield self[i]
+        return ArrayIterator(self)
 
     def __getstate__(self):
-        return {"data": self._numpy(), "dtype": self._dtype.name}
+        return (self._realized().copy(), self._dtype.index)
 
     def __setstate__(self, state):
-        self.__init__(state["data"], getattr(dt, state["dtype"] + ("_" if state["dtype"] == "bool" else "")))
+        data, index = state
+        dtype = dt.ALL[index]
+        from .device import current_stream
+
+        src = make_realized(np.array(data, dtype=dtype.np_storage, order="C", copy=True), dtype,
+                            current_stream())
+        self._prim, self._inputs, self._params = None, (), None
+        self._shape, self._dtype, self._data, self._stream = src._shape, dtype, src._data, src._stream
 
     def __copy__(self):
         return _ops.copy(self)
@@ -164,24 +196,22 @@ class array:
 
     # --- overwriting in place (setitem and the in-place operators) -------------------------------
     def _overwrite(self, other: "array", old: "array") -> "array":
-        """Make this Python object the node ``other`` (MLX's overwrite_descriptor).
+        """Make this Python object the node ``other`` (MLX's overwrite_descriptor); its dtype and
+        shape are the result's, as in MLX, where ``a += b`` rebinds ``a`` to ``a + b``.
 
         Every Python reference to this array sees the new value, but nodes already recorded on it
         keep the value they were recorded with (``old``, a snapshot): they are re-pointed at it.
         Consumers are found through the garbage collector's referrer lists rather than back-pointers
         kept on every node, so recording stays cheap and only the rare in-place update pays.
         """
-        if other._shape != self._shape:
-            raise ValueError(
-                f"Cannot broadcast the result of shape {other._shape} to the in-place target "
-                f"of shape {self._shape}.")
         # References: the caller's name, the interpreter stack of the statement, the frame of
         # __setitem__ (or the in-place operator), this frame, getrefcount's argument. More than
         # that may be recorded consumers (or just aliases): only then search.
         if sys.getrefcount(self) > _OVERWRITE_BASE_REFS:
             self._repoint_consumers(old)
         self._prim, self._inputs, self._params = other._prim, other._inputs, other._params
-        self._dtype, self._data, self._stream = other._dtype, other._data, other._stream
+        self._shape, self._dtype = other._shape, other._dtype
+        self._data, self._stream = other._data, other._stream
         return self
 
     def _repoint_consumers(self, old: "array") -> None:
@@ -207,7 +237,7 @@ class array:
 
     @property
     def at(self):
-        return _ops._AtIndexer(self)
+        return ArrayAt(self)
 
     # --- properties that are ops -----------------------------------------------------------------
     @property
@@ -216,8 +246,8 @@ class array:
 
     @property
     def mT(self):
-        if self.ndim < 2:
-            raise ValueError("[mT] Array must have at least two dimensions.")
+        if len(self._shape) < 2:
+            raise ValueError("[matrix_transpose] Input array must have at least 2 dimensions.")
         return _ops.swapaxes(self, -1, -2)
 
     @property
@@ -278,57 +308,183 @@ def make_realized(data: np.ndarray, dtype: Dtype, stream) -> array:
     return a
 
 
-# --- operators: each binds to the public op of the same meaning --------------------------------
+class _BufferOwner:
+    """Exposes an array's buffer to numpy while holding the array: numpy views of an mlx array keep
+    it alive, as MLX's do. Broadcast views are exported writeable, like MLX's."""
 
-def _binary(name, reflected=False):
+    __slots__ = ("owner", "__array_interface__")
+
+    def __init__(self, owner: array, data: np.ndarray):
+        self.owner = owner
+        iface = dict(data.__array_interface__)
+        iface["data"] = (iface["data"][0], False)
+        self.__array_interface__ = iface
+
+
+class ArrayIterator:
+    """Iterates over the first axis of an array (MLX's ``mlx.core.ArrayIterator``)."""
+
+    __slots__ = ("_array", "_index")
+
+    def __init__(self, a: array):
+        if not a._shape:
+            raise TypeError("iter() 0-dimensional array.")
+        self._array = a
+        self._index = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._index >= self._array._shape[0]:
+            raise StopIteration
+        self._index += 1
+        return self._array[self._index - 1]
+
+
+_NO_INDEX = object()
+
+
+class ArrayAt:
+    """``a.at[idx].add(v)`` and friends: updates that return a new array and accumulate over
+    repeated indices (MLX's ``mlx.core.ArrayAt``)."""
+
+    __slots__ = ("_array", "_index")
+
+    def __init__(self, a: array):
+        self._array = a
+        self._index = _NO_INDEX
+
+    def __getitem__(self, index):
+        out = ArrayAt(self._array)
+        out._index = index
+        return out
+
+    def _updater(self):
+        if self._index is _NO_INDEX:
+            raise ValueError("Must give indices to array.at (e.g. `x.at[0].add(4)`).")
+        return _ops._AtIndexer(self._array)[self._index]
+
+    def add(self, value):
+        return self._updater().add(value)
+
+    def subtract(self, value):
+        return self._updater().subtract(value)
+
+    def multiply(self, value):
+        return self._updater().multiply(value)
+
+    def divide(self, value):
+        return self._updater().divide(value)
+
+    def maximum(self, value):
+        return self._updater().maximum(value)
+
+    def minimum(self, value):
+        return self._updater().minimum(value)
+
+
+# --- operators: each binds to the public op of the same meaning --------------------------------
+# MLX accepts scalars, arrays and numpy data as the other operand. Anything else is a ValueError
+# naming the operation (a TypeError for None); == and != with such objects are just False/True.
+
+_OPERAND_FAST = frozenset((array, int, float, bool))
+
+
+def _is_operand(x) -> bool:
+    return (type(x) in _OPERAND_FAST or isinstance(x, (int, float, complex, np.ndarray, np.generic))
+            or hasattr(x, "__dlpack__"))
+
+
+def _reject(desc, dunder, other):
+    if other is None:
+        return TypeError(f"{dunder}(): incompatible function arguments: the other operand must be "
+                         "a scalar, an array or array-like, not NoneType.")
+    return ValueError(f"Cannot perform {desc} on an mlx.core.array and {type(other).__name__}")
+
+
+def _binary(name, desc, dunder, reflected=False):
     if reflected:
         def op(self, other):
+            if type(other) not in _OPERAND_FAST and not _is_operand(other):
+                raise _reject(desc, dunder, other)
             return getattr(_ops, name)(other, self)
     else:
         def op(self, other):
+            if type(other) not in _OPERAND_FAST and not _is_operand(other):
+                raise _reject(desc, dunder, other)
             return getattr(_ops, name)(self, other)
-    op.__name__ = name
+    op.__name__ = dunder
     return op
 
 
-def _inplace(name):
+def _inplace(name, desc, dunder):
     def op(self, other):
+        if type(other) not in _OPERAND_FAST and not _is_operand(other):
+            raise _reject(f"inplace {desc}", dunder, other)
+        if name == "divide" and self._dtype.kind not in "fc":
+            raise ValueError("In place division cannot cast to non-floating point type.")
         old = self._snapshot()
-        res = getattr(_ops, name)(old, other)
-        if res._dtype is not self._dtype:
-            res = _ops.astype(res, self._dtype)
-        if res._shape != self._shape:
-            res = _ops.broadcast_to(res, self._shape)
-        return self._overwrite(res, old)
+        return self._overwrite(getattr(_ops, name)(old, other), old)
+    op.__name__ = dunder
     return op
 
 
+# dunder -> (public op, MLX's name for it in messages, has a reflected form)
 _BINARY_DUNDERS = {
-    "add": "add", "sub": "subtract", "mul": "multiply", "truediv": "divide",
-    "floordiv": "floor_divide", "mod": "remainder", "pow": "power", "matmul": "matmul",
-    "and": "_bitwise_and_op", "or": "_bitwise_or_op", "xor": "_bitwise_xor_op",
-    "lshift": "left_shift", "rshift": "right_shift",
+    "add": ("add", "addition", True), "sub": ("subtract", "subtraction", True),
+    "mul": ("multiply", "multiplication", True), "truediv": ("divide", "division", True),
+    "div": ("divide", "division", True), "floordiv": ("floor_divide", "floor division", True),
+    "mod": ("remainder", "modulus", True), "pow": ("power", "power", True),
+    "and": ("_bitwise_and_op", "bitwise and", False), "or": ("_bitwise_or_op", "bitwise or", False),
+    "xor": ("_bitwise_xor_op", "bitwise xor", False), "lshift": ("left_shift", "left shift", False),
+    "rshift": ("right_shift", "right shift", False),
 }
-for _d, _f in _BINARY_DUNDERS.items():
-    setattr(array, f"__{_d}__", _binary(_f))
-    setattr(array, f"__r{_d}__", _binary(_f, reflected=True))
-    setattr(array, f"__i{_d}__", _inplace(_f))
+for _d, (_f, _desc, _reflected) in _BINARY_DUNDERS.items():
+    setattr(array, f"__{_d}__", _binary(_f, _desc, f"__{_d}__"))
+    if _reflected:
+        setattr(array, f"__r{_d}__", _binary(_f, _desc, f"__r{_d}__", reflected=True))
+    if _d != "div":
+        setattr(array, f"__i{_d}__", _inplace(_f, _desc, f"__i{_d}__"))
 
-for _d, _f in {"eq": "equal", "ne": "not_equal", "lt": "less", "le": "less_equal",
-               "gt": "greater", "ge": "greater_equal"}.items():
-    setattr(array, f"__{_d}__", _binary(_f))
-
-
-def _divmod(self, other):
-    return _ops.divmod(self, other)
-
-
-def _rdivmod(self, other):
-    return _ops.divmod(other, self)
+for _d, (_f, _desc) in {"lt": ("less", "less than"), "le": ("less_equal", "less than or equal"),
+                        "gt": ("greater", "greater than"),
+                        "ge": ("greater_equal", "greater than or equal")}.items():
+    setattr(array, f"__{_d}__", _binary(_f, _desc, f"__{_d}__"))
 
 
-array.__divmod__ = _divmod
-array.__rdivmod__ = _rdivmod
+def _matmul(self, other):
+    if not isinstance(other, array):
+        raise TypeError("__matmul__(): incompatible function arguments: the other operand must be "
+                        f"an mlx.core.array, not {type(other).__name__}.")
+    return _ops.matmul(self, other)
+
+
+def _imatmul(self, other):
+    old = self._snapshot()
+    return self._overwrite(_matmul(old, other), old)
+
+
+def _eq(self, other):
+    if type(other) not in _OPERAND_FAST and not _is_operand(other):
+        if other is None:
+            raise _reject("equal", "__eq__", other)
+        return False
+    return _ops.equal(self, other)
+
+
+def _ne(self, other):
+    if type(other) not in _OPERAND_FAST and not _is_operand(other):
+        if other is None:
+            raise _reject("not equal", "__ne__", other)
+        return True
+    return _ops.not_equal(self, other)
+
+
+array.__matmul__ = _matmul
+array.__imatmul__ = _imatmul
+array.__eq__ = _eq
+array.__ne__ = _ne
 array.__neg__ = lambda self: _ops.negative(self)
 array.__pos__ = lambda self: self
 array.__abs__ = lambda self: _ops.abs(self)
@@ -354,4 +510,10 @@ for _m in _METHODS:
     if not hasattr(array, _m):
         setattr(array, _m, _method(_m))
 
-__all__ = ["array", "make_node", "make_realized", "DtypeError"]
+__all__ = ["array", "ArrayAt", "ArrayIterator", "make_node", "make_realized", "DtypeError"]
+
+from . import printing as _printing  # noqa: E402,F401  (registers the print options API)
+from .registry import api as _api  # noqa: E402
+
+_api("ArrayAt")(ArrayAt)
+_api("ArrayIterator")(ArrayIterator)

@@ -233,23 +233,31 @@ def as_dtype(d) -> Dtype:
     return from_numpy(npdt)
 
 
+def _info_dtype(dtype, who) -> Dtype:
+    if not isinstance(dtype, Dtype):
+        raise TypeError(f"{who}(): incompatible function arguments: expected an mlx.core.Dtype, "
+                        f"got {type(dtype).__name__}.")
+    return dtype
+
+
 class finfo:
-    """Machine limits of a floating type, as MLX's ``mx.finfo``."""
+    """Machine limits of a floating type, as MLX's ``mx.finfo`` (a complex type reports its real
+    component, as the array API asks)."""
 
     def __init__(self, dtype):
-        dtype = as_dtype(dtype) if not isinstance(dtype, Dtype) else dtype
+        dtype = _info_dtype(dtype, "finfo")
         if not is_inexact(dtype):
-            raise ValueError(f"[finfo] dtype {dtype} is not inexact.")
+            raise ValueError(f"[finfo] dtype {dtype.name} is not inexact.")
+        if dtype is complex64:
+            dtype = float32
         self.dtype = dtype
         if dtype is bfloat16:
             self.min, self.max = -3.3895313892515355e38, 3.3895313892515355e38
             self.eps, self.smallest_normal, self.bits = 0.0078125, 1.1754943508222875e-38, 16
         else:
-            npdt = np.float32 if dtype is complex64 else dtype.np_compute
-            f = np.finfo(npdt)
+            f = np.finfo(dtype.np_compute)
             self.min, self.max = float(f.min), float(f.max)
             self.eps, self.smallest_normal, self.bits = float(f.eps), float(f.smallest_normal), f.bits
-        self.resolution = 10.0 ** -int(-np.log10(self.eps))
 
     def __repr__(self):
         return f"finfo(min={self.min:g}, max={self.max:g}, dtype={self.dtype.name})"
@@ -259,9 +267,9 @@ class iinfo:
     """Integer limits, as MLX's ``mx.iinfo``."""
 
     def __init__(self, dtype):
-        dtype = as_dtype(dtype)
+        dtype = _info_dtype(dtype, "iinfo")
         if not is_integer(dtype):
-            raise ValueError(f"[iinfo] dtype {dtype} is not integral.")
+            raise ValueError(f"[iinfo] Only integer types supported but {dtype.name} was provided")
         self.dtype = dtype
         i = np.iinfo(dtype.np_storage)
         self.min, self.max, self.bits = int(i.min), int(i.max), i.bits
@@ -279,7 +287,8 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
 
 
 def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """float32 values to bfloat16 bit patterns, rounding to nearest even; NaN stays NaN."""
+    """float32 values to bfloat16 bit patterns, rounding to nearest even; every NaN becomes MLX's
+    canonical quiet NaN (0x7FC0, sign dropped)."""
     x = np.asarray(x, dtype=np.float32)
     if not x.flags.c_contiguous:
         x = x.copy()
@@ -287,7 +296,7 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     rounded = ((u + (np.uint32(0x7FFF) + ((u >> 16) & 1))) >> 16).astype(np.uint16)
     nan = np.isnan(x)
     if nan.any():
-        rounded = np.where(nan, ((u >> 16) | 0x40).astype(np.uint16), rounded)
+        rounded = np.where(nan, np.uint16(0x7FC0), rounded)
     return rounded
 
 

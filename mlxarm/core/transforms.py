@@ -478,8 +478,23 @@ def _custom_jvp(node, tangents, argnums):
     return outs[p["output"]]
 
 
+def _custom_vmap(node, xs, axes, size):
+    """The user's vmap rule when there is one; otherwise the function is mapped over the batch."""
+    p = node._params
+    spec = p["spec"]
+    if spec.vmap is None:
+        from .vmap import map_rule
+
+        return map_rule(node, xs, axes, size)
+    n_in = spec.n_inputs
+    outs, out_axes = spec.vmap(xs[:n_in], [-1 if ax is None else ax for ax in axes[:n_in]])
+    i = p["output"]
+    return outs[i], (None if out_axes[i] < 0 else out_axes[i])
+
+
 CUSTOM.vjp = _custom_vjp
 CUSTOM.jvp = _custom_jvp
+CUSTOM.extra["vmap"] = _custom_vmap
 
 
 class _CustomSpec:

@@ -12,7 +12,7 @@ def promote_types(a, b):
 def result_type(*arrays_and_dtypes):
     """The dtype an op over these arrays/dtypes produces (MLX accepts no Python scalars here)."""
     if not arrays_and_dtypes:
-        raise ValueError("[result_type] Expected at least one input.")
+        raise ValueError("[result_type] At least one array or dtype is required.")
     out = None
     for x in arrays_and_dtypes:
         if isinstance(x, array):
@@ -26,6 +26,13 @@ def result_type(*arrays_and_dtypes):
 
 
 def can_cast(from_, to) -> bool:
-    src = from_._dtype if isinstance(from_, array) else dt.as_dtype(from_)
-    to = dt.as_dtype(to)
+    if isinstance(from_, array):
+        src = from_._dtype
+    elif isinstance(from_, dt.Dtype):
+        src = from_
+    else:
+        raise ValueError("[can_cast] `from_` must be an array or a dtype.")
+    if not isinstance(to, dt.Dtype):
+        raise TypeError(f"can_cast(): incompatible function arguments: `to` must be a Dtype, "
+                        f"got {type(to).__name__}.")
     return dt.promote_types(src, to) is to

@@ -99,7 +99,9 @@ def _in_float(fn):
 def _round_ref(p, x):
     decimals = p["decimals"] if p else 0
     if x.dtype.kind in "biu":
-        return np.round(x, decimals) if decimals < 0 and x.dtype.kind != "b" else x
+        if decimals >= 0:
+            return x
+        return np.round(x.astype(np.int64) if x.dtype.kind == "b" else x, decimals).astype(x.dtype)
     return np.round(x, decimals)
 
 

@@ -104,7 +104,7 @@ def _check_scales(x, scale_factor) -> None:
 
 def _resample(x, scale_factor, align_corners, taps_fn):
     _check_scales(x, scale_factor)
-    out = x.astype(mx.promote_types(x.dtype, mx.float32))
+    out = x.astype(mx.result_type(x.dtype, mx.float32))
     for axis, (n, scale) in enumerate(zip(x.shape[1:-1], scale_factor), start=1):
         weights = mx.array(_matrix(n, taps_fn(n, scale, align_corners)))
         out = mx.moveaxis(mx.tensordot(weights, out, axes=([1], [axis])), 0, axis)

@@ -1,0 +1,227 @@
+"""GPU executors (OpenCL, Vulkan) on the workloads that decide their speed, beside PyTorch CUDA when it
+is importable (so every figure on the GPU machine is a ratio from one run).
+
+Workloads: copy and elementwise bandwidth, a fused elementwise chain, a full reduction, a row softmax
+(three kernels), float32 matmul, and the cost of one eval of 1, 10 and 100 small kernels.
+Two figures per workload and backend: ``device_s``, the kernel alone (``--reps`` launches recorded
+back to back and submitted once, per launch), and ``eval_s``, a whole ``mx.eval`` including the
+download of its result. Runs on lavapipe/PoCL too (use a small ``--n`` there).
+
+    python benchmarks/gpu.py [--n 16777216] [--reps 20] [--backends opencl,vulkan]
+
+Writes benchmarks/results/gpu.json and gpu.png (one bar group per workload: GB/s or GFLOP/s).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+import weakref
+import zlib
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def best_of(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def workloads(mx, n: int, m: int):
+    rng = np.random.default_rng(0)
+    x = mx.array(rng.standard_normal(n).astype(np.float32))
+    y = mx.array(rng.standard_normal(n).astype(np.float32))
+    rows = mx.array(rng.standard_normal((n // 1024, 1024)).astype(np.float32))
+    a = mx.array(rng.standard_normal((m, m)).astype(np.float32))
+    b = mx.array(rng.standard_normal((m, m)).astype(np.float32))
+
+    def softmax():
+        e = mx.exp(rows - mx.max(rows, axis=1, keepdims=True))
+        return e / mx.sum(e, axis=1, keepdims=True)
+
+    # name -> (build, bytes moved, flops, single kernel)
+    return {
+        "copy": (lambda: x * 1.0, 8 * n, 0, True),
+        "add": (lambda: x + y, 12 * n, n, True),
+        "fused_chain": (lambda: mx.tanh(x * y + 1.0) * 0.5 - mx.sigmoid(y), 12 * n, 8 * n, True),
+        "sum": (lambda: mx.sum(x), 4 * n, n, True),
+        "softmax": (softmax, 12 * n, 5 * n, False),
+        "matmul_f32": (lambda: a @ b, 12 * m * m, 2 * m ** 3, False),
+    }
+
+
+def device_seconds(device: str, build, reps: int) -> float | None:
+    """Seconds per launch of the single kernel ``build()`` lowers to, ``reps`` launches in one submit."""
+    from mlxarm.backend import executor
+    from mlxarm.codegen import lower
+
+    ex = executor(device)
+    node = build()
+    if node._prim.kind not in ("unary", "binary", "ternary", "reduce"):
+        return None
+    kernel, arrays, out = lower.lower(node, 1)
+    if not ex.supports(kernel):
+        return None
+    prog = ex.rt.program(kernel)
+    views = [ex.device_view(a) for a in arrays]
+    bufs = [ex.rt.alloc(out.nbytes)] + [v for v, _ in views]
+    offsets = [0] + [o for _, o in views]
+    ex.rt.launch(prog, kernel, bufs, offsets)
+    ex.rt.submit([])
+
+    def run():
+        for _ in range(reps):
+            ex.rt.launch(prog, kernel, bufs, offsets)
+        ex.rt.submit([])
+
+    return best_of(run, 3) / reps
+
+
+def eval_overhead(mx, device: str, kernels: int, repeat: int) -> float:
+    """Seconds for one eval of ``kernels`` dependent small reductions (each its own kernel)."""
+    x = mx.array(np.ones((4, 64), np.float32))
+
+    def graph():
+        y = x
+        for _ in range(kernels):
+            y = mx.sum(y, axis=1, keepdims=True) * 0.01 + x
+        return y
+
+    def once():
+        mx.eval(graph())
+
+    os.environ["MLXARM_DEVICE"] = device
+    return best_of(once, repeat)
+
+
+def torch_figures(n: int, m: int, reps: int) -> dict | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    dev = torch.device("cuda")
+    x = torch.randn(n, device=dev)
+    y = torch.randn(n, device=dev)
+    rows = torch.randn(n // 1024, 1024, device=dev)
+    a = torch.randn(m, m, device=dev)
+    b = torch.randn(m, m, device=dev)
+    ops = {"copy": lambda: x * 1.0, "add": lambda: x + y,
+           "fused_chain": lambda: torch.tanh(x * y + 1.0) * 0.5 - torch.sigmoid(y),
+           "sum": lambda: x.sum(), "softmax": lambda: torch.softmax(rows, dim=1),
+           "matmul_f32": lambda: a @ b}
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out = {}
+    for name, fn in ops.items():
+        def run():
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        out[name] = best_of(run, 3) / reps
+    small = torch.ones(4, 64, device=dev)
+    for k in (1, 10, 100):
+        def chain():
+            yy = small
+            for _ in range(k):
+                yy = yy.sum(dim=1, keepdim=True) * 0.01 + small
+            yy.cpu()
+        out[f"eval_{k}_kernels"] = best_of(chain, 5)
+    return out
+
+
+def write_png(path: str, groups: list, series: list, values: dict) -> None:
+    """A bare bar chart (no text): one group per workload, one colour per backend, heights relative to
+    the largest bar of the group. The JSON beside it has the numbers."""
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+    bar, gap, height = 14, 18, 200
+    width = max(1, len(groups) * (len(series) * bar + gap) + gap)
+    img = np.full((height + 20, width, 3), 255, np.uint8)
+    for g, name in enumerate(groups):
+        vals = [values.get((name, s)) or 0.0 for s in series]
+        top = max(vals) or 1.0
+        x0 = gap + g * (len(series) * bar + gap)
+        for i, v in enumerate(vals):
+            h = int(height * v / top)
+            img[height + 10 - h:height + 10, x0 + i * bar:x0 + (i + 1) * bar - 2] = colours[i % len(colours)]
+    raw = b"".join(b"\0" + img[r].tobytes() for r in range(img.shape[0]))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, img.shape[0], 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    with open(path, "wb") as f:
+        f.write(png)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1 << 24)
+    ap.add_argument("--m", type=int, default=1024, help="matmul size")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--backends", default="opencl,vulkan")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = ap.parse_args()
+
+    import mlxarm.core as mx
+    from mlxarm.backend import opencl, vulkan
+
+    reasons = {"opencl": opencl.available(), "vulkan": vulkan.available()}
+    backends = [b for b in args.backends.split(",") if b]
+    results = {"n": args.n, "m": args.m, "reps": args.reps, "backends": {}, "skipped": {}}
+    for device in backends:
+        if reasons.get(device):
+            results["skipped"][device] = reasons[device]
+            print(f"{device}: skipped ({reasons[device]})")
+            continue
+        os.environ["MLXARM_DEVICE"] = device
+        figures = {"info": mx.device_info()}
+        for name, (build, nbytes, flops, single) in workloads(mx, args.n, args.m).items():
+            entry = {"eval_s": best_of(lambda: mx.eval(build()), args.repeat)}
+            if single:
+                entry["device_s"] = device_seconds(device, build, args.reps)
+            t = entry.get("device_s") or entry["eval_s"]
+            entry["GB/s"] = nbytes / t / 1e9
+            if flops:
+                entry["GFLOP/s"] = flops / t / 1e9
+            figures[name] = entry
+            print(f"{device:7s} {name:12s} eval {entry['eval_s'] * 1e3:9.3f} ms  "
+                  f"device {entry.get('device_s', float('nan')) * 1e3 if entry.get('device_s') else float('nan'):9.3f} ms"
+                  f"  {entry['GB/s']:8.2f} GB/s")
+        for k in (1, 10, 100):
+            figures[f"eval_{k}_kernels"] = {"eval_s": eval_overhead(mx, device, k, args.repeat)}
+            print(f"{device:7s} eval of {k:3d} kernels: {figures[f'eval_{k}_kernels']['eval_s'] * 1e3:.3f} ms")
+        results["backends"][device] = figures
+    torch = torch_figures(args.n, args.m, args.reps)
+    if torch is not None:
+        results["torch_cuda"] = torch
+        for device, figures in results["backends"].items():
+            for name, t in torch.items():
+                if name in figures:
+                    ours = figures[name].get("device_s") or figures[name]["eval_s"]
+                    figures[name]["vs_torch"] = t / ours
+        print("torch cuda:", {k: f"{v * 1e3:.3f} ms" for k, v in torch.items()})
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    groups = [g for g in ("copy", "add", "fused_chain", "sum", "softmax", "matmul_f32")]
+    series = list(results["backends"])
+    values = {(g, s): results["backends"][s][g]["GB/s"] for g in groups for s in series}
+    write_png(os.path.join(args.out, "gpu.png"), groups, series, values)
+    print(f"wrote {os.path.join(args.out, 'gpu.json')} and gpu.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""GLSL 4.50 compute-shader renderer: kernel IR to one shader for Vulkan (``render_c`` does the shared work).
+
+Kompute binds plain buffers, so every buffer is an array of 32-bit words: 8- and 16-bit elements are
+extracted from their word with shifts, and written with ``atomicAnd``/``atomicOr`` on their bits so
+work items writing neighbours in one word never lose each other's bits. Narrow integers compute in
+32 bits and are wrapped back into their range after every operation. 64-bit integers are left to the
+numpy executor (``SUPPORTED``). Element offsets of the buffers' views and the output size arrive as
+push constants, so one shader serves every view of the same layout.
+"""
+from __future__ import annotations
+
+from .ir import Cast, Kernel, Load, Op, walk
+from .render_c import HALF_HELPERS, CRenderer, bits, unsigned
+
+SUPPORTED = frozenset({"bool", "uint8", "uint16", "uint32", "int8", "int16", "int32", "float16", "float32",
+                       "bfloat16"})
+
+_CTYPE = {"bool": "bool", "uint8": "uint", "int8": "int", "uint16": "uint", "int16": "int", "uint32": "uint",
+          "int32": "int", "float16": "float", "float32": "float", "bfloat16": "float"}
+
+_PRELUDE = """#version 450
+#define F2U(x) floatBitsToUint(x)
+#define U2F(x) uintBitsToFloat(x)
+#define RINT(x) roundEven(x)
+#define ISNAN(x) isnan(x)
+#define ISINF(x) isinf(x)
+#define FABS(x) abs(x)
+#define TO_U(x) uint(x)
+#define TO_F(x) float(x)
+""" + HALF_HELPERS + """
+uint mx_f2u32(float x) {
+  if (isnan(x)) return 0u;
+  float t = trunc(x);
+  if (t >= 9.2233720e18) return 0xFFFFFFFFu;
+  if (t < -9.2233720e18) return 0u;
+  if (abs(t) < 2147483648.0) return uint(int(t));
+  return uint(t - 4294967296.0 * floor(t / 4294967296.0));
+}
+"""
+
+
+def supported(kernel: Kernel) -> bool:
+    """Whether every dtype the kernel touches has a GLSL form here."""
+    if kernel.store.dtype not in SUPPORTED:
+        return False
+    for e in walk(kernel.store.value):
+        if isinstance(e, (Load, Op, Cast)) and e.dtype not in SUPPORTED:
+            return False
+        if isinstance(e, Cast) and e.arg.dtype not in SUPPORTED:
+            return False
+    return True
+
+
+class GLSLRenderer(CRenderer):
+    index_type = "int"
+
+    def ctype(self, dtype: str) -> str:
+        return _CTYPE[dtype]
+
+    def to(self, ctype: str, expr: str) -> str:
+        return f"{ctype}({expr})"
+
+    def wrap(self, expr: str, dtype: str) -> str:
+        b = bits(dtype)
+        if b >= 32 or dtype == "bool":
+            return expr
+        if unsigned(dtype):
+            return f"(({expr}) & {hex((1 << b) - 1)}u)"
+        return f"((({expr}) << {32 - b}) >> {32 - b})"
+
+    def load_raw(self, buf: int, dtype: str, offset: str) -> str:
+        b = bits(dtype)
+        if b == 32:
+            word = f"b{buf}.w[{offset}]"
+            return {"float32": f"uintBitsToFloat({word})", "int32": f"int({word})"}.get(dtype, word)
+        per = 32 // b
+        shift = per.bit_length() - 1  # log2(per)
+        field = (f"((b{buf}.w[({offset}) >> {shift}] >> ((({offset}) & {per - 1}) * {b})) "
+                 f"& {hex((1 << b) - 1)}u)")
+        if dtype in ("int8", "int16"):
+            return self.wrap(f"int({field})", dtype)
+        return field
+
+    def store_raw(self, buf: int, dtype: str, offset: str, value: str) -> None:
+        b = bits(dtype)
+        if b == 32:
+            word = {"float32": f"floatBitsToUint({value})", "int32": f"uint({value})"}.get(dtype, value)
+            self.raw(f"b{buf}.w[{offset}] = {word};")
+            return
+        per = 32 // b
+        shift = per.bit_length() - 1
+        mask = hex((1 << b) - 1)
+        sh = self.emit("uint", f"uint(({offset}) & {per - 1}) * {b}u")
+        idx = self.emit("int", f"({offset}) >> {shift}")
+        self.raw(f"atomicAnd(b{buf}.w[{idx}], ~({mask}u << {sh}));")
+        self.raw(f"atomicOr(b{buf}.w[{idx}], (uint({value}) & {mask}u) << {sh});")
+
+    def int_cast(self, value: str, src: str, dst: str) -> str:
+        return self.wrap(f"{_CTYPE[dst]}({value})", dst)
+
+    def float_to_int(self, value: str, dst: str) -> str:
+        return self.wrap(f"{_CTYPE[dst]}(mx_f2u32({value}))", dst)
+
+    def header(self) -> list:
+        lines = [f"layout(local_size_x = {self.workgroup}) in;"]
+        for b in self.bufs:
+            lines.append(f"layout(std430, set = 0, binding = {b}) buffer B{b} {{ uint w[]; }} b{b};")
+        members = " ".join(f"uint o{b};" for b in self.bufs)
+        lines.append(f"layout(push_constant) uniform Push {{ {members} uint n; }} pc;")
+        return lines
+
+    def offsets_from_push(self) -> list:
+        return [f"  int o{b} = int(pc.o{b});" for b in self.bufs] + ["  int n = int(pc.n);"]
+
+    def render(self) -> str:
+        k = self.k
+        if k.reduce_op is None:
+            body = self.elementwise_body("i")
+            lines = self.header() + ["void main() {", *self.offsets_from_push(),
+                                     f"  int stride = int(gl_NumWorkGroups.x) * {self.workgroup};",
+                                     "  for (int i = int(gl_GlobalInvocationID.x); i < n; i += stride) {",
+                                     *("    " + ln for ln in body), "  }", "}"]
+            return _PRELUDE + "\n" + "\n".join(lines) + "\n"
+        wg = self.workgroup
+        dtype = k.store.value.dtype
+        acc_t = self.ctype(dtype)
+        head, fold = self.reduce_parts("o", "r")
+        ident = self.identity(k.reduce_op, dtype)
+        merged = self.combine(k.reduce_op, dtype, "sh[lid]", "sh[lid + s]")
+        store = self.reduce_store("o", "acc")
+        lines = self.header() + [
+            f"shared {acc_t} sh[{wg}];",
+            "void main() {", *self.offsets_from_push(),
+            "  int lid = int(gl_LocalInvocationID.x);",
+            "  for (int o = int(gl_WorkGroupID.x); o < n; o += int(gl_NumWorkGroups.x)) {",
+            *("    " + ln for ln in head),
+            f"    {acc_t} acc = {ident};",
+            f"    for (int r = lid; r < {self.reduced_size}; r += {wg}) {{",
+            *("      " + ln for ln in fold), "    }",
+            "    sh[lid] = acc;",
+            "    barrier();",
+            f"    for (int s = {wg // 2}; s > 0; s >>= 1) {{",
+            f"      if (lid < s) sh[lid] = {merged};",
+            "      barrier();", "    }",
+            "    if (lid == 0) {", "      acc = sh[0];",
+            *("      " + ln for ln in store), "    }",
+            "    barrier();", "  }", "}"]
+        return _PRELUDE + "\n" + "\n".join(lines) + "\n"
+
+
+def render(kernel: Kernel, workgroup: int = 64) -> str:
+    r = GLSLRenderer(kernel)
+    r.workgroup = workgroup
+    return r.render()

@@ -1,0 +1,143 @@
+"""The Vulkan executor (Kompute, on Mesa's lavapipe here) against the numpy executor: the same op matrix,
+casts, views and random graphs as the OpenCL tests, plus what is Vulkan's own: one eval is one
+sequence submit, buffers stay on the device and are pooled, and the SPIR-V cache."""
+import os
+import weakref
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import mlxarm.core as ma
+import test_opencl_backend as shared
+from mlxarm.backend import executor
+
+
+def _skip_reason():
+    try:
+        from mlxarm.backend.vulkan import available
+    except ImportError as e:
+        return f"the Vulkan backend cannot be imported ({e})"
+    return available()
+
+
+_REASON = _skip_reason()
+if _REASON:
+    print(f"skipping the Vulkan backend tests: {_REASON}")
+needs_vulkan = pytest.mark.skipif(bool(_REASON), reason=f"Vulkan unavailable: {_REASON}")
+DEVICE = "vulkan"
+
+
+@needs_vulkan
+@pytest.mark.parametrize("prim,d", shared.elementwise_cases("unary"), ids=lambda v: getattr(v, "name", None))
+def test_unary_matches_numpy(prim, d):
+    shared.check_unary(DEVICE, prim, d)
+
+
+@needs_vulkan
+@pytest.mark.parametrize("prim,d", shared.elementwise_cases("binary"), ids=lambda v: getattr(v, "name", None))
+def test_binary_matches_numpy(prim, d):
+    shared.check_binary(DEVICE, prim, d)
+
+
+@needs_vulkan
+@pytest.mark.parametrize("name", ["sum", "prod", "max", "min"])
+@pytest.mark.parametrize("d", shared.REDUCE_DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("axis", [None, (0, 2)], ids=str)
+def test_reduction_matches_numpy(name, d, axis):
+    shared.check_reduction(DEVICE, name, d, axis)
+
+
+@needs_vulkan
+def test_edge_values():
+    shared.check_edge_values(DEVICE)
+
+
+@needs_vulkan
+def test_casts():
+    shared.check_casts(DEVICE)
+
+
+@needs_vulkan
+def test_views_read_in_place():
+    shared.check_views(DEVICE)
+
+
+@needs_vulkan
+def test_numpy_fallback_between_kernels():
+    shared.check_mixed_with_numpy_steps(DEVICE)
+
+
+@needs_vulkan
+def test_outputs_stay_on_device():
+    shared.check_outputs_stay_on_device(DEVICE)
+
+
+@needs_vulkan
+@settings(max_examples=15, deadline=None)
+@given(shared.graphs())
+def test_random_graphs_agree(recipe):
+    shared.assert_backends_agree(DEVICE, lambda: shared.build_graph(*recipe), repr(recipe))
+
+
+@needs_vulkan
+def test_one_eval_is_one_sequence_submit():
+    ex = executor(DEVICE)
+    x = ma.array(np.linspace(-1, 1, 300, dtype=np.float32).reshape(3, 100))
+
+    def graph():
+        a = ma.exp(x) * 2
+        b = ma.sum(a, axis=1, keepdims=True)
+        c = a / b
+        return [c, ma.max(c, axis=0), ma.tanh(a) + 1]
+
+    submits, dispatches = ex.rt.submits, ex.rt.dispatches
+    out = shared.on(DEVICE, graph)
+    assert ex.rt.dispatches - dispatches >= 3
+    assert ex.rt.submits - submits == 1
+    ref = shared.on("numpy", graph)
+    for o, r in zip(out, ref):
+        np.testing.assert_allclose(np.array(o), np.array(r), rtol=2e-5, atol=1e-6)
+
+
+@needs_vulkan
+def test_dead_buffers_are_pooled_and_reused():
+    ex = executor(DEVICE)
+    x = ma.array(np.arange(4096, dtype=np.float32))
+    y = shared.on(DEVICE, lambda: x * 2)
+    key = id(y._data)
+    del y
+    assert key not in ex.resident.buffers
+    shared.on(DEVICE, lambda: x + 1)  # the next submit returns the dead tensor to the pool
+    pooled = sum(len(v) for v in ex.rt.pool.values())
+    z = shared.on(DEVICE, lambda: x * 3)
+    assert sum(len(v) for v in ex.rt.pool.values()) < pooled or pooled == 0
+    np.testing.assert_array_equal(np.array(z), np.arange(4096, dtype=np.float32) * 3)
+
+
+@needs_vulkan
+def test_spirv_cache_hit(tmp_path):
+    from mlxarm.backend.cache import ObjectCache
+    from mlxarm.backend.vulkan import VulkanExecutor, VulkanRuntime
+
+    x = ma.array(np.arange(10, dtype=np.float32))
+    first = VulkanExecutor(VulkanRuntime(ObjectCache(str(tmp_path))))
+    y = x * 5 - 1
+    first.run([weakref.ref(y)])
+    assert first.rt.compiled == 1
+    second = VulkanExecutor(VulkanRuntime(ObjectCache(str(tmp_path))))
+    z = x * 5 - 1
+    second.run([weakref.ref(z)])
+    assert second.rt.compiled == 0 and second.rt.cache.hits == 1
+    np.testing.assert_array_equal(np.array(z), np.arange(10, dtype=np.float32) * 5 - 1)
+
+
+@needs_vulkan
+def test_device_info_names_the_device():
+    old = os.environ.get("MLXARM_DEVICE")
+    os.environ["MLXARM_DEVICE"] = DEVICE
+    try:
+        info = ma.device_info()
+    finally:
+        os.environ.pop("MLXARM_DEVICE") if old is None else os.environ.__setitem__("MLXARM_DEVICE", old)
+    assert info["backend"] == "vulkan" and info["device_name"] and "max_work_group_invocations" in info
