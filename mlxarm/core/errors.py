@@ -8,3 +8,7 @@ DtypeError is all three, so code written against either convention catches it.
 
 class DtypeError(TypeError, ValueError, RuntimeError):
     pass
+
+
+class AxisError(IndexError, ValueError):
+    """An axis outside an array's dimensions: MLX 0.32 raises IndexError, later releases ValueError."""

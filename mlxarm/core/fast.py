@@ -309,6 +309,116 @@ def scaled_dot_product_attention(q, k, v, *, scale: float, mask=None, sinks=None
     return make_node(SDPA, ins, params, (B, H, L, v._shape[-1]), d, resolve_stream(stream))
 
 
+# --- cross entropy -----------------------------------------------------------------------------------
+
+@api(module="fast")
+def cross_entropy(logits, targets, *, stream=None):
+    """logsumexp(logits, -1) - logits[..., targets], as float32 (reduced in the logits' dtype, as
+    MLX's CPU path does)."""
+    from .ops.elementwise import subtract
+    from .ops.indexing import take_along_axis
+    from .ops.reduction import logsumexp
+    from .ops.shape import expand_dims, squeeze
+
+    logits, targets = to_array(logits), to_array(targets)
+    op = "[cross_entropy]"
+    if logits._dtype.kind != "f":
+        raise DtypeError(f"{op} Received unsupported logits type {logits._dtype.name}.")
+    if targets._dtype.kind not in "iu":
+        raise DtypeError(f"{op} targets must be integer class indices but got {targets._dtype.name}.")
+    if logits.ndim < 1:
+        raise ValueError(f"{op} logits must have at least 1 dimension but got input with 0 dimensions.")
+    if targets._shape != logits._shape[:-1]:
+        raise ValueError(f"{op} targets shape {fmt_shape(targets._shape)} does not match logits shape "
+                         f"{fmt_shape(logits._shape)} with the last axis removed.")
+    picked = squeeze(take_along_axis(logits, expand_dims(targets, -1, stream=stream), -1, stream=stream),
+                     -1, stream=stream)
+    loss = subtract(logsumexp(logits, -1, stream=stream), picked, stream=stream)
+    return cast(loss, dt.float32, stream)
+
+
+# --- gated delta rule ----------------------------------------------------------------------------------
+
+@api(module="fast")
+def gated_delta_update(q, k, v, gamma, beta, initial_state=None, mask=None, stream=None):
+    """The gated delta recurrence over the time axis, in float32: per step the state decays by gamma,
+    moves toward v along k by beta, and is read by q. Key/query heads repeat to the value heads; a
+    masked step keeps the state and outputs zeros. Returns [output, final state]."""
+    from . import ops as O
+
+    q, k, v, gamma, beta = (to_array(x) for x in (q, k, v, gamma, beta))
+    for x in (q, k, v):
+        if x.ndim != 4:
+            raise ValueError(f"[gated_delta_update] q, k and v must have 4 dimensions but got shape "
+                             f"{fmt_shape(x._shape)}.")
+    out_dtype = dt.promote_types(dt.promote_types(q._dtype, k._dtype), v._dtype)
+    if out_dtype.kind != "f":
+        out_dtype = dt.float32
+    f32 = dt.float32
+    batch, steps, key_heads, key_dim = q._shape
+    value_heads, value_dim = v._shape[2:]
+    q, k, v, gamma, beta = (cast(x, f32, stream) for x in (q, k, v, gamma, beta))
+    if value_heads != key_heads and value_heads % key_heads == 0:
+        q = O.repeat(q, value_heads // key_heads, axis=2, stream=stream)
+        k = O.repeat(k, value_heads // key_heads, axis=2, stream=stream)
+    if initial_state is None:
+        state = O.zeros((batch, value_heads, value_dim, key_dim), f32, stream=stream)
+    else:
+        state = cast(to_array(initial_state), f32, stream)
+    keep = None if mask is None else cast(to_array(mask), dt.bool_, stream)
+    outputs = []
+    for t in range(steps):
+        k_t = O.expand_dims(k[:, t], -2, stream=stream)
+        decayed = state * O.expand_dims(gamma[:, t], (-1, -2), stream=stream)
+        recalled = O.sum(decayed * k_t, axis=-1, stream=stream)
+        delta = (v[:, t] - recalled) * O.expand_dims(beta[:, t], -1, stream=stream)
+        updated = decayed + k_t * O.expand_dims(delta, -1, stream=stream)
+        y = O.sum(updated * O.expand_dims(q[:, t], -2, stream=stream), axis=-1, stream=stream)
+        if keep is None:
+            state = updated
+        else:
+            m = keep[:, t]
+            y = O.where(O.reshape(m, m._shape + (1, 1), stream=stream), y, 0.0, stream=stream)
+            state = O.where(O.reshape(m, m._shape + (1, 1, 1), stream=stream), updated, state, stream=stream)
+        outputs.append(y)
+    if outputs:
+        out = O.stack(outputs, axis=1, stream=stream)
+    else:
+        out = O.zeros((batch, 0, value_heads, value_dim), f32, stream=stream)
+    return [cast(out, out_dtype, stream), state]
+
+
+# --- custom kernels: no Metal or CUDA back end here ---------------------------------------------------
+
+class _MetalKernel:
+    """What ``metal_kernel`` returns: calling it needs the Metal back end."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("[metal_kernel] No Metal back-end.")
+
+
+@api(module="fast")
+def metal_kernel(name: str, input_names, output_names, source: str, header: str = "",
+                 ensure_row_contiguous: bool = True, atomic_outputs: bool = False, compile_options=None):
+    return _MetalKernel(name)
+
+
+@api(module="fast")
+def cuda_kernel(name: str, input_names, output_names, source: str, header: str = "",
+                ensure_row_contiguous: bool = True, shared_memory: int = 0):
+    raise RuntimeError("[cuda_kernel] No CUDA back-end.")
+
+
+@api(module="fast")
+def precompiled_cuda_kernel(*, name: str, compiled_source: bytes, inputs, output_shapes, output_dtypes,
+                            scalars, grid, threadgroup, shared_memory: int = 0, init_value=None,
+                            ensure_row_contiguous: bool = False, stream=None):
+    raise RuntimeError("[cuda_kernel] No CUDA back-end.")
+
+
 # --- gradient rules: each kernel differentiated through its composition of ops -------------------
 
 def _attach_gradients():

@@ -77,8 +77,9 @@ def inv(a, *, stream=None):
 
 
 def _tri_inv_ref(p, x):
-    tri = np.triu(x) if p["upper"] else np.tril(x)
-    return np.linalg.inv(tri)
+    if p["upper"]:
+        return np.triu(np.linalg.inv(np.triu(x)))
+    return np.tril(np.linalg.inv(np.tril(x)))
 
 
 TRI_INV = _prim("tri_inv", _tri_inv_ref,
@@ -212,8 +213,42 @@ def solve_triangular(a, b, *, upper: bool = False, stream=None):
 
 # --- factorizations -------------------------------------------------------------------------------------
 
+def _potrf(a):
+    """LAPACK's recursive potrf on the lower triangle of one matrix, in place, failure included: at
+    the first pivot that is not positive the recursion stops and leaves the rest as it stands (MLX
+    returns that instead of raising). Returns False on failure."""
+    n = a.shape[0]
+    if n == 1:
+        if not a[0, 0] > 0:
+            return False
+        a[0, 0] = np.sqrt(a[0, 0])
+        return True
+    n1 = n // 2
+    if not _potrf(a[:n1, :n1]):
+        return False
+    a[n1:, :n1] = np.linalg.solve(np.tril(a[:n1, :n1]), a[n1:, :n1].T).T
+    a[n1:, n1:] -= a[n1:, :n1] @ a[n1:, :n1].T
+    return _potrf(a[n1:, n1:])
+
+
+def _cholesky_one(x):
+    try:
+        return np.linalg.cholesky(np.tril(x) + np.tril(x, -1).T)
+    except np.linalg.LinAlgError:
+        work = x.copy()
+        if work.size:
+            _potrf(work)
+        return np.tril(work)
+
+
 def _cholesky_ref(p, x):
-    low = np.linalg.cholesky(np.tril(x) + np.swapaxes(np.tril(x, -1), -1, -2))
+    if p["upper"]:  # the upper factor is read from the upper triangle: the lower one of x^T
+        x = np.swapaxes(x, -1, -2)
+    try:
+        low = np.linalg.cholesky(np.tril(x) + np.swapaxes(np.tril(x, -1), -1, -2))
+    except np.linalg.LinAlgError:
+        flat = x.reshape((-1,) + x.shape[-2:])
+        low = np.stack([_cholesky_one(m) for m in flat]).reshape(x.shape)
     return np.swapaxes(low, -1, -2) if p["upper"] else low
 
 
@@ -415,29 +450,86 @@ def lu_factor(a, *, stream=None):
     return _lu_outputs(a, ("lu", "pivots"), stream)
 
 
+def _small_det(x):
+    """Determinant of matrices up to 3x3 by cofactors, in the input's own precision (as MLX does)."""
+    n = x.shape[-1]
+    if n == 0:
+        return np.ones(x.shape[:-2], x.dtype)
+    if n == 1:
+        return x[..., 0, 0]
+    if n == 2:
+        return x[..., 0, 0] * x[..., 1, 1] - x[..., 0, 1] * x[..., 1, 0]
+    a, b, c = x[..., 0, 0], x[..., 0, 1], x[..., 0, 2]
+    return (a * (x[..., 1, 1] * x[..., 2, 2] - x[..., 1, 2] * x[..., 2, 1])
+            - b * (x[..., 1, 0] * x[..., 2, 2] - x[..., 1, 2] * x[..., 2, 0])
+            + c * (x[..., 1, 0] * x[..., 2, 1] - x[..., 1, 1] * x[..., 2, 0]))
+
+
 def _slogdet_ref(p, x):
+    if x.shape[-1] <= _SMALL_DET:
+        d = np.asarray(_small_det(x))
+        if p["out"] == "det":
+            return d
+        if p["out"] == "sign":
+            return np.sign(d)
+        with np.errstate(divide="ignore"):
+            return np.log(np.abs(d))
+    if p["out"] == "det":
+        return np.asarray(np.linalg.det(x))
     sign, logdet = np.linalg.slogdet(x)
-    return {"det": sign * np.exp(logdet), "sign": sign, "logdet": logdet}[p["out"]]
+    return np.asarray(sign if p["out"] == "sign" else logdet)
 
 
-SLOGDET = _prim("slogdet", _slogdet_ref,
-                _only(_REAL, lambda rng, d: [("linalg.det", (_sample(rng, d, (4, 4)),), {}),
-                                             ("linalg.det", (_sample(rng, d, (2, 3, 3)),), {}),
-                                             ("linalg.slogdet", (_sample(rng, d, (3, 3)),), {})]),
+# MLX computes determinants of matrices up to this size directly in the input dtype; larger ones go
+# through an LU factorization, which only float32 and float64 support.
+_SMALL_DET = 3
+
+
+def _det_cases(rng, d):
+    if d is dt.complex64:
+        return []
+    out = [("linalg.det", (_sample(rng, d, (2, 2)),), {}),
+           ("linalg.det", (_sample(rng, d, (2, 3, 3)),), {}),
+           ("linalg.slogdet", (_sample(rng, d, (3, 3)),), {}),
+           ("linalg.det", (_sample(rng, d, (1, 1)),), {})]
+    if d.kind in "iu":  # well away from |det| = 1, where float32 LU leaves log|det| a few ulps off 0
+        out += [("linalg.det", (_sample(rng, d, (4, 4)) + 5 * np.eye(4, dtype=d.np_storage),), {}),
+                ("linalg.slogdet", (_sample(rng, d, (2, 5, 5)) + 5 * np.eye(5, dtype=d.np_storage),), {})]
+    elif d in _REAL:
+        out += [("linalg.det", (_sample(rng, d, (4, 4)),), {}),
+                ("linalg.slogdet", (_sample(rng, d, (2, 5, 5)),), {})]
+    return out
+
+
+SLOGDET = _prim("slogdet", _slogdet_ref, _det_cases, dtypes=tuple(d for d in dt.ALL if d.kind != "c"),
                 doc="Determinant, or its sign and log magnitude.")
+
+
+def _det_input(op, a, stream):
+    if a._dtype.kind == "c":
+        raise DtypeError(f"[linalg::{op}] Complex inputs are not supported.")
+    if a.ndim < 2:
+        raise ValueError(f"[linalg::{op}] Arrays must have >= 2 dimensions. Received array with "
+                         f"{a.ndim} dimensions.")
+    if a._shape[-1] != a._shape[-2]:
+        raise ValueError(f"[linalg::{op}] Only defined for square matrices.")
+    if a._dtype.kind != "f":
+        return cast(a, dt.float32, stream)
+    if a._shape[-1] > _SMALL_DET and a._dtype not in _REAL:
+        raise DtypeError(f"[linalg::lu_factor] Arrays must have type float32 or float64. Received array "
+                         f"with type {a._dtype.name}.")
+    return a
 
 
 @api(primitive="slogdet", module="linalg")
 def det(a, *, stream=None):
-    a = to_array(a)
-    _check("det", a, square_msg="[linalg::det] Determinants are only defined for square matrices.")
+    a = _det_input("det", to_array(a), stream)
     return _record(SLOGDET, (a,), {"out": "det"}, a._shape[:-2], a._dtype, stream)
 
 
 @api(primitive="slogdet", module="linalg")
 def slogdet(a, *, stream=None):
-    a = to_array(a)
-    _check("slogdet", a, square_msg="[linalg::slogdet] Determinants are only defined for square matrices.")
+    a = _det_input("slogdet", to_array(a), stream)
     return (_record(SLOGDET, (a,), {"out": "sign"}, a._shape[:-2], a._dtype, stream),
             _record(SLOGDET, (a,), {"out": "logdet"}, a._shape[:-2], a._dtype, stream))
 

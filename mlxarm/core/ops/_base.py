@@ -6,7 +6,7 @@ from ..convert import beside, operands, to_array
 from ..device import resolve_stream
 from ..registry import register, Primitive, api, PRIMITIVES
 from .. import dtypes as dt
-from ..errors import DtypeError
+from ..errors import AxisError, DtypeError
 
 __all__ = ["array", "make_node", "beside", "operands", "to_array", "resolve_stream", "register", "Primitive",
            "api", "PRIMITIVES", "dt", "DtypeError", "broadcast_shapes", "normalize_axis",
@@ -51,7 +51,7 @@ def normalize_axis(axis: int, ndim: int, op: str | None = None) -> int:
         except AttributeError:
             raise TypeError(f"axis must be an integer, got {type(axis).__name__}.") from None
     if axis < -ndim or axis >= ndim:
-        raise IndexError(f"[{op}] Invalid axis {axis} for array with {ndim} dimensions." if op else
+        raise AxisError(f"[{op}] Invalid axis {axis} for array with {ndim} dimensions." if op else
                          f"Invalid axis {axis} for array with {ndim} dimensions.")
     return axis + ndim if axis < 0 else axis
 

@@ -19,7 +19,7 @@ from ._base import (DtypeError, Primitive, api, array, broadcast_shapes, cast, d
                     make_node, register, resolve_stream, to_array)
 from ..convert import numpy_to_storage
 from ..array import make_realized
-from .shape import AxisError
+from ..errors import AxisError
 
 _pyslice = builtins.slice
 _INT_TYPES = (int, np.integer)

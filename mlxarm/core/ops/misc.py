@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._base import DtypeError, Primitive, api, dt, make_node, register, resolve_stream, to_array
-from .shape import AxisError
+from ..errors import AxisError
 
 _HALF = (dt.float16, dt.bfloat16)
 

@@ -12,7 +12,7 @@ import operator
 import numpy as np
 
 from ._base import Primitive, api, array, cast, dt, make_node, register, resolve_stream
-from .shape import AxisError
+from ..errors import AxisError
 from .elementwise import (abs as abs_, add, astype, exp, isinf, isnan, log, multiply, not_equal, sqrt,
                           square, stop_gradient, subtract, where)
 
@@ -229,6 +229,16 @@ def _extremum(prim, name):
 max = _extremum(MAX, "max")
 min = _extremum(MIN, "min")
 
+_MINMAX_SIGNATURE = (f"minmax(a: array, /, {_AXES}, *, stream: StreamOrDevice = None) "
+                     "-> tuple[array, array]")
+
+
+@api()
+def minmax(a, /, axis=None, keepdims=False, *, stream=None):
+    """The minimum and the maximum over the given axes, in that order."""
+    check_array(a, "minmax", _MINMAX_SIGNATURE)
+    return (min(a, axis, keepdims, stream=stream), max(a, axis, keepdims, stream=stream))
+
 
 def _boolean(prim, name):
     def op(a, /, axis=None, keepdims=False, *, stream=None):
@@ -371,7 +381,7 @@ def count_nonzero(a, /, axis=None, keepdims=False, *, stream=None):
     return sum(nonzero, axes, keepdims, stream=stream)
 
 
-__all__ = ["sum", "prod", "max", "min", "all", "any", "argmax", "argmin", "mean", "var", "std",
+__all__ = ["sum", "prod", "max", "min", "minmax", "all", "any", "argmax", "argmin", "mean", "var", "std",
            "logsumexp", "median", "count_nonzero", "array"]
 
 

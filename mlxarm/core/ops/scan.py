@@ -11,7 +11,7 @@ import numpy as np
 
 from ._base import Primitive, api, cast, dt, make_node, register, resolve_stream
 from .elementwise import astype
-from .shape import AxisError
+from ..errors import AxisError
 from .reduction import _random_values, check_array, incompatible
 
 _ALL = tuple(dt.ALL)
@@ -166,6 +166,11 @@ def logcumsumexp(a, /, axis=None, *, reverse=False, inclusive=True, stream=None)
     if a._dtype.kind in "biu":
         a = cast(a, dt.float32, stream)
     return _scan("logcumsumexp", a, axis, reverse, inclusive, stream)
+
+
+# The array-API names: the same functions.
+cumulative_sum = api("cumulative_sum", primitive="cumsum")(cumsum)
+cumulative_prod = api("cumulative_prod", primitive="cumprod")(cumprod)
 
 
 # --- gradient rules -----------------------------------------------------------------------------

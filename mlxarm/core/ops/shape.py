@@ -5,13 +5,10 @@ import operator
 
 import numpy as np
 
+from ..errors import AxisError
 from ._base import (DtypeError, Primitive, api, array, cast, dt, fmt_shape, make_node,
                     register, resolve_stream, to_array)
 from ._base import broadcast_shapes as _broadcast_shapes
-
-
-class AxisError(IndexError, ValueError):
-    """An axis outside an array's dimensions (MLX 0.32 raises IndexError, later releases ValueError)."""
 
 
 _DIM_MIN, _DIM_MAX = -(2**31), 2**31 - 1

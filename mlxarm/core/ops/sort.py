@@ -12,7 +12,7 @@ import numpy as np
 
 from ._base import Primitive, api, cast, dt, fmt_shape, make_node, register, resolve_stream, to_array
 from .reduction import _random_values, check_array, incompatible
-from .shape import AxisError
+from ..errors import AxisError
 
 _ALL = tuple(dt.ALL)
 
@@ -226,6 +226,10 @@ def unique(a, /, size, return_index=False, return_inverse=False, return_counts=F
         raise ValueError(f"[unique] Received negative size {size}.")
     inputs = (a,)
     if fill_value is not None:
+        if type(fill_value) is int and a._dtype.kind in "iu":  # MLX range-checks Python ints only
+            info = np.iinfo(a._dtype.np_storage)
+            if not info.min <= fill_value <= info.max:
+                raise ValueError(f"Converting {fill_value} to {a._dtype.name} would result in overflow.")
         fill = to_array(fill_value, a._dtype)
         if fill.size != 1:
             raise ValueError(f"[unique] Fill value must have one element, but got shape "
