@@ -1,7 +1,11 @@
-"""CPU throughput of fused kernels: mlxarm's LLVM executor against numpy (and MLX when importable).
+"""CPU throughput and host overhead of mlxarm's LLVM executor against numpy, MLX and PyTorch (those
+two when importable), all on 2 threads.
 
-Workloads over 16M float32 elements: the fused chain ``tanh(a * b + c) * 0.5`` and a full ``sum``.
-Prints each time and its ratio to numpy, and writes benchmarks/results/cpu.json.
+Workloads: the fused chain ``tanh(a * b + c) * 0.5`` and a full ``sum`` over 16M float32 elements,
+row softmax of 4096x4096, matmul 1024^3, matvec 4096x4096, the cost of one eval of 1/10/100/1000
+tiny kernels, and the first-call compile of a kernel against loading it from the disk cache. Prints
+each time and its ratio to numpy, writes benchmarks/results/cpu.json and, when matplotlib is
+importable, benchmarks/results/cpu.png.
 
     python benchmarks/cpu.py [--n 16777216] [--repeat 5]
 """
@@ -12,9 +16,14 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
-import numpy as np
+THREADS = "2"
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MLXARM_THREADS"):
+    os.environ.setdefault(var, THREADS)  # before numpy loads its BLAS
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,6 +38,125 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
+def _softmax_np(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _peers():
+    """Importable peers: name -> module."""
+    found = {}
+    try:
+        import mlx.core as mx
+
+        found["mlx"] = mx
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(int(THREADS))
+        found["torch"] = torch
+    except ImportError:
+        pass
+    return found
+
+
+def workloads(ma, n: int) -> dict:
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    s = rng.standard_normal((4096, 4096)).astype(np.float32)
+    m1, m2 = (rng.standard_normal((1024, 1024)).astype(np.float32) for _ in range(2))
+    v = rng.standard_normal(4096).astype(np.float32)
+    xa, xb, xc, xs, x1, x2, xv = (ma.array(t) for t in (a, b, c, s, m1, m2, v))
+    runs = {
+        "chain": {"numpy": lambda: np.tanh(a * b + c) * np.float32(0.5),
+                  "mlxarm-llvm": lambda: ma.eval(ma.tanh(xa * xb + xc) * 0.5)},
+        "sum": {"numpy": lambda: a.sum(), "mlxarm-llvm": lambda: ma.eval(ma.sum(xa))},
+        "softmax": {"numpy": lambda: _softmax_np(s), "mlxarm-llvm": lambda: ma.eval(ma.softmax(xs, axis=-1))},
+        "matmul": {"numpy": lambda: m1 @ m2, "mlxarm-llvm": lambda: ma.eval(x1 @ x2)},
+        "matvec": {"numpy": lambda: s @ v, "mlxarm-llvm": lambda: ma.eval(xs @ xv)},
+    }
+    peers = _peers()
+    if "mlx" in peers:
+        mx = peers["mlx"]
+        ya, yb, yc, ys, y1, y2, yv = (mx.array(t) for t in (a, b, c, s, m1, m2, v))
+        runs["chain"]["mlx"] = lambda: mx.eval(mx.tanh(ya * yb + yc) * 0.5)
+        runs["sum"]["mlx"] = lambda: mx.eval(mx.sum(ya))
+        runs["softmax"]["mlx"] = lambda: mx.eval(mx.softmax(ys, axis=-1))
+        runs["matmul"]["mlx"] = lambda: mx.eval(y1 @ y2)
+        runs["matvec"]["mlx"] = lambda: mx.eval(ys @ yv)
+    if "torch" in peers:
+        torch = peers["torch"]
+        ta, tb, tc, ts, t1, t2, tv = (torch.from_numpy(t) for t in (a, b, c, s, m1, m2, v))
+        runs["chain"]["torch"] = lambda: torch.tanh(ta * tb + tc) * 0.5
+        runs["sum"]["torch"] = lambda: ta.sum()
+        runs["softmax"]["torch"] = lambda: torch.softmax(ts, dim=-1)
+        runs["matmul"]["torch"] = lambda: t1 @ t2
+        runs["matvec"]["torch"] = lambda: ts @ tv
+    return runs
+
+
+def tiny_kernel_overhead(ma, repeat: int) -> dict:
+    """Seconds for one eval of k independent 8-element kernels (each output is held, so none fuse;
+    all are the same kernel, so this is launch overhead, not compilation)."""
+    x = ma.array(np.ones(8, np.float32))
+    out = {}
+    for k in (1, 10, 100, 1000):
+        def run(k=k):
+            ma.eval([x + 1 for _ in range(k)])
+        out[str(k)] = best_of(run, repeat)
+    return out
+
+
+def compile_vs_cached(ma) -> dict:
+    """First call of a kernel never seen (compile to object code) against a fresh process's load of
+    the same kernel from the disk cache."""
+    from mlxarm.backend.cache import ObjectCache
+    from mlxarm.backend.llvm import LLVMExecutor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = LLVMExecutor(cache=ObjectCache(tmp))
+        x = ma.array(np.arange(4096, dtype=np.float32))
+        graph = ma.tanh(ma.exp(x * 1e-3) * 0.5 + ma.sin(x)) - ma.sqrt(x)
+        from mlxarm.codegen import lower
+
+        kernel, _, _ = lower.lower(graph, fresh.target.lanes)
+        t0 = time.perf_counter()
+        fresh.function(kernel)
+        cold = time.perf_counter() - t0
+        again = LLVMExecutor(cache=ObjectCache(tmp))
+        t0 = time.perf_counter()
+        again.function(kernel)
+        cached = time.perf_counter() - t0
+    return {"compile_seconds": cold, "cached_load_seconds": cached}
+
+
+def plot(results: dict, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    work = results["workloads"]
+    names = sorted({impl for row in work.values() for impl in row})
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(names)
+    for i, impl in enumerate(names):
+        ys = [work[w].get(impl, {}).get("speedup_vs_numpy", 0) for w in work]
+        ax.bar([j + i * width for j in range(len(work))], ys, width, label=impl)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(work))], list(work))
+    ax.axhline(1.0, color="black", linewidth=0.5)
+    ax.set_ylabel("speed-up vs numpy")
+    ax.set_title(f"CPU, {THREADS} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1 << 24)
@@ -38,43 +166,31 @@ def main() -> None:
     import mlxarm.core as ma
     from mlxarm.backend import executor
 
-    rng = np.random.default_rng(0)
-    a, b, c = (rng.standard_normal(args.n).astype(np.float32) for _ in range(3))
-    xa, xb, xc = ma.array(a), ma.array(b), ma.array(c)
-    runs = {
-        "chain": {
-            "numpy": lambda: np.tanh(a * b + c) * np.float32(0.5),
-            "mlxarm-llvm": lambda: ma.eval(ma.tanh(xa * xb + xc) * 0.5),
-        },
-        "sum": {
-            "numpy": lambda: a.sum(),
-            "mlxarm-llvm": lambda: ma.eval(ma.sum(xa)),
-        },
-    }
-    try:
-        import mlx.core as mx
-
-        ma_, mb_, mc_ = mx.array(a), mx.array(b), mx.array(c)
-        runs["chain"]["mlx"] = lambda: mx.eval(mx.tanh(ma_ * mb_ + mc_) * 0.5)
-        runs["sum"]["mlx"] = lambda: mx.eval(mx.sum(ma_))
-    except ImportError:
-        pass
-    results = {"n": args.n, "machine": platform.machine(), "cpus": os.cpu_count(),
+    results = {"n": args.n, "machine": platform.machine(), "cpus": os.cpu_count(), "threads": int(THREADS),
                "executor": executor("llvm").info(), "workloads": {}}
-    for work, impls in runs.items():
+    for work, impls in workloads(ma, args.n).items():
         base = best_of(impls["numpy"], args.repeat)
         row = {}
         for name, fn in impls.items():
             t = base if name == "numpy" else best_of(fn, args.repeat)
             row[name] = {"seconds": t, "speedup_vs_numpy": base / t}
-            print(f"{work:6s} {name:12s} {t * 1e3:9.2f} ms   x{base / t:5.2f} vs numpy")
+            print(f"{work:8s} {name:12s} {t * 1e3:9.2f} ms   x{base / t:5.2f} vs numpy")
         results["workloads"][work] = row
+    results["tiny_kernel_eval_seconds"] = tiny_kernel_overhead(ma, args.repeat)
+    for k, t in results["tiny_kernel_eval_seconds"].items():
+        print(f"eval of {k:>4s} tiny kernels {t * 1e6:10.1f} us")
+    results["compile"] = compile_vs_cached(ma)
+    print(f"first-call compile {results['compile']['compile_seconds'] * 1e3:.1f} ms, "
+          f"from the disk cache {results['compile']['cached_load_seconds'] * 1e3:.2f} ms")
     out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "cpu.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     print(f"wrote {path}")
+    png = os.path.join(out_dir, "cpu.png")
+    if plot(results, png):
+        print(f"wrote {png}")
 
 
 if __name__ == "__main__":

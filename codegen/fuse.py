@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from .lower import PORTABLE, classify
+from .lower import EPILOGUES, PORTABLE, classify
 
 
 MAX_DEPTH = 128
@@ -90,6 +90,8 @@ def plan(nodes: list, held_by_caller: int = 0, caps=PORTABLE) -> list:
         if d > MAX_DEPTH:
             materialized.add(k)
         depth[k] = 0 if k in materialized else d
+    if EPILOGUES in caps[0]:
+        absorb_reductions(nodes, kinds, materialized, consumers, observed)
     steps = []
     for n in nodes:
         k = id(n)
@@ -101,6 +103,50 @@ def plan(nodes: list, held_by_caller: int = 0, caps=PORTABLE) -> list:
         else:
             steps.append(Step("kernel", n))
     return steps
+
+
+_EPILOGUE_REDUCTIONS = frozenset({"sum", "prod", "max", "min", "all", "any", "matmul"})
+
+
+def absorb_reductions(nodes, kinds: dict, materialized: set, consumers: dict, observed: set) -> None:
+    """Fold a reduction into the kernel of its elementwise consumers (mean's scaling, a norm's
+    sqrt): it stays unmaterialized when its one consumer is elementwise over the same shape and
+    reaches the kernel's root through such nodes only, one reduction per kernel."""
+    candidates = {}
+    for n in nodes:
+        for i in n._inputs:
+            k = id(i)
+            if kinds.get(k) == "reduce" and i._prim.name in _EPILOGUE_REDUCTIONS and k not in observed \
+                    and consumers.get(k) == 1 and kinds[id(n)] == "elementwise" and n._shape == i._shape:
+                candidates[k] = i
+    if not candidates:
+        return
+    materialized.difference_update(candidates)
+    taken = set()
+    for root in nodes:
+        if id(root) not in materialized or kinds[id(root)] != "elementwise":
+            continue
+        have = False
+        stack = [(root, True)]
+        seen = set()
+        while stack:
+            node, clean = stack.pop()
+            for i in node._inputs:
+                k = id(i)
+                if i._data is not None or k in materialized or k in seen:
+                    continue
+                seen.add(k)
+                if k in candidates:
+                    if clean and not have:
+                        have = True
+                        taken.add(k)
+                    else:
+                        materialized.add(k)
+                    continue
+                stack.append((i, clean and kinds[k] == "elementwise" and i._shape == root._shape))
+    for k in candidates:
+        if k not in taken:
+            materialized.add(k)
 
 
 def _views_a_buffer(node, materialized: set, kinds: dict) -> bool:

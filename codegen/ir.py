@@ -91,7 +91,13 @@ class Cast:
     dtype: str
 
 
-Expr = Union[Load, Const, Op, Cast]
+@dataclass(frozen=True)
+class Reduced:
+    """In a reduction's ``Kernel.epilogue``: the reduced value of the output element being stored."""
+    dtype: str
+
+
+Expr = Union[Load, Const, Op, Cast, Reduced]
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,10 @@ class Kernel:
     store: Store
     reduce_op: Optional[str] = None  # REDUCE_OPS or ARG_REDUCE_OPS over dims[n_out:], of ``store.value``
     width: int = 8  # vector lanes of the innermost loop (a scalable renderer multiplies by vscale)
+    # With a REDUCE_OPS reduction: the value stored, computed from ``Reduced`` and loads whose
+    # strides run over the output dims only (mean's scaling, a norm's sqrt). None stores the
+    # reduced value itself.
+    epilogue: Optional[Expr] = None
 
     @property
     def out_size(self) -> int:
@@ -122,9 +132,10 @@ class Kernel:
     @property
     def n_buffers(self) -> int:
         bufs = {self.store.buf}
-        for e in walk(self.store.value):
-            if isinstance(e, Load):
-                bufs.add(e.buf)
+        for root in (self.store.value, self.epilogue):
+            for e in walk(root) if root is not None else ():
+                if isinstance(e, Load):
+                    bufs.add(e.buf)
         return len(bufs)
 
 
@@ -136,7 +147,7 @@ def walk(e: Expr):
         node, expanded = stack.pop()
         if id(node) in seen:
             continue
-        if expanded or isinstance(node, (Load, Const)):
+        if expanded or isinstance(node, (Load, Const, Reduced)):
             seen.add(id(node))
             yield node
             continue
@@ -150,6 +161,8 @@ def describe(e: Expr) -> str:
     """A one-line, readable form of an expression (``MLXARM_DEBUG``)."""
     if isinstance(e, Load):
         return f"b{e.buf}"
+    if isinstance(e, Reduced):
+        return "reduced"
     if isinstance(e, Const):
         return repr(e.value)
     if isinstance(e, Cast):
@@ -161,4 +174,6 @@ def summary(k: Kernel) -> str:
     body = describe(k.store.value)
     if k.reduce_op:
         body = f"{k.reduce_op}[{'x'.join(map(str, k.dims[k.n_out:]))}]({body})"
+        if k.epilogue is not None:
+            body = describe(k.epilogue).replace("reduced", body)
     return f"{k.name} out={k.store.dtype}{list(k.dims[:k.n_out])} {body}"

@@ -9,6 +9,7 @@ place, through strides), and merges loop dims that every buffer walks contiguous
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -23,6 +24,9 @@ _FLOAT_ONLY = frozenset({"exp", "expm1", "log", "log2", "log10", "log1p", "sqrt"
                          "sin", "cos", "tanh", "sigmoid", "erf", "degrees", "radians", "divide"})
 _ELEMENTWISE_KINDS = ("unary", "binary", "ternary")
 # reduction primitive -> the kernel's reduce op (all and any reduce booleans)
+# A matrix times a column lowers to a sum over the shared dim (bandwidth bound; no template needed).
+MATVEC = "matvec"
+_MATVEC_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 _REDUCTIONS = {"sum": "sum", "prod": "prod", "max": "max", "min": "min", "all": "min", "any": "max",
                "argmax": "argmax", "argmin": "argmin"}
 
@@ -38,7 +42,10 @@ def _transpose(params, x):
 # What a backend's renderer covers: (op and reduction names, dtypes). Every renderer covers PORTABLE;
 # the LLVM renderer covers EVERYTHING.
 PORTABLE = (ir.PORTABLE_OPS | ir.REDUCE_OPS, ir.DTYPES)
-EVERYTHING = (ir.ALL_OPS | ir.REDUCE_OPS | ir.ARG_REDUCE_OPS | {"all", "any"}, ir.DTYPES | {"float64"})
+# The name in a caps' ops that lets the planner fuse a reduction with its elementwise consumers.
+EPILOGUES = "reduce+epilogue"
+EVERYTHING = (ir.ALL_OPS | ir.REDUCE_OPS | ir.ARG_REDUCE_OPS | {"all", "any", EPILOGUES, MATVEC},
+              ir.DTYPES | {"float64"})
 _FLOAT_INPUT = frozenset({"power", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "arcsinh",
                           "arccosh", "arctanh", "arctan2", "logaddexp"})
 
@@ -71,17 +78,39 @@ def classify(node, caps=PORTABLE):
     if prim.kind == "reduce" and name in ops and name in _REDUCTIONS \
             and node._inputs[0]._dtype.name in dtypes:
         return "reduce"
+    if name == "matmul" and MATVEC in ops and node._shape[-1] == 1 and node._dtype.name in _MATVEC_DTYPES:
+        return "reduce"
     return None
+
+
+def _is_reduction(node) -> bool:
+    return node._prim.kind == "reduce" or node._prim.name == "matmul"
+
+
+def _matvec(group: "_Group", node) -> tuple:
+    """A matrix times a column, (..., M, K) @ (..., K, 1), as a reduction over K of the products
+    (in float32: half inputs are widened first, as the reference does): (value, dims, n_out)."""
+    a, b = node._inputs
+    batch = node._shape[:-2]
+    m, k = a._shape[-2], a._shape[-1]
+    nd = len(batch) + 2
+    swap = tuple(range(nd - 2)) + (nd - 1, nd - 2)
+    left = group.expr(a, ((_broadcast, batch + (m, k)),))
+    right = group.expr(b, ((_broadcast, batch + (k, 1)), (_transpose, swap), (_broadcast, batch + (m, k))))
+    if left.dtype != "float32":
+        left, right = ir.Cast(left, "float32"), ir.Cast(right, "float32")
+    return ir.Op("multiply", (left, right), "float32"), batch + (m, k), len(batch) + 1
 
 
 class _Group:
     """Builds the expression of one kernel and collects the buffer views it loads."""
 
-    def __init__(self, final_moves: tuple):
+    def __init__(self, final_moves: tuple, arrays: list | None = None, slots: dict | None = None):
         self.final = final_moves  # applied to every leaf after the graph's own views
-        self.arrays: list = []
-        self.slots: dict = {}
+        self.arrays: list = [] if arrays is None else arrays  # shared by a reduction and its epilogue
+        self.slots: dict = {} if slots is None else slots
         self.memo: dict = {}
+        self.reduced = None  # the reduction an epilogue group reads
 
     def expr(self, node, moves: tuple):
         key = (id(node), tuple((id(f), id(p)) for f, p in moves))
@@ -96,6 +125,10 @@ class _Group:
         prim = node._prim
         if prim.name in VIEWS:
             return self.expr(node._inputs[0], ((prim.ref, node._params),) + moves)
+        if _is_reduction(node):  # the planner fused it with this epilogue (fuse.absorb_reductions)
+            assert not moves and self.reduced in (None, node), "one reduction per kernel, unmoved"
+            self.reduced = node
+            return ir.Reduced(node._dtype.name)
         shape = node._shape
         args = []
         for i in node._inputs:
@@ -113,7 +146,7 @@ class _Group:
         arr = node._data
         for fn, params in moves + self.final:
             arr = fn(params, arr)
-        key = (arr.__array_interface__["data"][0], arr.strides, arr.shape, node._dtype.name)
+        key = (arr.__array_interface__["data"][0], arr.strides, arr.shape, node._dtype.name, bool(self.final))
         slot = self.slots.get(key)
         if slot is None:
             slot = self.slots[key] = len(self.arrays) + 1  # buffer 0 is the output
@@ -157,7 +190,7 @@ def _contiguous_strides(shape: tuple) -> tuple:
 def _restride(e, strides_of: dict):
     if isinstance(e, ir.Load):
         return ir.Load(e.buf, e.dtype, strides_of[e.buf])
-    if isinstance(e, ir.Const):
+    if isinstance(e, (ir.Const, ir.Reduced)):
         return e
     if isinstance(e, ir.Cast):
         return ir.Cast(_restride(e.arg, strides_of), e.dtype)
@@ -167,34 +200,62 @@ def _restride(e, strides_of: dict):
 def lower(root, width: int):
     """(kernel, [input arrays in buffer order 1..n], output array) for the group rooted at ``root``."""
     out = np.empty(root._shape, dtype=root._dtype.np_storage)
-    if root._prim.kind == "reduce":
-        src = root._inputs[0]
-        axes = root._params["axes"]
+    reduction, epilogue = (root, None) if _is_reduction(root) else (None, None)
+    arrays: list = []
+    if reduction is None:
+        group = _Group((), arrays)
+        value = group.expr(root, ())
+        if group.reduced is not None:
+            reduction, epilogue = group.reduced, value
+            slots = group.slots
+    if reduction is not None and reduction._prim.name == "matmul":
+        group = _Group((), arrays, slots if epilogue is not None else None)
+        value, dims, n_out = _matvec(group, reduction)
+        axes = (n_out,)  # the reduced dim's position, for the epilogue's keepdims rule
+        out_strides = _contiguous_strides(dims[:n_out]) + (0,)
+        reduce_op = "sum"
+    elif reduction is not None:
+        src = reduction._inputs[0]
+        axes = reduction._params["axes"]
         kept = tuple(d for d in range(len(src._shape)) if d not in axes)
         perm = kept + tuple(axes)
-        group = _Group(((_transpose, perm),))
+        group = _Group(((_transpose, perm),), arrays, slots if epilogue is not None else None)
         value = group.expr(src, ())
-        if root._prim.name in ("all", "any") and value.dtype != "bool":
+        if reduction._prim.name in ("all", "any") and value.dtype != "bool":
             value = ir.Cast(value, "bool")
         dims = tuple(src._shape[d] for d in perm)
         n_out = len(kept)
         out_strides = _contiguous_strides(tuple(src._shape[d] for d in kept)) + (0,) * len(axes)
-        reduce_op = _REDUCTIONS[root._prim.name]
+        reduce_op = _REDUCTIONS[reduction._prim.name]
     else:
-        group = _Group(())
-        value = group.expr(root, ())
         dims = root._shape
         n_out = len(dims)
         out_strides = _contiguous_strides(dims)
         reduce_op = None
-    loads = [l for l in ir.walk(value) if isinstance(l, ir.Load)]
-    by_buf = {l.buf: l.strides for l in loads}
+    by_buf = {l.buf: l.strides for l in ir.walk(value) if isinstance(l, ir.Load)}
+    tail = {}
+    if epilogue is not None:
+        # Epilogue loads index the output (with keepdims' size-1 axes dropped); they stay put
+        # while the reduced dims run.
+        keepdims = reduction._prim.name == "matmul" or reduction._params["keepdims"]
+        drop = set(axes) if keepdims else set()
+        for l in ir.walk(epilogue):
+            if isinstance(l, ir.Load):
+                tail[l.buf] = tuple(st for d, st in enumerate(l.strides) if d not in drop) + (0,) * len(axes)
     bufs = sorted(by_buf)
-    dims, strides, n_out = _coalesce(dims, [out_strides] + [by_buf[b] for b in bufs], n_out)
-    strides_of = dict(zip(bufs, strides[1:]))
-    value = _restride(value, strides_of)
+    ebufs = sorted(tail)
+    dims, strides, n_out = _coalesce(dims, [out_strides] + [by_buf[b] for b in bufs]
+                                     + [tail[b] for b in ebufs], n_out)
+    value = _restride(value, dict(zip(bufs, strides[1:1 + len(bufs)])))
+    if epilogue is not None:
+        epilogue = _restride(epilogue, {b: st[:n_out] for b, st in zip(ebufs, strides[1 + len(bufs):])})
     store = ir.Store(0, root._dtype.name, strides[0][:n_out] if reduce_op else strides[0], value)
-    kernel = ir.Kernel("", dims, n_out, store, reduce_op, width)
-    digest = hashlib.sha1(repr(kernel).encode()).hexdigest()[:16]
-    kernel = ir.Kernel(f"k{digest}", dims, n_out, store, reduce_op, width)
-    return kernel, group.arrays, out
+    kernel = ir.Kernel("", dims, n_out, store, reduce_op, width, epilogue)
+    name = _NAMES.get(kernel)
+    if name is None:
+        # A digest of the IR, stable across processes, so the disk cache finds the kernel again.
+        name = _NAMES[kernel] = "k" + hashlib.sha1(repr(kernel).encode()).hexdigest()[:16]
+    return dataclasses.replace(kernel, name=name), arrays, out
+
+
+_NAMES: dict = {}  # unnamed kernel -> its name (a digest is costlier than the dict lookup)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import struct
 
-from .ir import Cast, Const, Kernel, Load, Op
+from .ir import Cast, Const, Kernel, Load, Op, Reduced
 from .target import Target
 
 # compute type (what values are in registers) and storage type (what memory holds) per dtype
@@ -763,6 +763,17 @@ def _buffers(kernel: Kernel) -> dict:
     return bufs
 
 
+_LIBM_OPS = frozenset(_Values._LIBM) | {"remainder"}  # frem is a libm call too
+
+
+def _scalar_only(kernel: Kernel, lanes) -> bool:
+    """Whether the vector loop must go: LLVM cannot split a scalable vector into per-lane libm calls."""
+    from .ir import walk
+
+    return lanes == "vscale" and any(isinstance(e, Op) and e.op in _LIBM_OPS and _is_float(e.args[0].dtype)
+                                     for e in walk(kernel.store.value))
+
+
 def render(kernel: Kernel, target: Target) -> str:
     declares: set = set()
     body = _Body(declares)
@@ -780,10 +791,18 @@ def render(kernel: Kernel, target: Target) -> str:
     return head + "\n".join(body.lines) + "\n}\n\n" + "\n".join(sorted(declares)) + "\n"
 
 
+def _epilogue_buffers(kernel: Kernel) -> dict:
+    from .ir import walk
+
+    if kernel.epilogue is None:
+        return {}
+    return {e.buf: (e.dtype, e.strides) for e in walk(kernel.epilogue) if isinstance(e, Load)}
+
+
 def _prologue(body: _Body, kernel: Kernel, lanes) -> tuple:
     bufs = _buffers(kernel)
     base = {}
-    for b in sorted(set(bufs) | {kernel.store.buf}):
+    for b in sorted(set(bufs) | {kernel.store.buf} | set(_epilogue_buffers(kernel))):
         slot = body.emit(f"getelementptr ptr, ptr %args, i64 {b}")
         base[b] = body.emit(f"load ptr, ptr {slot}, align 8")
     if lanes == "vscale":
@@ -840,7 +859,8 @@ def _render_elementwise(body: _Body, k: Kernel, lanes) -> None:
             offsets[b] = term if offsets[b] == "0" else body.emit(f"add i64 {offsets[b]}, {term}")
     ptrs = _row_pointers(body, base, offsets, storage)
     body.raw(f"store i64 0, ptr {j_slot}, align 8")
-    vector_ok = lanes != "vscale" or all(s in (0, 1) for s in inner_strides.values())
+    vector_ok = (lanes != "vscale" or all(s in (0, 1) for s in inner_strides.values())) \
+        and not _scalar_only(k, lanes)
     if vector_ok:
         body.raw("br label %vloop")
         body.raw("vloop:")
@@ -885,6 +905,9 @@ def _store(vals: _Values, store, ptrs: dict, j: str) -> None:
     vals.b.raw(f"store {vals.ty(st)} {v}, ptr {p}, align {_SIZE[st]}")
 
 
+_ACCUMULATORS = 4
+
+
 def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
     bufs, base, width = _prologue(body, k, lanes)
     store, op, dtype = k.store, k.reduce_op, k.store.value.dtype
@@ -900,6 +923,10 @@ def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
     o_slot, r_slot, j_slot = _counter(body, "o"), _counter(body, "r"), _counter(body, "j")
     vacc_slot, sacc_slot = "%vacc.slot", "%sacc.slot"
     body.raw(f"{vacc_slot} = alloca {vec.ty(c)}")
+    # Independent accumulators hide the combine's latency (one vector add at a time is latency bound).
+    extra_slots = [f"%vacc{u}.slot" for u in range(1, _ACCUMULATORS)]
+    for slot in extra_slots:
+        body.raw(f"{slot} = alloca {vec.ty(c)}")
     body.raw(f"{sacc_slot} = alloca {c}")
     body.raw(f"store i64 %start, ptr {o_slot}, align 8")
     body.raw("br label %out")
@@ -909,7 +936,8 @@ def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
     body.raw(f"br i1 {done}, label %exit, label %outbody")
     body.raw("outbody:")
     ident = _identity(op, dtype)
-    body.raw(f"store {vec.ty(c)} {vec.const(c, ident)}, ptr {vacc_slot}")
+    for slot in [vacc_slot] + extra_slots:
+        body.raw(f"store {vec.ty(c)} {vec.const(c, ident)}, ptr {slot}")
     body.raw(f"store {c} {sca.const(c, ident)}, ptr {sacc_slot}")
     out_offsets = _index_terms(body, o, out_dims, {b: s[:k.n_out] for b, (_, s) in bufs.items()})
     body.raw(f"store i64 0, ptr {r_slot}, align 8")
@@ -927,8 +955,21 @@ def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
     ptrs = _row_pointers(body, base, offsets, storage)
     inner_strides = [s[-1] for _, s in bufs.values()]
     body.raw(f"store i64 0, ptr {j_slot}, align 8")
-    if lanes != "vscale" or all(s in (0, 1) for s in inner_strides):
-        body.raw("br label %vloop")
+    if (lanes != "vscale" or all(s in (0, 1) for s in inner_strides)) and not _scalar_only(k, lanes):
+        body.raw("br label %uloop")
+        body.raw("uloop:")
+        j = body.emit(f"load i64, ptr {j_slot}, align 8")
+        jn = body.emit(f"add i64 {j}, {body.emit(f'mul i64 {width}, {_ACCUMULATORS}')}")
+        ok = body.emit(f"icmp sle i64 {jn}, {inner}")
+        body.raw(f"br i1 {ok}, label %ubody, label %vloop")
+        body.raw("ubody:")
+        for u, slot in enumerate([vacc_slot] + extra_slots):
+            at = j if u == 0 else body.emit(f"add i64 {j}, {body.emit(f'mul i64 {width}, {u}')}")
+            x = _Values(body, lanes, ptrs, at, width).value(store.value)
+            acc = body.emit(f"load {vec.ty(c)}, ptr {slot}")
+            body.raw(f"store {vec.ty(c)} {_combine(vec, op, dtype, acc, x)}, ptr {slot}")
+        body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
+        body.raw("br label %uloop")
         body.raw("vloop:")
         j = body.emit(f"load i64, ptr {j_slot}, align 8")
         jn = body.emit(f"add i64 {j}, {width}")
@@ -961,10 +1002,23 @@ def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
     body.raw("br label %red")
     body.raw("finish:")
     vacc = body.emit(f"load {vec.ty(c)}, ptr {vacc_slot}")
+    for slot in extra_slots:
+        vacc = _combine(vec, op, dtype, vacc, body.emit(f"load {vec.ty(c)}, ptr {slot}"))
     total = _combine(sca, op, dtype, _horizontal(vec, op, dtype, vacc),
                      body.emit(f"load {c}, ptr {sacc_slot}"))
     out = _Values(body, None, {}, o, "1")
-    v = out.stored(out.round(total, store.dtype), store.dtype)
+    if k.epilogue is None:
+        v = out.stored(out.round(total, store.dtype), store.dtype)
+    else:
+        ebufs = _epilogue_buffers(k)
+        eoffsets = _index_terms(body, o, out_dims, {b: s for b, (_, s) in ebufs.items()})
+        eptrs = _row_pointers(body, base, eoffsets, {b: _STORAGE[d] for b, (d, _) in ebufs.items()})
+        ev = _Values(body, None, eptrs, "0", "1")
+        from .ir import walk
+
+        for red in (e for e in walk(k.epilogue) if isinstance(e, Reduced)):
+            ev.memo[red] = out.round(total, red.dtype)
+        v = ev.stored(ev.value(k.epilogue), store.dtype)
     st = _STORAGE[store.dtype]
     p = body.emit(f"getelementptr {st}, ptr {base[store.buf]}, i64 {o}")
     body.raw(f"store {st} {v}, ptr {p}, align {_SIZE[st]}")

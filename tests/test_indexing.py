@@ -378,6 +378,11 @@ def test_hypothesis_mixed_advanced_indices(entries):
         np.testing.assert_array_equal(np.array(ours.at[build(mx)].add(1.0)), want)
     else:
         assert_same(ours.at[build(mx)].add(1.0), ref_at)
+    want = np.array(ref)
+    try:
+        ref[build(mlx)] = 0.5
+        want = np.array(ref)
+    except ValueError:  # the same MLX scatter failure as above: numpy's assignment is the reference
+        want[build(np)] = 0.5
     ours[build(mx)] = 0.5
-    ref[build(mlx)] = 0.5
-    assert_same(ours, ref)
+    np.testing.assert_array_equal(np.array(ours), want)

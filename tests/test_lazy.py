@@ -13,7 +13,8 @@ from mlxarm.backend.numpy_executor import NumpyExecutor
 
 @pytest.fixture
 def runs(monkeypatch):
-    """Counts the nodes the numpy executor realizes."""
+    """Counts the nodes the numpy executor realizes (so it must be the executor)."""
+    monkeypatch.setenv("MLXARM_DEVICE", "numpy")
     count = {"nodes": 0}
     real_run = NumpyExecutor.run
 

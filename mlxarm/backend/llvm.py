@@ -7,7 +7,9 @@ index space. Nodes no kernel covers run on the numpy executor in between; buffer
 either way, so nothing is copied between the two. Object code is cached on disk (``cache``) and the
 loaded functions in memory, keyed by the kernel IR.
 
-``MLXARM_DEBUG=1`` prints the steps of every eval, ``MLXARM_DEBUG=2`` also each kernel's source.
+``MLXARM_DEBUG=1`` prints the steps of every eval, ``MLXARM_DEBUG=2`` also each kernel's source;
+``MLXARM_THREADS`` sets the number of worker threads (default: one per CPU). softmax, rms_norm and
+layer_norm over the last axis of float32 data run as row kernels (``codegen.rows``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import __version__
-from ..codegen import fuse, ir, lower, render_llvm
+from ..codegen import fuse, ir, lower, render_llvm, rows
 from ..codegen import target as targets
 from ..core.device import memory
 from .cache import ObjectCache
@@ -100,7 +102,7 @@ class LLVMExecutor:
         self.target = self.compiler.target
         self.functions: dict = {}  # kernel IR -> loaded function
         self.sources: dict = {}
-        self.workers = os.cpu_count() or 1
+        self.workers = int(os.environ.get("MLXARM_THREADS") or 0) or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mlxarm-llvm") \
             if self.workers > 1 else None
         self.numpy = NumpyExecutor()
@@ -120,6 +122,22 @@ class LLVMExecutor:
             self.sources[kernel] = source
         return fn
 
+    def row_function(self, kernel: rows.RowKernel):
+        fn = self.functions.get(kernel)
+        if fn is None:
+            source = rows.render(kernel, self.target)
+            fn = self.functions[kernel] = self.compiler.load(source, kernel.name)
+            self.sources[kernel] = source
+        return fn
+
+    def run_rows(self, node, kernel: rows.RowKernel) -> np.ndarray:
+        """softmax / rms_norm / layer_norm over the last axis: one row kernel."""
+        arrays = [np.ascontiguousarray(i._data) for i in node._inputs]
+        out = np.empty(node._shape, np.float32)
+        if out.size:
+            self.split(self.row_function(kernel), [out] + arrays, out.size // kernel.n, kernel.n, 1)
+        return out
+
     def run(self, refs) -> None:
         nodes = [n for n in (r() for r in refs) if n is not None and n._data is None]
         steps = fuse.plan(nodes, caps=lower.EVERYTHING)
@@ -129,6 +147,13 @@ class LLVMExecutor:
         for step in steps:
             node = step.node
             if node._data is not None:
+                continue
+            row_kernel = rows.match(node, self.target.lanes) if step.kind == "numpy" else None
+            if row_kernel is not None:
+                self.last_plan.append(("kernel", row_kernel.name))
+                if debug:
+                    print(f"[mlxarm] kernel {row_kernel.name} {node._shape}", file=sys.stderr)
+                self.realized(node, self.run_rows(node, row_kernel))
                 continue
             if step.kind == "numpy":
                 self.numpy.run([weakref.ref(node)])
@@ -147,27 +172,35 @@ class LLVMExecutor:
                     print(self.sources[kernel], file=sys.stderr)
                 self.launch(fn, kernel, [out] + arrays)
             del arrays
-            self.kernels_run += 1
-            node._data = out
-            if not _keeps_graph():
-                # Inputs dying here are freed before the output is counted, as MLX's buffer
-                # donation would reuse them.
-                node._inputs = ()
-                node._params = None
-            memory.alloc(out.nbytes)
-            weakref.finalize(out, memory.free, out.nbytes)
+            self.realized(node, out)
+
+    def realized(self, node, out: np.ndarray) -> None:
+        """Give ``node`` its buffer ``out``, written by a kernel."""
+        self.kernels_run += 1
+        node._data = out
+        if not _keeps_graph():
+            # Inputs dying here are freed before the output is counted, as MLX's buffer donation
+            # would reuse them.
+            node._inputs = ()
+            node._params = None
+        memory.alloc(out.nbytes)
+        weakref.finalize(out, memory.free, out.nbytes)
 
     def launch(self, fn, kernel: ir.Kernel, arrays: list) -> None:
-        args = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
-        total = kernel.out_size
         per_unit = 1
         for d in kernel.dims[kernel.n_out:]:
             per_unit *= d
+        align = kernel.width * 4 if kernel.reduce_op is None else 1
+        self.split(fn, arrays, kernel.out_size, per_unit, align)
+
+    def split(self, fn, arrays: list, total: int, per_unit: int, align: int) -> None:
+        """Run ``fn`` over [0, total) units of ``per_unit`` element-steps each, in slices of a
+        multiple of ``align`` units spread over the workers when the work is big enough."""
+        args = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
         if self.pool is None or total * per_unit < _PARALLEL_MIN or total < 2:
             fn(args, 0, total)
             return
         parts = min(self.workers, total)
-        align = kernel.width * 4 if kernel.reduce_op is None else 1
         bounds = [min(total, (total * p // parts + align - 1) // align * align) for p in range(parts)] + [total]
         futures = [self.pool.submit(fn, args, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
         for f in futures:
