@@ -158,19 +158,8 @@ def test_nn_and_optimizers_when_present():
         alias.uninstall()
 
 
-def test_nested_packages_follow_their_parent(tmp_path, monkeypatch):
-    """mlx.nn.layers.linear -> mlxarm.nn.layers.linear, shown on a stand-in package when mlxarm.nn
-    is not there (the real one is covered by test_nn_and_optimizers_when_present)."""
-    import mlxarm
-
-    if importlib.util.find_spec("mlxarm.nn") is not None:
-        pytest.skip("mlxarm.nn exists")
-    layers = tmp_path / "nn" / "layers"
-    layers.mkdir(parents=True)
-    (tmp_path / "nn" / "__init__.py").write_text("from .layers.linear import Linear\n")
-    (layers / "__init__.py").write_text("")
-    (layers / "linear.py").write_text("class Linear:\n    pass\n")
-    monkeypatch.setattr(mlxarm, "__path__", list(mlxarm.__path__) + [str(tmp_path)])
+def test_nested_packages_follow_their_parent():
+    """mlx.nn.layers.linear is mlxarm.nn.layers.linear: submodules map one to one."""
     alias.install(override=True)
     try:
         import mlx.nn as nn
@@ -181,7 +170,3 @@ def test_nested_packages_follow_their_parent(tmp_path, monkeypatch):
         assert sys.modules["mlx.nn.layers"] is sys.modules["mlxarm.nn.layers"]
     finally:
         alias.uninstall()
-        for name in [n for n in sys.modules if n == "mlxarm.nn" or n.startswith("mlxarm.nn.")]:
-            del sys.modules[name]
-        if hasattr(mlxarm, "nn"):
-            del mlxarm.nn

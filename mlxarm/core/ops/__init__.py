@@ -6,7 +6,7 @@ The package namespace holds every public op plus the private hooks the array typ
 from importlib import import_module
 
 _MODULES = ["elementwise", "shape", "creation", "reduction", "scan", "indexing", "linalg", "sort",
-            "misc", "conv"]
+            "misc", "conv", "quantized"]
 
 for _name in _MODULES:
     _mod = import_module(f"{__name__}.{_name}")

@@ -41,6 +41,18 @@ class Linear(Module):
             return mx.addmm(self["bias"], x, self["weight"].T)
         return x @ self["weight"].T
 
+    def to_quantized(self, group_size: int = None, bits: int = None, mode: str = "affine",
+                     quantize_input: bool = False):
+        """A ``QuantizedLinear`` approximation of this layer."""
+        from .quantized import QQLinear, QuantizedLinear
+
+        if quantize_input:
+            if mode not in ("nvfp4", "mxfp8"):
+                raise ValueError("Quantized activations are only supported for 'nvfp4' and 'mxfp8' modes, "
+                                 f"got {mode}.")
+            return QQLinear.from_linear(self, group_size, bits, mode)
+        return QuantizedLinear.from_linear(self, group_size, bits, mode)
+
 
 class Bilinear(Module):
     r"""``y_i = x_1^T W_i x_2 + b_i`` with ``weight`` of shape
