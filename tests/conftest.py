@@ -26,15 +26,16 @@ def pytest_configure(config):
 
 
 def _uses_mlx(module) -> bool:
-    """Test modules that compare against real MLX carry the ``mlx`` marker on every test, so the
-    numpy-only job deselects them (``-m "not mlx"``) instead of skipping them."""
+    """A test module that needs real MLX at import (a module-level ``importorskip("mlx...")``) carries
+    the ``mlx`` marker on every test, so the numpy-only job deselects it (``-m "not mlx"``) instead of
+    skipping it. Other modules mark their MLX tests one by one."""
     path = getattr(module, "__file__", None) or ""
     if path not in _MLX_MODULES:
         try:
             text = open(path, encoding="utf-8").read()
         except OSError:
             text = ""
-        _MLX_MODULES[path] = 'importorskip("mlx' in text or "import mlx." in text
+        _MLX_MODULES[path] = re.search(r'^\w+ = pytest\.importorskip\("mlx', text, re.M) is not None
     return _MLX_MODULES[path]
 
 
