@@ -105,10 +105,12 @@ def _matvec(group: "_Group", node) -> tuple:
 class _Group:
     """Builds the expression of one kernel and collects the buffer views it loads."""
 
-    def __init__(self, final_moves: tuple, arrays: list | None = None, slots: dict | None = None):
+    def __init__(self, final_moves: tuple, arrays: list | None = None, slots: dict | None = None,
+                 sources: list | None = None):
         self.final = final_moves  # applied to every leaf after the graph's own views
         self.arrays: list = [] if arrays is None else arrays  # shared by a reduction and its epilogue
         self.slots: dict = {} if slots is None else slots
+        self.sources = sources  # per buffer: (leaf node, view's byte offset or None for a copy)
         self.memo: dict = {}
         self.reduced = None  # the reduction an epilogue group reads
 
@@ -146,17 +148,25 @@ class _Group:
         arr = node._data
         for fn, params in moves + self.final:
             arr = fn(params, arr)
-        key = (arr.__array_interface__["data"][0], arr.strides, arr.shape, node._dtype.name, bool(self.final))
+        ptr = arr.__array_interface__["data"][0]
+        # Keyed by the node too: a buffer shared by distinct nodes gets one slot per node, so a kernel
+        # depends on the graph's structure only, never on where buffers happen to live.
+        key = (id(node), ptr, arr.strides, arr.shape, node._dtype.name, bool(self.final))
         slot = self.slots.get(key)
         if slot is None:
             slot = self.slots[key] = len(self.arrays) + 1  # buffer 0 is the output
             self.arrays.append(arr)
+            if self.sources is not None:
+                base = node._data
+                view = arr.size == 0 or np.may_share_memory(arr, base)
+                self.sources.append((node, ptr - base.__array_interface__["data"][0] if view else None))
         size = arr.itemsize
         return ir.Load(slot, node._dtype.name, tuple(s // size for s in arr.strides))
 
 
-def _coalesce(dims: tuple, strides: list, n_out: int) -> tuple:
-    """Drop size-1 dims and merge neighbours every buffer walks contiguously. Returns
+def _coalesce(dims: tuple, strides: list, n_out: int, reducing: bool = False) -> tuple:
+    """Drop size-1 dims and merge neighbours every buffer walks contiguously; a reduction keeps one
+    reduced dim (of size 1 when it reduces nothing, as argmax of a scalar does). Returns
     (dims, strides per buffer, n_out)."""
     groups = []
     for lo, hi in ((0, n_out), (n_out, len(dims))):
@@ -172,7 +182,7 @@ def _coalesce(dims: tuple, strides: list, n_out: int) -> tuple:
     out, red = groups
     if n_out == len(dims) and not out:
         out = [[1, [0] * len(strides)]]
-    if n_out < len(dims) and not red:
+    if (reducing or n_out < len(dims)) and not red:
         red = [[1, [0] * len(strides)]]
     new_dims = tuple(m[0] for m in out + red)
     new_strides = [tuple(m[1][b] for m in out + red) for b in range(len(strides))]
@@ -197,19 +207,60 @@ def _restride(e, strides_of: dict):
     return ir.Op(e.op, tuple(_restride(a, strides_of) for a in e.args), e.dtype)
 
 
-def lower(root, width: int):
-    """(kernel, [input arrays in buffer order 1..n], output array) for the group rooted at ``root``."""
+def _frozen(params):
+    if params is None:
+        return None
+    if type(params) is dict:
+        params = tuple(params.items())
+    try:
+        hash(params)
+        return params
+    except TypeError:
+        return repr(params)
+
+
+def structure(root) -> tuple:
+    """(key, leaves): a hashable description of the group rooted at ``root`` (its primitives,
+    params, shapes and dtypes, and the layout of the realized buffers it reads, but not their
+    contents or addresses), and those buffers' nodes in a fixed order. Two groups with equal keys
+    lower to the same kernel, reading the same byte offsets into their leaves."""
+    key = []
+    leaves = []
+    seen: dict = {}
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        k = id(n)
+        at = seen.get(k)
+        if at is not None:
+            key.append(at)  # a node reached again: the DAG's sharing is part of the structure
+            continue
+        seen[k] = len(seen)
+        data = n._data
+        if data is not None:
+            key.append((data.shape, data.strides, n._dtype.name))
+            leaves.append(n)
+        else:
+            key.append((n._prim.name, _frozen(n._params), n._shape, n._dtype.name, len(n._inputs)))
+            stack.extend(n._inputs)
+    return tuple(key), leaves
+
+
+def lower(root, width: int, sources: list | None = None):
+    """(kernel, [input arrays in buffer order 1..n], output array) for the group rooted at ``root``.
+    ``sources``, when given, receives for each input buffer its leaf node and the byte offset of
+    the array read from that node's buffer (None when a view had to copy)."""
     out = np.empty(root._shape, dtype=root._dtype.np_storage)
     reduction, epilogue = (root, None) if _is_reduction(root) else (None, None)
     arrays: list = []
     if reduction is None:
-        group = _Group((), arrays)
+        group = _Group((), arrays, sources=sources)
         value = group.expr(root, ())
         if group.reduced is not None:
             reduction, epilogue = group.reduced, value
             slots = group.slots
     if reduction is not None and reduction._prim.name == "matmul":
-        group = _Group((), arrays, slots if epilogue is not None else None)
+        group = _Group((), arrays, slots if epilogue is not None else None, sources)
         value, dims, n_out = _matvec(group, reduction)
         axes = (n_out,)  # the reduced dim's position, for the epilogue's keepdims rule
         out_strides = _contiguous_strides(dims[:n_out]) + (0,)
@@ -219,7 +270,7 @@ def lower(root, width: int):
         axes = reduction._params["axes"]
         kept = tuple(d for d in range(len(src._shape)) if d not in axes)
         perm = kept + tuple(axes)
-        group = _Group(((_transpose, perm),), arrays, slots if epilogue is not None else None)
+        group = _Group(((_transpose, perm),), arrays, slots if epilogue is not None else None, sources)
         value = group.expr(src, ())
         if reduction._prim.name in ("all", "any") and value.dtype != "bool":
             value = ir.Cast(value, "bool")
@@ -245,7 +296,7 @@ def lower(root, width: int):
     bufs = sorted(by_buf)
     ebufs = sorted(tail)
     dims, strides, n_out = _coalesce(dims, [out_strides] + [by_buf[b] for b in bufs]
-                                     + [tail[b] for b in ebufs], n_out)
+                                     + [tail[b] for b in ebufs], n_out, reduce_op is not None)
     value = _restride(value, dict(zip(bufs, strides[1:1 + len(bufs)])))
     if epilogue is not None:
         epilogue = _restride(epilogue, {b: st[:n_out] for b, st in zip(ebufs, strides[1 + len(bufs):])})

@@ -218,3 +218,86 @@ def test_compile_failure_names_backend_and_keeps_source(tmp_path):
 def test_executor_info():
     info = executor("llvm").info()
     assert info["backend"] == "llvm" and info["threads"] >= 1
+
+
+def test_plans_are_cached_by_structure():
+    """A graph shape seen before skips lowering: scalars are buffers, so ``x + i`` for any i is one
+    plan, while another layout of the same values is another plan with the right answer."""
+    ex = executor("llvm")
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    x = ma.array(base)
+
+    def run(fn):
+        old = os.environ.get("MLXARM_DEVICE")
+        os.environ["MLXARM_DEVICE"] = "llvm"
+        try:
+            out = fn()
+            ma.eval(out)
+            return np.array(out)
+        finally:
+            if old is None:
+                del os.environ["MLXARM_DEVICE"]
+            else:
+                os.environ["MLXARM_DEVICE"] = old
+
+    run(lambda: x + 0.5)
+    before = len(ex.plans)
+    for i in range(5):
+        np.testing.assert_array_equal(run(lambda: x + float(i)), base + i)
+    assert len(ex.plans) == before
+    np.testing.assert_array_equal(run(lambda: x.T + 1.0), base.T + 1)
+    np.testing.assert_array_equal(run(lambda: x[1:, ::2] * 2.0), base[1:, ::2] * 2)
+    np.testing.assert_array_equal(run(lambda: x[1:, ::2] * 3.0), base[1:, ::2] * 3)
+    # The same buffer read by two nodes, and one node read twice, through different views.
+    y = ma.array(base)
+    np.testing.assert_array_equal(run(lambda: x * y.T.T + x), base * base + base)
+    np.testing.assert_array_equal(run(lambda: x[:, :3] - x[:, 3:]), base[:, :3] - base[:, 3:])
+
+
+GEMM_SHAPES = [(1, 1, 1), (7, 5, 3), (6, 1, 32), (37, 300, 45), (64, 64, 64), (100, 513, 33), (13, 600, 97)]
+
+
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
+def test_gemm_template(m, k, n):
+    ex = executor("llvm")
+    rng = np.random.default_rng(m * 1000 + k + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    res = rng.standard_normal((m, n)).astype(np.float32)
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    np.testing.assert_allclose(ex.gemm(a, b), a @ b, **tol)
+    at, bt = np.asfortranarray(a), b.T.copy().T  # transposed layouts of the same values
+    np.testing.assert_allclose(ex.gemm(at, bt), a @ b, **tol)
+    np.testing.assert_allclose(ex.gemm(a, b, bias=bias), a @ b + bias, **tol)
+    np.testing.assert_allclose(ex.gemm(a, b, bias=bias, act="relu", residual=res),
+                               np.maximum(a @ b + bias, 0) + res, **tol)
+    np.testing.assert_allclose(ex.gemm(a, b, act="relu"), np.maximum(a @ b, 0), **tol)
+
+
+def test_gemm_empty():
+    ex = executor("llvm")
+    assert ex.gemm(np.ones((3, 0), np.float32), np.ones((0, 4), np.float32)).tolist() == [[0.0] * 4] * 3
+    assert ex.gemm(np.ones((0, 5), np.float32), np.ones((5, 4), np.float32)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("sa,sb,ta,tb", [((64, 48), (48, 80), False, False), ((64, 48), (80, 48), False, True),
+                                         ((3, 40, 50), (50, 70), True, False),
+                                         ((2, 1, 33, 65), (3, 65, 40), False, False)])
+def test_matmul_runs_on_the_template(sa, sb, ta, tb):
+    mx = pytest.importorskip("mlx.core")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(sa[:-2] + (sa[-1], sa[-2]) if ta else sa).astype(np.float32)
+    b = rng.standard_normal(sb).astype(np.float32)
+
+    def graph(lib):
+        x, y = lib.array(a), lib.array(b)
+        x = lib.swapaxes(x, -1, -2) if ta else x
+        y = lib.swapaxes(y, -1, -2) if tb else y
+        return x @ y
+
+    got = on("llvm", lambda: graph(ma))
+    assert ("kernel", "gemm") in executor("llvm").last_plan
+    want = graph(mx)
+    assert got.shape == tuple(want.shape) and got.dtype == ma.float32
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-4)

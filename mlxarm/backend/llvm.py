@@ -14,6 +14,7 @@ layer_norm over the last axis of float32 data run as row kernels (``codegen.rows
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 import threading
@@ -24,6 +25,7 @@ import numpy as np
 
 from .. import __version__
 from ..codegen import fuse, ir, lower, render_llvm, rows
+from ..kernels import matmul as gemm_template
 from ..codegen import target as targets
 from ..core.device import memory
 from .cache import ObjectCache
@@ -33,6 +35,8 @@ _KERNEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_in
 # Below this many element-steps a kernel runs on the calling thread: handing work to the pool costs
 # more than it saves.
 _PARALLEL_MIN = 1 << 16
+# Below this many multiply-adds (M*N*K) a float32 matmul stays on numpy: packing costs more than it saves.
+_GEMM_MIN = 1 << 15
 
 
 class CompileError(RuntimeError):
@@ -102,6 +106,7 @@ class LLVMExecutor:
         self.target = self.compiler.target
         self.functions: dict = {}  # kernel IR -> loaded function
         self.sources: dict = {}
+        self.plans: dict = {}  # lower.structure key -> (kernel, summary, function, (leaf, byte offset) per input)
         self.workers = int(os.environ.get("MLXARM_THREADS") or 0) or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mlxarm-llvm") \
             if self.workers > 1 else None
@@ -135,7 +140,8 @@ class LLVMExecutor:
         arrays = [np.ascontiguousarray(i._data) for i in node._inputs]
         out = np.empty(node._shape, np.float32)
         if out.size:
-            self.split(self.row_function(kernel), [out] + arrays, out.size // kernel.n, kernel.n, 1)
+            self.split(self.row_function(kernel), [a.ctypes.data for a in [out] + arrays],
+                       out.size // kernel.n, kernel.n, 1)
         return out
 
     def run(self, refs) -> None:
@@ -147,6 +153,12 @@ class LLVMExecutor:
         for step in steps:
             node = step.node
             if node._data is not None:
+                continue
+            if step.kind == "numpy" and self.gemm_fits(node):
+                self.last_plan.append(("kernel", "gemm"))
+                if debug:
+                    print(f"[mlxarm] kernel gemm {node._shape}", file=sys.stderr)
+                self.realized(node, self.run_matmul(node))
                 continue
             row_kernel = rows.match(node, self.target.lanes) if step.kind == "numpy" else None
             if row_kernel is not None:
@@ -162,17 +174,93 @@ class LLVMExecutor:
                     print(f"[mlxarm] numpy  {self.last_plan[-1][1]} {node._shape} {node._dtype.name}",
                           file=sys.stderr)
                 continue
-            kernel, arrays, out = lower.lower(node, self.target.lanes)
-            self.last_plan.append(("kernel", ir.summary(kernel)))
+            kernel, summary, fn, addresses, keep = self.lowered(node)
+            self.last_plan.append(("kernel", summary))
             if debug:
-                print(f"[mlxarm] kernel {ir.summary(kernel)}", file=sys.stderr)
-            if out.size:
-                fn = self.function(kernel)
+                print(f"[mlxarm] kernel {summary}", file=sys.stderr)
                 if debug > 1:
                     print(self.sources[kernel], file=sys.stderr)
-                self.launch(fn, kernel, [out] + arrays)
-            del arrays
+            out = np.empty(node._shape, dtype=node._dtype.np_storage)
+            if out.size:
+                self.launch(fn, kernel, [out.ctypes.data] + addresses)
+            del keep
             self.realized(node, out)
+
+    def gemm_fits(self, node) -> bool:
+        """A float32 matmul big enough for the packed template to beat its packing cost."""
+        if node._prim is None or node._prim.name != "matmul" or node._dtype.name != "float32" \
+                or self.target.scalable:
+            return False
+        a, b = node._inputs
+        m, k, n = a._shape[-2], a._shape[-1], b._shape[-1]
+        return m * n * k >= _GEMM_MIN and a._dtype.name == "float32" and b._dtype.name == "float32"
+
+    def run_matmul(self, node) -> np.ndarray:
+        a, b = (i._data for i in node._inputs)
+        batch = node._shape[:-2]
+        if not batch:
+            return self.gemm(a, b)  # the first M rows of a padded buffer: contiguous, no copy
+        a = np.broadcast_to(a, batch + a.shape[-2:])
+        b = np.broadcast_to(b, batch + b.shape[-2:])
+        out = np.empty(node._shape, np.float32)
+        for idx in np.ndindex(*batch):
+            out[idx] = self.gemm(a[idx], b[idx])
+        return out
+
+    def gemm(self, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None, act: str | None = None,
+             residual: np.ndarray | None = None) -> np.ndarray:
+        """``act(a @ b + bias) + residual`` for float32 (M, K) @ (K, N) (any strides), with
+        ``bias`` of shape (N,) and ``residual`` of shape (M, N), by the tiled template
+        (``kernels.matmul``) on every worker."""
+        m, k = a.shape
+        n = b.shape[1]
+        if not (m and n and k):
+            out = np.zeros((m, n), np.float32) if bias is None else np.broadcast_to(bias, (m, n)).copy()
+            if act == "relu":
+                np.maximum(out, 0, out=out)
+            return out if residual is None else out + residual
+        lanes = self.target.lanes
+        nr = gemm_template.panel_width(lanes)
+        key = ("gemm", lanes, bias is not None, act, residual is not None)
+        fn = self.functions.get(key)
+        if fn is None:
+            source = gemm_template.render(lanes, bias is not None, act, residual is not None)
+            fn = self.functions[key] = self.compiler.load(
+                source, gemm_template.name(lanes, bias is not None, act, residual is not None))
+            self.sources[key] = source
+        pa = gemm_template.pack_a(a)
+        pb = gemm_template.pack_b(b, nr)
+        rows_padded = pa.shape[0] * gemm_template.MR
+        c = np.empty((rows_padded, n), np.float32)
+        bias = None if bias is None else np.ascontiguousarray(bias, np.float32)
+        residual = None if residual is None else np.ascontiguousarray(residual, np.float32)
+        meta = np.array([m, n, k, n, n], np.int64)
+        addresses = [c.ctypes.data, pa.ctypes.data, pb.ctypes.data,
+                     0 if bias is None else bias.ctypes.data, 0 if residual is None else residual.ctypes.data,
+                     meta.ctypes.data]
+        self.split(fn, addresses, pb.shape[0], 2 * m * k * nr, 1)
+        return c[:m]
+
+    def lowered(self, node) -> tuple:
+        """(kernel, its summary, function, input addresses, what must stay alive while it runs) for the group
+        rooted at ``node``. Lowering is cached by the group's structure (``lower.structure``), so a
+        graph shape seen before costs one walk over its nodes: buffers are found again as byte
+        offsets into the group's leaves."""
+        key, leaves = lower.structure(node)
+        plan = self.plans.get(key)
+        if plan is None:
+            sources: list = []
+            kernel, arrays, _ = lower.lower(node, self.target.lanes, sources)
+            fn = self.function(kernel) if math.prod(node._shape) else None  # empty: never run
+            where = {id(n): i for i, n in enumerate(leaves)}
+            offsets = tuple((where[id(n)], off) for n, off in sources)
+            # A view that had to copy has no offset: such a group is lowered every time.
+            summary = ir.summary(kernel)
+            if all(off is not None for _, off in offsets):
+                self.plans[key] = (kernel, summary, fn, offsets)
+            return kernel, summary, fn, [a.ctypes.data for a in arrays], arrays
+        kernel, summary, fn, offsets = plan
+        return kernel, summary, fn, [leaves[i]._data.ctypes.data + off for i, off in offsets], None
 
     def realized(self, node, out: np.ndarray) -> None:
         """Give ``node`` its buffer ``out``, written by a kernel."""
@@ -186,17 +274,18 @@ class LLVMExecutor:
         memory.alloc(out.nbytes)
         weakref.finalize(out, memory.free, out.nbytes)
 
-    def launch(self, fn, kernel: ir.Kernel, arrays: list) -> None:
+    def launch(self, fn, kernel: ir.Kernel, addresses: list) -> None:
         per_unit = 1
         for d in kernel.dims[kernel.n_out:]:
             per_unit *= d
         align = kernel.width * 4 if kernel.reduce_op is None else 1
-        self.split(fn, arrays, kernel.out_size, per_unit, align)
+        self.split(fn, addresses, kernel.out_size, per_unit, align)
 
-    def split(self, fn, arrays: list, total: int, per_unit: int, align: int) -> None:
+    def split(self, fn, addresses: list, total: int, per_unit: int, align: int) -> None:
         """Run ``fn`` over [0, total) units of ``per_unit`` element-steps each, in slices of a
-        multiple of ``align`` units spread over the workers when the work is big enough."""
-        args = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
+        multiple of ``align`` units spread over the workers when the work is big enough. The caller
+        keeps the buffers at ``addresses`` alive until this returns."""
+        args = (ctypes.c_void_p * len(addresses))(*addresses)
         if self.pool is None or total * per_unit < _PARALLEL_MIN or total < 2:
             fn(args, 0, total)
             return
@@ -205,7 +294,6 @@ class LLVMExecutor:
         futures = [self.pool.submit(fn, args, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
         for f in futures:
             f.result()
-        del arrays  # the buffers must outlive the workers: they are held until here
 
 
 def available() -> str | None:
