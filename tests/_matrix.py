@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect
 
+import os
+
 import numpy as np
 import pytest
 
@@ -233,3 +235,18 @@ def assert_same_outcome(ours_fn, mlx_fn, context: str = "", message: bool = True
             assert str(info.value) == str(e), f"{context}: message {str(info.value)!r} vs MLX {str(e)!r}"
         return
     assert_same_result(ours_fn(), theirs, context)
+
+
+def on(device: str, fn):
+    """``fn()`` recorded and evaluated with ``MLXARM_DEVICE=device`` (the executor is chosen per eval)."""
+    old = os.environ.get("MLXARM_DEVICE")
+    os.environ["MLXARM_DEVICE"] = device
+    try:
+        out = fn()
+        ma.eval(out)
+        return out
+    finally:
+        if old is None:
+            del os.environ["MLXARM_DEVICE"]
+        else:
+            os.environ["MLXARM_DEVICE"] = old

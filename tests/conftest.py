@@ -11,6 +11,16 @@ import sys
 
 import pytest
 
+try:
+    from hypothesis import settings as _hsettings
+
+    # CI draws the same examples every run (reproducible); local runs explore new ones.
+    _hsettings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+    if os.environ.get("CI"):
+        _hsettings.load_profile("ci")
+except ImportError:
+    pass
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

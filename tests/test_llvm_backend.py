@@ -10,7 +10,7 @@ pytest.importorskip("llvmlite", reason="the LLVM backend needs llvmlite")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 import mlxarm.core as ma  # noqa: E402
-from _matrix import convert_args, elementwise_primitives, tolerance, values  # noqa: E402
+from _matrix import convert_args, elementwise_primitives, on, tolerance, values  # noqa: E402
 from mlxarm.backend import executor  # noqa: E402
 from mlxarm.backend.cache import ObjectCache  # noqa: E402
 from mlxarm.backend.llvm import CompileError, Compiler  # noqa: E402
@@ -21,20 +21,6 @@ from mlxarm.core.registry import API  # noqa: E402
 # float32, half precision in both formats, signed, unsigned and boolean integers).
 MATRIX_DTYPES = [dt.float32, dt.float16, dt.bfloat16, dt.int32, dt.bool_]
 REDUCE_DTYPES = MATRIX_DTYPES + [dt.int64, dt.uint8]
-
-
-def on(device: str, fn):
-    old = os.environ.get("MLXARM_DEVICE")
-    os.environ["MLXARM_DEVICE"] = device
-    try:
-        out = fn()
-        ma.eval(out)
-        return out
-    finally:
-        if old is None:
-            del os.environ["MLXARM_DEVICE"]
-        else:
-            os.environ["MLXARM_DEVICE"] = old
 
 
 def assert_backends_agree(fn, context=""):

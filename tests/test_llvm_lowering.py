@@ -9,24 +9,10 @@ import pytest
 pytest.importorskip("llvmlite", reason="the LLVM backend needs llvmlite")
 
 import mlxarm.core as ma  # noqa: E402
-from _matrix import tolerance  # noqa: E402
+from _matrix import on, tolerance  # noqa: E402
 from mlxarm.backend import executor  # noqa: E402
 
 FLOATS = [ma.float32, ma.float16, ma.bfloat16]
-
-
-def on(device: str, fn):
-    old = os.environ.get("MLXARM_DEVICE")
-    os.environ["MLXARM_DEVICE"] = device
-    try:
-        out = fn()
-        ma.eval(out)
-        return out
-    finally:
-        if old is None:
-            del os.environ["MLXARM_DEVICE"]
-        else:
-            os.environ["MLXARM_DEVICE"] = old
 
 
 def agree(fn, kernels: bool = True, scale: float = 1.0):

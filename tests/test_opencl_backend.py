@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import mlxarm.core as ma
-from _matrix import convert_args, elementwise_primitives, tolerance, values
+from _matrix import convert_args, elementwise_primitives, on, tolerance, values
 from mlxarm.backend import executor
 from mlxarm.core import dtypes as dt
 from mlxarm.core.registry import API
@@ -19,20 +19,6 @@ MATRIX_DTYPES = [dt.float32, dt.float16, dt.bfloat16, dt.int32, dt.bool_]
 REDUCE_DTYPES = [dt.float32, dt.float16, dt.int32, dt.uint8, dt.bool_]
 # GPU transcendental builtins are allowed a few ulps more than the numpy reference.
 GPU_TOLERANCE = {"float32": (2e-5, 1e-6)}
-
-
-def on(device: str, fn):
-    old = os.environ.get("MLXARM_DEVICE")
-    os.environ["MLXARM_DEVICE"] = device
-    try:
-        out = fn()
-        ma.eval(out)
-        return out
-    finally:
-        if old is None:
-            del os.environ["MLXARM_DEVICE"]
-        else:
-            os.environ["MLXARM_DEVICE"] = old
 
 
 def assert_backends_agree(device, fn, context=""):

@@ -21,7 +21,7 @@ import weakref
 
 from .array import array, make_node
 from .registry import api
-from .graph import tracing
+from .graph import array_leaves, tracing
 from .vmap import TRACE_INPUT, trace_input, placeholder_slot, in_tracing
 from .ops._base import broadcast_shapes
 
@@ -76,23 +76,7 @@ def _type_name(obj) -> str:
 
 def _state_arrays(tree) -> list:
     """The arrays of captured state (non-array leaves are ignored)."""
-    out: list = []
-
-    def walk(t):
-        if isinstance(t, array):
-            out.append(t)
-        elif isinstance(t, (list, tuple)):
-            for x in t:
-                walk(x)
-        elif isinstance(t, dict):
-            for x in t.values():
-                walk(x)
-        elif hasattr(t, "items") and callable(t.items):  # nn.Module and other mappings
-            for _, x in t.items():
-                walk(x)
-
-    walk(tree)
-    return out
+    return array_leaves(tree)
 
 
 def _fill_state(tree, values) -> None:

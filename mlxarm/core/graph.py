@@ -58,6 +58,14 @@ def _in_transform() -> bool:
     return _transforming.depth > 0 or transforms.tracing_depth > 0
 
 
+def array_leaves(tree) -> list:
+    """The arrays in a tree of lists, tuples, dicts and other mappings (nn.Module); any other leaf
+    holds no arrays and is ignored, as MLX's eval ignores it."""
+    out: list = []
+    _flatten((tree,), out)
+    return out
+
+
 def _flatten(args, out):
     for a in args:
         if isinstance(a, array):
@@ -68,7 +76,6 @@ def _flatten(args, out):
             _flatten(list(a.values()), out)
         elif hasattr(a, "items") and callable(a.items):
             _flatten([v for _, v in a.items()], out)
-        # Anything else holds no arrays: MLX ignores it.
 
 
 def _check_streams(order) -> None:

@@ -1,0 +1,51 @@
+"""Token samplers shaped like mlx-lm's ``make_sampler``: greedy, temperature, top-k, top-p and
+min-p, drawing from ``mx.random`` so ``mx.random.seed`` makes them reproducible."""
+from __future__ import annotations
+
+import math
+
+import mlxarm.core as mx
+
+
+def apply_top_k(logprobs, top_k: int):
+    if top_k <= 0 or top_k >= logprobs.shape[-1]:
+        return logprobs
+    kth = mx.expand_dims(mx.sort(logprobs, axis=-1)[..., -top_k], -1)
+    return mx.where(logprobs >= kth, logprobs, -math.inf)
+
+
+def apply_top_p(logprobs, top_p: float):
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least ``top_p``."""
+    if not 0.0 < top_p < 1.0:
+        return logprobs
+    probs = mx.softmax(logprobs, axis=-1)
+    ascending = mx.sort(probs, axis=-1)
+    mass_above = 1.0 - mx.cumsum(ascending, axis=-1)  # of the tokens likelier than each one
+    threshold = mx.min(mx.where(mass_above < top_p, ascending, 2.0), axis=-1, keepdims=True)
+    return mx.where(probs >= threshold, logprobs, -math.inf)
+
+
+def apply_min_p(logprobs, min_p: float, min_tokens_to_keep: int = 1):
+    if min_p <= 0.0:
+        return logprobs
+    top = mx.max(logprobs, axis=-1, keepdims=True)
+    keep = logprobs >= top + math.log(min_p)
+    if min_tokens_to_keep > 1:
+        kth = mx.expand_dims(mx.sort(logprobs, axis=-1)[..., -min_tokens_to_keep], -1)
+        keep = keep | (logprobs >= kth)
+    return mx.where(keep, logprobs, -math.inf)
+
+
+def make_sampler(temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0,
+                 min_tokens_to_keep: int = 1, top_k: int = 0):
+    """A function from log-probabilities (..., vocab) to sampled token ids (...)."""
+    if temp == 0:
+        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+
+    def sampler(logprobs):
+        logprobs = apply_top_k(logprobs, top_k)
+        logprobs = apply_top_p(logprobs, top_p)
+        logprobs = apply_min_p(logprobs, min_p, min_tokens_to_keep)
+        return mx.random.categorical(logprobs * (1.0 / temp), axis=-1)
+
+    return sampler
