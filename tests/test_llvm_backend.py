@@ -7,9 +7,10 @@ import pytest
 
 pytest.importorskip("llvmlite", reason="the LLVM backend needs llvmlite")
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
 
 import mlxarm.core as ma  # noqa: E402
+from _graphs import build_graph, graphs  # noqa: E402
 from _matrix import convert_args, elementwise_primitives, on, tolerance, values  # noqa: E402
 from mlxarm.backend import executor  # noqa: E402
 from mlxarm.backend.cache import ObjectCache  # noqa: E402
@@ -103,53 +104,10 @@ def test_large_input_splits_across_threads():
 
 # --- random graphs -------------------------------------------------------------------------------
 
-_UNARY = ["exp", "tanh", "sin", "abs", "negative", "sigmoid", "square"]
-_BINARY = ["add", "subtract", "multiply", "maximum", "minimum"]
-
-
-@st.composite
-def graphs(draw):
-    """A recipe: shapes, then a list of ops applied to a stack of arrays."""
-    rows = draw(st.integers(1, 9))
-    cols = draw(st.integers(1, 40))
-    steps = draw(st.lists(st.tuples(st.sampled_from(["unary", "binary", "transpose", "slice", "bcast",
-                                                     "reduce", "where", "reshape"]),
-                                    st.integers(0, 1000)), min_size=1, max_size=8))
-    seed = draw(st.integers(0, 2 ** 16))
-    return rows, cols, steps, seed
-
-
-def _build(rows, cols, steps, seed):
-    rng = np.random.default_rng(seed)
-    base = [ma.array(rng.uniform(-2, 2, (rows, cols)).astype(np.float32)),
-            ma.array(rng.uniform(-2, 2, (cols,)).astype(np.float32))]
-    x = base[0]
-    for kind, k in steps:
-        if kind == "unary":
-            x = getattr(ma, _UNARY[k % len(_UNARY)])(x)
-        elif kind == "binary":
-            other = base[1] if x.ndim and x.shape[-1] == cols else base[0][..., :1].reshape(-1)[:1]
-            x = getattr(ma, _BINARY[k % len(_BINARY)])(x, other)
-        elif kind == "transpose" and x.ndim >= 2:
-            x = x.T
-        elif kind == "slice" and x.ndim >= 1 and x.shape[0] > 1:
-            x = x[k % 2::1 + k % 3]
-        elif kind == "bcast":
-            x = ma.broadcast_to(x, (2,) + x.shape)
-        elif kind == "reduce" and x.ndim >= 1:
-            x = [ma.sum, ma.max, ma.min][k % 3](x, axis=k % x.ndim)
-        elif kind == "where":
-            x = ma.where(x > 0, x, x * 0.5)
-        elif kind == "reshape":
-            x = x.reshape(-1)
-        x = ma.clip(x, -1e3, 1e3)
-    return x
-
-
 @settings(max_examples=25, deadline=None)
 @given(graphs())
 def test_random_graphs_agree(recipe):
-    assert_backends_agree(lambda: _build(*recipe), repr(recipe))
+    assert_backends_agree(lambda: build_graph(*recipe), repr(recipe))
 
 
 # --- the compiled-kernel cache -------------------------------------------------------------------

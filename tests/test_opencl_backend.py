@@ -7,9 +7,10 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
 
 import mlxarm.core as ma
+from _graphs import build_graph, graphs
 from _matrix import convert_args, elementwise_primitives, on, tolerance, values
 from mlxarm.backend import executor
 from mlxarm.core import dtypes as dt
@@ -87,48 +88,6 @@ def check_views(device):
     assert_backends_agree(device, lambda: a[::-1, 1:, ::2] - 1, "flip/slice")
     assert_backends_agree(device, lambda: ma.broadcast_to(a[:, :1], (3, 4, 5)) + a, "broadcast")
     assert_backends_agree(device, lambda: ma.sum(a[:, ::-2].T, axis=(0, 2)), "reduce of a view")
-
-
-_UNARY = ["exp", "tanh", "sin", "abs", "negative", "sigmoid", "square"]
-_BINARY = ["add", "subtract", "multiply", "maximum", "minimum"]
-
-
-@st.composite
-def graphs(draw):
-    rows = draw(st.integers(1, 9))
-    cols = draw(st.integers(1, 40))
-    steps = draw(st.lists(st.tuples(st.sampled_from(["unary", "binary", "transpose", "slice", "bcast",
-                                                     "reduce", "where", "reshape"]),
-                                    st.integers(0, 1000)), min_size=1, max_size=6))
-    seed = draw(st.integers(0, 2 ** 16))
-    return rows, cols, steps, seed
-
-
-def build_graph(rows, cols, steps, seed):
-    rng = np.random.default_rng(seed)
-    base = [ma.array(rng.uniform(-2, 2, (rows, cols)).astype(np.float32)),
-            ma.array(rng.uniform(-2, 2, (cols,)).astype(np.float32))]
-    x = base[0]
-    for kind, k in steps:
-        if kind == "unary":
-            x = getattr(ma, _UNARY[k % len(_UNARY)])(x)
-        elif kind == "binary":
-            other = base[1] if x.ndim and x.shape[-1] == cols else base[0][..., :1].reshape(-1)[:1]
-            x = getattr(ma, _BINARY[k % len(_BINARY)])(x, other)
-        elif kind == "transpose" and x.ndim >= 2:
-            x = x.T
-        elif kind == "slice" and x.ndim >= 1 and x.shape[0] > 1:
-            x = x[k % 2::1 + k % 3]
-        elif kind == "bcast":
-            x = ma.broadcast_to(x, (2,) + x.shape)
-        elif kind == "reduce" and x.ndim >= 1:
-            x = [ma.sum, ma.max, ma.min][k % 3](x, axis=k % x.ndim)
-        elif kind == "where":
-            x = ma.where(x > 0, x, x * 0.5)
-        elif kind == "reshape":
-            x = x.reshape(-1)
-        x = ma.clip(x, -1e3, 1e3)
-    return x
 
 
 def check_mixed_with_numpy_steps(device):
@@ -215,7 +174,7 @@ def test_outputs_stay_on_device():
 
 @needs_opencl
 @settings(max_examples=15, deadline=None)
-@given(graphs())
+@given(graphs(max_steps=6))
 def test_random_graphs_agree(recipe):
     assert_backends_agree(DEVICE, lambda: build_graph(*recipe), repr(recipe))
 
