@@ -75,7 +75,7 @@ def test_outputs_stay_on_device():
 
 @needs_vulkan
 @settings(max_examples=15, deadline=None)
-@given(shared.graphs())
+@given(shared.graphs(max_steps=6))
 def test_random_graphs_agree(recipe):
     shared.assert_backends_agree(DEVICE, lambda: shared.build_graph(*recipe), repr(recipe))
 
