@@ -8,6 +8,8 @@ from typing import Optional
 import mlxarm.core as mx
 import mlxarm.nn as nn
 
+from .base import create_attention_mask, scaled_dot_product_attention
+
 
 @dataclass
 class ModelArgs:
@@ -57,7 +59,7 @@ class Attention(nn.Module):
             k, v = cache.update_and_fetch(k, v)
         else:
             q, k = self.rope(q), self.rope(k)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        out = scaled_dot_product_attention(q, k, v, cache, self.scale, mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -97,7 +99,7 @@ class LlamaModel(nn.Module):
         # activations stay in float32 as the reference implementations compute them.
         h = self.embed_tokens(inputs).astype(mx.float32)
         cache = cache if cache is not None else [None] * len(self.layers)
-        mask = "causal" if h.shape[1] > 1 else None
+        mask = create_attention_mask(h, cache[0])
         for layer, c in zip(self.layers, cache):
             h = layer(h, mask, c)
         return self.norm(h)
