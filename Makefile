@@ -1,4 +1,5 @@
-# make run  : set up (system packages, .venv, the project with its extras) and run the demo
+# make run  : set up (system packages, .venv, the project with its extras), then the embedded model
+#             (SmolLM2-135M-Instruct) answers PROMPT: make run PROMPT="Why is the sky blue?"
 # make test : the same set-up, then the test suite (full venv, then a numpy-only venv)
 # Both are idempotent: a second run re-installs nothing unless pyproject.toml changed.
 
@@ -14,11 +15,13 @@ SYSPKGS     := mesa-vulkan-drivers libvulkan-dev vulkan-tools glslang-tools vulk
                pocl-opencl-icd ocl-icd-opencl-dev clinfo libfmt-dev cmake g++ \
                gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
 PYTEST_ARGS ?= -q
+PROMPT      ?= What is the capital of France? Answer in one sentence.
+MAX_TOKENS  ?= 64
 
 .PHONY: run test setup sysdeps kp clean
 
 run: setup
-	$(PY) examples/demo.py
+	$(PY) -m mlxarm.lm generate --prompt "$(PROMPT)" --max-tokens $(MAX_TOKENS)
 
 test: setup $(NPSTAMP)
 	MLXARM_FORBID_SKIPS=1 $(PY) -m pytest $(PYTEST_ARGS) tests

@@ -1,0 +1,352 @@
+"""LLM speed: mlxarm.lm on each executor beside llama.cpp, mlx-lm on real MLX and HF transformers, on the
+same model, the same machine and the same thread count, in one run.
+
+For every system: prefill tokens/s of a ``--prompt-tokens`` prompt (128), decode tokens/s over
+``--gen-tokens`` greedy steps (64, never stopping at end-of-text), time to first token in a fresh process
+(for mlxarm twice: with an empty kernel cache and with a warm one), and the process's peak RSS. For mlxarm
+also the host time of a decode step spent recording the graph in Python (the lazy forward pass, before any
+eval). Every system runs in its own process, so RSS and first-token times are its own.
+
+The peers live in their own venv (``--peers-venv``, default benchmarks/.peers; ``--setup-peers`` creates it:
+llama-cpp-python, which builds llama.cpp from source once (about 10 minutes), mlx[cpu] with mlx-lm, torch
+2.13.0 CPU with transformers and gguf). mlx-lm runs on MLX-format folders made from the same GGUF by
+``mlxarm-lm convert`` (float32, and 4-bit group 32), so every system computes the same model.
+
+    python benchmarks/lm.py [--model GGUF] [--devices llvm,numpy] [--peers llama.cpp,mlx-lm,transformers]
+                            [--threads 2] [--setup-peers]
+
+Results: benchmarks/results/lm.json and lm.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PEER_PACKAGES = ["llama-cpp-python", "mlx[cpu]", "mlx-lm", "torch==2.13.0", "transformers", "gguf"]
+# A prompt long enough for any --prompt-tokens up to a few hundred; cut to the exact token count.
+TEXT = ("The history of computing is a story of people who wanted machines to do arithmetic for them. "
+        "Early mechanical calculators added and multiplied with gears; later, punched cards stored "
+        "programs and data, and electronic computers replaced relays with vacuum tubes, then transistors, "
+        "then integrated circuits holding billions of switches. Each step made computers smaller, cheaper "
+        "and faster, until a phone in a pocket held more power than the machines that sent people to the "
+        "moon. Today the same ideas run language models on laptops, phones and small boards: a model is a "
+        "long list of numbers, and generating text means multiplying those numbers by a vector, one token "
+        "at a time, as fast as memory can deliver them. ") * 4
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _emit(result: dict) -> None:
+    result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# --- workers (each runs in its own process) --------------------------------------------------------------
+
+def worker_mlxarm(options, ids: list) -> None:
+    import mlxarm.core as mx
+    from mlxarm import lm
+    from mlxarm.lm.generate import generate_step
+
+    t0 = time.perf_counter()
+    model, _ = lm.load(options.model)
+    load_s = time.perf_counter() - t0
+    result = {"load_s": load_s}
+
+    def run(n_gen):
+        start = time.perf_counter()
+        stamps = []
+        for _token, _ in generate_step(ids, model, max_tokens=n_gen):
+            stamps.append(time.perf_counter())
+        return start, stamps
+
+    start, stamps = run(1)
+    result["ttft_s"] = stamps[0] - start
+    if not options.first_token_only:
+        start, stamps = run(options.gen_tokens + 1)
+        result["prefill_tps"] = len(ids) / (stamps[0] - start)
+        result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
+        # Host time of one decode step spent recording the lazy graph (Python only, no eval).
+        cache = lm.make_prompt_cache(model, len(ids) + 8)
+        mx.eval(model(mx.array([ids], mx.uint32), cache=cache))
+        token = mx.array([[ids[-1]]], mx.uint32)
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            out = model(token, cache=cache)
+            times.append(time.perf_counter() - t)
+            mx.eval(out)
+        result["record_ms_per_step"] = 1e3 * min(times)
+    _emit(result)
+
+
+def worker_llamacpp(options, ids: list) -> None:
+    import numpy as np
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(model_path=options.model, n_ctx=len(ids) + options.gen_tokens + 8, n_batch=512,
+                n_threads=options.threads, n_threads_batch=options.threads, verbose=False)
+    result = {"load_s": time.perf_counter() - t0}
+
+    def run(n_gen):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(ids)
+        stamps = [time.perf_counter()]
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        for _ in range(n_gen):
+            llm.eval([token])
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            stamps.append(time.perf_counter())
+        return start, stamps
+
+    start, stamps = run(0)
+    result["ttft_s"] = stamps[0] - start
+    if not options.first_token_only:
+        start, stamps = run(options.gen_tokens)
+        result["prefill_tps"] = len(ids) / (stamps[0] - start)
+        result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
+    _emit(result)
+
+
+def worker_mlxlm(options, ids: list) -> None:
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.generate import generate_step
+
+    mx.set_default_device(mx.cpu)
+    t0 = time.perf_counter()
+    model, _ = load(options.model)
+    result = {"load_s": time.perf_counter() - t0}
+
+    def run(n_gen):
+        start = time.perf_counter()
+        stamps = []
+        for _ in generate_step(mx.array(ids, mx.uint32), model, max_tokens=n_gen):
+            stamps.append(time.perf_counter())
+        return start, stamps
+
+    start, stamps = run(1)
+    result["ttft_s"] = stamps[0] - start
+    if not options.first_token_only:
+        start, stamps = run(options.gen_tokens + 1)
+        result["prefill_tps"] = len(ids) / (stamps[0] - start)
+        result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
+    _emit(result)
+
+
+def worker_transformers(options, ids: list) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(options.threads)
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(options.model),
+                                                 gguf_file=os.path.basename(options.model),
+                                                 torch_dtype=torch.float32)
+    model.eval()
+    result = {"load_s": time.perf_counter() - t0}
+
+    @torch.inference_mode()
+    def run(n_gen):
+        start = time.perf_counter()
+        out = model(torch.tensor([ids]), use_cache=True)
+        past, token = out.past_key_values, out.logits[0, -1].argmax()
+        stamps = [time.perf_counter()]
+        for _ in range(n_gen):
+            out = model(token.view(1, 1), past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[0, -1].argmax()
+            stamps.append(time.perf_counter())
+        return start, stamps
+
+    start, stamps = run(0)
+    result["ttft_s"] = stamps[0] - start
+    if not options.first_token_only:
+        start, stamps = run(options.gen_tokens)
+        result["prefill_tps"] = len(ids) / (stamps[0] - start)
+        result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
+    _emit(result)
+
+
+WORKERS = {"mlxarm": worker_mlxarm, "llama.cpp": worker_llamacpp, "mlx-lm": worker_mlxlm,
+           "transformers": worker_transformers}
+
+
+# --- the driver ---------------------------------------------------------------------------------------
+
+def _spawn(python: str, worker: str, model: str, ids: list, options, env: dict, first_token_only=False):
+    cmd = [python, os.path.abspath(__file__), "--worker", worker, "--model", model,
+           "--threads", str(options.threads), "--gen-tokens", str(options.gen_tokens), "--ids", json.dumps(ids)]
+    if first_token_only:
+        cmd.append("--first-token-only")
+    full_env = dict(os.environ, **env)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MLXARM_THREADS"):
+        full_env[var] = str(options.threads)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=options.timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+
+
+def setup_peers(venv: str) -> None:
+    if not os.path.exists(os.path.join(venv, "bin", "python")):
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    print(f"installing the peers into {venv} (llama-cpp-python builds llama.cpp: about 10 minutes once)",
+          flush=True)
+    subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q"] + PEER_PACKAGES, check=True)
+
+
+def _has(python: str, module: str) -> bool:
+    return os.path.exists(python) and subprocess.run(
+        [python, "-c", f"import {module}"], capture_output=True).returncode == 0
+
+
+def _converted(options, out_dir: str) -> dict:
+    """MLX-format folders of the model for mlx-lm: name -> folder (made once, by mlxarm-lm convert)."""
+    made = {}
+    for name, extra in (("float32", ["--dtype", "float32"]), ("4-bit", ["-q", "--q-bits", "4",
+                                                                         "--q-group-size", "32"])):
+        folder = os.path.join(out_dir, f"mlx-{name}")
+        if not os.path.exists(os.path.join(folder, "config.json")):
+            proc = subprocess.run([sys.executable, "-m", "mlxarm.lm", "convert", "--model", options.model,
+                                   "--mlx-path", folder] + extra, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"  convert ({name}) failed: {proc.stderr.strip().splitlines()[-1:]}")
+                continue
+        made[name] = folder
+    return made
+
+
+def plot(results: list, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in results if "decode_tps" in r]
+    if not rows:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.5))
+    names = [r["system"] for r in rows]
+    for ax, key, title in ((axes[0], "prefill_tps", "prefill tokens/s"), (axes[1], "decode_tps",
+                                                                           "decode tokens/s")):
+        ax.barh(names, [r[key] for r in rows], color=["C0" if n.startswith("mlxarm") else "C7" for n in names])
+        ax.set_title(title)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="GGUF file (default: the embedded model)")
+    parser.add_argument("--devices", default="llvm,numpy", help="mlxarm executors to run, comma-separated")
+    parser.add_argument("--peers", default="llama.cpp,mlx-lm,transformers")
+    parser.add_argument("--peers-venv", default=os.path.join(HERE, ".peers"))
+    parser.add_argument("--setup-peers", action="store_true", help="create the peers' venv first")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--gen-tokens", type=int, default=64)
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed to each process")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--ids", help=argparse.SUPPRESS)
+    parser.add_argument("--first-token-only", action="store_true", help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+
+    if options.worker:
+        WORKERS[options.worker](options, json.loads(options.ids))
+        return 0
+
+    sys.path.insert(0, ROOT)
+    from mlxarm import lm
+
+    options.model = os.path.abspath(options.model or lm.default_model_path())
+    _, tokenizer = lm.load(options.model)
+    ids = tokenizer.encode(TEXT)[:options.prompt_tokens]
+    if len(ids) < options.prompt_tokens:
+        parser.error(f"the benchmark text has only {len(ids)} tokens")
+    if options.setup_peers:
+        setup_peers(options.peers_venv)
+    os.makedirs(options.out, exist_ok=True)
+    peer_python = os.path.join(options.peers_venv, "bin", "python")
+    size_mb = os.path.getsize(options.model) / 2**20
+    print(f"model {os.path.basename(options.model)} ({size_mb:.0f} MiB), prompt {len(ids)} tokens, "
+          f"{options.gen_tokens} decoded, {options.threads} threads", flush=True)
+
+    results = []
+
+    def record(system, result):
+        result["system"] = system
+        results.append(result)
+        if "error" in result:
+            print(f"{system:28s} failed: {result['error']}", flush=True)
+            return
+        extra = f", recording {result['record_ms_per_step']:.2f} ms/step" if "record_ms_per_step" in result else ""
+        cold = f", first token cold {result['ttft_cold_s']:.2f} s" if "ttft_cold_s" in result else ""
+        print(f"{system:28s} prefill {result.get('prefill_tps', 0):8.1f} tok/s  decode "
+              f"{result.get('decode_tps', 0):7.2f} tok/s  first token {result['ttft_s']:.2f} s{cold}  "
+              f"peak RSS {result['peak_rss_mb']:.0f} MB{extra}", flush=True)
+
+    for device in [d for d in options.devices.split(",") if d]:
+        with tempfile.TemporaryDirectory() as cold_cache:
+            env = {"MLXARM_DEVICE": device, "XDG_CACHE_HOME": cold_cache}
+            cold = _spawn(sys.executable, "mlxarm", options.model, ids, options, env, first_token_only=True)
+            warm = _spawn(sys.executable, "mlxarm", options.model, ids, options, env)
+        if "error" not in warm and "error" not in cold:
+            warm["ttft_cold_s"] = cold["ttft_s"]
+        record(f"mlxarm {device}", warm)
+
+    peers = [p for p in options.peers.split(",") if p]
+    if "llama.cpp" in peers:
+        if _has(peer_python, "llama_cpp"):
+            record("llama.cpp (GGUF Q4_1)", _spawn(peer_python, "llama.cpp", options.model, ids, options, {}))
+        else:
+            print(f"llama.cpp: llama_cpp is not importable from {peer_python} (use --setup-peers)")
+    if "mlx-lm" in peers:
+        if _has(peer_python, "mlx_lm"):
+            for name, folder in _converted(options, options.out).items():
+                record(f"mlx-lm on MLX CPU ({name})", _spawn(peer_python, "mlx-lm", folder, ids, options, {}))
+        else:
+            print(f"mlx-lm: mlx_lm is not importable from {peer_python} (use --setup-peers)")
+    if "transformers" in peers:
+        if _has(peer_python, "transformers") and _has(peer_python, "torch"):
+            record("HF transformers (torch f32)",
+                   _spawn(peer_python, "transformers", options.model, ids, options, {}))
+        else:
+            print(f"transformers: transformers/torch are not importable from {peer_python} (use --setup-peers)")
+
+    base = next((r for r in results if r["system"].startswith("llama.cpp") and "decode_tps" in r), None)
+    if base:
+        print(f"\nratios to llama.cpp (decode / prefill):")
+        for r in results:
+            if "decode_tps" in r:
+                print(f"  {r['system']:28s} {r['decode_tps'] / base['decode_tps']:6.3f}x / "
+                      f"{r['prefill_tps'] / base['prefill_tps']:6.3f}x")
+    out = {"model": os.path.basename(options.model), "model_mb": size_mb, "prompt_tokens": len(ids),
+           "gen_tokens": options.gen_tokens, "threads": options.threads, "results": results}
+    with open(os.path.join(options.out, "lm.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    if plot(results, os.path.join(options.out, "lm.png")):
+        print(f"wrote {os.path.join(options.out, 'lm.json')} and lm.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
