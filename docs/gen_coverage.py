@@ -3,8 +3,8 @@
     python docs/gen_coverage.py            # MLX's names from real MLX when importable, else the saved list
     python docs/gen_coverage.py --check    # exit 1 if docs/coverage.md is not what would be generated
 
-MLX's public names (``dir()`` of ``mlx.core`` and its ``random``, ``fast``, ``linalg`` and ``fft``
-modules) are saved to docs/mlx_public_names.json whenever real MLX is read, so the table regenerates
+MLX's public names (``dir()`` of ``mlx.core`` and its ``random``, ``fast``, ``linalg``, ``fft`` and
+``distributed`` modules) are saved to docs/mlx_public_names.json whenever real MLX is read, so the table regenerates
 identically without MLX. The output depends only on that list and on the registry: same inputs, same
 text.
 """
@@ -28,6 +28,7 @@ MODULES = {
     "fast": ("fast",),
     "linalg": ("linalg",),
     "fft": ("fft",),
+    "distributed": ("distributed",),
 }
 
 

@@ -28,6 +28,7 @@ from . import vmap as _vmap, compile as _compile  # noqa: E402,F401  (batching r
 from . import fft  # noqa: E402
 from . import io as _io  # noqa: E402,F401
 from . import metal, cuda  # noqa: E402
+from . import distributed  # noqa: E402
 globals().update(_public("core"))  # vmap, compile
 globals().update(_public("io"))  # load, save, savez, ... (registered by io)
 from .typing import result_type, can_cast  # noqa: E402

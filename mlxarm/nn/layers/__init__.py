@@ -8,6 +8,8 @@ from .activations import (CELU, ELU, GELU, GLU, SELU, HardShrink, Hardswish, Har
                           softshrink, softsign, step, tanh)
 from .base import Module
 from .containers import Sequential
+from .distributed import (AllToShardedLinear, FullyShardedModule, QuantizedAllToShardedLinear,
+                          QuantizedShardedToAllLinear, ShardedToAllLinear, fully_shard)
 from .dropout import Dropout, Dropout2d, Dropout3d
 from .embedding import Embedding
 from .linear import Bilinear, Identity, Linear
