@@ -75,3 +75,11 @@ def test_shard_inplace_and_bad_sharding():
     with pytest.raises(ValueError, match="not supported"):
         nn.layers.distributed.shard_linear(lin, "sideways")
     assert nn.fully_shard(lin) is lin
+
+
+def test_gradient_reductions_of_one_process():
+    grads = {"w": mx.array([3.0, 4.0]), "b": [mx.array([0.0])]}
+    assert nn.average_gradients(grads) is grads
+    clipped, norm = nn.utils.clip_grad_norm_sharded(grads, max_norm=1.0)
+    assert norm.item() == pytest.approx(5.0)
+    np.testing.assert_allclose(np.array(clipped["w"]), [0.6, 0.8], rtol=1e-5)
