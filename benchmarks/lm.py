@@ -99,15 +99,20 @@ def worker_llamacpp(options, ids: list) -> None:
                 n_threads=options.threads, n_threads_batch=options.threads, verbose=False)
     result = {"load_s": time.perf_counter() - t0}
 
+    n_vocab = llm.n_vocab()
+
+    def last_logits():  # the batch asked for the last token's logits only: row 0
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
+
     def run(n_gen):
         llm.reset()
         start = time.perf_counter()
         llm.eval(ids)
+        token = int(np.argmax(last_logits()))
         stamps = [time.perf_counter()]
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         for _ in range(n_gen):
             llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = int(np.argmax(last_logits()))
             stamps.append(time.perf_counter())
         return start, stamps
 
