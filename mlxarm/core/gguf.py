@@ -5,7 +5,8 @@ which bounds-checks every read, so a header that declares more than the file hol
 anything of that size is allocated. Tensors come back as MLX returns them: F32/F16/I8/I16/I32 as
 views of the file; Q4_0/Q4_1/Q8_0 as MLX affine-quantized triples (``name`` uint32 weights,
 ``prefix.scales`` and ``prefix.biases`` float16); BF16 and the K-quants MLX dequantizes (Q2_K,
-Q4_K, Q6_K) as float16.
+Q4_K, Q6_K) as float16. ``load_quantized`` reads the same files for model loaders, keeping every
+block type that is an affine quantization (Q4_0 ... Q6_K) packed, with exact scales and biases.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ _TENSOR_TYPES = {
     10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144),
     13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
     16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98),
-    19: ("IQ1_S", 256, 110), 20: ("IQ4_NL", 256, 50), 21: ("IQ3_S", 256, 110),
+    19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
     22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
     26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
     30: ("BF16", 1, 2),
@@ -223,9 +224,9 @@ def _dequantize_k(ttype: int, data: np.ndarray, n: int) -> np.ndarray:
     return out.astype(np.float32).reshape(-1)[:n]
 
 
-def read_gguf(buf: np.ndarray, label: str, stream):
-    """Parse a whole GGUF file held in ``buf`` (uint8) -> (arrays dict, metadata dict)."""
-    r = ByteReader(buf, label, "load_gguf")
+def _read_header(buf: np.ndarray, label: str, stream, prefix: str):
+    """(reader, metadata dict, [(name, shape, ggml type, absolute data offset)]) of a GGUF file."""
+    r = ByteReader(buf, label, prefix)
     if len(buf) < 24 or buf[:4].tobytes() != MAGIC:
         r.fail("Invalid GGUF header (bad magic or file too small)")
     r.pos = 4
@@ -262,24 +263,44 @@ def read_gguf(buf: np.ndarray, label: str, stream):
             r.fail(f"Tensor '{name}' has unknown ggml type {ttype}")
         infos.append((name, tuple(reversed(dims)), ttype, offset))
     data_start = r.pos + (-r.pos) % alignment
+    return r, metadata, [(n, shape, t, data_start + off) for n, shape, t, off in infos]
 
+
+def _tensor_bytes(r: ByteReader, name, shape, ttype, start):
+    """(bytes, element count) of tensor ``name``, failing if the file holds fewer than its shape needs."""
+    _, per_block, block_bytes = _TENSOR_TYPES[ttype]
+    n = r.check_shape(shape, f"Tensor '{name}'")
+    nbytes = -(-n // per_block) * block_bytes
+    if start + nbytes > len(r.buf):
+        r.fail(f"Tensor '{name}' ({nbytes} bytes at offset {start}) extends past the end of "
+               f"the file ({len(r.buf)} bytes)")
+    return r.buf[start:start + nbytes], n
+
+
+def _add(arrays: dict, r: ByteReader, out: dict, stream) -> None:
+    """Add the (numpy array, Dtype) entries of ``out`` to ``arrays`` as realized arrays."""
+    for k, (v, dtype) in out.items():
+        if k in arrays:
+            r.fail(f"Duplicate parameter name {k} (this can happen when loading quantized "
+                   "tensors)")
+        count_buffer(v)
+        arrays[k] = make_realized(v, dtype, stream)
+
+
+def read_gguf(buf: np.ndarray, label: str, stream):
+    """Parse a whole GGUF file held in ``buf`` (uint8) -> (arrays dict, metadata dict)."""
+    r, metadata, infos = _read_header(buf, label, stream, "load_gguf")
     arrays = {}
-    for name, shape, ttype, offset in infos:
+    for name, shape, ttype, start in infos:
         with np.errstate(over="ignore"):  # float16 results saturate to inf, as in MLX
-            _load_tensor(arrays, r, name, shape, ttype, data_start + offset, stream)
+            _load_tensor(arrays, r, name, shape, ttype, start, stream)
     return arrays, metadata
 
 
 def _load_tensor(arrays: dict, r: ByteReader, name, shape, ttype, start, stream) -> None:
-    """Add tensor ``name`` (or its quantized triple) to ``arrays``."""
-    buf = r.buf
-    tname, per_block, block_bytes = _TENSOR_TYPES[ttype]
-    n = r.check_shape(shape, f"Tensor '{name}'")
-    nbytes = -(-n // per_block) * block_bytes
-    if start + nbytes > len(buf):
-        r.fail(f"Tensor '{name}' ({nbytes} bytes at offset {start}) extends past the end of "
-               f"the file ({len(buf)} bytes)")
-    data = buf[start:start + nbytes]
+    """Add tensor ``name`` (or its quantized triple) to ``arrays``, as MLX's ``load`` does."""
+    tname = _TENSOR_TYPES[ttype][0]
+    data, n = _tensor_bytes(r, name, shape, ttype, start)
     if ttype in _RAW_TENSOR_DTYPES:
         dtype = _RAW_TENSOR_DTYPES[ttype]
         out = {name: (data.view(dtype.np_storage).reshape(shape), dtype)}
@@ -296,12 +317,162 @@ def _load_tensor(arrays: dict, r: ByteReader, name, shape, ttype, start, stream)
         out = {name: (values.astype(np.float16).reshape(shape), dt.float16)}
     else:
         r.fail(f"Tensor '{name}' has ggml type {tname}, which cannot be loaded")
-    for k, (v, dtype) in out.items():
-        if k in arrays:
-            r.fail(f"Duplicate parameter name {k} (this can happen when loading quantized "
-                   "tensors)")
-        count_buffer(v)
-        arrays[k] = make_realized(v, dtype, stream)
+    _add(arrays, r, out, stream)
+
+
+# --- packed loading for model loaders ---------------------------------------------------------------
+#
+# Every block type below is exactly an MLX affine quantization, value = scale * code + bias per
+# group, so it is kept packed (codes repacked into MLX's layout) instead of dequantized. Scales and
+# biases are float16 where each is a float16 value (the block's d, m, -8d, ...), float32 where it is a
+# product of two (the K-quants' d * sc): float32 holds those products, and code * scale, exactly. A
+# tensor whose -8d (-16d, -128d) would overflow float16 gets float32 scales and biases too.
+
+_Q5_0, _Q5_1, _Q5_K = 6, 7, 13
+_PACKED = {  # ggml type -> (bits, group size)
+    _Q4_0: (4, 32), _Q4_1: (4, 32), _Q5_0: (5, 32), _Q5_1: (5, 32), _Q8_0: (8, 32),
+    _Q4_K: (4, 32), _Q5_K: (5, 32), _Q6_K: (6, 16),
+}
+_BIAS_STEPS = {_Q4_0: -8, _Q5_0: -16, _Q8_0: -128}  # bias = step * d: codes are offset to unsigned
+_PLAIN_TYPES = {**_RAW_TENSOR_DTYPES, _BF16_T: dt.bfloat16}
+_CHUNK_WEIGHTS = 1 << 20  # weights decoded at once: bounds the temporaries to some MiB
+
+
+def _nibbles(q: np.ndarray) -> np.ndarray:
+    """(nb, 16) bytes -> (nb, 32) codes: weights 0-15 are the low nibbles, 16-31 the high ones."""
+    return np.concatenate([q & 0xF, q >> 4], axis=1)
+
+
+def _high_bits(qh: np.ndarray, count: int) -> np.ndarray:
+    """(nb, count / 8) bytes -> (nb, count) bits, bit j of the little-endian field first."""
+    return np.unpackbits(qh, axis=1, count=count, bitorder="little")
+
+
+def _k_scale_min(s: np.ndarray):
+    """The 6-bit scales and mins of Q4_K/Q5_K's 8 sub-blocks from their 12 packed bytes."""
+    lo, mid, hi = s[:, 0:4], s[:, 4:8], s[:, 8:12]
+    sc = np.concatenate([lo & 63, (hi & 0xF) | ((lo >> 6) << 4)], axis=1)
+    mn = np.concatenate([mid & 63, (hi >> 4) | ((mid >> 6) << 4)], axis=1)
+    return sc.astype(np.float32), mn.astype(np.float32)
+
+
+def _f16_column(raw: np.ndarray) -> np.ndarray:
+    """(nb, 2) bytes -> (nb, 1) float32 values of the little-endian float16s."""
+    return _f16(raw).reshape(-1, 1).astype(np.float32)
+
+
+def _decode_blocks(ttype: int, b: np.ndarray):
+    """(nb, block bytes) -> (codes (nb, weights per block) uint8, scales, biases (nb, groups)).
+
+    Scales and biases come back in float32; each value is exact in that type."""
+    if ttype in (_Q4_0, _Q4_1, _Q5_0, _Q5_1, _Q8_0):
+        d = _f16_column(b[:, 0:2])
+        if ttype == _Q8_0:
+            codes = np.ascontiguousarray(b[:, 2:34]) ^ np.uint8(0x80)  # int8 + 128
+        else:
+            at = 2 if ttype in (_Q4_0, _Q5_0) else 4  # after d (and m)
+            if ttype in (_Q4_0, _Q4_1):
+                codes = _nibbles(b[:, at:at + 16])
+            else:
+                codes = _nibbles(b[:, at + 4:at + 20]) | (_high_bits(b[:, at:at + 4], 32) << 4)
+        if ttype in _BIAS_STEPS:
+            return codes, d, d * _BIAS_STEPS[ttype]
+        return codes, d, _f16_column(b[:, 2:4])
+    if ttype in (_Q4_K, _Q5_K):
+        d, dmin = _f16_column(b[:, 0:2]), _f16_column(b[:, 2:4])
+        sc, mn = _k_scale_min(b[:, 4:16])
+        # The quants are 4 runs of 32 bytes; run c holds sub-block 2c in its low nibbles, 2c + 1 in
+        # its high ones. Q5_K's 32 high-bit bytes hold sub-block i's fifth bits in bit i.
+        q = b[:, 16:144] if ttype == _Q4_K else b[:, 48:176]
+        q = q.reshape(-1, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
+        codes = (q & 0xF).reshape(-1, 256)
+        if ttype == _Q5_K:
+            high = b[:, 16:48, None] >> np.arange(8, dtype=np.uint8)  # (nb, 32 weights, 8 sub-blocks)
+            codes |= ((high & 1).transpose(0, 2, 1).reshape(-1, 256)) << 4
+        return codes, d * sc, -(dmin * mn)
+    # Q6_K: 128 bytes of low nibbles, 64 of 2-bit high parts, 16 int8 scales, then d. Each half of
+    # 128 weights takes 64 low-nibble bytes (low nibbles first) and 32 high bytes (2 bits a quarter).
+    low = b[:, 0:128].reshape(-1, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
+    high = b[:, 128:192].reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
+    codes = ((low & 0xF).reshape(-1, 256)) | ((high & 3).reshape(-1, 256) << 4)
+    scale = _f16_column(b[:, 208:210]) * b[:, 192:208].view(np.int8).astype(np.float32)
+    return codes, scale, scale * -32
+
+
+def _packed_tensor(r: ByteReader, name, shape, ttype, data):
+    """(weights uint32, scales, biases) of a block-quantized tensor, decoded a chunk at a time."""
+    from .ops.quantized import _pack
+
+    tname, per_block, block_bytes = _TENSOR_TYPES[ttype]
+    bits, gs = _PACKED[ttype]
+    if not shape or shape[-1] % per_block:
+        r.fail(f"Tensor '{name}' of type {tname} has shape {shape}, whose last dimension is not a "
+               f"multiple of its block size {per_block}")
+    nb = data.size // block_bytes
+    blocks = data.reshape(nb, block_bytes)
+    wide = ttype in (_Q4_K, _Q5_K, _Q6_K)
+    if ttype in _BIAS_STEPS and nb:
+        # step * d is a float16 value unless it overflows; then float32 keeps this tensor exact.
+        d = np.abs(_f16(blocks[:, 0:2]).astype(np.float32))
+        largest = np.max(np.where(np.isfinite(d), d, 0))
+        wide = bool(largest * -_BIAS_STEPS[ttype] > np.finfo(np.float16).max)
+    sdtype = dt.float32 if wide else dt.float16
+    words = per_block * bits // 32
+    groups = per_block // gs
+    weights = np.empty((nb, words), np.uint32)
+    scales = np.empty((nb, groups), sdtype.np_storage)
+    biases = np.empty((nb, groups), sdtype.np_storage)
+    step = _CHUNK_WEIGHTS // per_block
+    for b0 in range(0, nb, step):
+        b1 = min(nb, b0 + step)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN scales give inf/NaN, quietly
+            codes, s, b = _decode_blocks(ttype, blocks[b0:b1])
+        weights[b0:b1] = _pack(codes.reshape(-1, groups, gs), bits).reshape(-1, words)
+        scales[b0:b1] = s
+        biases[b0:b1] = b
+    lead = shape[:-1]
+    return ((weights.reshape(lead + (shape[-1] * bits // 32,)), dt.uint32),
+            (scales.reshape(lead + (shape[-1] // gs,)), sdtype),
+            (biases.reshape(lead + (shape[-1] // gs,)), sdtype))
+
+
+def load_quantized(path, *, stream=None):
+    """Read a GGUF file for a model loader: ``(tensors, metadata, quantization)``.
+
+    Block-quantized weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) stay packed: tensor
+    ``X.weight`` comes back as MLX's affine triple ``X.weight`` (uint32), ``X.scales`` and
+    ``X.biases``, with ``quantization["X.weight"] == {"group_size": g, "bits": b}``; Q6_K has group
+    size 16, which only the private quantized paths take. F32, F16, BF16 and integer tensors are
+    views of the file. Any other type raises a ValueError naming the tensor and its type; a
+    truncated or corrupt file raises ``MalformedFileError``. ``mx.load`` reads the same files as
+    MLX does (other types dequantized to float16)."""
+    import os
+
+    from .device import resolve_stream
+    from .io import _map_file
+
+    path = os.fspath(path)
+    s = resolve_stream(stream)
+    r, metadata, infos = _read_header(_map_file(path, "load_quantized"), path, s, "load_quantized")
+    arrays, quantization = {}, {}
+    for name, shape, ttype, start in infos:
+        tname = _TENSOR_TYPES[ttype][0]
+        if ttype not in _PLAIN_TYPES and ttype not in _PACKED:
+            kept = ", ".join(_TENSOR_TYPES[t][0] for t in (*_PLAIN_TYPES, *_PACKED))
+            raise ValueError(f"[load_quantized] Tensor '{name}' in {path} has ggml type {tname}, "
+                             f"which is not supported (supported: {kept})")
+        data, _ = _tensor_bytes(r, name, shape, ttype, start)
+        if ttype in _PLAIN_TYPES:
+            dtype = _PLAIN_TYPES[ttype]
+            view = data.view("<u2" if dtype is dt.bfloat16 else dtype.np_storage)
+            _add(arrays, r, {name: (view.reshape(shape), dtype)}, s)
+            continue
+        w, sc, b = _packed_tensor(r, name, shape, ttype, data)
+        prefix = name[:-len(".weight")] if name.endswith(".weight") else name
+        _add(arrays, r, {name: w, prefix + ".scales": sc, prefix + ".biases": b}, s)
+        bits, gs = _PACKED[ttype]
+        quantization[name] = {"group_size": gs, "bits": bits}
+    return arrays, metadata, quantization
 
 
 def _packed_string(s: str) -> bytes:

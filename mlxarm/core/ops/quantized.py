@@ -22,6 +22,11 @@ _FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
                         -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
 _NVFP4_ENCODE = 448.0 * 6.0  # global scale -> e4m3 scale range
 _BLOCK_ELEMENTS = 1 << 20  # dequantized weight elements held at once by the matrix products
+_GROUP_SIZES = (32, 64, 128)  # the affine group sizes MLX's quantize takes
+# Model loaders may also make affine groups of 16 (GGUF's Q6_K) through the private _loader_quantize.
+# dequantize and quantized_matmul take any group size that divides the rows, as their numpy
+# references do (MLX's dequantize does too; its quantized_matmul kernels stop at 32, 64 and 128).
+_LOADER_GROUP_SIZES = (16,) + _GROUP_SIZES
 
 
 # --- numpy helpers ----------------------------------------------------------------------------------
@@ -45,14 +50,15 @@ def _layout(bits: int) -> tuple:
 def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
     """Codes (..., n) -> uint32 words (..., n * bits / 32)."""
     lead, n = codes.shape[:-1], codes.shape[-1]
-    if 32 % bits == 0:
-        per = 32 // bits
-        c = codes.astype(np.uint32).reshape(lead + (n // per, per))
-        shifts = np.arange(0, 32, bits, dtype=np.uint32)
-        return np.bitwise_or.reduce(c << shifts, axis=-1)
     per, nbytes = _layout(bits)
-    c = codes.astype(np.uint64).reshape(lead + (n // per, per))
-    words = np.bitwise_or.reduce(c << (np.arange(per, dtype=np.uint64) * np.uint64(bits)), axis=-1)
+    wide = np.uint32 if 32 % bits == 0 else np.uint64  # a pack of 3-, 5- or 6-bit codes spans 3 or 5 bytes
+    c = codes.reshape(lead + (n // per, per))
+    # One pass per code position: far faster than numpy's reduce along a short last axis.
+    words = c[..., 0].astype(wide)
+    for i in range(1, per):
+        words |= c[..., i].astype(wide) << wide(i * bits)
+    if wide is np.uint32:
+        return words
     raw = words.astype("<u8").view(np.uint8).reshape(words.shape + (8,))[..., :nbytes]
     return np.ascontiguousarray(raw).reshape(lead + (-1,)).view("<u4").astype(np.uint32)
 
@@ -257,6 +263,16 @@ def _output_type(tag, scales, biases, dtype, mode):
 def quantize(w, /, group_size=None, bits=None, mode="affine", *, global_scale=None, stream=None):
     """Quantize ``w`` group by group: (packed weights, scales, biases) for "affine", else (weights,
     scales)."""
+    return _quantize(w, group_size, bits, mode, global_scale, stream, _GROUP_SIZES)
+
+
+def _loader_quantize(w, group_size, bits, *, stream=None):
+    """Private to model loaders: affine :func:`quantize` that also takes group size 16 (GGUF's Q6_K
+    blocks), so quantized layers of that group size can be made and then given loaded weights."""
+    return _quantize(w, group_size, bits, "affine", None, stream, _LOADER_GROUP_SIZES)
+
+
+def _quantize(w, group_size, bits, mode, global_scale, stream, group_sizes):
     w = to_array(w)
     group_size, bits = _mode_params(mode, group_size, bits, "quantize")
     if w._dtype.kind != "f":
@@ -269,7 +285,7 @@ def quantize(w, /, group_size=None, bits=None, mode="affine", *, global_scale=No
                          f"group size {group_size}. However the provided  matrix has shape {fmt_shape(w._shape)}")
     global_scale = _check_global_scale(mode, global_scale, "quantize")
     if mode == "affine":
-        if group_size not in (32, 64, 128):
+        if group_size not in group_sizes:
             raise ValueError(f"[quantize] The requested group size {group_size} is not supported. The supported "
                              "group sizes are 32, 64, and 128.")
         if bits not in (1, 2, 3, 4, 5, 6, 8):

@@ -5,6 +5,7 @@ import math
 from typing import Callable, Optional, Union
 
 import mlxarm.core as mx
+from mlxarm.core.ops.quantized import _loader_quantize
 from mlxarm.utils import tree_map_with_path
 
 from .base import Module
@@ -17,6 +18,16 @@ def _defaults_for_mode(mode, group_size, bits):
         raise ValueError(f"Invalid quantization mode '{mode}'. Valid modes are: {', '.join(_MODE_DEFAULTS)}.")
     gs, b = _MODE_DEFAULTS[mode]
     return group_size or gs, bits or b
+
+
+def _quantize_weight(weight, group_size, bits, mode, loader):
+    """``mx.quantize``, or with ``loader`` (model loaders only) the private version that also takes
+    group size 16, the group size of GGUF's Q6_K blocks."""
+    if loader:
+        if mode != "affine":
+            raise ValueError(f"Model loaders make affine quantized layers only, not '{mode}'.")
+        return _loader_quantize(weight, group_size, bits)
+    return mx.quantize(weight, group_size, bits, mode=mode)
 
 
 def quantize(model: Module, group_size: int = None, bits: int = None, *, mode: str = "affine",
@@ -52,15 +63,15 @@ def quantize(model: Module, group_size: int = None, bits: int = None, *, mode: s
 
 class QuantizedEmbedding(Module):
     """``Embedding`` with a quantized (frozen) table: ``weight``, ``scales`` and, for "affine",
-    ``biases``."""
+    ``biases``. ``_loader=True`` is private to model loaders: it allows group size 16."""
 
     def __init__(self, num_embeddings: int, dims: int, group_size: int = None, bits: int = None,
-                 mode: str = "affine"):
+                 mode: str = "affine", *, _loader: bool = False):
         super().__init__()
         self.group_size, self.bits = _defaults_for_mode(mode, group_size, bits)
         self.mode = mode
         weight = mx.random.normal(shape=(num_embeddings, dims), scale=math.sqrt(1 / dims))
-        self.weight, self.scales, *biases = mx.quantize(weight, group_size, bits, mode=mode)
+        self.weight, self.scales, *biases = _quantize_weight(weight, group_size, bits, mode, _loader)
         self.biases = biases[0] if biases else None
         self.num_embeddings = num_embeddings
         self.dims = dims
@@ -83,26 +94,26 @@ class QuantizedEmbedding(Module):
 
     @classmethod
     def from_embedding(cls, embedding_layer: Module, group_size: int = None, bits: int = None,
-                       mode: str = "affine"):
+                       mode: str = "affine", *, _loader: bool = False):
         num_embeddings, dims = embedding_layer.weight.shape
-        ql = cls(num_embeddings, dims, group_size, bits, mode=mode)
-        ql.weight, ql.scales, *biases = mx.quantize(embedding_layer.weight, group_size, bits, mode=mode)
+        ql = cls(num_embeddings, dims, group_size, bits, mode=mode, _loader=_loader)
+        ql.weight, ql.scales, *biases = _quantize_weight(embedding_layer.weight, group_size, bits, mode, _loader)
         ql.biases = biases[0] if biases else None
         return ql
 
 
 class QuantizedLinear(Module):
     """``Linear`` with a quantized (frozen) weight: ``weight``, ``scales``, ``biases`` (for "affine")
-    and an optional ``bias``."""
+    and an optional ``bias``. ``_loader=True`` is private to model loaders: it allows group size 16."""
 
     def __init__(self, input_dims: int, output_dims: int, bias: bool = True, group_size: int = None,
-                 bits: int = None, mode: str = "affine"):
+                 bits: int = None, mode: str = "affine", *, _loader: bool = False):
         super().__init__()
         self.group_size, self.bits = _defaults_for_mode(mode, group_size, bits)
         self.mode = mode
         scale = math.sqrt(1 / input_dims)
         weight = mx.random.uniform(low=-scale, high=scale, shape=(output_dims, input_dims))
-        self.weight, self.scales, *biases = mx.quantize(weight, group_size, bits, mode=mode)
+        self.weight, self.scales, *biases = _quantize_weight(weight, group_size, bits, mode, _loader)
         self.biases = biases[0] if biases else None
         if bias:
             self.bias = mx.zeros((output_dims,))
@@ -122,10 +133,11 @@ class QuantizedLinear(Module):
         return x
 
     @classmethod
-    def from_linear(cls, linear_layer: Module, group_size: int = None, bits: int = None, mode: str = "affine"):
+    def from_linear(cls, linear_layer: Module, group_size: int = None, bits: int = None, mode: str = "affine",
+                    *, _loader: bool = False):
         output_dims, input_dims = linear_layer.weight.shape
-        ql = cls(input_dims, output_dims, False, group_size, bits, mode=mode)
-        ql.weight, ql.scales, *biases = mx.quantize(linear_layer.weight, group_size, bits, mode=mode)
+        ql = cls(input_dims, output_dims, False, group_size, bits, mode=mode, _loader=_loader)
+        ql.weight, ql.scales, *biases = _quantize_weight(linear_layer.weight, group_size, bits, mode, _loader)
         ql.biases = biases[0] if biases else None
         if "bias" in linear_layer:
             ql.bias = linear_layer.bias
