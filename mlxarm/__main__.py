@@ -1,5 +1,6 @@
-"""Command line: ``python -m mlxarm run script.py [args...]`` runs an MLX program on mlxarm;
-``python -m mlxarm info`` prints the device and backend in use."""
+"""Command line: ``python -m mlxarm run script.py [args...]`` (or ``run -m module [args...]``, as
+``python -m`` does) runs an MLX program on mlxarm; ``python -m mlxarm info`` prints the device and
+backend in use."""
 from __future__ import annotations
 
 import argparse
@@ -17,24 +18,33 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run an unmodified MLX script (import mlx.core as mx ...) on mlxarm",
         description="Install the mlx alias (see mlxarm.alias), then run SCRIPT as __main__ with "
-                    "sys.argv = [SCRIPT, ARGS...].")
+                    "sys.argv = [SCRIPT, ARGS...]; with -m, run the module as python -m runs it "
+                    "(e.g. run -m mlx_lm generate --model DIR).")
     run.add_argument("--override", action="store_true",
                      help="use mlxarm even when a real MLX is importable "
                           "(same as MLXARM_OVERRIDE_MLX=1)")
-    run.add_argument("script", help="path of the Python script to run")
+    run.add_argument("-m", dest="module", action="store_true",
+                     help="SCRIPT names a module to run as __main__ (like python -m)")
+    run.add_argument("script", help="path of the Python script to run (a module name with -m)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
 
     commands.add_parser("info", help="print the default device and backend information")
     return parser
 
 
-def _run(script: str, args: list, override: bool) -> None:
+def _run(script: str, args: list, override: bool, module: bool = False) -> None:
     from . import alias
 
     try:
         alias.install(override=override)
     except RuntimeError as refusal:
         sys.exit(f"python -m mlxarm run: {refusal}")
+    if module:
+        # As `python -m module` does: the current directory comes first on the import path.
+        sys.argv = [script, *args]
+        sys.path.insert(0, os.getcwd())
+        runpy.run_module(script, run_name="__main__", alter_sys=True)
+        return
     sys.argv = [script, *args]
     # As `python script.py` does: the script's directory comes first on the import path.
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
@@ -56,9 +66,9 @@ def main(argv=None) -> int:
     parser = _parser()
     options = parser.parse_args(argv)
     if options.command == "run":
-        if not os.path.isfile(options.script):
+        if not options.module and not os.path.isfile(options.script):
             parser.error(f"no such script: {options.script}")
-        _run(options.script, options.args, options.override)
+        _run(options.script, options.args, options.override, options.module)
     elif options.command == "info":
         _info()
     else:

@@ -92,6 +92,23 @@ def test_run_refuses_when_real_mlx_importable(program):
     assert "Traceback" not in res.stderr
 
 
+def test_run_module_like_python_m(tmp_path):
+    """``run -m package`` runs the package's __main__ with the alias in place, as ``python -m`` would."""
+    pkg = tmp_path / "mlxprog"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(PROGRAM)
+    env = _clean_env()
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{tmp_path}"
+    res = subprocess.run([sys.executable, "-m", "mlxarm", "run", "--override", "-m", "mlxprog", "first", "--flag",
+                          "x"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "values [[3.0, 5.0], [7.0, 9.0]] mlx.core.float32 (2, 2)"
+    assert lines[2] == "argv ['first', '--flag', 'x'] __main__"
+    assert lines[3] == "module mlxarm.core"
+
+
 def test_run_script_exit_code_and_missing_script(tmp_path):
     script = tmp_path / "exits.py"
     script.write_text("import sys\nsys.exit(3)\n")
