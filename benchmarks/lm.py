@@ -9,7 +9,7 @@ eval). Every system runs in its own process, so RSS and first-token times are it
 
 The peers live in their own venv (``--peers-venv``, default benchmarks/.peers; ``--setup-peers`` creates it:
 llama-cpp-python, which builds llama.cpp from source once (about 10 minutes), mlx[cpu] with mlx-lm, torch
-2.13.0 CPU with transformers and gguf). mlx-lm runs on MLX-format folders made from the same GGUF by
+2.13.0 CPU with transformers, accelerate and gguf). mlx-lm runs on MLX-format folders made from the same GGUF by
 ``mlxarm-lm convert`` (float32, and 4-bit group 32), so every system computes the same model.
 
     python benchmarks/lm.py [--model GGUF] [--devices llvm,numpy] [--peers llama.cpp,mlx-lm,transformers]
@@ -30,7 +30,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-PEER_PACKAGES = ["llama-cpp-python", "mlx[cpu]", "mlx-lm", "torch==2.13.0", "transformers", "gguf"]
+PEER_PACKAGES = ["llama-cpp-python", "mlx[cpu]", "mlx-lm", "torch==2.13.0", "transformers", "accelerate", "gguf"]
 # A prompt long enough for any --prompt-tokens up to a few hundred; cut to the exact token count.
 TEXT = ("The history of computing is a story of people who wanted machines to do arithmetic for them. "
         "Early mechanical calculators added and multiplied with gears; later, punched cards stored "
