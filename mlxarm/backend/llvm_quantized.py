@@ -1,0 +1,92 @@
+"""The LLVM executor's quantized matmul: which ``quantized_matmul`` nodes the packed-weight template
+(``kernels.quantized``) runs, and running them on every worker.
+
+A node fits when it is affine, float32 throughout (x, scales, biases and the result), with one 2-D
+packed matrix, bits and group size the template knows, and a panel buffer small enough for a worker's
+stack. Batched x (..., M, K) is one product with M = the product of the leading dimensions. Everything
+else stays on the numpy reference.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+
+from ..kernels import quantized as template
+
+# The kernel keeps one dequantized panel on the worker thread's stack: well inside any thread's (glibc
+# gives 8 MiB, macOS 512 KiB).
+_SCRATCH_BYTES = 1 << 18
+# Below this many multiply-adds a product runs on the calling thread: a decode step's matvecs take
+# tens of microseconds each, about what handing work to the pool and waiting for it costs (far more
+# when other processes keep the cores busy).
+_PARALLEL_MIN = 1 << 22
+
+
+def fits(node, target) -> bool:
+    if node._prim is None or node._prim.name != "quantized_matmul":
+        return False
+    p = node._params
+    if p.get("mode") != "affine" or node._dtype.name != "float32":
+        return False
+    x, w, scales, biases = node._inputs
+    if w.ndim != 2 or w._dtype.name != "uint32" or any(
+            a._dtype.name != "float32" for a in (x, scales, biases)):
+        return False
+    bits, gs, transpose = p["bits"], p["group_size"], p["transpose"]
+    k = x._shape[-1]
+    n = node._shape[-1]
+    if not (k and n and math.prod(node._shape)):
+        return False
+    if not template.supported(transpose, n, k, bits, gs):
+        return False
+    return template.scratch_floats(transpose, k, bits, target.lanes) * 4 <= _SCRATCH_BYTES
+
+
+def name(executor, node) -> str:
+    """The template function that runs ``node`` (its rows of x decide the register tile)."""
+    p = node._params
+    m = math.prod(node._shape[:-1])
+    lanes = executor.target.lanes
+    mr = template.tile_rows(p["transpose"], p["bits"], lanes, m)
+    return template.name(p["transpose"], p["bits"], p["group_size"], lanes, mr)
+
+
+def run(executor, node) -> np.ndarray:
+    """``node``'s result, computed by the template on the executor's workers."""
+    p = node._params
+    x, w, scales, biases = (i._data for i in node._inputs)
+    out = matmul(executor, x.reshape(-1, x.shape[-1]), w, scales, biases, p["transpose"], p["bits"],
+                 p["group_size"])
+    return out.reshape(node._shape)
+
+
+def matmul(executor, x: np.ndarray, w: np.ndarray, scales: np.ndarray, biases: np.ndarray, transpose: bool,
+           bits: int, group_size: int, lanes: int | None = None) -> np.ndarray:
+    """float32 (M, K) x packed ``w`` (MLX's layout) -> (M, N), by the template rendered for ``lanes``
+    (default: the executor's target). The shapes must already be checked (``fits``)."""
+    x, w, scales, biases = (np.ascontiguousarray(a) for a in (x, w, scales, biases))
+    m, k = x.shape
+    n = w.shape[0] if transpose else w.shape[1] * 32 // bits
+    lanes = lanes or executor.target.lanes
+    mr = template.tile_rows(transpose, bits, lanes, m)
+    key = ("qmm", transpose, bits, group_size, lanes, mr)
+    fn = executor.functions.get(key)
+    if fn is None:
+        source = template.render(transpose, bits, group_size, lanes, mr)
+        fn = executor.functions[key] = executor.compiler.load(
+            source, template.name(transpose, bits, group_size, lanes, mr))
+        executor.sources[key] = source
+    if template.interleaved(transpose, bits, group_size, lanes):
+        x = template.interleave_x(x, bits, lanes)
+    out = np.empty((m, n), np.float32)
+    meta = np.array([m, n, k], np.int64)
+    addresses = [out.ctypes.data, x.ctypes.data, w.ctypes.data, scales.ctypes.data, biases.ctypes.data,
+                 meta.ctypes.data]
+    units = template.panels(transpose, n, bits, lanes)
+    if m * n * k < _PARALLEL_MIN:
+        fn((ctypes.c_void_p * len(addresses))(*addresses), 0, units)
+    else:
+        executor.split(fn, addresses, units, m * k * -(-n // units), 1)
+    return out
