@@ -47,11 +47,76 @@ def _observed(nodes, refs: dict, held_by_caller: int) -> set:
     return {id(n) for n in nodes if sys.getrefcount(n) - base > refs.get(id(n), 0)}
 
 
-def plan(nodes: list, held_by_caller: int = 0, caps=PORTABLE) -> list:
+def signature(nodes: list, held_by_caller: int = 0) -> tuple:
+    """(key, leaves, counted) of one eval's ``nodes`` (topologically ordered, all unrealized).
+
+    ``key`` is hashable and equal for two evals exactly when ``plan`` and lowering treat them
+    alike: per node its primitive, params, shape, dtype and inputs (earlier nodes by position,
+    realized buffers by first use), per realized buffer its shape, strides and dtype, and which
+    nodes something outside the graph holds. ``leaves`` are those realized inputs in that order, so
+    a plan recorded for one eval runs on another's buffers. ``counted`` is (input references per
+    position, positions read twice by one consumer, observed positions), which ``uses`` turns into
+    what ``plan`` needs besides the nodes.
+    ``held_by_caller`` counts the caller's own references to each node besides ``nodes``.
+    It runs on every eval, so it walks the graph once and counts per position, not per id."""
+    from .lower import frozen
+
+    position: dict = {}
+    first: dict = {}
+    leaves: list = []
+    key: list = []
+    refs = [0] * len(nodes)  # references from consumers' input tuples, per node
+    repeats = []  # positions a consumer reads more than once (one consumer, several references)
+    for i, n in enumerate(nodes):
+        ins = []
+        for x in n._inputs:
+            j = position.get(id(x))
+            if j is None:  # a realized buffer: numbered from -1 down, in order of first use
+                k = id(x)
+                j = first.get(k)
+                if j is None:
+                    j = first[k] = -1 - len(leaves)
+                    leaves.append(x)
+                    key.append((x._shape, x._data.strides, x._dtype.name))
+            else:
+                refs[j] += 1
+            ins.append(j)
+        if len(ins) > 1 and (ins[0] == ins[1] if len(ins) == 2 else len(set(ins)) < len(ins)):
+            repeats.extend(j for j in set(ins) if j >= 0 for _ in range(ins.count(j) - 1))
+        position[id(n)] = i
+        key.append((n._prim.name, frozen(n._params), n._shape, n._dtype.name, tuple(ins)))
+    n = x = None  # the loop variables would count as references from outside
+    base = 3 + held_by_caller  # as in _observed: the list, the loop variable, getrefcount's argument
+    observed = []
+    i = 0
+    for n in nodes:
+        if sys.getrefcount(n) - base > refs[i]:
+            observed.append(i)
+        i += 1
+    n = None
+    key.append(tuple(observed))
+    return tuple(key), leaves, (refs, repeats, observed)
+
+
+def uses(nodes: list, counted: tuple) -> tuple:
+    """What ``plan`` reads besides the nodes, from ``signature``'s third result (per position, as
+    a replay never needs it): (distinct consumers per node id, ids of observed nodes)."""
+    refs, repeats, observed = counted
+    consumers = refs.copy()
+    for j in repeats:
+        consumers[j] -= 1
+    return {id(n): c for n, c in zip(nodes, consumers)}, {id(nodes[i]) for i in observed}
+
+
+def plan(nodes: list, held_by_caller: int = 0, caps=PORTABLE, uses_: tuple | None = None) -> list:
     """The steps that realize ``nodes`` (topologically ordered, all unrealized); ``caps`` is what
-    the backend's renderer covers (``lower.PORTABLE`` or ``lower.EVERYTHING``)."""
-    consumers, refs = _uses(nodes)
-    observed = _observed(nodes, refs, held_by_caller)
+    the backend's renderer covers (``lower.PORTABLE`` or ``lower.EVERYTHING``); ``uses_``, when
+    given, is ``uses(nodes, signature(nodes, held_by_caller)[2])``, computed by the caller."""
+    if uses_ is None:
+        consumers, refs = _uses(nodes)
+        observed = _observed(nodes, refs, held_by_caller)
+    else:
+        consumers, observed = uses_
     kinds = {id(n): classify(n, caps) for n in nodes}
     materialized = set()
     shared_views = []

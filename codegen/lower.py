@@ -207,16 +207,28 @@ def _restride(e, strides_of: dict):
     return ir.Op(e.op, tuple(_restride(a, strides_of) for a in e.args), e.dtype)
 
 
-def _frozen(params):
+def frozen(params):
+    """``params`` as a hashable value (for structural keys)."""
     if params is None:
         return None
-    if type(params) is dict:
-        params = tuple(params.items())
+    hit = _FROZEN.get(id(params))
+    if hit is not None and hit[0] is params:
+        return hit[1]
+    value = tuple(params.items()) if type(params) is dict else params
     try:
-        hash(params)
-        return params
+        hash(value)
     except TypeError:
-        return repr(params)
+        return repr(value)
+    if len(_FROZEN) >= 8192:
+        _FROZEN.clear()
+    _FROZEN[id(params)] = (params, value)
+    return value
+
+
+# id(params) -> (params, frozen value): a compiled function's replays share their params objects,
+# so a structural key of a replayed graph freezes nothing. The entry keeps params alive, so an id
+# is never taken by another object while it is here; params are never changed once recorded.
+_FROZEN: dict = {}
 
 
 def structure(root) -> tuple:
@@ -241,7 +253,7 @@ def structure(root) -> tuple:
             key.append((data.shape, data.strides, n._dtype.name))
             leaves.append(n)
         else:
-            key.append((n._prim.name, _frozen(n._params), n._shape, n._dtype.name, len(n._inputs)))
+            key.append((n._prim.name, frozen(n._params), n._shape, n._dtype.name, len(n._inputs)))
             stack.extend(n._inputs)
     return tuple(key), leaves
 

@@ -7,13 +7,23 @@ index space. Nodes no kernel covers run on the numpy executor in between; buffer
 either way, so nothing is copied between the two. Object code is cached on disk (``cache``) and the
 loaded functions in memory, keyed by the kernel IR.
 
-``MLXARM_DEBUG=1`` prints the steps of every eval, ``MLXARM_DEBUG=2`` also each kernel's source;
-``MLXARM_THREADS`` sets the number of worker threads (default: one per CPU). softmax, rms_norm and
-layer_norm over the last axis of float32 data run as row kernels (``codegen.rows``).
+Each eval is recorded as a list of actions (a kernel with where each of its buffers comes from, or a call
+that realizes one node), kept under its graph's structural key (``fuse.signature``) once that structure
+comes a second time. A later eval of that structure (a compiled decode step, a training step) replays
+the actions on its own buffers: no planning, no lowering, kernels called with prebuilt argument arrays.
+An update primitive whose input buffer nothing else can see writes into it (``run_in_place``), as MLX
+donates such a buffer.
+
+``MLXARM_DEBUG=1`` prints the steps of every eval planned (one line for a replay), ``MLXARM_DEBUG=2``
+also each kernel's source; ``MLXARM_THREADS`` sets the number of worker threads (default: one per
+CPU). softmax, rms_norm and layer_norm over the last axis of float32 data run as row kernels
+(``codegen.rows``); float32 affine ``quantized_matmul`` reads its packed weights in the quantized
+template (``llvm_quantized``).
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import sys
@@ -29,12 +39,21 @@ from ..kernels import matmul as gemm_template
 from ..codegen import target as targets
 from ..core.device import memory
 from .cache import ObjectCache
+from . import llvm_quantized
 from .numpy_executor import NumpyExecutor, _keeps_graph
 
 _KERNEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 # Below this many element-steps a kernel runs on the calling thread: handing work to the pool costs
 # more than it saves.
 _PARALLEL_MIN = 1 << 16
+# Recorded evals kept for replay (least recently used dropped first; an LLM decode step's plan takes
+# about a megabyte), structures seen once remembered by hash, and lowered kernel groups kept (oldest
+# dropped first): a program cycling through many graph shapes keeps bounded memory.
+_EVALS_KEPT = 32
+_SEEN_KEPT = 4096
+_GROUPS_KEPT = 4096
+# The kinds of a recorded action (LLVMExecutor.action).
+_CALL, _KERNEL, _LOWER, _ROWS = 0, 1, 2, 3
 # Below this many multiply-adds (M*N*K) a float32 matmul stays on numpy: packing costs more than it saves.
 _GEMM_MIN = 1 << 15
 
@@ -113,6 +132,12 @@ class LLVMExecutor:
         self.numpy = NumpyExecutor()
         self.kernels_run = 0
         self.last_plan: list = []
+        # fuse.signature key -> (recorded actions, their last_plan), least recently used first
+        self.evals: dict = {}
+        self.seen: set = set()  # hashes of the structures planned once and not kept
+        self.replays = 0
+        self.donated = 0  # updates written into their input's buffer (run_in_place)
+        self.keep_graph = False  # realized nodes keep their inputs (a transform is tracing)
 
     def info(self) -> dict:
         t = self.target
@@ -135,56 +160,221 @@ class LLVMExecutor:
             self.sources[kernel] = source
         return fn
 
-    def run_rows(self, node, kernel: rows.RowKernel) -> np.ndarray:
+    def run(self, refs) -> None:
+        """Realize the nodes behind ``refs`` (topologically ordered). An eval whose graph has the
+        structure of one kept before (``fuse.signature``) replays that eval's recorded actions on
+        its own buffers; any other is planned and lowered, and kept when its structure comes the
+        second time."""
+        nodes = [n for n in (r() for r in refs) if n is not None and n._data is None]
+        if not nodes:
+            return
+        self.keep_graph = _keeps_graph()  # asked once per eval: it cannot change during one
+        key, leaves, counted = fuse.signature(nodes)
+        recorded = self.evals.pop(key, None)
+        if recorded is not None:
+            self.evals[key] = recorded  # now the most recently used
+            actions, self.last_plan = recorded
+            targets = [nodes[a[1]] for a in actions]
+            del nodes
+            self.replays += 1
+            if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
+                print(f"[mlxarm] replay {len(actions)} recorded steps", file=sys.stderr)
+            self.replay(actions, targets, leaves)
+            return
+        steps = fuse.plan(nodes, caps=lower.EVERYTHING, uses_=fuse.uses(nodes, counted))
+        position = {id(n): i for i, n in enumerate(nodes)}
+        del nodes
+        sources = {id(n): (0, i) for i, n in enumerate(leaves)}  # buffer -> where a replay finds it
+        numpy_made: set = set()  # sources made by a call (numpy or a template), not a fused kernel
+        debug = int(os.environ.get("MLXARM_DEBUG", "0") or 0)
+        self.last_plan = []
+        actions = []
+        for step in steps:
+            node = step.node
+            if node._data is not None:
+                continue
+            action = self.action(step, position[id(node)], sources, numpy_made)
+            numpy = action[0] == _CALL and action[2] in (self.run_numpy, self.run_view, self.run_in_place)
+            self.last_plan.append(("numpy" if numpy else "kernel", action[3]))
+            if debug:
+                print(f"[mlxarm] {self.last_plan[-1][0]:6} {action[3]} {node._shape} {node._dtype.name}",
+                      file=sys.stderr)
+                if debug > 1 and action[0] != _CALL and action[2] in self.sources:
+                    print(self.sources[action[2]], file=sys.stderr)
+            self.perform(action, node)
+            sources[id(node)] = (1, len(actions))
+            if action[0] == _CALL:
+                numpy_made.add((1, len(actions)))
+            actions.append(action)
+        # A structure is kept on its second sighting: a graph seen once (an uncompiled decode step
+        # whose cache slices grow) costs a hash, not a recorded plan.
+        sighting = hash(key)
+        if sighting not in self.seen:
+            if len(self.seen) >= _SEEN_KEPT:
+                self.seen.clear()
+            self.seen.add(sighting)
+            return
+        if len(self.evals) >= _EVALS_KEPT:
+            del self.evals[next(iter(self.evals))]  # the least recently used
+        self.evals[key] = (tuple(actions), self.last_plan)
+
+    def action(self, step, pos: int, sources: dict, numpy_made: set) -> tuple:
+        """How to realize ``step.node`` (its inputs realized), as a replayable action:
+        (_CALL, pos, function of the node, summary), or (_KERNEL, pos, kernel, summary, function,
+        ((0, leaf index) or (1, action index), byte offset) per input buffer, (action index,
+        strides) per input whose layout a replay checks, its argument array,
+        its ``split`` shape or None when the output is empty), or (_LOWER, pos, kernel, summary)
+        for a kernel lowered afresh each time (its group reads a copy), or a row kernel shaped like
+        a _KERNEL action (_ROWS, ``row_action``)."""
+        node = step.node
+        if step.kind == "numpy":
+            if self.gemm_fits(node):
+                return (_CALL, pos, self.run_gemm, "gemm")
+            # The quantized matmul template (llvm_quantized) runs what it fits.
+            if llvm_quantized.fits(node, self.target):
+                return (_CALL, pos, self.run_quantized, llvm_quantized.name(self, node))
+            row_kernel = rows.match(node, self.target.lanes)
+            if row_kernel is not None:
+                return self.row_action(node, pos, row_kernel, sources, numpy_made)
+            if node._prim is not None and node._prim.name in lower.VIEWS and not node._prim.compute:
+                return (_CALL, pos, self.run_view, node._prim.name)
+            if node._prim is not None and "in_place" in node._prim.extra:
+                return (_CALL, pos, self.run_in_place, node._prim.name)
+            return (_CALL, pos, self.run_numpy, node._prim.name if node._prim else "?")
+        key, leaves = lower.structure(node)
+        plan = self.plans.get(key)
+        if plan is None:
+            kernel = self.lowered(node)[0]  # caches the group's plan unless it reads a copy
+            plan = self.plans.get(key)
+            if plan is None:
+                return (_LOWER, pos, kernel, ir.summary(kernel))
+        kernel, summary, fn, offsets = plan
+        if not all(id(leaves[i]) in sources for i, _ in offsets):  # a buffer no action made
+            return (_LOWER, pos, kernel, summary)
+        split = (kernel.out_size, *self.split_shape(kernel)) if math.prod(node._shape) else None
+        reads = tuple((sources[id(leaves[i])], off) for i, off in offsets)
+        # A buffer a call (numpy or a template) made is checked for the layout the kernel was
+        # lowered for; a leaf's layout is in the eval's key and a kernel's output is contiguous.
+        checks = tuple((where[1], leaves[i]._data.strides) for (i, _), (where, _) in zip(offsets, reads)
+                       if where in numpy_made)
+        return (_KERNEL, pos, kernel, summary, fn, reads, checks, (ctypes.c_void_p * (1 + len(offsets)))(), split)
+
+    def row_action(self, node, pos: int, kernel: rows.RowKernel, sources: dict, numpy_made: set) -> tuple:
+        """A row kernel as an action shaped like a fused kernel's (its inputs read whole, at offset
+        0), or a call when an input is not contiguous now (the call copies it) or was made by no
+        action."""
+        if not all(i._data.flags.c_contiguous and id(i) in sources for i in node._inputs):
+            return (_CALL, pos, functools.partial(self.run_rows, kernel=kernel), kernel.name)
+        reads = tuple((sources[id(i)], 0) for i in node._inputs)
+        checks = tuple((where[1], i._data.strides) for i, (where, _) in zip(node._inputs, reads)
+                       if where in numpy_made)
+        size = math.prod(node._shape)
+        split = (size // kernel.n, kernel.n, 1) if size else None
+        return (_ROWS, pos, kernel, kernel.name, self.row_function(kernel), reads, checks,
+                (ctypes.c_void_p * (1 + len(reads)))(), split)
+
+    def perform(self, action: tuple, node) -> None:
+        """Run one action on ``node`` while recording (kernels find their buffers through the
+        graph; ``replay`` runs kernel actions itself)."""
+        if action[0] == _CALL:
+            action[2](node)
+            return
+        if action[0] == _ROWS:
+            self.run_rows(node, action[2])
+            return
+        kernel, _, fn, addresses, keep = self.lowered(node)
+        out = np.empty(node._shape, dtype=node._dtype.np_storage)
+        if out.size:
+            self.launch(fn, kernel, [out.ctypes.data] + addresses)
+        del keep
+        self.realized(node, out)
+
+    def replay(self, actions: tuple, targets: list, leaves: list) -> None:
+        """Run recorded ``actions`` on ``targets`` (the node each realizes) reading ``leaves``.
+        A kernel action is called with its prebuilt argument array, refilled with this eval's
+        buffer addresses (each buffer's address is looked up once)."""
+        found: dict = {}  # (0, leaf index) or (1, action index) -> buffer address
+        for index, (action, node) in enumerate(zip(actions, targets)):
+            if node._data is not None:
+                continue
+            kind = action[0]
+            if kind != _KERNEL and kind != _ROWS:
+                self.perform(action, node)
+                continue
+            fn, reads, checks, args, split = action[4:]
+            if checks and any(targets[i]._data.strides != layout for i, layout in checks):
+                # A call laid its buffer out differently this time: run as when recording.
+                self.perform((_CALL, None, functools.partial(self.run_rows, kernel=action[2]))
+                             if kind == _ROWS else (_LOWER,), node)
+                continue
+            out = np.empty(node._shape, dtype=node._dtype.np_storage)
+            if split is not None:  # None: an empty output, nothing to run
+                slot = 1
+                for source, offset in reads:
+                    address = found.get(source)
+                    if address is None:
+                        where, i = source
+                        address = found[source] = (leaves[i] if where == 0 else targets[i])._data.ctypes.data
+                    args[slot] = address + offset
+                    slot += 1
+                args[0] = found[(1, index)] = out.ctypes.data
+                self.split(fn, args, *split)
+            self.realized(node, out)
+
+    def run_numpy(self, node) -> None:
+        self.numpy.run([weakref.ref(node)])
+
+    def run_view(self, node) -> None:
+        """A movement primitive on a buffer: its reference makes a numpy view (the numpy executor's
+        work without its per-node checks; a reference that had to copy is counted as it counts)."""
+        src = node._inputs[0]._data
+        out = node._prim.ref(node._params, src)
+        if out.base is None and out is not src:
+            memory.alloc(out.nbytes)
+            weakref.finalize(out, memory.free, out.nbytes)
+        node._data = out
+        if not self.keep_graph:
+            node._inputs = ()
+            node._params = None
+
+    def run_in_place(self, node) -> None:
+        """An update primitive (``extra["in_place"]``) writing into its first input's buffer when
+        nothing else can see that buffer, as MLX donates a dying input's buffer: a KV cache
+        update then writes one position instead of copying the cache. Otherwise the reference
+        runs (on a copy)."""
+        x = node._inputs[0]
+        buf = x._data
+        # x is referenced by node._inputs, this frame, getrefcount's argument and the eval's list of
+        # its leaves or steps; buf by x, this frame and getrefcount's argument. One more of either
+        # is a user, another node, or a view that would see the write.
+        if sys.getrefcount(x) > 4 or sys.getrefcount(buf) > 3 or buf.base is not None \
+                or not buf.flags.writeable or self.keep_graph:
+            del x, buf
+            self.run_numpy(node)
+            return
+        del x, buf
+        ins = [i._data for i in node._inputs]
+        out = node._prim.extra["in_place"](node._params, *ins)
+        del ins
+        self.donated += 1
+        node._data = out
+        node._inputs = ()
+        node._params = None
+
+    def run_gemm(self, node) -> None:
+        self.realized(node, self.run_matmul(node))
+
+    def run_quantized(self, node) -> None:
+        self.realized(node, llvm_quantized.run(self, node))
+
+    def run_rows(self, node, kernel: rows.RowKernel) -> None:
         """softmax / rms_norm / layer_norm over the last axis: one row kernel."""
         arrays = [np.ascontiguousarray(i._data) for i in node._inputs]
         out = np.empty(node._shape, np.float32)
         if out.size:
             self.split(self.row_function(kernel), [a.ctypes.data for a in [out] + arrays],
                        out.size // kernel.n, kernel.n, 1)
-        return out
-
-    def run(self, refs) -> None:
-        nodes = [n for n in (r() for r in refs) if n is not None and n._data is None]
-        steps = fuse.plan(nodes, caps=lower.EVERYTHING)
-        del nodes
-        debug = int(os.environ.get("MLXARM_DEBUG", "0") or 0)
-        self.last_plan = []
-        for step in steps:
-            node = step.node
-            if node._data is not None:
-                continue
-            if step.kind == "numpy" and self.gemm_fits(node):
-                self.last_plan.append(("kernel", "gemm"))
-                if debug:
-                    print(f"[mlxarm] kernel gemm {node._shape}", file=sys.stderr)
-                self.realized(node, self.run_matmul(node))
-                continue
-            row_kernel = rows.match(node, self.target.lanes) if step.kind == "numpy" else None
-            if row_kernel is not None:
-                self.last_plan.append(("kernel", row_kernel.name))
-                if debug:
-                    print(f"[mlxarm] kernel {row_kernel.name} {node._shape}", file=sys.stderr)
-                self.realized(node, self.run_rows(node, row_kernel))
-                continue
-            if step.kind == "numpy":
-                self.numpy.run([weakref.ref(node)])
-                self.last_plan.append(("numpy", node._prim.name if node._prim else "?"))
-                if debug:
-                    print(f"[mlxarm] numpy  {self.last_plan[-1][1]} {node._shape} {node._dtype.name}",
-                          file=sys.stderr)
-                continue
-            kernel, summary, fn, addresses, keep = self.lowered(node)
-            self.last_plan.append(("kernel", summary))
-            if debug:
-                print(f"[mlxarm] kernel {summary}", file=sys.stderr)
-                if debug > 1:
-                    print(self.sources[kernel], file=sys.stderr)
-            out = np.empty(node._shape, dtype=node._dtype.np_storage)
-            if out.size:
-                self.launch(fn, kernel, [out.ctypes.data] + addresses)
-            del keep
-            self.realized(node, out)
+        self.realized(node, out)
 
     def gemm_fits(self, node) -> bool:
         """A float32 matmul big enough for the packed template to beat its packing cost."""
@@ -257,6 +447,8 @@ class LLVMExecutor:
             # A view that had to copy has no offset: such a group is lowered every time.
             summary = ir.summary(kernel)
             if all(off is not None for _, off in offsets):
+                if len(self.plans) >= _GROUPS_KEPT:
+                    del self.plans[next(iter(self.plans))]  # the oldest
                 self.plans[key] = (kernel, summary, fn, offsets)
             return kernel, summary, fn, [a.ctypes.data for a in arrays], arrays
         kernel, summary, fn, offsets = plan
@@ -266,7 +458,7 @@ class LLVMExecutor:
         """Give ``node`` its buffer ``out``, written by a kernel."""
         self.kernels_run += 1
         node._data = out
-        if not _keeps_graph():
+        if not self.keep_graph:
             # Inputs dying here are freed before the output is counted, as MLX's buffer donation
             # would reuse them.
             node._inputs = ()
@@ -275,17 +467,22 @@ class LLVMExecutor:
         weakref.finalize(out, memory.free, out.nbytes)
 
     def launch(self, fn, kernel: ir.Kernel, addresses: list) -> None:
+        self.split(fn, addresses, kernel.out_size, *self.split_shape(kernel))
+
+    @staticmethod
+    def split_shape(kernel: ir.Kernel) -> tuple:
+        """(element-steps per output unit, slice alignment) of a kernel, for ``split``."""
         per_unit = 1
         for d in kernel.dims[kernel.n_out:]:
             per_unit *= d
-        align = kernel.width * 4 if kernel.reduce_op is None else 1
-        self.split(fn, addresses, kernel.out_size, per_unit, align)
+        return per_unit, kernel.width * 4 if kernel.reduce_op is None else 1
 
-    def split(self, fn, addresses: list, total: int, per_unit: int, align: int) -> None:
+    def split(self, fn, addresses, total: int, per_unit: int, align: int) -> None:
         """Run ``fn`` over [0, total) units of ``per_unit`` element-steps each, in slices of a
-        multiple of ``align`` units spread over the workers when the work is big enough. The caller
-        keeps the buffers at ``addresses`` alive until this returns."""
-        args = (ctypes.c_void_p * len(addresses))(*addresses)
+        multiple of ``align`` units spread over the workers when the work is big enough.
+        ``addresses`` is a list or a prebuilt ctypes array of them; the caller keeps the buffers
+        there alive until this returns."""
+        args = addresses if isinstance(addresses, ctypes.Array) else (ctypes.c_void_p * len(addresses))(*addresses)
         if self.pool is None or total * per_unit < _PARALLEL_MIN or total < 2:
             fn(args, 0, total)
             return

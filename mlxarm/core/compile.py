@@ -21,7 +21,7 @@ import weakref
 
 from .array import array, make_node
 from .registry import api
-from .graph import array_leaves, tracing
+from .graph import _transforming, array_leaves, eval_arrays, tracing
 from .vmap import TRACE_INPUT, trace_input, placeholder_slot, in_tracing
 from .ops._base import broadcast_shapes
 
@@ -188,7 +188,8 @@ class _Tape:
         values: list = []
         reinfer = shapeless and any(x._shape != s for x, s in zip(inputs, self.in_shapes))
         for prim, refs, params, shape, dtype, stream, traced_in in self.steps:
-            ins = tuple(_value(r, inputs, values) for r in refs)
+            # _value inlined: this loop records every node of a compiled call (an LLM decode step).
+            ins = tuple([values[v] if k == 0 else inputs[v] if k == 1 else v for k, v in refs])
             if reinfer:
                 shape, params = shapeless_shape(prim, ins, params, shape, traced_in)
             values.append(make_node(prim, ins, params, shape, dtype, stream))
@@ -227,7 +228,20 @@ def _trace(fun, args, kwargs, inputs, captured_inputs, captured_outputs, num_arg
         if captured_inputs is not None:
             _replace_state(captured_inputs, {id(p): x for p, x in
                                              zip(state_ph, inputs[num_args + num_kwargs:])})
-    return _record_tape(out_arrays, token, inputs, structure, num_outputs)
+    tape = _record_tape(out_arrays, token, inputs, structure, num_outputs)
+    if not _transforming.no_eval:
+        # The trace's constants are the same every call: computed once here, every replay reads
+        # them as buffers, so the graphs of all calls have one structure (an executor that records
+        # plans replays from the first call on).
+        eval_arrays(_lazy_constants(tape))
+    return tape
+
+
+def _lazy_constants(tape: _Tape) -> list:
+    """The unevaluated constants the tape's steps and outputs read."""
+    refs = [r for step in tape.steps for r in step[1]] + list(tape.outputs)
+    found = {id(v): v for kind, v in refs if kind == 2 and isinstance(v, array) and v._data is None}
+    return list(found.values())
 
 
 def _record_tape(outputs, token, inputs, structure, num_outputs) -> _Tape:

@@ -1,5 +1,7 @@
 """Text generation: prefill in chunks, then one decode step per token against a preallocated
-key/value cache, streaming text as whole characters, shaped like mlx-lm's ``stream_generate``."""
+key/value cache, streaming text as whole characters, shaped like mlx-lm's ``stream_generate``.
+The decode step is compiled with the cache position as an array input, so its graph keeps one
+structure from token to token and executors that record plans replay it."""
 from __future__ import annotations
 
 import time
@@ -8,7 +10,7 @@ from typing import Callable, Generator, Optional, Union
 
 import mlxarm.core as mx
 
-from .models.cache import make_prompt_cache
+from .models.cache import KVCache, make_prompt_cache
 from .sample import make_sampler
 
 
@@ -26,8 +28,11 @@ class GenerationResponse:
 
 
 def generate_step(prompt, model, *, max_tokens: int = 256, sampler: Callable = None,
-                  prompt_cache: list = None, prefill_step_size: int = 512) -> Generator:
-    """Yield (token id, log-probabilities) pairs, the first after the whole prompt is consumed."""
+                  prompt_cache: list = None, prefill_step_size: int = 512,
+                  logits_processors: list = None) -> Generator:
+    """Yield (token id, log-probabilities) pairs, the first after the whole prompt is consumed.
+    ``logits_processors`` (``make_logits_processors``) map (all tokens so far, logits) to logits
+    before sampling, as mlx-lm's."""
     sampler = sampler or make_sampler()
     tokens = prompt if isinstance(prompt, mx.array) else mx.array(list(prompt), mx.uint32)
     if tokens.size == 0:
@@ -35,14 +40,28 @@ def generate_step(prompt, model, *, max_tokens: int = 256, sampler: Callable = N
     if prompt_cache is None:
         prompt_cache = make_prompt_cache(model, tokens.size + max(max_tokens, 0))
 
+    history = []  # the tokens the logits processors see: prompt, then generated ones
+
+    decode = _fixed_shape_decode(model, prompt_cache)
+
     def step(chunk):
-        logits = model(chunk[None], cache=prompt_cache)[:, -1, :]
+        logits = decode(chunk) if chunk.size == 1 and decode is not None else None
+        if logits is None:
+            logits = model(chunk[None], cache=prompt_cache)[:, -1, :]
+        if logits_processors:
+            history.append(chunk)
+            seen = mx.concatenate(history) if len(history) > 1 else chunk
+            history[:] = [seen]
+            for processor in logits_processors:
+                logits = processor(seen, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         return sampler(logprobs), logprobs[0]
 
     while tokens.size > prefill_step_size:
         mx.eval([c.state for c in prompt_cache])
         model(tokens[:prefill_step_size][None], cache=prompt_cache)
+        if logits_processors:
+            history.append(tokens[:prefill_step_size])
         tokens = tokens[prefill_step_size:]
     token, logprobs = step(tokens)
     for n in range(max_tokens):
@@ -51,6 +70,40 @@ def generate_step(prompt, model, *, max_tokens: int = 256, sampler: Callable = N
         yield value, logprobs
         if n + 1 < max_tokens:
             token, logprobs = step(mx.array([value], mx.uint32))
+
+
+def _fixed_shape_decode(model, caches: list):
+    """A function running the model on one token at the caches' position, compiled so that every
+    call records the same graph: the position is an array input (``models.cache``), and the keys
+    and values are the caches' whole buffers. The first call traces it (computing its constants,
+    such as float32 copies of quantization scales, once); the executor keeps the plan of the second
+    and every later decode step replays it. None when the caches are not all plain ``KVCache``s."""
+    if not caches or not all(type(c) is KVCache for c in caches):
+        return None
+
+    def forward(tokens, position, state):
+        saved = [(c.keys, c.values, c.offset) for c in caches]
+        try:
+            for c, (keys, values) in zip(caches, state):
+                c.keys, c.values, c.offset = keys, values, position
+            logits = model(tokens, cache=caches)[:, -1, :]
+            return logits, [(c.keys, c.values) for c in caches]
+        finally:
+            for c, (keys, values, offset) in zip(caches, saved):
+                c.keys, c.values, c.offset = keys, values, offset
+
+    compiled = mx.compile(forward)
+
+    def decode(chunk):
+        offset = caches[0].offset
+        if any(c.offset != offset for c in caches) or not all(c.reserve(1) for c in caches):
+            return None
+        logits, state = compiled(chunk[None], mx.array(offset, mx.int32), [(c.keys, c.values) for c in caches])
+        for c, (keys, values) in zip(caches, state):
+            c.keys, c.values, c.offset = keys, values, offset + 1
+        return logits
+
+    return decode
 
 
 def stream_generate(model, tokenizer, prompt: Union[str, list], max_tokens: int = 256,

@@ -636,14 +636,19 @@ def slice(a, /, start_indices, axes, slice_size, *, stream=None):  # noqa: A001 
 
 
 def _dynamic_slice_update_ref(p, x, update, start):
-    out = x.copy()
-    out[_region(p, start, x.shape, update.shape)] = update
-    return out
+    return _dynamic_slice_update_into(p, x.copy(), update, start)
+
+
+def _dynamic_slice_update_into(p, x, update, start):
+    """The update written into ``x`` itself: for an executor that donates a dying input's buffer."""
+    x[_region(p, start, x.shape, update.shape)] = update
+    return x
 
 
 DYNAMIC_SLICE_UPDATE = register(Primitive(
     "dynamic_slice_update", "index", _dynamic_slice_update_ref, compute=False,
-    doc="Overwrite a window of the input, at start positions given by an array, with an update."))
+    doc="Overwrite a window of the input, at start positions given by an array, with an update.",
+    extra={"in_place": _dynamic_slice_update_into}))
 
 
 @api(primitive="dynamic_slice_update")

@@ -1,0 +1,230 @@
+"""Plan capture and replay on the LLVM executor: an eval whose graph has the structure of an earlier
+one runs that eval's recorded steps on its own buffers. Replays must give what a fresh plan gives,
+also when the buffers change, and a structurally different graph must be planned afresh; the cache
+of recorded evals stays bounded; a compiled decode step of a language model replays."""
+import numpy as np
+import pytest
+
+pytest.importorskip("llvmlite", reason="the LLVM backend needs llvmlite")
+
+import mlxarm.core as ma  # noqa: E402
+from mlxarm.backend import executor, llvm as llvm_backend  # noqa: E402
+from mlxarm.lm import KVCache, generate_step  # noqa: E402
+from mlxarm.lm.models import llama  # noqa: E402
+
+
+@pytest.fixture
+def llvm(monkeypatch):
+    monkeypatch.setenv("MLXARM_DEVICE", "llvm")
+    return executor("llvm")
+
+
+def data(seed, *shapes):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+def mixed(a, b, w):
+    """Fused elementwise kernels, a reduction with an epilogue, numpy steps between kernels
+    (cumsum, a materialized view), a matvec, a float32 gemm and a row kernel (softmax)."""
+    h = ma.tanh(a * b + 1.0)
+    c = ma.cumsum(h, axis=1)
+    n = c / ma.sqrt(ma.sum(c * c, axis=1, keepdims=True) + 1e-3)
+    v = n @ w[:, :1]
+    g = n.T[:16] @ n[:, :16]
+    return ma.softmax(g, axis=-1), v, ma.max(n, axis=0)
+
+
+def numpy_reference(fn, arrays):
+    import os
+
+    old = os.environ.get("MLXARM_DEVICE")
+    os.environ["MLXARM_DEVICE"] = "numpy"
+    try:
+        outs = fn(*[ma.array(x) for x in arrays])
+        ma.eval(outs)
+        return [np.array(o) for o in outs]
+    finally:
+        os.environ["MLXARM_DEVICE"] = old
+
+
+def run(fn, arrays):
+    outs = fn(*[ma.array(x) for x in arrays])
+    ma.eval(outs)
+    return [np.array(o) for o in outs]
+
+
+def test_replay_matches_a_fresh_plan_on_new_buffers(llvm):
+    shapes = ((48, 40), (40,), (40, 8))
+    first = data(0, *shapes)
+    fresh = run(mixed, first)
+    run(mixed, data(9, *shapes))  # the structure's second sighting: its plan is kept
+    replays = llvm.replays
+    for seed in (1, 2, 3):  # new values in new buffers: the same structure replays
+        arrays = data(seed, *shapes)
+        got = run(mixed, arrays)
+        assert llvm.replays == replays + seed
+        for g, r in zip(got, numpy_reference(mixed, arrays)):
+            np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5)
+    again = run(mixed, first)  # a replay on the first inputs repeats the fresh result exactly
+    assert llvm.replays == replays + 4
+    for g, f in zip(again, fresh):
+        np.testing.assert_array_equal(g, f)
+
+
+def test_structurally_different_graphs_are_planned_afresh(llvm):
+    x, y = data(4, (12, 10), (12, 10))
+    for _ in range(3):  # kept, then replayed
+        run(lambda a, b: (ma.exp(a) + b,), [x, y])
+    replays = llvm.replays
+    cases = [
+        (lambda a, b: (ma.exp(a) - b,), [x, y], lambda: [np.exp(x) - y]),  # another op
+        (lambda a, b: (ma.exp(a) + b,), [x[:, :6], y[:, :6]],  # another shape
+         lambda: [np.exp(x[:, :6]) + y[:, :6]]),
+        (lambda a, b: (ma.exp(a) + a,), [x, y], lambda: [np.exp(x) + x]),  # other wiring
+        (lambda a, b: (ma.exp(a) + b.astype(ma.float16),), [x, y],  # another dtype on the way
+         lambda: [np.exp(x) + y.astype(np.float16).astype(np.float32)]),
+    ]
+    for fn, arrays, expected in cases:
+        got = run(fn, arrays)
+        for g, e in zip(got, expected()):
+            np.testing.assert_allclose(g, e, rtol=1e-3, atol=1e-3)
+    # Another layout of a realized buffer: a transposed view, evaluated on its own first.
+    a = ma.array(np.ascontiguousarray(x.T)).T
+    ma.eval(a)
+    got = ma.exp(a) + ma.array(y)
+    ma.eval(got)
+    np.testing.assert_allclose(np.array(got), np.exp(x) + y, rtol=1e-5)
+    assert llvm.replays == replays
+
+
+def test_an_intermediate_held_outside_changes_the_plan(llvm):
+    """Whether the caller holds an intermediate decides what gets a buffer, so it is part of the
+    structure: holding one must not replay the plan made when nobody held it."""
+    x, y = data(5, (8, 16), (16,))
+    a, b = ma.array(x), ma.array(y)
+    for _ in range(3):  # kept, then replayed
+        out = ma.sum(ma.exp(a * b), axis=1)
+        ma.eval(out)
+    replays = llvm.replays
+    t = ma.exp(a * b)
+    out = ma.sum(t, axis=1)
+    ma.eval(out)
+    assert llvm.replays == replays and t._data is not None  # materialized for its holder
+    np.testing.assert_allclose(np.array(t), np.exp(x * y), rtol=1e-5)
+    np.testing.assert_allclose(np.array(out), np.exp(x * y).sum(1), rtol=1e-5)
+
+
+def test_recorded_evals_are_bounded(llvm):
+    for n in range(1, llvm_backend._EVALS_KEPT + 20):
+        for _ in range(2):  # each shape twice, so each is kept
+            (got,) = run(lambda a: (ma.sin(a) * 2.0,), [np.full((n,), 0.5, np.float32)])
+            np.testing.assert_allclose(got, np.sin(np.full((n,), 0.5, np.float32)) * 2, rtol=1e-6)
+    assert len(llvm.evals) == llvm_backend._EVALS_KEPT
+    assert len(llvm.seen) <= llvm_backend._SEEN_KEPT and len(llvm.plans) <= llvm_backend._GROUPS_KEPT
+
+
+def test_compiled_function_replays(llvm):
+    f = ma.compile(lambda a, b: ma.softmax(a @ b + 1.0, axis=-1).sum(axis=0))
+    x, w = data(6, (4, 32), (32, 64))
+    for _ in range(2):  # traced and planned, then kept
+        ma.eval(f(ma.array(x), ma.array(w)))
+    replays = llvm.replays
+    for seed in (7, 8):
+        x, w = data(seed, (4, 32), (32, 64))
+        got = f(ma.array(x), ma.array(w))
+        ma.eval(got)
+        z = x @ w + 1
+        e = np.exp(z - z.max(-1, keepdims=True))
+        np.testing.assert_allclose(np.array(got), (e / e.sum(-1, keepdims=True)).sum(0), rtol=1e-5, atol=1e-6)
+    assert llvm.replays == replays + 2
+
+
+def tiny_llama(seed=0):
+    args = llama.ModelArgs(hidden_size=32, num_hidden_layers=2, intermediate_size=48, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=40, rope_theta=10000.0)
+    ma.random.seed(seed)
+    model = llama.Model(args)
+    ma.eval(model.parameters())
+    return model
+
+
+def decode_with_growing_cache(model, prompt, steps):
+    """Greedy decode as mlx-lm writes it: a cache that grows, positions as Python ints."""
+    cache = [KVCache() for _ in model.layers]
+    logits = model(ma.array([prompt], ma.uint32), cache=cache)[:, -1, :]
+    out = []
+    for _ in range(steps):
+        logprobs = logits - ma.logsumexp(logits, axis=-1, keepdims=True)
+        token = int(np.argmax(np.array(logprobs)[0]))
+        out.append((token, np.array(logprobs)[0]))
+        logits = model(ma.array([[token]], ma.uint32), cache=cache)[:, -1, :]
+    return out
+
+
+def test_decode_steps_replay_and_match_the_growing_cache(llvm):
+    model = tiny_llama()
+    prompt = [3, 17, 5, 9, 22]
+    expected = decode_with_growing_cache(model, prompt, 6)
+    replays = llvm.replays
+    got = list(generate_step(prompt, model, max_tokens=6))
+    # Five decode steps: the first is planned (the trace's constants were computed when it was
+    # traced), the second's plan is kept, and every later one replays it.
+    assert llvm.replays - replays == 3
+    assert [t for t, _ in got] == [t for t, _ in expected]
+    for (_, g), (_, e) in zip(got, expected):
+        np.testing.assert_allclose(np.array(g), e, rtol=1e-5, atol=1e-5)
+
+
+def test_slice_update_writes_into_a_dying_buffer_only(llvm):
+    """A dynamic slice update donates its input's buffer when nothing else can see it (a KV cache
+    step); a buffer the user, another node or a view still reads is copied instead."""
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    update = np.full((1, 6), -1.0, np.float32)
+    expected = base.copy()
+    expected[2] = -1
+
+    cache = ma.array(base)
+    ma.eval(cache)
+    donated = llvm.donated
+    cache = ma.slice_update(cache, ma.array(update), ma.array(2), axes=(0,))  # the old one dies
+    ma.eval(cache)
+    assert llvm.donated == donated + 1
+    np.testing.assert_array_equal(np.array(cache), expected)
+
+    held = ma.array(base)
+    ma.eval(held)
+    out = ma.slice_update(held, ma.array(update), ma.array(2), axes=(0,))
+    ma.eval(out)
+    np.testing.assert_array_equal(np.array(held), base)  # the holder still sees its values
+    np.testing.assert_array_equal(np.array(out), expected)
+    assert llvm.donated == donated + 1
+
+    a = ma.array(base)
+    view = a[1:3]
+    ma.eval(a, view)
+    out = ma.slice_update(a, ma.array(update), ma.array(2), axes=(0,))
+    del a
+    ma.eval(out)
+    np.testing.assert_array_equal(np.array(view), base[1:3])  # a view of the buffer is untouched
+    np.testing.assert_array_equal(np.array(out), expected)
+    assert llvm.donated == donated + 1
+
+    a = ma.array(base)
+    ma.eval(a)
+    out = ma.slice_update(a, ma.array(update), ma.array(2), axes=(0,)) + ma.sum(a, axis=0)
+    del a
+    ma.eval(out)  # another node reads the old buffer in the same eval (donated once that ran)
+    np.testing.assert_array_equal(np.array(out), expected + base.sum(0))
+
+    a = ma.array(base)
+    ma.eval(a)
+    donated = llvm.donated
+    out = ma.slice_update(a, ma.array(update), ma.array(2), axes=(0,))
+    later = a * 2.0  # realized after the update: it must read the old values
+    del a
+    ma.eval(later, out)  # the update is ordered first
+    assert llvm.last_plan[0] == ("numpy", "dynamic_slice_update")
+    np.testing.assert_array_equal(np.array(later), base * 2)
+    np.testing.assert_array_equal(np.array(out), expected)
+    assert llvm.donated == donated
