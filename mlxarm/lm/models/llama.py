@@ -9,6 +9,7 @@ import mlxarm.core as mx
 import mlxarm.nn as nn
 
 from .base import create_attention_mask, scaled_dot_product_attention
+from .rope import initialize_rope
 
 
 @dataclass
@@ -27,6 +28,7 @@ class ModelArgs:
     # GGUF files store q/k rows permuted so that rotation pairs are adjacent (llama.cpp's layout):
     # with those weights the traditional (interleaved) rotation is the right one.
     rope_traditional: bool = False
+    rope_scaling: Optional[dict] = None
     model_type: str = "llama"
 
     def __post_init__(self):
@@ -46,7 +48,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(dim, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, dim, bias=False)
-        self.rope = nn.RoPE(self.head_dim, traditional=args.rope_traditional, base=args.rope_theta)
+        self.rope = initialize_rope(self.head_dim, args.rope_theta, args.rope_traditional,
+                                    args.rope_scaling, args.max_position_embeddings)
 
     def __call__(self, x, mask=None, cache=None):
         B, L, _ = x.shape
@@ -119,6 +122,12 @@ class Model(nn.Module):
         if self.args.tie_word_embeddings:
             return self.model.embed_tokens.as_linear(out)
         return self.lm_head(out)
+
+    def sanitize(self, weights: dict) -> dict:
+        """Checkpoint names mlx-lm drops: a tied output head, precomputed rotary frequencies."""
+        if self.args.tie_word_embeddings:
+            weights.pop("lm_head.weight", None)
+        return {k: v for k, v in weights.items() if "self_attn.rotary_emb.inv_freq" not in k}
 
     @property
     def layers(self):
