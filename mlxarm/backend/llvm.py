@@ -38,6 +38,7 @@ from ..codegen import fuse, ir, lower, render_llvm, rows
 from ..kernels import matmul as gemm_template
 from ..codegen import target as targets
 from ..core.device import memory
+from . import blas
 from .cache import ObjectCache
 from . import llvm_quantized
 from .numpy_executor import NumpyExecutor, _keeps_graph
@@ -164,7 +165,11 @@ class LLVMExecutor:
         """Realize the nodes behind ``refs`` (topologically ordered). An eval whose graph has the
         structure of one kept before (``fuse.signature``) replays that eval's recorded actions on
         its own buffers; any other is planned and lowered, and kept when its structure comes the
-        second time."""
+        second time. numpy's BLAS stays on one thread meanwhile (``blas``): the workers use the cores."""
+        with blas.single_threaded():
+            self._run(refs)
+
+    def _run(self, refs) -> None:
         nodes = [n for n in (r() for r in refs) if n is not None and n._data is None]
         if not nodes:
             return
