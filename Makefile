@@ -1,6 +1,7 @@
 # make run  : set up (system packages, .venv, the project with its extras), then the embedded model
 #             (SmolLM2-135M-Instruct) answers PROMPT: make run PROMPT="Why is the sky blue?"
-# make test : the same set-up, then the test suite (full venv, then a numpy-only venv)
+# make test : the same set-up, then the test suite (full venv, then a numpy-only venv); Vulkan work in
+#             the full run goes through the Khronos validation layer, and any message it reports fails
 # Both are idempotent: a second run re-installs nothing unless pyproject.toml changed.
 
 PYTHON      ?= python3
@@ -24,7 +25,7 @@ run: setup
 	$(PY) -m mlxarm.lm generate --prompt "$(PROMPT)" --max-tokens $(MAX_TOKENS)
 
 test: setup $(NPSTAMP)
-	MLXARM_FORBID_SKIPS=1 $(PY) -m pytest $(PYTEST_ARGS) tests
+	MLXARM_FORBID_SKIPS=1 MLXARM_VK_VALIDATION=1 $(PY) -m pytest $(PYTEST_ARGS) tests
 	MLXARM_NUMPY_ONLY=1 MLXARM_DEVICE=numpy $(NPVENV)/bin/python -m pytest $(PYTEST_ARGS) -m "not mlx" tests
 
 setup: sysdeps $(STAMP)

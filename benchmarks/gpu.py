@@ -1,15 +1,23 @@
 """GPU executors (OpenCL, Vulkan) on the workloads that decide their speed, beside PyTorch CUDA when it
 is importable (so every figure on the GPU machine is a ratio from one run).
 
-Workloads: copy and elementwise bandwidth, a fused elementwise chain, a full reduction, a row softmax
-(three kernels), float32 matmul, and the cost of one eval of 1, 10 and 100 small kernels.
-Two figures per workload and backend: ``device_s``, the kernel alone (``--reps`` launches recorded
-back to back and submitted once, per launch), and ``eval_s``, a whole ``mx.eval`` including the
-download of its result. Runs on lavapipe/PoCL too (use a small ``--n`` there).
+Workloads: copy and elementwise bandwidth, a fused elementwise chain, a full reduction (two stages),
+a row softmax composed of three kernels and the row-kernel softmax of 4096 x 4096, float32 matmul
+(``--m``) and float32/float16 matmul of ``--big`` cubed (torch with TF32 off), a 4-bit quantized
+matvec of ``--big`` squared (group 64), and the cost of one eval of 1, 10 and 100 small kernels.
 
-    python benchmarks/gpu.py [--n 16777216] [--reps 20] [--backends opencl,vulkan]
+Figures per workload and backend: ``eval_s``, a whole ``mx.eval`` including the download of its
+result; ``device_s`` for single fused kernels and kernel templates (matmul, rows, quantized matvec),
+the kernel alone (``--reps`` launches recorded back to back and submitted once, per launch; for a
+template, the launches one eval of it records, replayed with the same arguments).
+Beside them, PyTorch on the same card when it is importable (``vs_torch``: torch's time / ours; torch
+has no 4-bit kernel, so the quantized matvec is compared with its dense float16 matvec). Runs on
+lavapipe/PoCL too (use small ``--n``, ``--m`` and ``--big`` there).
 
-Writes benchmarks/results/gpu.json and gpu.png (one bar group per workload: GB/s or GFLOP/s).
+    python benchmarks/gpu.py [--n 16777216] [--big 4096] [--reps 20] [--backends opencl,vulkan] [--out DIR]
+
+Writes DIR/gpu.json and DIR/gpu.png (DIR: benchmarks/results; one bar group per workload: GB/s, or
+GFLOP/s for matmuls).
 """
 from __future__ import annotations
 
@@ -37,27 +45,73 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
-def workloads(mx, n: int, m: int):
+def workloads(mx, n: int, m: int, big: int):
     rng = np.random.default_rng(0)
     x = mx.array(rng.standard_normal(n).astype(np.float32))
     y = mx.array(rng.standard_normal(n).astype(np.float32))
     rows = mx.array(rng.standard_normal((n // 1024, 1024)).astype(np.float32))
     a = mx.array(rng.standard_normal((m, m)).astype(np.float32))
     b = mx.array(rng.standard_normal((m, m)).astype(np.float32))
+    a_big = mx.array(rng.standard_normal((big, big)).astype(np.float32))
+    b_big = mx.array(rng.standard_normal((big, big)).astype(np.float32))
+    a_half, b_half = a_big.astype(mx.float16), b_big.astype(mx.float16)
+    square = mx.array(rng.standard_normal((big, big)).astype(np.float32))
+    wq, scales, biases = mx.quantize(a_big, group_size=64, bits=4)
+    v = mx.array(rng.standard_normal((1, big)).astype(np.float32))
+    mx.eval(a_half, b_half, wq, scales, biases)
 
     def softmax():
         e = mx.exp(rows - mx.max(rows, axis=1, keepdims=True))
         return e / mx.sum(e, axis=1, keepdims=True)
 
-    # name -> (build, bytes moved, flops, single kernel)
+    q_bytes = big * big // 2 + 2 * 4 * big * big // 64 + 8 * big
+    # name -> (build, bytes moved, flops, kind): "kernel" (one fused kernel), "template", "graph"
     return {
-        "copy": (lambda: x * 1.0, 8 * n, 0, True),
-        "add": (lambda: x + y, 12 * n, n, True),
-        "fused_chain": (lambda: mx.tanh(x * y + 1.0) * 0.5 - mx.sigmoid(y), 12 * n, 8 * n, True),
-        "sum": (lambda: mx.sum(x), 4 * n, n, True),
-        "softmax": (softmax, 12 * n, 5 * n, False),
-        "matmul_f32": (lambda: a @ b, 12 * m * m, 2 * m ** 3, False),
+        "copy": (lambda: x * 1.0, 8 * n, 0, "kernel"),
+        "add": (lambda: x + y, 12 * n, n, "kernel"),
+        "fused_chain": (lambda: mx.tanh(x * y + 1.0) * 0.5 - mx.sigmoid(y), 12 * n, 8 * n, "kernel"),
+        "sum": (lambda: mx.sum(x), 4 * n, n, "kernel"),
+        "softmax": (softmax, 12 * n, 5 * n, "graph"),
+        "softmax_rows": (lambda: mx.softmax(square, axis=-1), 8 * big * big, 5 * big * big, "template"),
+        "matmul_f32": (lambda: a @ b, 12 * m * m, 2 * m ** 3, "template"),
+        "matmul_big_f32": (lambda: a_big @ b_big, 12 * big * big, 2 * big ** 3, "template"),
+        "matmul_big_f16": (lambda: a_half @ b_half, 6 * big * big, 2 * big ** 3, "template"),
+        "qmv_big_q4": (lambda: mx.quantized_matmul(v, wq, scales, biases, transpose=True, group_size=64, bits=4),
+                       q_bytes, 2 * big * big, "template"),
     }
+
+
+def template_seconds(mx, device: str, build, reps: int) -> float | None:
+    """Seconds per launch of the kernel template(s) ``build()`` runs as, ``reps`` launches (the
+    launches one eval records, with the same arguments) recorded back to back and submitted once."""
+    from mlxarm.backend import executor
+
+    ex = executor(device)
+    rt = ex.rt
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return type(rt).template(rt, *args, **kwargs)
+
+    rt.template = spy
+    try:
+        out = build()
+        mx.eval(out)
+    finally:
+        del rt.template
+    if not calls:
+        return None
+
+    def run():
+        for _ in range(reps):
+            for args, kwargs in calls:
+                rt.template(*args, **kwargs)
+        rt.submit([])
+
+    seconds = best_of(run, 3) / reps
+    del out
+    return seconds
 
 
 def device_seconds(device: str, build, reps: int) -> float | None:
@@ -104,24 +158,33 @@ def eval_overhead(mx, device: str, kernels: int, repeat: int) -> float:
     return best_of(once, repeat)
 
 
-def torch_figures(n: int, m: int, reps: int) -> dict | None:
+def torch_figures(n: int, m: int, big: int, reps: int) -> dict | None:
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     dev = torch.device("cuda")
     x = torch.randn(n, device=dev)
     y = torch.randn(n, device=dev)
     rows = torch.randn(n // 1024, 1024, device=dev)
     a = torch.randn(m, m, device=dev)
     b = torch.randn(m, m, device=dev)
+    a_big = torch.randn(big, big, device=dev)
+    b_big = torch.randn(big, big, device=dev)
+    a_half, b_half = a_big.half(), b_big.half()
+    square = torch.randn(big, big, device=dev)
+    w_half = torch.randn(big, big, device=dev).half()
+    v_half = torch.randn(1, big, device=dev).half()
     ops = {"copy": lambda: x * 1.0, "add": lambda: x + y,
            "fused_chain": lambda: torch.tanh(x * y + 1.0) * 0.5 - torch.sigmoid(y),
            "sum": lambda: x.sum(), "softmax": lambda: torch.softmax(rows, dim=1),
-           "matmul_f32": lambda: a @ b}
-    torch.backends.cuda.matmul.allow_tf32 = False
+           "softmax_rows": lambda: torch.softmax(square, dim=-1),
+           "matmul_f32": lambda: a @ b, "matmul_big_f32": lambda: a_big @ b_big,
+           "matmul_big_f16": lambda: a_half @ b_half, "qmv_big_q4": lambda: v_half @ w_half.T}
     out = {}
     for name, fn in ops.items():
         def run():
@@ -169,6 +232,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1 << 24)
     ap.add_argument("--m", type=int, default=1024, help="matmul size")
+    ap.add_argument("--big", type=int, default=4096, help="size of the large matmuls, row softmax and matvec")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--backends", default="opencl,vulkan")
@@ -180,7 +244,7 @@ def main() -> None:
 
     reasons = {"opencl": opencl.available(), "vulkan": vulkan.available()}
     backends = [b for b in args.backends.split(",") if b]
-    results = {"n": args.n, "m": args.m, "reps": args.reps, "backends": {}, "skipped": {}}
+    results = {"n": args.n, "m": args.m, "big": args.big, "reps": args.reps, "backends": {}, "skipped": {}}
     for device in backends:
         if reasons.get(device):
             results["skipped"][device] = reasons[device]
@@ -188,37 +252,45 @@ def main() -> None:
             continue
         os.environ["MLXARM_DEVICE"] = device
         figures = {"info": mx.device_info()}
-        for name, (build, nbytes, flops, single) in workloads(mx, args.n, args.m).items():
+        print(f"{device}: {figures['info'].get('device_name')}")
+        for name, (build, nbytes, flops, kind) in workloads(mx, args.n, args.m, args.big).items():
             entry = {"eval_s": best_of(lambda: mx.eval(build()), args.repeat)}
-            if single:
+            if kind == "kernel":
                 entry["device_s"] = device_seconds(device, build, args.reps)
+            elif kind == "template":
+                entry["device_s"] = template_seconds(mx, device, build, args.reps)
             t = entry.get("device_s") or entry["eval_s"]
             entry["GB/s"] = nbytes / t / 1e9
             if flops:
                 entry["GFLOP/s"] = flops / t / 1e9
             figures[name] = entry
-            print(f"{device:7s} {name:12s} eval {entry['eval_s'] * 1e3:9.3f} ms  "
-                  f"device {entry.get('device_s', float('nan')) * 1e3 if entry.get('device_s') else float('nan'):9.3f} ms"
-                  f"  {entry['GB/s']:8.2f} GB/s")
+            print(f"{device:7s} {name:15s} eval {entry['eval_s'] * 1e3:9.3f} ms  kernel {t * 1e3:9.3f} ms"
+                  f"  {entry['GB/s']:8.2f} GB/s  {entry.get('GFLOP/s', 0):9.1f} GFLOP/s", flush=True)
         for k in (1, 10, 100):
             figures[f"eval_{k}_kernels"] = {"eval_s": eval_overhead(mx, device, k, args.repeat)}
             print(f"{device:7s} eval of {k:3d} kernels: {figures[f'eval_{k}_kernels']['eval_s'] * 1e3:.3f} ms")
         results["backends"][device] = figures
-    torch = torch_figures(args.n, args.m, args.reps)
+    torch = torch_figures(args.n, args.m, args.big, args.reps)
     if torch is not None:
         results["torch_cuda"] = torch
-        for device, figures in results["backends"].items():
-            for name, t in torch.items():
+        print(f"{'workload':20s} {'torch ms':>10s}" + "".join(f" {d + ' ms':>12s} {'ratio':>7s}" for d in results["backends"]))
+        for name, t in torch.items():
+            line = f"{name:20s} {t * 1e3:10.4f}"
+            for device, figures in results["backends"].items():
                 if name in figures:
-                    ours = figures[name].get("device_s") or figures[name]["eval_s"]
-                    figures[name]["vs_torch"] = t / ours
-        print("torch cuda:", {k: f"{v * 1e3:.3f} ms" for k, v in torch.items()})
+                    f = figures[name]
+                    ours = f.get("device_s") or f["eval_s"]
+                    f["vs_torch"] = t / ours
+                    line += f" {ours * 1e3:12.4f} {t / ours:7.3f}"
+            print(line)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
-    groups = [g for g in ("copy", "add", "fused_chain", "sum", "softmax", "matmul_f32")]
+    groups = ["copy", "add", "fused_chain", "sum", "softmax", "softmax_rows", "matmul_f32", "matmul_big_f32",
+              "matmul_big_f16", "qmv_big_q4"]
     series = list(results["backends"])
-    values = {(g, s): results["backends"][s][g]["GB/s"] for g in groups for s in series}
+    unit = {g: "GFLOP/s" if g.startswith("matmul") else "GB/s" for g in groups}
+    values = {(g, s): results["backends"][s][g][unit[g]] for g in groups for s in series}
     write_png(os.path.join(args.out, "gpu.png"), groups, series, values)
     print(f"wrote {os.path.join(args.out, 'gpu.json')} and gpu.png")
 

@@ -8,7 +8,10 @@ maximum/minimum, saturating float-to-integer casts), and both kernel shapes:
 
 * elementwise: one work item per output element, a grid-stride loop over the output space;
 * reduce: one workgroup per output element; each work item folds a strided share of the reduced
-  space, then a tree in shared memory combines the work items' partial results.
+  space, then a tree in shared memory combines the work items' partial results. With few outputs
+  the reduction runs in two stages (``reduce_body``): several workgroups per output element each
+  write a partial result, and a second kernel, shared by all reductions of the same op and dtypes
+  (``combine_name``), combines them.
 
 Every buffer ``b`` is read at ``o{b} + sum(index[d] * stride[d])`` where ``o{b}`` (a kernel argument) is
 the element offset of the buffer's view inside its device allocation, so views never copy.
@@ -21,6 +24,7 @@ import struct
 from .ir import Cast, Const, Kernel, Load, Op, walk
 
 FLOATS = frozenset({"float16", "float32", "bfloat16"})
+UNROLL = 4  # reduced elements a work item folds per step of a reduction's main loop
 _BITS = {"bool": 8, "uint8": 8, "int8": 8, "uint16": 16, "int16": 16, "uint32": 32, "int32": 32,
          "uint64": 64, "int64": 64, "float16": 16, "bfloat16": 16, "float32": 32}
 
@@ -31,6 +35,12 @@ def unsigned(dtype: str) -> bool:
 
 def bits(dtype: str) -> int:
     return _BITS[dtype]
+
+
+def combine_name(kernel: Kernel) -> str:
+    """The name of the second stage of a two-stage reduction (``CRenderer.reduce_body``), shared by
+    every reduction with the same op and dtypes."""
+    return f"combine_{kernel.reduce_op}_{kernel.store.value.dtype}_{kernel.store.dtype}"
 
 
 def buffers(kernel: Kernel) -> dict:
@@ -409,21 +419,25 @@ class CRenderer:
         self.store_raw(k.store.buf, k.store.dtype, offs[k.store.buf], self.stored_bits(v, k.store.dtype))
         return self.lines
 
-    def reduce_parts(self, out_index: str, red_index: str) -> tuple:
-        """(statements computing the output's base offsets, statements folding reduced element
-        ``red_index`` into ``acc``). The first set runs once per output element."""
+    def reduce_parts(self, out_index: str, red_indices) -> tuple:
+        """(statements computing the output's base offsets, then per name in ``red_indices`` the
+        statements folding that reduced element into ``acc``). The first set runs once per output
+        element."""
         k = self.k
         n = k.n_out
         self.lines = []
         out_strides = self.strides_of(0, n)
         base = self.offsets(out_index, k.dims[:n], out_strides, {b: f"o{b}" for b in out_strides})
         head = self.lines
-        self.lines = []
-        red = self.offsets(red_index, k.dims[n:], self.strides_of(n, len(k.dims)), base)
-        v = self.value(k.store.value, red, {})
-        dtype = k.store.value.dtype
-        self.raw(f"acc = {self.combine(k.reduce_op, dtype, 'acc', v)};")
-        return head, self.lines
+        folds = []
+        for red_index in ([red_indices] if isinstance(red_indices, str) else red_indices):
+            self.lines = []
+            red = self.offsets(red_index, k.dims[n:], self.strides_of(n, len(k.dims)), base)
+            v = self.value(k.store.value, red, {})
+            dtype = k.store.value.dtype
+            self.raw(f"acc = {self.combine(k.reduce_op, dtype, 'acc', v)};")
+            folds.append(self.lines)
+        return (head, *folds)
 
     def reduce_store(self, out_index: str, acc: str) -> list:
         k = self.k
@@ -440,3 +454,84 @@ class CRenderer:
         for d in self.k.dims[self.k.n_out:]:
             n *= d
         return n
+
+    # --- reduction kernels ----------------------------------------------------------------------------
+    # Dialect hooks: the work item's and workgroup's ids, a workgroup barrier, and how a partial result
+    # (a reduction's accumulator, in the accumulator's own type) is written and read back.
+    LID = GID = NGROUPS = BARRIER = ""
+
+    def partial_store(self, index: str, value: str) -> str:
+        raise NotImplementedError
+
+    def partial_load(self, index: str) -> str:
+        raise NotImplementedError
+
+    def reduce_body(self, stage: str | None) -> list:
+        """The statements of a reduction kernel (``shared`` holds ``workgroup`` accumulators):
+
+        * ``stage=None``: one workgroup per output element, which it stores;
+        * ``"partial"``: ``parts`` workgroups per output element, each folding one contiguous
+          ``chunk`` of the reduced space and writing its accumulator to ``b0[o * parts + part]``;
+        * ``"combine"``: one workgroup per output element folds its ``parts`` partial results and
+          stores the output (with the output's rounding).
+
+        Within a workgroup every work item folds a strided share, then a tree in shared memory
+        combines the work items' accumulators."""
+        k = self.k
+        wg = self.workgroup
+        it = self.index_type
+        dtype = k.store.value.dtype
+        acc_t = self.ctype(dtype)
+        ident = self.identity(k.reduce_op, dtype)
+        merged = self.combine(k.reduce_op, dtype, "sh[lid]", "sh[lid + s]")
+        total = self.to(it, str(self.reduced_size))
+        unrolled = []
+        if stage == "combine":
+            head = []
+            fold = [f"acc = {self.combine(k.reduce_op, dtype, 'acc', self.partial_load('o * parts + r'))};"]
+        else:
+            # The main loop folds UNROLL elements per step (in the order the plain loop would), so a
+            # work item has several independent loads in flight.
+            head, fold, *more = self.reduce_parts("o", ["r"] + [f"r{u}" for u in range(1, UNROLL)])
+            unrolled = [f"{it} r{u} = r + {u * wg};" for u in range(1, UNROLL)] + fold
+            for lines in more:
+                unrolled += lines
+        if stage == "partial":
+            loop = [f"{it} chunk = ({total} + parts - 1) / parts;",
+                    f"for ({it} g = {self.GID}; g < n * parts; g += {self.NGROUPS}) {{",
+                    f"  {it} o = g / parts;",
+                    f"  {it} lo = (g % parts) * chunk;",
+                    f"  {it} hi = min(lo + chunk, {total});"]
+            first, end = "lo + lid", "hi"
+            finish = [f"  if (lid == 0) {self.partial_store('g', 'sh[0]')}"]
+        else:
+            loop = [f"for ({it} o = {self.GID}; o < n; o += {self.NGROUPS}) {{"]
+            first, end = "lid", ("parts" if stage == "combine" else total)
+            if stage == "combine":
+                # A reduction's output is contiguous: the combining kernel depends on the reduction's
+                # op and dtypes only, so every reduction of the same kind shares it (combine_name).
+                self.lines = []
+                v = self.round_to("acc", k.store.dtype)
+                self.store_raw(k.store.buf, k.store.dtype, "o0 + o", self.stored_bits(v, k.store.dtype))
+                store = self.lines
+            else:
+                store = self.reduce_store("o", "acc")
+            finish = ["  if (lid == 0) {", "    acc = sh[0];", *("    " + ln for ln in store), "  }"]
+        main = []
+        if unrolled:
+            main = [f"  for (; r + {(UNROLL - 1) * wg} < {end}; r += {UNROLL * wg}) {{",
+                    *("    " + ln for ln in unrolled), "  }"]
+        return [f"{it} lid = {self.LID};", *loop,
+                *("  " + ln for ln in head),
+                f"  {acc_t} acc = {ident};",
+                f"  {it} r = {first};",
+                *main,
+                f"  for (; r < {end}; r += {wg}) {{",
+                *("    " + ln for ln in fold), "  }",
+                "  sh[lid] = acc;",
+                f"  {self.BARRIER}",
+                f"  for ({it} s = {wg // 2}; s > 0; s >>= 1) {{",
+                f"    if (lid < s) sh[lid] = {merged};",
+                f"    {self.BARRIER}", "  }",
+                *finish,
+                f"  {self.BARRIER}", "}"]

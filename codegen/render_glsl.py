@@ -18,7 +18,8 @@ SUPPORTED = frozenset({"bool", "uint8", "uint16", "uint32", "int8", "int16", "in
 _CTYPE = {"bool": "bool", "uint8": "uint", "int8": "int", "uint16": "uint", "int16": "int", "uint32": "uint",
           "int32": "int", "float16": "float", "float32": "float", "bfloat16": "float"}
 
-_PRELUDE = """#version 450
+# The macros and helpers every kernel (and the kernel templates, ``kernels.gpu_*``) builds on.
+PRELUDE = """#version 450
 #define F2U(x) floatBitsToUint(x)
 #define U2F(x) uintBitsToFloat(x)
 #define RINT(x) roundEven(x)
@@ -112,7 +113,7 @@ class GLSLRenderer(CRenderer):
     def offsets_from_push(self) -> list:
         return [f"  int o{b} = int(pc.o{b});" for b in self.bufs] + ["  int n = int(pc.n);"]
 
-    def render(self) -> str:
+    def render(self, stage: str | None = None) -> str:
         k = self.k
         if k.reduce_op is None:
             body = self.elementwise_body("i")
@@ -120,35 +121,42 @@ class GLSLRenderer(CRenderer):
                                      f"  int stride = int(gl_NumWorkGroups.x) * {self.workgroup};",
                                      "  for (int i = int(gl_GlobalInvocationID.x); i < n; i += stride) {",
                                      *("    " + ln for ln in body), "  }", "}"]
-            return _PRELUDE + "\n" + "\n".join(lines) + "\n"
+            return PRELUDE + "\n" + "\n".join(lines) + "\n"
         wg = self.workgroup
-        dtype = k.store.value.dtype
-        acc_t = self.ctype(dtype)
-        head, fold = self.reduce_parts("o", "r")
-        ident = self.identity(k.reduce_op, dtype)
-        merged = self.combine(k.reduce_op, dtype, "sh[lid]", "sh[lid + s]")
-        store = self.reduce_store("o", "acc")
-        lines = self.header() + [
-            f"shared {acc_t} sh[{wg}];",
-            "void main() {", *self.offsets_from_push(),
-            "  int lid = int(gl_LocalInvocationID.x);",
-            "  for (int o = int(gl_WorkGroupID.x); o < n; o += int(gl_NumWorkGroups.x)) {",
-            *("    " + ln for ln in head),
-            f"    {acc_t} acc = {ident};",
-            f"    for (int r = lid; r < {self.reduced_size}; r += {wg}) {{",
-            *("      " + ln for ln in fold), "    }",
-            "    sh[lid] = acc;",
-            "    barrier();",
-            f"    for (int s = {wg // 2}; s > 0; s >>= 1) {{",
-            f"      if (lid < s) sh[lid] = {merged};",
-            "      barrier();", "    }",
-            "    if (lid == 0) {", "      acc = sh[0];",
-            *("      " + ln for ln in store), "    }",
-            "    barrier();", "  }", "}"]
-        return _PRELUDE + "\n" + "\n".join(lines) + "\n"
+        acc_t = self.ctype(k.store.value.dtype)
+        header = self.header()
+        if stage == "partial":
+            header[-1] = header[-1].replace(" uint n; }", " uint n; uint parts; }")
+            push = self.offsets_from_push() + ["  int parts = int(pc.parts);"]
+        elif stage == "combine":
+            header = [header[0], "layout(std430, set = 0, binding = 0) buffer B0 { uint w[]; } b0;",
+                      "layout(std430, set = 0, binding = 1) buffer P { uint w[]; } part;",
+                      "layout(push_constant) uniform Push { uint o0; uint n; uint parts; } pc;"]
+            push = ["  int o0 = int(pc.o0);", "  int n = int(pc.n);", "  int parts = int(pc.parts);"]
+        else:
+            push = self.offsets_from_push()
+        lines = header + [f"shared {acc_t} sh[{wg}];", "void main() {", *push,
+                          *("  " + ln for ln in self.reduce_body(stage)), "}"]
+        return PRELUDE + "\n" + "\n".join(lines) + "\n"
+
+    LID, GID, NGROUPS = "int(gl_LocalInvocationID.x)", "int(gl_WorkGroupID.x)", "int(gl_NumWorkGroups.x)"
+    BARRIER = "barrier();"
+
+    def partial_store(self, index: str, value: str) -> str:
+        dtype = self.k.store.value.dtype
+        word = {"float": f"floatBitsToUint({value})", "bool": f"({value} ? 1u : 0u)"}.get(
+            self.ctype(dtype), f"uint({value})")
+        return f"b0.w[{index}] = {word};"
+
+    def partial_load(self, index: str) -> str:
+        word = f"part.w[{index}]"
+        ct = self.ctype(self.k.store.value.dtype)
+        return {"float": f"uintBitsToFloat({word})", "bool": f"({word} != 0u)", "int": f"int({word})"}.get(ct, word)
 
 
-def render(kernel: Kernel, workgroup: int = 64) -> str:
+def render(kernel: Kernel, workgroup: int = 64, stage: str | None = None) -> str:
+    """A GLSL compute shader for ``kernel``; a reduction's ``stage`` ("partial", "combine") renders
+    one stage of its two-stage form (``CRenderer.reduce_body``), with ``parts`` as a push constant."""
     r = GLSLRenderer(kernel)
     r.workgroup = workgroup
-    return r.render()
+    return r.render(stage)

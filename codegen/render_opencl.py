@@ -7,14 +7,15 @@ take any global size (a grid-stride loop); reductions run ``workgroup`` work ite
 from __future__ import annotations
 
 from .ir import Kernel
-from .render_c import HALF_HELPERS, CRenderer
+from .render_c import HALF_HELPERS, CRenderer, combine_name
 
 _CTYPE = {"bool": "bool", "uint8": "uchar", "int8": "char", "uint16": "ushort", "int16": "short",
           "uint32": "uint", "int32": "int", "uint64": "ulong", "int64": "long", "float16": "float",
           "float32": "float", "bfloat16": "float"}
 _STORAGE = {**_CTYPE, "bool": "uchar", "float16": "ushort", "bfloat16": "ushort"}
 
-_PRELUDE = """#define F2U(x) as_uint(x)
+# The macros and helpers every kernel (and the kernel templates, ``kernels.gpu_*``) builds on.
+PRELUDE = """#define F2U(x) as_uint(x)
 #define U2F(x) as_float(x)
 #define RINT(x) rint(x)
 #define ISNAN(x) isnan(x)
@@ -55,42 +56,51 @@ class OpenCLRenderer(CRenderer):
         params += [f"long o{b}" for b in self.bufs] + ["long n"]
         return f"__kernel void {self.k.name}({', '.join(params)})"
 
-    def render(self) -> str:
+    LID, GID, NGROUPS = "(long)get_local_id(0)", "(long)get_group_id(0)", "(long)get_num_groups(0)"
+    BARRIER = "barrier(CLK_LOCAL_MEM_FENCE);"
+
+    def partial_type(self) -> str:
+        """The storage type of a reduction's partial results (its accumulator's type)."""
+        dtype = self.k.store.value.dtype
+        return "int" if dtype == "bool" else _CTYPE[dtype]
+
+    def partial_store(self, index: str, value: str) -> str:
+        return f"b0[{index}] = ({self.partial_type()})({value});"
+
+    def partial_load(self, index: str) -> str:
+        v = f"part[{index}]"
+        return f"({v} != 0)" if self.k.store.value.dtype == "bool" else v
+
+    def render(self, stage: str | None = None) -> str:
         k = self.k
         if k.reduce_op is None:
             body = self.elementwise_body("i")
             lines = [self.signature() + " {",
                      "  for (long i = get_global_id(0); i < n; i += get_global_size(0)) {",
                      *("    " + ln for ln in body), "  }", "}"]
-            return _PRELUDE + "\n" + "\n".join(lines) + "\n"
+            return PRELUDE + "\n" + "\n".join(lines) + "\n"
         wg = self.workgroup
         dtype = k.store.value.dtype
-        acc_t = self.ctype(dtype)
-        shared_t = "int" if dtype == "bool" else acc_t
-        head, fold = self.reduce_parts("o", "r")
-        ident = self.identity(k.reduce_op, dtype)
-        merged = self.combine(k.reduce_op, dtype, "sh[lid]", "sh[lid + s]")
-        store = self.reduce_store("o", "acc")
-        lines = [f"__kernel __attribute__((reqd_work_group_size({wg}, 1, 1))) " + self.signature()[9:] + " {",
+        shared_t = "int" if dtype == "bool" else self.ctype(dtype)
+        sig = self.signature()[len("__kernel "):]
+        if stage == "partial":
+            sig = sig.replace(f"__global {_STORAGE[k.store.dtype]}* restrict b0",
+                              f"__global {self.partial_type()}* restrict b0", 1)
+            sig = sig.replace("(", "_partial(", 1)[:-1] + ", long parts)"
+        elif stage == "combine":
+            sig = (f"void {combine_name(k)}(__global {_STORAGE[k.store.dtype]}* restrict b0, "
+                   f"__global const {self.partial_type()}* restrict part, long o0, long n, long parts)")
+        body = self.reduce_body(stage)
+        lines = [f"__kernel __attribute__((reqd_work_group_size({wg}, 1, 1))) " + sig + " {",
                  f"  __local {shared_t} sh[{wg}];",
-                 "  long lid = get_local_id(0);",
-                 "  for (long o = get_group_id(0); o < n; o += get_num_groups(0)) {",
-                 *("    " + ln for ln in head),
-                 f"    {acc_t} acc = {ident};",
-                 f"    for (long r = lid; r < {self.reduced_size}; r += {wg}) {{",
-                 *("      " + ln for ln in fold), "    }",
-                 "    sh[lid] = acc;",
-                 "    barrier(CLK_LOCAL_MEM_FENCE);",
-                 f"    for (int s = {wg // 2}; s > 0; s >>= 1) {{",
-                 f"      if (lid < s) sh[lid] = {merged};",
-                 "      barrier(CLK_LOCAL_MEM_FENCE);", "    }",
-                 "    if (lid == 0) {", f"      acc = sh[0];",
-                 *("      " + ln for ln in store), "    }",
-                 "    barrier(CLK_LOCAL_MEM_FENCE);", "  }", "}"]
-        return _PRELUDE + "\n" + "\n".join(lines) + "\n"
+                 *("  " + ln for ln in body), "}"]
+        return PRELUDE + "\n" + "\n".join(lines) + "\n"
 
 
-def render(kernel: Kernel, workgroup: int = 64) -> str:
+def render(kernel: Kernel, workgroup: int = 64, stage: str | None = None) -> str:
+    """OpenCL C for ``kernel``; a reduction's ``stage`` ("partial", "combine") renders one stage of
+    its two-stage form (``CRenderer.reduce_body``): kernels ``<name>_partial`` and
+    ``render_c.combine_name(kernel)``."""
     r = OpenCLRenderer(kernel)
     r.workgroup = workgroup
-    return r.render()
+    return r.render(stage)

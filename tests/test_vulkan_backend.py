@@ -49,6 +49,32 @@ def test_reduction_matches_numpy(name, d, axis):
 
 
 @needs_vulkan
+@pytest.mark.parametrize("name,d,layouts", shared.LARGE_REDUCTIONS, ids=lambda v: getattr(v, "name", None))
+def test_large_reduction_in_two_stages(name, d, layouts):
+    shared.check_large_reduction(DEVICE, name, d, layouts)
+
+
+@needs_vulkan
+def test_matmul_template():
+    shared.check_matmul(DEVICE)
+
+
+@needs_vulkan
+def test_row_kernels():
+    shared.check_row_kernels(DEVICE)
+
+
+@needs_vulkan
+def test_quantized_matvec():
+    shared.check_quantized_matvec(DEVICE)
+
+
+@needs_vulkan
+def test_reduction_special_values():
+    shared.check_reduction_special_values(DEVICE)
+
+
+@needs_vulkan
 def test_edge_values():
     shared.check_edge_values(DEVICE)
 
@@ -130,6 +156,56 @@ def test_spirv_cache_hit(tmp_path):
     second.run([weakref.ref(z)])
     assert second.rt.compiled == 0 and second.rt.cache.hits == 1
     np.testing.assert_array_equal(np.array(z), np.arange(10, dtype=np.float32) * 5 - 1)
+
+
+@needs_vulkan
+def test_validation_layer_errors_fail():
+    """With MLXARM_VK_VALIDATION=1 (as ``make test`` runs this suite) a message of the Khronos validation
+    layer raises at the submit that caused it: checked on a dispatch past the device's group limit."""
+    import subprocess
+    import sys
+
+    from mlxarm.backend.vulkan import validation_layer
+
+    if validation_layer() is None:
+        pytest.skip("the Khronos validation layer is not installed (Debian: vulkan-validationlayers)")
+    script = (
+        "from mlxarm.backend.vulkan import VulkanRuntime, VulkanValidationError\n"
+        "rt = VulkanRuntime()\n"
+        "src = '#version 450\\nlayout(local_size_x = 1) in;\\nlayout(std430, binding = 0) buffer B { uint w[]; } b;\\n"
+        "layout(push_constant) uniform P { uint n; } pc;\\nvoid main() { b.w[0] = pc.n; }\\n'\n"
+        "groups = rt.props['max_work_group_count'][0] + 1\n"
+        "rt.dispatch(rt.compile(src), 'too many groups', [rt.alloc(4)], groups, [1])\n"
+        "try:\n"
+        "    rt.submit([])\n"
+        "except VulkanValidationError as e:\n"
+        "    print('reported', 'groupCountX' in str(e))\n")
+    env = dict(os.environ, MLXARM_VK_VALIDATION="1")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "reported True", res.stdout + res.stderr
+
+
+@needs_vulkan
+def test_gpu_is_a_real_vulkan_device(monkeypatch):
+    """``mx.gpu`` (and the default device) is Vulkan on a real GPU; lavapipe, a CPU implementation,
+    runs only when MLXARM_DEVICE names it."""
+    import kp
+
+    from mlxarm.backend import available_gpu_backend, executor_for
+    from mlxarm.backend.vulkan import is_emulated
+
+    monkeypatch.delenv("MLXARM_DEVICE", raising=False)
+    manager = kp.Manager()
+    try:
+        names = [d["device_name"] for d in manager.list_devices()]
+    finally:
+        manager.destroy()
+    if any(not is_emulated(n) for n in names):
+        assert available_gpu_backend() == "vulkan"
+        assert ma.default_device() == ma.gpu and executor_for(None).name == "vulkan"
+    else:
+        assert available_gpu_backend() != "vulkan", names
+        assert executor_for(ma.gpu).name != "vulkan"
 
 
 @needs_vulkan

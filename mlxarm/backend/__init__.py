@@ -3,12 +3,14 @@
 An executor realizes a list of nodes in order: ``run(nodes)`` sets each node's ``_data``. The numpy
 executor (``numpy_executor``) is the reference and needs nothing but numpy; the code-generating
 backends plug in here. ``MLXARM_DEVICE`` picks one explicitly.
+
+``mx.gpu`` is the best GPU backend on a real GPU (``available_gpu_backend``: Vulkan first, then
+OpenCL), and the default device when there is one. Devices emulated on the CPU (Mesa's lavapipe,
+PoCL's CPU device) never count as a GPU: they run only when ``MLXARM_DEVICE`` names their backend.
 """
 from __future__ import annotations
 
 import os
-
-from .numpy_executor import NumpyExecutor
 
 _EXECUTORS: dict = {}
 KNOWN = ("numpy", "llvm", "opencl", "vulkan")
@@ -16,6 +18,9 @@ KNOWN = ("numpy", "llvm", "opencl", "vulkan")
 
 def _make(name: str):
     if name == "numpy":
+        from .numpy_executor import NumpyExecutor  # imported here: it imports mlxarm.core, which asks
+        # this module for the default device while it is being imported
+
         return NumpyExecutor()
     if name == "llvm":
         from .llvm import LLVMExecutor  # needs llvmlite, so only when asked for
@@ -26,9 +31,10 @@ def _make(name: str):
 
         return OpenCLExecutor()
     if name == "vulkan":
-        from .vulkan import VulkanExecutor  # needs kp and a Vulkan driver
+        from .vulkan import VulkanExecutor, VulkanRuntime  # needs kp and a Vulkan driver
 
-        return VulkanExecutor()
+        # The real GPU when there is one (even if an emulated device is listed first).
+        return VulkanExecutor(VulkanRuntime(device=_GPU[1] if available_gpu_backend() == "vulkan" else 0))
     raise ValueError(f"MLXARM_DEVICE={name!r} is not an executor this build knows (known: {', '.join(KNOWN)}).")
 
 
@@ -38,15 +44,74 @@ def executor(name: str):
     return _EXECUTORS[name]
 
 
+_GPU: list = []  # [backend name or None, its device index], once probed
+_CPU_EXECUTORS = ("numpy", "llvm")
+
+
 def available_gpu_backend():
-    """Name of the GPU executor to use, or None (none is built into this release yet)."""
+    """Name of the executor that runs ``mx.gpu`` ("vulkan" or "opencl") when this machine has a
+    real GPU one of them can drive, else None. Probed once per process (about half a second), and
+    not at all while ``MLXARM_DEVICE`` names a CPU executor."""
+    if os.environ.get("MLXARM_DEVICE") in _CPU_EXECUTORS:
+        return None
+    if not _GPU:
+        _GPU.extend(_probe_vulkan() or _probe_opencl() or (None, 0))
+    return _GPU[0]
+
+
+def _probe_vulkan():
+    """("vulkan", device index) for the first Vulkan device that is not emulated on the CPU."""
+    import shutil
+
+    try:
+        import kp
+
+        from .vulkan import is_emulated
+    except ImportError:
+        return None
+    if shutil.which("glslangValidator") is None:
+        return None
+    try:
+        manager = kp.Manager()
+    except Exception:  # noqa: BLE001 - no usable Vulkan driver
+        return None
+    try:
+        devices = manager.list_devices()
+    finally:
+        manager.destroy()
+    for index, props in enumerate(devices):
+        if not is_emulated(props["device_name"]):
+            return "vulkan", index
+    return None
+
+
+def _probe_opencl():
+    try:
+        import pyopencl as cl
+    except ImportError:
+        return None
+    try:
+        if any(d.type & cl.device_type.GPU for p in cl.get_platforms() for d in p.get_devices()):
+            return "opencl", 0
+    except cl.Error:
+        pass
     return None
 
 
 def executor_for(device):
+    """The executor for work on ``device`` (None: the default device): ``MLXARM_DEVICE`` when set,
+    else the GPU backend for ``mx.gpu`` and numpy for ``mx.cpu``."""
     forced = os.environ.get("MLXARM_DEVICE")
     if forced:
         return executor(forced)
+    if device is None:
+        from ..core.device import default_device
+
+        device = default_device()
+    if getattr(getattr(device, "type", None), "name", None) == "gpu":
+        name = available_gpu_backend()
+        if name is not None:
+            return executor(name)
     return executor("numpy")
 
 

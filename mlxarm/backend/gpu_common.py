@@ -9,6 +9,11 @@ stays on the device for the kernels of later evals. A node is given its host buf
 as soon as its kernel is recorded, so later groups can be lowered against it; the recorded work is
 submitted once, and outputs are downloaded when the eval ends or before a numpy step needs them.
 
+A reduction into few outputs runs in two stages (``reduction_parts``): many workgroups per output
+write partial results, a second kernel combines them. Matmul, softmax/rms_norm/layer_norm over the
+last axis and affine quantized matvec, which fusion cannot make fast, run as kernel templates
+(``kernels.gpu_matmul``, ``gpu_rows``, ``gpu_qmv``) through the runtime's ``template`` launch.
+
 Nodes and kernels the runtime cannot run (a dtype it lacks, a primitive no kernel covers) run on the
 numpy executor: their inputs are downloaded first, their outputs uploaded lazily when a kernel reads them.
 """
@@ -21,9 +26,42 @@ import weakref
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..codegen import fuse, ir, lower, schedule
+from ..codegen import fuse, ir, lower, rows, schedule
 from ..core.device import memory
+from ..kernels import gpu_matmul, gpu_qmv, gpu_rows
 from .numpy_executor import NumpyExecutor
+
+
+# Primitives a kernel template (``kernels.gpu_*``) may run.
+_TEMPLATES = frozenset({"matmul", "quantized_matmul", *rows.OPS})
+# What the C-style renderers cover: the portable ops and reductions, and all/any (min/max over bools).
+CAPS = (lower.PORTABLE[0] | {"all", "any"}, lower.PORTABLE[1])
+
+
+def reduced_size(kernel: ir.Kernel) -> int:
+    n = 1
+    for d in kernel.dims[kernel.n_out:]:
+        n *= d
+    return n
+
+
+# A workgroup of a two-stage reduction's first stage folds at least this many elements per work item,
+# and the second stage at most this many partial results per work item.
+PER_ITEM = 4
+COMBINE_PER_ITEM = 16
+
+
+def reduction_parts(kernel: ir.Kernel, workgroup: int, groups: int) -> int:
+    """How many workgroups share each output element of a reduction. One workgroup per output
+    element leaves the device idle when there are few outputs (a full sum runs on one workgroup), so
+    the reduced space of each is then cut into ``parts`` chunks reduced by separate workgroups and
+    combined by a second kernel (``CRenderer.reduce_body``). ``groups`` is about how many
+    workgroups fill the device."""
+    n = kernel.out_size
+    if n >= groups // 2:
+        return 1
+    parts = min(reduced_size(kernel) // (PER_ITEM * workgroup), max(1, groups // n), COMBINE_PER_ITEM * workgroup)
+    return parts if parts > 1 else 1
 
 
 def root_of(arr: np.ndarray) -> np.ndarray:
@@ -118,7 +156,7 @@ class GPUExecutor:
 
     def run(self, refs) -> None:
         nodes = [n for n in (r() for r in refs) if n is not None and n._data is None]
-        steps = fuse.plan(nodes)
+        steps = fuse.plan(nodes, caps=CAPS)
         del nodes
         debug = int(os.environ.get("MLXARM_DEBUG", "0") or 0)
         self.last_plan = []
@@ -129,7 +167,8 @@ class GPUExecutor:
                 if node._data is not None:
                     continue
                 if kind == "numpy":
-                    self.run_numpy([node], debug)
+                    if not self.run_template(node, debug):
+                        self.run_numpy([node], debug)
                     continue
                 kernel, arrays, out = self.lower(node)
                 if not self.supports(kernel):
@@ -170,6 +209,131 @@ class GPUExecutor:
         self.resident.put(out, out_buf, host_stale=True)
         self.rt.launch(prog, kernel, [out_buf] + [b for b, _ in views], [0] + [o for _, o in views])
 
+    # --- kernel templates --------------------------------------------------------------------------
+    def run_template(self, node, debug: int) -> bool:
+        """Record ``node`` as a hand-written kernel (``kernels.gpu_*``) when one covers it: matmul
+        (float32, float16, bfloat16), float32 softmax/rms_norm/layer_norm over the last axis, affine
+        quantized matvec."""
+        name = node._prim.name if node._prim is not None else None
+        if name not in _TEMPLATES:
+            return False
+        # Template arguments (offsets, strides) are 32-bit integers.
+        if not all(root_of(i._data).size < 2 ** 31 for i in node._inputs) \
+                or np.prod(node._shape, dtype=np.int64) >= 2 ** 31:
+            return False
+        if name == "matmul":
+            return self.run_matmul(node, debug)
+        if name in rows.OPS:
+            return self.run_rows(node, debug)
+        if name == "quantized_matmul":
+            return self.run_qmv(node, debug)
+        return False
+
+    def template_output(self, node, label: str, debug: int):
+        """The host array and device buffer of a template's output (the buffer stays on the device)."""
+        self.last_plan.append(("kernel", label))
+        if debug:
+            print(f"[mlxarm] {self.name} kernel {label}", file=sys.stderr)
+        out = np.empty(node._shape, node._dtype.np_storage)
+        buf = None
+        if out.size:
+            buf = self.rt.alloc(out.nbytes)
+            self.resident.put(out, buf, host_stale=True)
+            self.kernels_run += 1
+        return out, buf
+
+    def realized(self, node, out) -> bool:
+        memory.alloc(out.nbytes)
+        weakref.finalize(out, memory.free, out.nbytes)
+        node._data = out
+        node._inputs = ()
+        node._params = None
+        return True
+
+    def run_matmul(self, node, debug: int) -> bool:
+        t = self.rt.matmul_tiling
+        a, b = node._inputs
+        dtype = node._dtype.name
+        if t is None or dtype not in gpu_matmul.DTYPES or not (dtype == a._dtype.name == b._dtype.name):
+            return False
+        batch = node._shape[:-2]
+        m, n = node._shape[-2:]
+        ad = np.broadcast_to(a._data, batch + a._data.shape[-2:])
+        bd = np.broadcast_to(b._data, batch + b._data.shape[-2:])
+        inner = batch[-1] if batch else 1
+        if inner > self.rt.max_batch:
+            return False
+        out, out_buf = self.template_output(node, f"gemm_{dtype} {node._shape}", debug)
+        if out_buf is not None:
+            for idx, at in _outer_batches(batch, m * n * inner):
+                a3 = ad[idx] if batch else ad[None]
+                b3 = bd[idx] if batch else bd[None]
+                (abuf, aoff), (bbuf, boff) = self.device_view(a3), self.device_view(b3)
+                sa = [st // a3.itemsize for st in a3.strides]
+                sb = [st // b3.itemsize for st in b3.strides]
+                k = a3.shape[-1]
+                a_rows, b_rows = abs(sa[2]) == 1 or k == 1, abs(sb[2]) == 1 or n == 1
+                self.rt.template(gpu_matmul.name(t, a_rows, b_rows, dtype),
+                                 lambda dialect: gpu_matmul.source(dialect, t, a_rows, b_rows, dtype),
+                                 [out_buf, abuf, bbuf], (-(-n // t.bn), -(-m // t.bm), inner), t.threads,
+                                 [m, n, k, at, aoff, *sa, boff, *sb], debug)
+        return self.realized(node, out)
+
+    def run_rows(self, node, debug: int) -> bool:
+        rk = rows.match(node, 1)
+        if rk is None:
+            return False
+        x = _rows_view(node._inputs[0]._data, rk.n)
+        if x is None:
+            return False
+        extra = [i._data for i in node._inputs[1:]]
+        threads = self.rt.workgroup
+        out, out_buf = self.template_output(node, f"{rk.op} rows of {rk.n}", debug)
+        if out_buf is not None:
+            xbuf, xoff = self.device_view(x)
+            bufs, args = [out_buf, xbuf], []
+            for present in (rk.weight, rk.bias):  # (offset, stride) of the weight, then of the bias
+                if present:
+                    vec = extra.pop(0)
+                    vbuf, voff = self.device_view(vec)
+                    bufs.append(vbuf)
+                    args += [voff, vec.strides[0] // 4]
+                else:
+                    args += [0, 0]
+            eps_bits = int(np.array(rk.eps, np.float32).view(np.uint32))
+            self.rt.template(gpu_rows.name(rk.op, rk.weight, rk.bias, threads),
+                             lambda dialect: gpu_rows.source(dialect, rk.op, rk.weight, rk.bias, threads),
+                             bufs, (min(x.shape[0], self.rt.max_groups), 1, 1), threads,
+                             [x.shape[0], rk.n, xoff, x.strides[0] // 4, x.strides[1] // 4, *args, eps_bits], debug)
+        return self.realized(node, out)
+
+    def run_qmv(self, node, debug: int) -> bool:
+        p = node._params
+        if p["mode"] != "affine" or not p["transpose"] or p["bits"] not in gpu_qmv.BITS \
+                or len(node._inputs) != 4 or node._dtype.name != "float32":
+            return False
+        x, w, scales, biases = (i._data for i in node._inputs)
+        if w.ndim != 2 or x.dtype != np.float32 or scales.dtype != np.float32 or biases.dtype != np.float32:
+            return False
+        k = x.shape[-1]
+        x2 = _rows_view(x, k)
+        if x2 is None or x2.shape[0] > self.rt.max_batch:
+            return False
+        threads = self.rt.workgroup
+        per_group = threads // gpu_qmv.lanes(threads)
+        n = w.shape[0]
+        out, out_buf = self.template_output(node, f"qmv_b{p['bits']} {node._shape}", debug)
+        if out_buf is not None:
+            views = [self.device_view(v) for v in (x2, w, scales, biases)]
+            args = [n, k, p["group_size"]]
+            for (_, off), v in zip(views, (x2, w, scales, biases)):
+                args += [off, v.strides[0] // v.itemsize, v.strides[1] // v.itemsize]
+            self.rt.template(gpu_qmv.name(p["bits"], threads),
+                             lambda dialect: gpu_qmv.source(dialect, p["bits"], threads),
+                             [out_buf] + [b for b, _ in views], (-(-n // per_group), x2.shape[0], 1), threads,
+                             args, debug)
+        return self.realized(node, out)
+
     def run_numpy(self, nodes: list, debug: int) -> None:
         stale = self.resident.stale
         if stale and any(id(root_of(i._data)) in stale for n in nodes for i in n._inputs
@@ -182,6 +346,24 @@ class GPUExecutor:
                       file=sys.stderr)
         self.numpy_steps += len(nodes)
         self.numpy.run([weakref.ref(n) for n in nodes])
+
+
+def _rows_view(arr: np.ndarray, n: int):
+    """``arr`` as a (rows, n) view (any strides), or None where numpy would have to copy."""
+    if n == 0 or arr.size == 0:
+        return arr.reshape(-1, max(n, 1))[:0] if n else None
+    flat = arr.reshape(-1, n)
+    return flat if np.shares_memory(flat, arr) else None
+
+
+def _outer_batches(batch: tuple, per_outer: int):
+    """(index into the batch dims but the last, element offset of that index's output) pairs: a
+    template covers the last batch dim in one launch."""
+    if len(batch) <= 1:
+        yield (), 0
+        return
+    for k, idx in enumerate(np.ndindex(*batch[:-1])):
+        yield idx, k * per_outer
 
 
 def _leaves(root) -> list:

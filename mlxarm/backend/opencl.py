@@ -14,8 +14,10 @@ import numpy as np
 
 from .. import __version__
 from ..codegen import render_opencl
+from ..codegen.render_c import combine_name
+from ..kernels import gpu_matmul
 from .cache import ObjectCache, default_dir
-from .gpu_common import GPUExecutor
+from .gpu_common import GPUExecutor, reduction_parts
 
 
 class OpenCLRuntime:
@@ -38,13 +40,18 @@ class OpenCLRuntime:
         self.written: dict = {}  # id(buffer) -> event of the kernel that last wrote it
         self.compiled = 0
         self.uploads = 0
+        self.matmul_tiling = gpu_matmul.choose(self.device.max_work_group_size, self.device.local_mem_size,
+                                               cpu=not gpus)
+        self.max_batch = 1 << 30
 
     def info(self) -> dict:
         d = self.device
         return {"device_name": d.name.strip(), "platform": d.platform.name.strip(),
                 "driver": d.driver_version, "opencl": d.version,
                 "max_work_group_size": d.max_work_group_size, "compute_units": d.max_compute_units,
-                "global_memory": d.global_mem_size, "local_memory": d.local_mem_size}
+                "global_memory": d.global_mem_size, "local_memory": d.local_mem_size,
+                "emulated": not d.type & self.cl.device_type.GPU, "workgroup": self.workgroup,
+                "matmul_tile": f"{t.bm}x{t.bn}x{t.bk}" if (t := self.matmul_tiling) else None}
 
     def queue(self, stream=None):
         q = self.queues.get(stream)
@@ -78,14 +85,17 @@ class OpenCLRuntime:
         return [e for e in (self.written.get(id(b)) for b in bufs) if e is not None]
 
     # --- kernels -------------------------------------------------------------------------------------
-    def program(self, kernel, debug: int = 0):
-        fn = self.kernels.get(kernel)
+    def program(self, kernel, debug: int = 0, stage: str | None = None):
+        name = kernel.name if stage is None else \
+            f"{kernel.name}_partial" if stage == "partial" else combine_name(kernel)
+        key = name if stage == "combine" else (kernel, stage)
+        fn = self.kernels.get(key)
         if fn is None:
-            source = render_opencl.render(kernel, self.workgroup)
-            self.sources[kernel] = source
-            fn = self.kernels[kernel] = getattr(self.build(source), kernel.name)
+            source = render_opencl.render(kernel, self.workgroup, stage)
+            self.sources[key] = source
+            fn = self.kernels[key] = getattr(self.build(source), name)
         if debug > 1:
-            print(self.sources[kernel], file=sys.stderr)
+            print(self.sources[key], file=sys.stderr)
         return fn
 
     def build(self, source: str):
@@ -113,11 +123,51 @@ class OpenCLRuntime:
     def launch(self, fn, kernel, bufs: list, offsets: list, stream=None) -> None:
         n = kernel.out_size
         wg = self.workgroup
+        parts = reduction_parts(kernel, wg, self.max_groups) if kernel.reduce_op else 1
+        if parts > 1:
+            self.launch_two_stage(kernel, bufs, offsets, parts, stream)
+            return
         groups = min(self.max_groups, n if kernel.reduce_op else -(-n // wg))
         fn.set_args(*bufs, *[np.int64(o) for o in offsets], np.int64(n))
         event = self.cl.enqueue_nd_range_kernel(self.queue(stream), fn, (groups * wg,), (wg,),
                                                 wait_for=self._waits(bufs[1:]) or None)
         self.written[id(bufs[0])] = event
+
+    def launch_two_stage(self, kernel, bufs: list, offsets: list, parts: int, stream=None) -> None:
+        """A reduction over few outputs: ``parts`` workgroups per output write partial results (8
+        bytes each at most) to a scratch buffer, then one workgroup per output combines them."""
+        n = kernel.out_size
+        wg = self.workgroup
+        scratch = self.alloc(8 * n * parts)
+        first = self.program(kernel, 0, "partial")
+        first.set_args(scratch, *bufs[1:], np.int64(0), *[np.int64(o) for o in offsets[1:]], np.int64(n),
+                       np.int64(parts))
+        q = self.queue(stream)
+        event = self.cl.enqueue_nd_range_kernel(q, first, (min(self.max_groups, n * parts) * wg,), (wg,),
+                                                wait_for=self._waits(bufs[1:]) or None)
+        second = self.program(kernel, 0, "combine")
+        second.set_args(bufs[0], scratch, np.int64(offsets[0]), np.int64(n), np.int64(parts))
+        self.written[id(bufs[0])] = self.cl.enqueue_nd_range_kernel(
+            q, second, (min(self.max_groups, n) * wg,), (wg,), wait_for=[event])
+
+
+    def template(self, name: str, render, bufs: list, groups: tuple, threads: int, args: list,
+                 debug: int = 0) -> None:
+        """Record kernel template ``name`` (``render("opencl")`` gives its source) over ``groups``
+        workgroups of ``threads`` work items; its arguments are ``bufs`` (the first one written) and
+        the integers ``args`` (as ``int``, as in GLSL)."""
+        key = ("template", name)
+        fn = self.kernels.get(key)
+        if fn is None:
+            source = render("opencl")
+            self.sources[key] = source
+            fn = self.kernels[key] = getattr(self.build(source), name)
+        if debug > 1:
+            print(self.sources[key], file=sys.stderr)
+        fn.set_args(*bufs, *[np.int32(v) for v in args])
+        size = (groups[0] * threads, groups[1], groups[2])
+        self.written[id(bufs[0])] = self.cl.enqueue_nd_range_kernel(self.queue(), fn, size, (threads, 1, 1),
+                                                                    wait_for=self._waits(bufs[1:]) or None)
 
 
 class OpenCLExecutor(GPUExecutor):

@@ -22,8 +22,10 @@ import numpy as np
 
 from .. import __version__
 from ..codegen import render_glsl
+from ..codegen.render_c import combine_name
+from ..kernels import gpu_matmul
 from .cache import ObjectCache, default_dir
-from .gpu_common import GPUExecutor
+from .gpu_common import GPUExecutor, reduction_parts
 
 _PIPELINES = 512  # pipelines kept bound to their buffers, least recently used dropped first
 
@@ -47,9 +49,17 @@ class VulkanRuntime:
         self.manager = kp.Manager(device)
         self.props = self.manager.get_device_properties()
         self.workgroup = min(256, self.props["max_work_group_invocations"])
-        if "llvmpipe" in self.props["device_name"]:
+        if is_emulated(self.props["device_name"]):
             self.workgroup = 64
         self.max_groups = min(65535, self.props["max_work_group_count"][0])
+        # About how many workgroups keep the device busy (what a two-stage reduction aims for).
+        cpu = is_emulated(self.props["device_name"])
+        self.parallel_groups = 64 if cpu else 4096
+        # kp does not report maxComputeSharedMemorySize: assume what desktop and phone GPUs offer
+        # (32 KiB or more; Vulkan's minimum is 16 KiB).
+        self.matmul_tiling = gpu_matmul.choose(self.props["max_work_group_invocations"],
+                                               16384 if cpu else 32768, cpu)
+        self.max_batch = self.props["max_work_group_count"][2]
         self.cache = cache or ObjectCache(default_dir().replace("llvm", "vulkan"))
         self.glslang = shutil.which("glslangValidator")
         self.spirv: dict = {}
@@ -66,10 +76,14 @@ class VulkanRuntime:
 
     def info(self) -> dict:
         p = self.props
+        t = self.matmul_tiling
         return {"device_name": p["device_name"], "driver": "vulkan (kompute)",
+                "emulated": is_emulated(p["device_name"]),
                 "max_work_group_invocations": p["max_work_group_invocations"],
                 "max_work_group_size": tuple(p["max_work_group_size"]),
-                "max_work_group_count": tuple(p["max_work_group_count"])}
+                "max_work_group_count": tuple(p["max_work_group_count"]),
+                "workgroup": self.workgroup,
+                "matmul_tile": f"{t.bm}x{t.bn}x{t.bk}" if t else None}
 
     # --- memory --------------------------------------------------------------------------------------
     def _tensor(self, words: int):
@@ -119,14 +133,15 @@ class VulkanRuntime:
             host.reshape(-1).view(np.uint8)[:] = t.data().view(np.uint8)[:host.nbytes]
 
     # --- kernels -------------------------------------------------------------------------------------
-    def program(self, kernel, debug: int = 0):
-        spirv = self.spirv.get(kernel)
+    def program(self, kernel, debug: int = 0, stage: str | None = None):
+        key = combine_name(kernel) if stage == "combine" else (kernel, stage)
+        spirv = self.spirv.get(key)
         if spirv is None:
-            source = render_glsl.render(kernel, self.workgroup)
-            self.sources[kernel] = source
-            spirv = self.spirv[kernel] = self.compile(source)
+            source = render_glsl.render(kernel, self.workgroup, stage)
+            self.sources[key] = source
+            spirv = self.spirv[key] = self.compile(source)
         if debug > 1:
-            print(self.sources[kernel], file=sys.stderr)
+            print(self.sources[key], file=sys.stderr)
         return spirv
 
     def compile(self, source: str) -> bytes:
@@ -154,12 +169,29 @@ class VulkanRuntime:
 
     def launch(self, spirv: bytes, kernel, bufs: list, offsets: list, stream=None) -> None:
         n = kernel.out_size
+        parts = reduction_parts(kernel, self.workgroup, self.parallel_groups) if kernel.reduce_op else 1
+        if parts > 1:
+            # Few outputs: ``parts`` workgroups per output write partial results to a scratch
+            # tensor, then one workgroup per output combines them.
+            scratch = self._tensor(n * parts)
+            self.dispatch(self.program(kernel, 0, "partial"), (kernel, "partial"), [scratch] + bufs[1:],
+                          min(self.max_groups, n * parts), [0] + list(offsets[1:]) + [n, parts])
+            self.dispatch(self.program(kernel, 0, "combine"), combine_name(kernel), [bufs[0], scratch],
+                          min(self.max_groups, n), [offsets[0], n, parts])
+            self.release(scratch)
+            return
         groups = min(self.max_groups, n if kernel.reduce_op else -(-n // self.workgroup))
-        push = np.array(list(offsets) + [n], dtype=np.uint32)
-        key = (kernel, groups, tuple(id(b) for b in bufs))
+        self.dispatch(spirv, kernel, bufs, groups, list(offsets) + [n])
+
+    def dispatch(self, spirv: bytes, name, bufs: list, groups, push: list) -> None:
+        """Record one dispatch of ``groups`` workgroups (an int, or x, y, z) with 32-bit push
+        constants (negative integers travel as their two's complement bits)."""
+        groups = (groups, 1, 1) if isinstance(groups, int) else tuple(groups)
+        push = np.array([p & 0xFFFFFFFF for p in push], dtype=np.uint32)
+        key = (name, groups, tuple(id(b) for b in bufs))
         algo = self.pipelines.get(key)
         if algo is None:
-            algo = self.manager.algorithm(bufs, spirv, (groups, 1, 1), np.zeros(0, np.uint32), push)
+            algo = self.manager.algorithm(bufs, spirv, groups, np.zeros(0, np.uint32), push)
             self.pipelines[key] = (algo, bufs)
             if len(self.pipelines) > _PIPELINES:
                 self.pipelines.popitem(last=False)
@@ -168,6 +200,21 @@ class VulkanRuntime:
             algo = algo[0]
         self._seq().record(self.kp.OpAlgoDispatch(algo, push))
         self.dispatches += 1
+
+    def template(self, name: str, render, bufs: list, groups: tuple, threads: int, args: list,
+                 debug: int = 0) -> None:
+        """Record kernel template ``name`` (``render("glsl")`` gives its shader, whose workgroup size
+        is ``threads``) over ``groups`` workgroups; ``bufs`` bind in order, ``args`` are its 32-bit
+        push constants."""
+        key = ("template", name)
+        spirv = self.spirv.get(key)
+        if spirv is None:
+            source = render("glsl")
+            self.sources[key] = source
+            spirv = self.spirv[key] = self.compile(source)
+        if debug > 1:
+            print(self.sources[key], file=sys.stderr)
+        self.dispatch(spirv, key, bufs, groups, list(args))
 
     def check_validation(self) -> None:
         if self.validation_log is None:
@@ -182,16 +229,39 @@ class VulkanRuntime:
             raise VulkanValidationError(f"[vulkan] The validation layer reported: {text.strip()[:2000]}")
 
 
+def validation_layer() -> str | None:
+    """The manifest of the Khronos validation layer where the Vulkan loader looks for it, or None."""
+    dirs = [d for d in os.environ.get("VK_LAYER_PATH", "").split(":") if d]
+    data_dirs = [os.environ.get("XDG_DATA_HOME", os.path.expanduser("~/.local/share"))]
+    data_dirs += os.environ.get("XDG_DATA_DIRS", "/usr/local/share:/usr/share").split(":")
+    dirs += [os.path.join(d, "vulkan", "explicit_layer.d") for d in data_dirs + ["/etc"] if d]
+    for d in dirs:
+        path = os.path.join(d, "VkLayer_khronos_validation.json")
+        if os.path.exists(path):
+            return path
+    return None
+
+
 def _enable_validation() -> str:
-    """Turn the Khronos validation layer on for this process; its messages go to the returned file."""
+    """Turn the Khronos validation layer on for this process; its messages go to the returned file.
+    The layer's settings go both into a settings file (``VK_LAYER_SETTINGS_PATH``, what layers up to
+    1.3.2xx read) and into the environment variables newer layers read. The loader ignores a layer it
+    cannot find, so a missing layer is an error here rather than validation silently off."""
+    if validation_layer() is None:
+        raise RuntimeError("[vulkan] MLXARM_VK_VALIDATION=1, but the Khronos validation layer "
+                           "(VkLayer_khronos_validation.json) is not installed where the Vulkan loader looks.")
     fd, path = tempfile.mkstemp(prefix="mlxarm-vk-validation-", suffix=".log")
     os.close(fd)
     layers = os.environ.get("VK_INSTANCE_LAYERS", "")
     if "VK_LAYER_KHRONOS_validation" not in layers:
         os.environ["VK_INSTANCE_LAYERS"] = ":".join(filter(None, [layers, "VK_LAYER_KHRONOS_validation"]))
-    os.environ["VK_KHRONOS_VALIDATION_DEBUG_ACTION"] = "VK_DBG_LAYER_ACTION_LOG_MSG"
-    os.environ["VK_KHRONOS_VALIDATION_LOG_FILENAME"] = path
-    os.environ["VK_KHRONOS_VALIDATION_REPORT_FLAGS"] = "error,warn"
+    settings = {"debug_action": "VK_DBG_LAYER_ACTION_LOG_MSG", "log_filename": path, "report_flags": "error,warn"}
+    folder = tempfile.mkdtemp(prefix="mlxarm-vk-layer-")
+    with open(os.path.join(folder, "vk_layer_settings.txt"), "w") as f:
+        f.writelines(f"khronos_validation.{k} = {v}\n" for k, v in settings.items())
+    os.environ["VK_LAYER_SETTINGS_PATH"] = os.path.join(folder, "vk_layer_settings.txt")
+    for k, v in settings.items():
+        os.environ[f"VK_KHRONOS_VALIDATION_{k.upper()}"] = v
     return path
 
 
@@ -204,6 +274,11 @@ class VulkanExecutor(GPUExecutor):
 
     def supports(self, kernel) -> bool:
         return render_glsl.supported(kernel)
+
+
+def is_emulated(device_name: str) -> bool:
+    """Whether a Vulkan device is a CPU implementation (Mesa's lavapipe, SwiftShader)."""
+    return any(tag in device_name.lower() for tag in ("llvmpipe", "lavapipe", "swiftshader"))
 
 
 def available() -> str | None:
