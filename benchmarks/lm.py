@@ -51,6 +51,19 @@ def _emit(result: dict) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def _measure(run, n_prompt: int, options, result: dict) -> dict:
+    """Time to first token from a first ``run(1)`` in the process, then prefill and decode speed from a
+    second run of ``gen_tokens`` more tokens; ``run(n)`` returns its start time and one time stamp per
+    token produced (the first right after the prompt)."""
+    start, stamps = run(1)
+    result["ttft_s"] = stamps[0] - start
+    if not options.first_token_only:
+        start, stamps = run(options.gen_tokens + 1)
+        result["prefill_tps"] = n_prompt / (stamps[0] - start)
+        result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
+    return result
+
+
 # --- workers (each runs in its own process) --------------------------------------------------------------
 
 def worker_mlxarm(options, ids: list) -> None:
@@ -70,12 +83,8 @@ def worker_mlxarm(options, ids: list) -> None:
             stamps.append(time.perf_counter())
         return start, stamps
 
-    start, stamps = run(1)
-    result["ttft_s"] = stamps[0] - start
+    _measure(run, len(ids), options, result)
     if not options.first_token_only:
-        start, stamps = run(options.gen_tokens + 1)
-        result["prefill_tps"] = len(ids) / (stamps[0] - start)
-        result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
         # Host time of one decode step spent recording the lazy graph (Python only, no eval).
         cache = lm.make_prompt_cache(model, len(ids) + 8)
         mx.eval(model(mx.array([ids], mx.uint32), cache=cache))
@@ -116,13 +125,7 @@ def worker_llamacpp(options, ids: list) -> None:
             stamps.append(time.perf_counter())
         return start, stamps
 
-    start, stamps = run(0)
-    result["ttft_s"] = stamps[0] - start
-    if not options.first_token_only:
-        start, stamps = run(options.gen_tokens)
-        result["prefill_tps"] = len(ids) / (stamps[0] - start)
-        result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
-    _emit(result)
+    _emit(_measure(lambda n: run(n - 1), len(ids), options, result))
 
 
 def worker_mlxlm(options, ids: list) -> None:
@@ -142,13 +145,7 @@ def worker_mlxlm(options, ids: list) -> None:
             stamps.append(time.perf_counter())
         return start, stamps
 
-    start, stamps = run(1)
-    result["ttft_s"] = stamps[0] - start
-    if not options.first_token_only:
-        start, stamps = run(options.gen_tokens + 1)
-        result["prefill_tps"] = len(ids) / (stamps[0] - start)
-        result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
-    _emit(result)
+    _emit(_measure(run, len(ids), options, result))
 
 
 def worker_transformers(options, ids: list) -> None:
@@ -175,13 +172,7 @@ def worker_transformers(options, ids: list) -> None:
             stamps.append(time.perf_counter())
         return start, stamps
 
-    start, stamps = run(0)
-    result["ttft_s"] = stamps[0] - start
-    if not options.first_token_only:
-        start, stamps = run(options.gen_tokens)
-        result["prefill_tps"] = len(ids) / (stamps[0] - start)
-        result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
-    _emit(result)
+    _emit(_measure(lambda n: run(n - 1), len(ids), options, result))
 
 
 WORKERS = {"mlxarm": worker_mlxarm, "llama.cpp": worker_llamacpp, "mlx-lm": worker_mlxlm,
