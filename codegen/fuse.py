@@ -59,7 +59,7 @@ def signature(nodes: list, held_by_caller: int = 0) -> tuple:
     what ``plan`` needs besides the nodes.
     ``held_by_caller`` counts the caller's own references to each node besides ``nodes``.
     It runs on every eval, so it walks the graph once and counts per position, not per id."""
-    from .lower import frozen
+    from .lower import params_token
 
     position: dict = {}
     first: dict = {}
@@ -67,24 +67,25 @@ def signature(nodes: list, held_by_caller: int = 0) -> tuple:
     key: list = []
     refs = [0] * len(nodes)  # references from consumers' input tuples, per node
     repeats = []  # positions a consumer reads more than once (one consumer, several references)
+    at, add = position.get, key.append  # the loop below runs per node of every eval
     for i, n in enumerate(nodes):
         ins = []
         for x in n._inputs:
-            j = position.get(id(x))
+            j = at(id(x))
             if j is None:  # a realized buffer: numbered from -1 down, in order of first use
                 k = id(x)
                 j = first.get(k)
                 if j is None:
                     j = first[k] = -1 - len(leaves)
                     leaves.append(x)
-                    key.append((x._shape, x._data.strides, x._dtype.name))
+                    add((x._shape, x._data.strides, x._dtype.name))
             else:
                 refs[j] += 1
             ins.append(j)
         if len(ins) > 1 and (ins[0] == ins[1] if len(ins) == 2 else len(set(ins)) < len(ins)):
             repeats.extend(j for j in set(ins) if j >= 0 for _ in range(ins.count(j) - 1))
         position[id(n)] = i
-        key.append((n._prim.name, frozen(n._params), n._shape, n._dtype.name, tuple(ins)))
+        add((n._prim.name, params_token(n._params), n._shape, n._dtype.name, tuple(ins)))
     n = x = None  # the loop variables would count as references from outside
     base = 3 + held_by_caller  # as in _observed: the list, the loop variable, getrefcount's argument
     observed = []

@@ -225,6 +225,31 @@ def frozen(params):
     return value
 
 
+_TOKENS: dict = {}  # id(params) -> (params, token): one lookup for a params object seen before
+_TOKEN_OF: dict = {}  # frozen params -> token
+_NEXT_TOKEN = [0]
+
+
+def params_token(params) -> int:
+    """A small int standing for ``frozen(params)``: equal params get equal tokens, different ones never
+    share a token. A structural key holding tokens hashes and compares a node's params in constant
+    time (a compiled graph reuses its params objects, so most are found by identity)."""
+    hit = _TOKENS.get(id(params))
+    if hit is not None and hit[0] is params:
+        return hit[1]
+    value = frozen(params)
+    token = _TOKEN_OF.get(value)
+    if token is None:
+        if len(_TOKEN_OF) >= 1 << 16:
+            _TOKEN_OF.clear()  # later params get fresh tokens: keys built before just stop matching
+        token = _TOKEN_OF[value] = _NEXT_TOKEN[0]
+        _NEXT_TOKEN[0] += 1
+    if len(_TOKENS) >= 8192:
+        _TOKENS.clear()
+    _TOKENS[id(params)] = (params, token)
+    return token
+
+
 # id(params) -> (params, frozen value): a compiled function's replays share their params objects,
 # so a structural key of a replayed graph freezes nothing. The entry keeps params alive, so an id
 # is never taken by another object while it is here; params are never changed once recorded.

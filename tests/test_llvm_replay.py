@@ -1,7 +1,8 @@
 """Plan capture and replay on the LLVM executor: an eval whose graph has the structure of an earlier
 one runs that eval's recorded steps on its own buffers. Replays must give what a fresh plan gives,
 also when the buffers change, and a structurally different graph must be planned afresh; the cache
-of recorded evals stays bounded; a compiled decode step of a language model replays."""
+of recorded evals stays bounded; a compiled decode step of a language model replays. Quantized
+products reading one x share its interleaved copy only while x's buffer and bits are unchanged."""
 import numpy as np
 import pytest
 
@@ -228,3 +229,50 @@ def test_slice_update_writes_into_a_dying_buffer_only(llvm):
     np.testing.assert_array_equal(np.array(later), base * 2)
     np.testing.assert_array_equal(np.array(out), expected)
     assert llvm.donated == donated
+
+
+def test_quantized_products_after_an_in_place_update_read_the_new_values(llvm):
+    """Quantized products reading one x reuse its interleaved copy; an update written into that
+    x's buffer (a donated slice_update) must not leave a later product reading the old values."""
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((32, 64)).astype(np.float32)
+    wq, scales, biases = (np.array(a) for a in ma.quantize(ma.array(w), group_size=32, bits=4))
+    x0 = rng.standard_normal((1, 64)).astype(np.float32)
+    upd = rng.standard_normal((1, 8)).astype(np.float32)
+
+    def step(x, u):
+        args = [ma.array(a) for a in (wq, scales, biases)]
+        h = x * 2.0
+        a = ma.quantized_matmul(h, *args, transpose=True, group_size=32, bits=4)
+        h2 = ma.slice_update(h, u + a[:, :8], ma.array(8, ma.int32), axes=(1,))  # after a: h dies
+        b = ma.quantized_matmul(h2, *args, transpose=True, group_size=32, bits=4)
+        return a, b
+
+    for _ in range(3):  # recorded, kept, replayed
+        donated = llvm.donated
+        got = run(step, [x0, upd])
+        want = numpy_reference(step, [x0, upd])
+        for g, r in zip(got, want):
+            np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5)
+        assert not np.allclose(got[0], got[1])
+    assert llvm.donated > donated  # the update wrote into h's buffer
+
+
+def test_quantized_products_of_other_bits_on_one_x(llvm):
+    """Products of one x with 4-bit and 2-bit weights (a mixed-precision model) each read x laid
+    out for their own bits."""
+    rng = np.random.default_rng(13)
+    weights = []
+    for bits in (4, 2, 4):
+        w = rng.standard_normal((16, 64)).astype(np.float32)
+        weights.append((bits, [np.array(a) for a in ma.quantize(ma.array(w), group_size=64, bits=bits)]))
+    x0 = rng.standard_normal((1, 64)).astype(np.float32)
+
+    def step(x):
+        h = x + 1.0
+        return [ma.quantized_matmul(h, *[ma.array(a) for a in packed], transpose=True, group_size=64, bits=bits)
+                for bits, packed in weights]
+
+    for _ in range(3):  # recorded, kept, replayed
+        for g, r in zip(run(step, [x0]), numpy_reference(step, [x0])):
+            np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5)

@@ -18,7 +18,10 @@ donates such a buffer.
 also each kernel's source; ``MLXARM_THREADS`` sets the number of worker threads (default: one per
 CPU). softmax, rms_norm and layer_norm over the last axis of float32 data run as row kernels
 (``codegen.rows``); float32 affine ``quantized_matmul`` reads its packed weights in the quantized
-template (``llvm_quantized``).
+template (``llvm_quantized``); float32 ``fast.rope`` and ``fast.scaled_dot_product_attention`` run as
+the templates of ``kernels.attention``. Those three are recorded as calls *bound* to their node's
+shapes (function, constant arguments and argument array found once), so a replayed call fills in its
+buffers' addresses and runs.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import numpy as np
 
 from .. import __version__
 from ..codegen import fuse, ir, lower, render_llvm, rows
+from ..kernels import attention as attention_template
 from ..kernels import matmul as gemm_template
 from ..codegen import target as targets
 from ..core.device import memory
@@ -57,10 +61,57 @@ _GROUPS_KEPT = 4096
 _CALL, _KERNEL, _LOWER, _ROWS = 0, 1, 2, 3
 # Below this many multiply-adds (M*N*K) a float32 matmul stays on numpy: packing costs more than it saves.
 _GEMM_MIN = 1 << 15
+# The attention kernel keeps a row's scores on the worker's stack; rope and attention unroll their loops
+# over a head's features.
+_ATTENTION_KEYS_MAX = 1 << 16
+_HEAD_MAX = 1024
 
 
 class CompileError(RuntimeError):
     pass
+
+
+def _address_reader():
+    """A function giving a numpy array's data address. ``a.ctypes.data`` takes about a microsecond (it
+    builds a ctypes helper each time), which a replayed decode step would pay a thousand times; the
+    address is the first field after the object header of numpy's array struct
+    (``PyArrayObject_fields.data``, part of numpy's C ABI), read directly in a fifth of that. A probe
+    array checks the layout once; ``ctypes.data`` serves if it ever differs."""
+    read = ctypes.c_void_p.from_address
+    header = object.__basicsize__
+
+    def direct(a) -> int:
+        return read(id(a) + header).value or 0
+
+    probe = np.arange(4, dtype=np.float32)[1:]
+    return direct if direct(probe) == probe.ctypes.data else (lambda a: a.ctypes.data)
+
+
+address = _address_reader()
+
+
+class _Counted(weakref.ref):
+    """A realized buffer's weak reference that returns its bytes to the memory count when the buffer
+    dies (``weakref.finalize`` does the same at several times the cost per buffer)."""
+    __slots__ = ("nbytes",)
+
+
+_counted: dict = {}  # id -> the references alive, until their buffers die
+
+
+def _uncount(ref: _Counted, counted=_counted, free=memory.free) -> None:
+    # bound at definition: buffers may die while the interpreter tears the module's globals down
+    counted.pop(id(ref), None)
+    free(ref.nbytes)
+
+
+def count(out: np.ndarray) -> None:
+    """Count ``out`` in the memory statistics while it lives."""
+    n = out.nbytes
+    memory.alloc(n)
+    ref = _Counted(out, _uncount)
+    ref.nbytes = n
+    _counted[id(ref)] = ref
 
 
 class Compiler:
@@ -118,8 +169,26 @@ class Compiler:
         return _KERNEL_FN(addr)
 
 
+class _Structure:
+    """An eval's structural key (``fuse.signature``) with its hash computed once: hashing the key of
+    a decode step (a thousand nested tuples) costs about a millisecond, and a dict looks it up, then
+    stores it again as the most recently used."""
+    __slots__ = ("key", "hash")
+
+    def __init__(self, key: tuple):
+        self.key = key
+        self.hash = hash(key)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other) -> bool:
+        return self.hash == other.hash and self.key == other.key
+
+
 class LLVMExecutor:
     name = "llvm"
+    address = staticmethod(address)  # a buffer's data address, for the templates' modules
 
     def __init__(self, target: targets.Target | None = None, cache: ObjectCache | None = None):
         self.compiler = Compiler(target, cache)
@@ -139,6 +208,9 @@ class LLVMExecutor:
         self.replays = 0
         self.donated = 0  # updates written into their input's buffer (run_in_place)
         self.keep_graph = False  # realized nodes keep their inputs (a transform is tracing)
+        # [weak reference to an x, bits, its columns interleaved for them] for quantized products
+        # reading one x in turn (a layer's q, k and v projections)
+        self.interleaved: list = [None, 0, None]
 
     def info(self) -> dict:
         t = self.target
@@ -175,6 +247,7 @@ class LLVMExecutor:
             return
         self.keep_graph = _keeps_graph()  # asked once per eval: it cannot change during one
         key, leaves, counted = fuse.signature(nodes)
+        key = _Structure(key)
         recorded = self.evals.pop(key, None)
         if recorded is not None:
             self.evals[key] = recorded  # now the most recently used
@@ -213,7 +286,7 @@ class LLVMExecutor:
             actions.append(action)
         # A structure is kept on its second sighting: a graph seen once (an uncompiled decode step
         # whose cache slices grow) costs a hash, not a recorded plan.
-        sighting = hash(key)
+        sighting = key.hash
         if sighting not in self.seen:
             if len(self.seen) >= _SEEN_KEPT:
                 self.seen.clear()
@@ -237,7 +310,10 @@ class LLVMExecutor:
                 return (_CALL, pos, self.run_gemm, "gemm")
             # The quantized matmul template (llvm_quantized) runs what it fits.
             if llvm_quantized.fits(node, self.target):
-                return (_CALL, pos, self.run_quantized, llvm_quantized.name(self, node))
+                return (_CALL, pos, llvm_quantized.bind(self, node), llvm_quantized.name(self, node))
+            bound = self.bind_fast(node)
+            if bound is not None:
+                return (_CALL, pos, bound, node._prim.name)
             row_kernel = rows.match(node, self.target.lanes)
             if row_kernel is not None:
                 return self.row_action(node, pos, row_kernel, sources, numpy_made)
@@ -299,10 +375,14 @@ class LLVMExecutor:
         A kernel action is called with its prebuilt argument array, refilled with this eval's
         buffer addresses (each buffer's address is looked up once)."""
         found: dict = {}  # (0, leaf index) or (1, action index) -> buffer address
+        empty, realized, pool = np.empty, self.realized, self.pool
         for index, (action, node) in enumerate(zip(actions, targets)):
             if node._data is not None:
                 continue
             kind = action[0]
+            if kind == _CALL:
+                action[2](node)
+                continue
             if kind != _KERNEL and kind != _ROWS:
                 self.perform(action, node)
                 continue
@@ -312,19 +392,23 @@ class LLVMExecutor:
                 self.perform((_CALL, None, functools.partial(self.run_rows, kernel=action[2]))
                              if kind == _ROWS else (_LOWER,), node)
                 continue
-            out = np.empty(node._shape, dtype=node._dtype.np_storage)
+            out = empty(node._shape, dtype=node._dtype.np_storage)
             if split is not None:  # None: an empty output, nothing to run
                 slot = 1
                 for source, offset in reads:
-                    address = found.get(source)
-                    if address is None:
+                    at = found.get(source)
+                    if at is None:
                         where, i = source
-                        address = found[source] = (leaves[i] if where == 0 else targets[i])._data.ctypes.data
-                    args[slot] = address + offset
+                        at = found[source] = address((leaves[i] if where == 0 else targets[i])._data)
+                    args[slot] = at + offset
                     slot += 1
-                args[0] = found[(1, index)] = out.ctypes.data
-                self.split(fn, args, *split)
-            self.realized(node, out)
+                args[0] = found[(1, index)] = address(out)
+                total, per_unit, _ = split
+                if pool is None or total * per_unit < _PARALLEL_MIN or total < 2:
+                    fn(args, 0, total)
+                else:
+                    self.split(fn, args, *split)
+            realized(node, out)
 
     def run_numpy(self, node) -> None:
         self.numpy.run([weakref.ref(node)])
@@ -335,8 +419,7 @@ class LLVMExecutor:
         src = node._inputs[0]._data
         out = node._prim.ref(node._params, src)
         if out.base is None and out is not src:
-            memory.alloc(out.nbytes)
-            weakref.finalize(out, memory.free, out.nbytes)
+            count(out)
         node._data = out
         if not self.keep_graph:
             node._inputs = ()
@@ -358,6 +441,7 @@ class LLVMExecutor:
             self.run_numpy(node)
             return
         del x, buf
+        self.interleaved[0] = None  # a copy of the buffer written here would go stale
         ins = [i._data for i in node._inputs]
         out = node._prim.extra["in_place"](node._params, *ins)
         del ins
@@ -369,8 +453,102 @@ class LLVMExecutor:
     def run_gemm(self, node) -> None:
         self.realized(node, self.run_matmul(node))
 
-    def run_quantized(self, node) -> None:
-        self.realized(node, llvm_quantized.run(self, node))
+    def bind_fast(self, node):
+        """For float32 ``fast.rope`` (base frequencies) and ``fast.scaled_dot_product_attention``
+        (no sinks), a function realizing any node shaped as ``node`` by its kernel
+        (``kernels.attention``), its function, constants and argument array found once; else None."""
+        name = node._prim.name if node._prim is not None else None
+        if name == "rope":
+            return self.bind_rope(node)
+        if name == "scaled_dot_product_attention":
+            return self.bind_attention(node)
+        return None
+
+    def template_function(self, kernel, render):
+        fn = self.functions.get(kernel)
+        if fn is None:
+            source = render(kernel, self.target.triple)
+            fn = self.functions[kernel] = self.compiler.load(source, kernel.name)
+            self.sources[kernel] = source
+        return fn
+
+    def bind_rope(self, node):
+        p = node._params
+        x, offset = node._inputs[:2]
+        shape = node._shape
+        if p["freqs"] or node._dtype.name != "float32" or x._dtype.name != "float32" \
+                or offset._dtype.name not in ("int32", "int64") or shape[-1] > _HEAD_MAX \
+                or not math.prod(shape):
+            return None
+        dims, d = p["dims"], shape[-1]
+        bits = 32 if offset._dtype.name == "int32" else 64
+        fn = self.template_function(attention_template.Rope(d, dims, p["traditional"], bits),
+                                    attention_template.render_rope)
+        # the reference's inverse frequencies (fast._rope_ref), computed the same way
+        inv_freq = np.power(np.float32(p["base"]), -np.arange(dims // 2, dtype=np.float32) * 2 / dims)
+        by_batch = int(len(offset._shape) == 1 and offset._shape[0] > 1)
+        meta = np.array([shape[-2], math.prod(shape[1:-1]), by_batch], np.int64)
+        scale = np.array([p["scale"]], np.float32)
+        args = (ctypes.c_void_p * 6)(0, 0, 0, inv_freq.ctypes.data, meta.ctypes.data, scale.ctypes.data)
+        rows_ = math.prod(shape[:-1])
+        contiguous, split, realized = np.ascontiguousarray, self.split, self.realized
+
+        def run_rope(node, keep=(inv_freq, meta, scale)):
+            x, off = (contiguous(i._data) for i in node._inputs)
+            out = np.empty(shape, np.float32)
+            args[0], args[1], args[2] = address(out), address(x), address(off)
+            split(fn, args, rows_, d, 1)
+            del x, off
+            realized(node, out)
+
+        return run_rope
+
+    def bind_attention(self, node):
+        p = node._params
+        q, k, v = node._inputs[:3]
+        mask = node._inputs[3] if p["mask"] == "array" else None
+        B, hq, L, D = q._shape
+        hk, S, dv = k._shape[1], k._shape[2], v._shape[3]
+        if p["sinks"] or any(a._dtype.name != "float32" for a in (node, q, k, v)) \
+                or (mask is not None and mask._dtype.name not in ("bool", "float32")) \
+                or not (B and hq and L and S and D and dv) or S > _ATTENTION_KEYS_MAX \
+                or max(D, dv) > _HEAD_MAX:
+            return None
+        kind = p["mask"] or "none"
+        if kind == "array":
+            kind = "bool" if mask._dtype.name == "bool" else "float"
+        fn = self.template_function(attention_template.Attention(D, dv, kind, self.target.lanes),
+                                    attention_template.render_attention)
+        meta = np.zeros(15, np.int64)
+        meta[:5] = (B, hq, hk, L, S)
+        scale = np.array([p["scale"]], np.float32)
+        args = (ctypes.c_void_p * 7)(0, 0, 0, 0, 0, meta.ctypes.data, scale.ctypes.data)
+        layout = [None]  # the strides in ``meta``
+        shape = node._shape
+        units, per_unit = B * hq * L, S * (D + dv)
+        contiguous, split, realized = np.ascontiguousarray, self.split, self.realized
+
+        def rows_of(a):  # a buffer whose last axis is contiguous (the kernel takes the others' strides)
+            return a if a.strides[-1] == a.itemsize or a.shape[-1] == 1 else contiguous(a)
+
+        def run_attention(node, keep=(meta, scale)):
+            ins = node._inputs
+            q, k, v = contiguous(ins[0]._data), rows_of(ins[1]._data), rows_of(ins[2]._data)
+            m = ins[3]._data if len(ins) > 3 else None
+            strides = (k.strides, v.strides, None if m is None else m.strides)
+            if strides != layout[0]:
+                meta[5:11] = [s // 4 for s in k.strides[:3] + v.strides[:3]]
+                if m is not None:
+                    meta[11:] = [s // m.itemsize for s in m.strides]
+                layout[0] = strides
+            out = np.empty(shape, np.float32)
+            args[0], args[1], args[2], args[3] = address(out), address(q), address(k), address(v)
+            args[4] = 0 if m is None else address(m)
+            split(fn, args, units, per_unit, 1)
+            del q, k, v, m
+            realized(node, out)
+
+        return run_attention
 
     def run_rows(self, node, kernel: rows.RowKernel) -> None:
         """softmax / rms_norm / layer_norm over the last axis: one row kernel."""
@@ -457,7 +635,7 @@ class LLVMExecutor:
                 self.plans[key] = (kernel, summary, fn, offsets)
             return kernel, summary, fn, [a.ctypes.data for a in arrays], arrays
         kernel, summary, fn, offsets = plan
-        return kernel, summary, fn, [leaves[i]._data.ctypes.data + off for i, off in offsets], None
+        return kernel, summary, fn, [address(leaves[i]._data) + off for i, off in offsets], None
 
     def realized(self, node, out: np.ndarray) -> None:
         """Give ``node`` its buffer ``out``, written by a kernel."""
@@ -468,8 +646,7 @@ class LLVMExecutor:
             # would reuse them.
             node._inputs = ()
             node._params = None
-        memory.alloc(out.nbytes)
-        weakref.finalize(out, memory.free, out.nbytes)
+        count(out)
 
     def launch(self, fn, kernel: ir.Kernel, addresses: list) -> None:
         self.split(fn, addresses, kernel.out_size, *self.split_shape(kernel))

@@ -1,5 +1,6 @@
 """The LLVM executor's quantized matmul: which ``quantized_matmul`` nodes the packed-weight template
-(``kernels.quantized``) runs, and running them on every worker.
+(``kernels.quantized``) runs, and running them: ``bind`` prepares a node's call once for a recorded
+eval to repeat, ``matmul`` runs one product on numpy buffers.
 
 A node fits when it is affine, float32 throughout (x, scales, biases and the result), with one 2-D
 packed matrix, bits and group size the template knows, and a panel buffer small enough for a worker's
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import weakref
 
 import numpy as np
 
@@ -53,13 +55,65 @@ def name(executor, node) -> str:
     return template.name(p["transpose"], p["bits"], p["group_size"], lanes, mr)
 
 
-def run(executor, node) -> np.ndarray:
-    """``node``'s result, computed by the template on the executor's workers."""
+def bind(executor, node):
+    """A function realizing any node shaped as ``node`` (the same shapes, dtypes and parameters, as a
+    replayed eval's are): the template function, its shape array, the thread split and the argument
+    array are found once here, so a call fills five addresses and runs the kernel. Products too small
+    to pay for the pool stay on the calling thread."""
     p = node._params
-    x, w, scales, biases = (i._data for i in node._inputs)
-    out = matmul(executor, x.reshape(-1, x.shape[-1]), w, scales, biases, p["transpose"], p["bits"],
-                 p["group_size"])
-    return out.reshape(node._shape)
+    transpose, bits, gs = p["transpose"], p["bits"], p["group_size"]
+    shape = node._shape
+    k = node._inputs[0]._shape[-1]
+    n = shape[-1]
+    m = math.prod(shape[:-1])
+    lanes = executor.target.lanes
+    fn = _function(executor, transpose, bits, gs, lanes, template.tile_rows(transpose, bits, lanes, m))
+    interleave = template.interleaved(transpose, bits, gs, lanes)
+    meta = np.array([m, n, k], np.int64)
+    args = (ctypes.c_void_p * 6)()
+    args[5] = meta.ctypes.data
+    units = template.panels(transpose, n, bits, lanes)
+    parallel = executor.pool is not None and m * n * k >= _PARALLEL_MIN
+    per_unit = m * k * -(-n // units)
+    contiguous = np.ascontiguousarray
+    address = executor.address
+    last = executor.interleaved
+    split, realized, empty, f32 = executor.split, executor.realized, np.empty, np.float32
+
+    def run_bound(node, meta=meta):  # meta: kept alive with the function
+        x, w, scales, biases = [i._data for i in node._inputs]
+        if interleave:
+            if last[0] is not None and last[0]() is x and last[1] == bits:
+                x = last[2]
+            else:
+                copy = template.interleave_x(x.reshape(m, k), bits, lanes)
+                last[0], last[1], last[2], x = weakref.ref(x), bits, copy, copy
+        else:
+            x = contiguous(x.reshape(m, k))
+        if not (w.flags.c_contiguous and scales.flags.c_contiguous and biases.flags.c_contiguous):
+            w, scales, biases = contiguous(w), contiguous(scales), contiguous(biases)
+        out = empty(shape, f32)
+        args[0], args[1], args[2], args[3], args[4] = address(out), address(x), address(w), address(scales), \
+            address(biases)
+        if parallel:
+            split(fn, args, units, per_unit, 1)
+        else:
+            fn(args, 0, units)
+        del x, w, scales, biases
+        realized(node, out)
+
+    return run_bound
+
+
+def _function(executor, transpose: bool, bits: int, group_size: int, lanes: int, mr: int):
+    key = ("qmm", transpose, bits, group_size, lanes, mr)
+    fn = executor.functions.get(key)
+    if fn is None:
+        source = template.render(transpose, bits, group_size, lanes, mr)
+        fn = executor.functions[key] = executor.compiler.load(
+            source, template.name(transpose, bits, group_size, lanes, mr))
+        executor.sources[key] = source
+    return fn
 
 
 def matmul(executor, x: np.ndarray, w: np.ndarray, scales: np.ndarray, biases: np.ndarray, transpose: bool,
@@ -71,13 +125,7 @@ def matmul(executor, x: np.ndarray, w: np.ndarray, scales: np.ndarray, biases: n
     n = w.shape[0] if transpose else w.shape[1] * 32 // bits
     lanes = lanes or executor.target.lanes
     mr = template.tile_rows(transpose, bits, lanes, m)
-    key = ("qmm", transpose, bits, group_size, lanes, mr)
-    fn = executor.functions.get(key)
-    if fn is None:
-        source = template.render(transpose, bits, group_size, lanes, mr)
-        fn = executor.functions[key] = executor.compiler.load(
-            source, template.name(transpose, bits, group_size, lanes, mr))
-        executor.sources[key] = source
+    fn = _function(executor, transpose, bits, group_size, lanes, mr)
     if template.interleaved(transpose, bits, group_size, lanes):
         x = template.interleave_x(x, bits, lanes)
     out = np.empty((m, n), np.float32)
