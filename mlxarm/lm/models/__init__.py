@@ -1,7 +1,7 @@
 """Model architectures by ``config.json`` ``model_type`` (mlx-lm's names), each an object with
 ``ModelArgs`` and ``Model`` (GGUF architecture names map onto these in ``gguf_model.py``), and what
-they share: masks and the attention call (``base.py``), the key/value cache (``cache.py``) and
-rotary embeddings (``rope.py``)."""
+they share: the transformer they are all variants of (``transformer.py``), masks and the attention
+call (``base.py``), the key/value cache (``cache.py``) and rotary embeddings (``rope.py``)."""
 from types import SimpleNamespace
 
 from . import gemma3, llama, phi3, qwen2, qwen3
