@@ -2,8 +2,7 @@
 
 An executor realizes a list of nodes in order: ``run(nodes)`` sets each node's ``_data``. The numpy
 executor (``numpy_executor``) is the reference and needs nothing but numpy; the code-generating
-backends plug in here. ``mx.cpu`` runs on the LLVM executor when llvmlite is installed and on numpy
-otherwise; ``MLXARM_DEVICE`` picks one explicitly.
+backends plug in here. ``MLXARM_DEVICE`` picks one explicitly.
 
 ``mx.gpu`` is the best GPU backend on a real GPU (``available_gpu_backend``: Vulkan first, then
 OpenCL), and the default device when there is one. Devices emulated on the CPU (Mesa's lavapipe,
@@ -99,21 +98,9 @@ def _probe_opencl():
     return None
 
 
-_CPU: list = []  # the default CPU executor's name, once chosen
-
-
-def cpu_executor_name() -> str:
-    """The executor for ``mx.cpu``: the LLVM executor when llvmlite is installed, else numpy."""
-    if not _CPU:
-        from .llvm import available
-
-        _CPU.append("numpy" if available() else "llvm")
-    return _CPU[0]
-
-
 def executor_for(device):
     """The executor for work on ``device`` (None: the default device): ``MLXARM_DEVICE`` when set,
-    else the GPU backend for ``mx.gpu`` and the LLVM executor (numpy without llvmlite) for ``mx.cpu``."""
+    else the GPU backend for ``mx.gpu`` and numpy for ``mx.cpu``."""
     forced = os.environ.get("MLXARM_DEVICE")
     if forced:
         return executor(forced)
@@ -125,7 +112,7 @@ def executor_for(device):
         name = available_gpu_backend()
         if name is not None:
             return executor(name)
-    return executor(cpu_executor_name())
+    return executor("numpy")
 
 
 def run_order(refs) -> None:

@@ -94,7 +94,7 @@ class ThreadLocalStream:
 
 
 def gpu_available() -> bool:
-    """Whether a real GPU can run ``mx.gpu`` (``backend.available_gpu_backend``)."""
+    """Whether a GPU executor is available (none in the reference build: see the backends)."""
     from ..backend import available_gpu_backend
 
     return available_gpu_backend() is not None
