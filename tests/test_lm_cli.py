@@ -159,12 +159,18 @@ def test_generate_system_prompt_template_config_device_and_progress(tiny_model, 
     pytest.importorskip("jinja2")  # the chat template
     from mlxarm.utils import tree_flatten
 
+    from mlxarm.lm import cli
+
     path, model, tokenizer = tiny_model
     monkeypatch.delenv("MLXARM_DEVICE", raising=False)
+    during = []
+    real_generate = cli._generate
+    monkeypatch.setattr(cli, "_generate", lambda o: (during.append(os.environ.get("MLXARM_DEVICE")),
+                                                     real_generate(o)))
     rc, out, err = run_cli(["generate", "--model", path, "--prompt", "ab", "--max-tokens", "1", "--system-prompt",
                             "cd", "--chat-template-config", '{"unused_option": true}', "--device", "numpy",
                             "--verbose", "true"], capsys=capsys)
-    assert rc == 0 and os.environ["MLXARM_DEVICE"] == "numpy"
+    assert rc == 0 and during == ["numpy"] and "MLXARM_DEVICE" not in os.environ
     n = len(tokenizer.apply_chat_template([{"role": "system", "content": "cd"}, {"role": "user", "content": "ab"}],
                                              add_generation_prompt=True))
     assert re.search(r"^Prompt: %d tokens" % n, out, re.M)
@@ -193,3 +199,23 @@ def test_convert_dispatch(capsys):
         with pytest.raises(SystemExit) as exit_:
             main(["convert", "--help"])
         assert exit_.value.code == 0
+
+
+def test_language_models_default_to_the_llvm_executor(tiny_model, capsys, monkeypatch):
+    """Without --device or MLXARM_DEVICE the command runs on the LLVM executor when llvmlite is
+    installed, for this command only."""
+    from mlxarm.backend import llvm
+    from mlxarm.lm import cli
+
+    monkeypatch.delenv("MLXARM_DEVICE", raising=False)
+    chosen = []
+    monkeypatch.setattr(cli, "_select_device", lambda name: chosen.append(name))
+    path, _, _ = tiny_model
+    rc, _, _ = run_cli(["generate", "--model", path, "--prompt", "ab", "--max-tokens", "1"], capsys=capsys)
+    assert rc == 0
+    assert chosen == ([] if llvm.available() else ["llvm"])
+    assert "MLXARM_DEVICE" not in os.environ
+    monkeypatch.setenv("MLXARM_DEVICE", "numpy")
+    chosen.clear()
+    assert run_cli(["generate", "--model", path, "--prompt", "ab", "--max-tokens", "1"], capsys=capsys)[0] == 0
+    assert chosen == [] and os.environ["MLXARM_DEVICE"] == "numpy"

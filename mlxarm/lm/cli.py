@@ -40,7 +40,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="how many recent tokens the repetition penalty looks at (default: 20)")
     parser.add_argument("--device", choices=DEVICES, default=None,
                         help="executor to run on: numpy, llvm, opencl, vulkan, or MLX's cpu/gpu device "
-                             "(default: MLXARM_DEVICE, else the default device)")
+                             "(default: MLXARM_DEVICE, else llvm when llvmlite is installed, else the "
+                             "default device)")
     parser.add_argument("--system-prompt", default=None, help="system message for the chat template")
     parser.add_argument("--chat-template-config", default=None,
                         help='JSON of extra arguments for the chat template, e.g. \'{"enable_thinking": false}\'')
@@ -80,6 +81,17 @@ def _select_device(name: str) -> None:
     except Exception as problem:  # ImportError, driver errors: each backend raises its own
         raise ValueError(f"device '{name}' is not available here: {problem}") from None
     os.environ["MLXARM_DEVICE"] = name
+
+
+def _default_device():
+    """The executor language models run on when neither ``--device`` nor ``MLXARM_DEVICE`` names one: the
+    LLVM executor when llvmlite is installed (its compiled, replayed decode step is the fastest path
+    here), else whatever the default device runs."""
+    if os.environ.get("MLXARM_DEVICE"):
+        return None
+    from mlxarm.backend import llvm
+
+    return None if llvm.available() else "llvm"
 
 
 class _ProgressBar:
@@ -226,9 +238,11 @@ def main(argv=None) -> int:
             parser.error(f"--chat-template-config is not valid JSON: {problem}")
         if not isinstance(config, dict):
             parser.error("--chat-template-config must be a JSON object")
+    saved = os.environ.get("MLXARM_DEVICE")  # the executor is chosen for this command only
     try:
-        if options.device:
-            _select_device(options.device)
+        device = options.device or _default_device()
+        if device:
+            _select_device(device)
         if options.seed is not None:
             import mlxarm.core as mx
 
@@ -237,4 +251,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, ImportError) as problem:
         print(f"mlxarm-lm: {problem}", file=sys.stderr)
         return 1
+    finally:
+        if saved is None:
+            os.environ.pop("MLXARM_DEVICE", None)
+        else:
+            os.environ["MLXARM_DEVICE"] = saved
     return 0
