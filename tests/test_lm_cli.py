@@ -211,11 +211,12 @@ def test_language_models_default_to_the_llvm_executor(tiny_model, capsys, monkey
     chosen = []
     monkeypatch.setattr(cli, "_select_device", lambda name: chosen.append(name))
     path, _, _ = tiny_model
-    rc, _, _ = run_cli(["generate", "--model", path, "--prompt", "ab", "--max-tokens", "1"], capsys=capsys)
+    args = ["generate", "--model", path, "--prompt", "ab", "--max-tokens", "1", "--ignore-chat-template"]
+    rc, _, _ = run_cli(args, capsys=capsys)
     assert rc == 0
     assert chosen == ([] if llvm.available() else ["llvm"])
     assert "MLXARM_DEVICE" not in os.environ
     monkeypatch.setenv("MLXARM_DEVICE", "numpy")
     chosen.clear()
-    assert run_cli(["generate", "--model", path, "--prompt", "ab", "--max-tokens", "1"], capsys=capsys)[0] == 0
+    assert run_cli(args, capsys=capsys)[0] == 0
     assert chosen == [] and os.environ["MLXARM_DEVICE"] == "numpy"
