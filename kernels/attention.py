@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .ir_text import IrText
+
 MASKS = ("none", "causal", "bool", "float")
 LOWEST = "0xC7EFFFFFE0000000"  # the lowest finite float32, as LLVM writes a float constant
 
@@ -53,27 +55,13 @@ class Attention:
         return f"sdpa_{self.d}_{self.dv}_{self.mask}_{self.width}"
 
 
-class _Ir:
-    """LLVM IR lines with fresh SSA names; allocas are hoisted to the entry block (mem2reg)."""
-
-    def __init__(self):
-        self.lines: list = []
-        self.allocas: list = []
-        self.n = 0
-
-    def __call__(self, text: str) -> str:
-        self.n += 1
-        v = f"%t{self.n}"
-        self.lines.append(f"  {v} = {text}")
-        return v
-
-    def raw(self, text: str) -> None:
-        self.lines.append(text if text.endswith(":") else f"  {text}")
+class _Ir(IrText):
+    """``IrText`` with the loops, loads and argument reads the rope and attention templates use."""
 
     def slot(self, ty: str) -> str:
         self.n += 1
         v = f"%s{self.n}"
-        self.allocas.append(f"  {v} = alloca {ty}, align 16")
+        self.alloca(v, ty, 16)
         return v
 
     def arg(self, i: int, ty: str = "ptr") -> str:

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from math import gcd
 
+from .ir_text import IrText as _Ir
+
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (16, 32, 64, 128)
 PANEL_ROWS = 4  # weight rows per panel (transposed): x rows are read once per 4 outputs
@@ -92,27 +94,6 @@ def supported(transpose: bool, n: int, k: int, bits: int, group_size: int) -> bo
 
 def name(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> str:
     return f"qmm_{'t' if transpose else 'n'}_b{bits}_g{group_size}_l{lanes}_m{mr}"
-
-
-class _Ir:
-    """LLVM IR lines with fresh SSA names."""
-
-    def __init__(self):
-        self.lines: list = []
-        self.allocas: list = []  # hoisted to the entry block, where mem2reg turns them into registers
-        self.n = 0
-
-    def __call__(self, text: str) -> str:
-        self.n += 1
-        v = f"%t{self.n}"
-        self.lines.append(f"  {v} = {text}")
-        return v
-
-    def raw(self, text: str) -> None:
-        self.lines.append(text if text.endswith(":") else f"  {text}")
-
-    def alloca(self, slot: str, ty: str, align: int) -> None:
-        self.allocas.append(f"  {slot} = alloca {ty}, align {align}")
 
 
 def _consts(ty: str, values) -> str:
