@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 
 import mlxarm.core as ma
+from _backends import skip_reason
 from _graphs import build_graph, graphs
 from _matrix import convert_args, elementwise_primitives, on, tolerance, values
 from mlxarm.backend import executor
@@ -276,15 +277,7 @@ def check_outputs_stay_on_device(device):
 
 # --- OpenCL ----------------------------------------------------------------------------------------
 
-def _skip_reason():
-    try:
-        from mlxarm.backend.opencl import available
-    except ImportError as e:  # noqa: F841
-        return f"the OpenCL backend cannot be imported ({e})"
-    return available()
-
-
-_REASON = _skip_reason()
+_REASON = skip_reason("opencl")
 if _REASON:
     print(f"skipping the OpenCL backend tests: {_REASON}")
 needs_opencl = pytest.mark.skipif(bool(_REASON), reason=f"OpenCL unavailable: {_REASON}")

@@ -9,19 +9,12 @@ import pytest
 from hypothesis import given, settings
 
 import mlxarm.core as ma
+from _backends import skip_reason
 import test_opencl_backend as shared
 from mlxarm.backend import executor
 
 
-def _skip_reason():
-    try:
-        from mlxarm.backend.vulkan import available
-    except ImportError as e:
-        return f"the Vulkan backend cannot be imported ({e})"
-    return available()
-
-
-_REASON = _skip_reason()
+_REASON = skip_reason("vulkan")
 if _REASON:
     print(f"skipping the Vulkan backend tests: {_REASON}")
 needs_vulkan = pytest.mark.skipif(bool(_REASON), reason=f"Vulkan unavailable: {_REASON}")
