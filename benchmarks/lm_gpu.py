@@ -47,19 +47,6 @@ LINEAR_BITS, EMBEDDING_BITS, GROUP_SIZE = 4, 8, 32
 
 # --- the model folder -------------------------------------------------------------------------------
 
-def _byte_symbols() -> list:
-    """GPT-2's printable stand-in for each byte, the vocabulary of a byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    symbols, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            symbols[b] = chr(b)
-        else:
-            symbols[b] = chr(256 + extra)
-            extra += 1
-    return [symbols[b] for b in range(256)]
-
-
 def build_folder(folder: str, layers: int) -> dict:
     """Write the quantized random model as an MLX-format folder; returns its config."""
     import mlxarm.core as mx
@@ -90,7 +77,10 @@ def build_folder(folder: str, layers: int) -> dict:
                               "model.embed_tokens": {"group_size": GROUP_SIZE, "bits": EMBEDDING_BITS}}
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
-    tokenizer = {"model": {"type": "BPE", "vocab": {s: i for i, s in enumerate(_byte_symbols())}, "merges": []},
+    from mlxarm.lm.tokenizer import _byte_symbols  # GPT-2's byte -> printable character map
+
+    symbols = _byte_symbols()[0]
+    tokenizer = {"model": {"type": "BPE", "vocab": {symbols[b]: b for b in range(256)}, "merges": []},
                  "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False},
                  "decoder": {"type": "ByteLevel"}}
     with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
