@@ -49,6 +49,34 @@ def _int_literal(v: int, ctype: str) -> str:
     return str(v - (1 << bits) if v >> (bits - 1) else v)
 
 
+def _two_over_pi_words(count: int) -> tuple:
+    """2/pi's binary fraction as 32-bit words, after one word of zeros (the bits before the point),
+    computed from Machin's formula in integers: pi * 2**n = 16 atan(1/5) - 4 atan(1/239)."""
+    n = 32 * count + 64
+
+    def atan_inv(x: int) -> int:  # atan(1/x) * 2**n
+        total, term, k, sign = 0, (1 << n) // x, 1, 1
+        while term:
+            total += sign * (term // k)
+            term //= x * x
+            k += 2
+            sign = -sign
+        return total
+
+    pi = 16 * atan_inv(5) - 4 * atan_inv(239)
+    frac = (1 << (2 * n + 1)) // pi  # 2/pi * 2**n, below 1 * 2**n
+    bits = frac >> (n - 32 * (count - 1))
+    return (0,) + tuple((bits >> (32 * (count - 2 - i))) & 0xFFFFFFFF for i in range(count - 1))
+
+
+# sin/cos reduce |x| below this by three parts of pi/4, at or above it exactly (``_reduce_exact``)
+_SINCOS_EXACT = 8192.0
+# the largest word index and bit position ``_reduce_exact`` reads (float32's largest exponent)
+_EXACT_G_MAX = 254 - 120
+_EXACT_Q_MAX = _EXACT_G_MAX >> 5
+_TWO_OVER_PI_WORDS = _two_over_pi_words(_EXACT_Q_MAX + 4)
+
+
 class _Body:
     """Instructions of one function, with fresh SSA names and the intrinsics they declare."""
 
@@ -257,6 +285,10 @@ class _Lanes:
         r = self.fma(y, self.fk(-0.78515625), ax)
         r = self.fma(y, self.fk(-2.4187564849853515625e-4), r)
         r = self.fma(y, self.fk(-3.77489497744594108e-8), r)
+        # Past _SINCOS_EXACT the three-part reduction loses the remainder; those lanes (rare: the
+        # branch is taken only when a vector holds one) are reduced exactly instead.
+        big = self.fcmp("oge", ax, self.fk(_SINCOS_EXACT))
+        r, j = self.exact_branch(big, (("float", r), ("i32", j)), lambda: self._reduce_exact(ax, big, r, j))
         z = self.fmul(r, r)
         cos_p = self.poly(z, [2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2])
         cos_p = self.fadd(self.fma(self.fmul(cos_p, z), z, self.fmul(z, self.fk(-0.5))), self.fk(1.0))
@@ -271,9 +303,76 @@ class _Lanes:
             neg = self.op("xor", "i1", hi, use_other)
         else:
             val = self.fsel(use_other, cos_p, sin_p)
-            neg = self.op("xor", "i1", hi, self.fcmp("olt", x, self.fk(0.0)))
+            negative = self.cmp("icmp", "slt", "i32", self.bits(x), self.const("i32", 0))  # -0.0 too
+            neg = self.op("xor", "i1", hi, negative)
         val = self.fsel(neg, self.fsub(self.fk(-0.0), val), val)
         return self.fsel(self.fcmp("oeq", ax, self.fk(math.inf)), self.fk(math.nan), val)
+
+    def any_lane(self, mask: str) -> str:
+        """One i1: whether any lane of ``mask`` is set."""
+        if self.lanes is None:
+            return mask
+        full = f"llvm.vector.reduce.or.{self.sfx('i1')}"
+        self.b.declare(f"i1 @{full}({self.ty('i1')})")
+        return self.b.emit(f"call i1 @{full}({self.ty('i1')} {mask})")
+
+    def exact_branch(self, cond: str, values: tuple, compute) -> tuple:
+        """``values`` ((compute type, SSA name) pairs), replaced by what ``compute()`` returns in a block
+        run only when a lane of ``cond`` is set. Splits the current block: loop state lives in allocas,
+        so no other phi depends on it."""
+        label = f"xb{self.b.tmp()[2:]}"
+        self.b.raw(f"br label %{label}.head")
+        self.b.raw(f"{label}.head:")
+        self.b.raw(f"br i1 {self.any_lane(cond)}, label %{label}.exact, label %{label}.join")
+        self.b.raw(f"{label}.exact:")
+        exact = compute()
+        self.b.raw(f"br label %{label}.join")
+        self.b.raw(f"{label}.join:")
+        return tuple(self.b.emit(f"phi {self.ty(c)} [{v}, %{label}.head], [{e}, %{label}.exact]")
+                     for (c, v), e in zip(values, exact))
+
+    def _reduce_exact(self, ax: str, big: str, r_fast: str, j_fast: str) -> tuple:
+        """(r, j) of ``_sincos`` for the lanes of ``big``, by Payne and Hanek's reduction: |x| is
+        m * 2**e with a 24-bit integer m, and |x| * 2/pi modulo 4 only needs the 96 bits of 2/pi
+        from bit e - 1 on (earlier bits give multiples of 4). Those are picked out of 32-bit words
+        (``_TWO_OVER_PI_WORDS``) by selects, not gathers, so every lane shape (SVE included) takes
+        the same code; the product's low 64 bits are |x| * 2/pi mod 4 with 62 fraction bits."""
+        i64 = "i64"
+        bits = self.bits(ax)
+        be = self.iop("lshr", bits, self.const("i32", 23))
+        # bit position of 2/pi's bit e - 1 in the words, words[0] being zeros before the point;
+        # clamped so lanes not taken still shift by valid amounts
+        g0 = self.iop("sub", be, self.const("i32", 120))
+        g0 = self.select(self.cmp("icmp", "slt", "i32", g0, self.const("i32", 0)), "i32", self.const("i32", 0), g0)
+        g0 = self.select(self.cmp("icmp", "sgt", "i32", g0, self.const("i32", _EXACT_G_MAX)), "i32",
+                         self.const("i32", _EXACT_G_MAX), g0)
+        q = self.iop("lshr", g0, self.const("i32", 5))
+        s = self.conv("zext", "i32", self.iop("and", g0, self.const("i32", 31)), i64)
+        pick = [self.cmp("icmp", "eq", "i32", q, self.const("i32", n)) for n in range(_EXACT_Q_MAX + 1)]
+
+        def word(d: int) -> str:
+            w = self.const(i64, _TWO_OVER_PI_WORDS[_EXACT_Q_MAX + d])
+            for n in range(_EXACT_Q_MAX - 1, -1, -1):
+                w = self.select(pick[n], i64, self.const(i64, _TWO_OVER_PI_WORDS[n + d]), w)
+            return w
+
+        w0, w1, w2, w3 = (word(d) for d in range(4))
+        k32 = self.const(i64, 32)
+        hi = self.iop("shl", self.iop("or", self.iop("shl", w0, k32, i64), w1, i64), s, i64)
+        hi = self.iop("or", hi, self.iop("lshr", self.iop("shl", w2, s, i64), k32, i64), i64)
+        lo = self.iop("lshr", self.iop("shl", self.iop("or", self.iop("shl", w2, k32, i64), w3, i64), s, i64),
+                      k32, i64)
+        m = self.conv("zext", "i32", self.iop("or", self.iop("and", bits, self.const("i32", 0x7FFFFF)),
+                                              self.const("i32", 0x800000)), i64)
+        t = self.iop("add", self.iop("mul", m, hi, i64),
+                     self.iop("lshr", self.iop("mul", m, lo, i64), k32, i64), i64)
+        k = self.iop("lshr", self.iop("add", t, self.const(i64, 1 << 61), i64), self.const(i64, 62), i64)
+        frac = self.iop("sub", t, self.iop("shl", k, self.const(i64, 62), i64), i64)
+        rd = self.op("fmul", "double", self.conv("sitofp", i64, frac, "double"),
+                     self.const("double", math.pi / 2 * 2.0 ** -62))
+        r = self.conv("fptrunc", "double", rd, "float")
+        j = self.iop("shl", self.conv("trunc", i64, k, "i32"), self.const("i32", 1))
+        return self.fsel(big, r, r_fast), self.select(big, "i32", j, j_fast)
 
     def erf(self, x: str) -> str:
         ax = self.fcall("fabs", x)

@@ -85,8 +85,12 @@ def _graphs():
     a = rng.uniform(-2, 2, (5, 301)).astype(np.float32)
     b = rng.uniform(-2, 2, (301,)).astype(np.float32)
     c = rng.uniform(-2, 2, (5, 1)).astype(np.float32)
-    xa, xb, xc = ma.array(a), ma.array(b), ma.array(c)
+    huge = (np.geomspace(1e-3, 1e30, 301) * np.where(np.arange(301) % 2, -1, 1)).astype(np.float32)
+    xa, xb, xc, xh = ma.array(a), ma.array(b), ma.array(c), ma.array(huge)
     return {
+        # sin and cos of arguments up to 1e30, reduced exactly
+        "trig": (ma.sin(xh) * xc + ma.cos(xh), [xh, xc],
+                 (np.sin(huge.astype(np.float64)) * c + np.cos(huge.astype(np.float64))).astype(np.float32)),
         "chain": (ma.tanh(xa * xb + xc) * 0.5, [xa, xb, xc], np.tanh(a * b + c) * 0.5),
         "transcendentals": (ma.exp(xa) + ma.sin(xa) * ma.log(ma.abs(xb) + 1) - ma.sigmoid(xc) + ma.erf(xa),
                             [xa, xb, xc],
@@ -146,7 +150,7 @@ def test_sve_assembly_uses_scalable_registers(name):
 @pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
                     reason="needs Debian packages gcc-aarch64-linux-gnu and qemu-user-static")
 @pytest.mark.parametrize("target", [NEON, SVE], ids=["neon", "sve"])
-@pytest.mark.parametrize("name", ["chain", "transcendentals", "reduce", "max"])
+@pytest.mark.parametrize("name", ["chain", "transcendentals", "trig", "reduce", "max"])
 def test_runs_under_qemu(tmp_path, target, name):
     kernel, bases, out, expected = _lowered(name, target.lanes)
     _, obj = _compile(render_llvm.render(kernel, target), target)
