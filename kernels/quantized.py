@@ -3,15 +3,24 @@
 
 Packing is MLX's (``mlxarm.core.ops.quantized``): each weight row is a little-endian stream of
 ``bits``-wide codes in uint32 words, first code in the lowest bits; a value is ``code * scale + bias``
-with one float32 scale and bias per ``group_size`` consecutive codes of a row. The kernel computes
-that product and that sum as two separate float32 operations (never fused), so every dequantized
-weight is bit-identical to the numpy reference's; only the order of the float32 accumulation differs.
+with one scale and bias per ``group_size`` consecutive codes of a row. The kernel computes that
+product and that sum as two separate float32 operations (never fused), each rounded to the scales'
+dtype as MLX rounds them, so every dequantized weight is bit-identical to the numpy reference's; only
+the order of the float32 accumulation differs.
+
+x, the scales and biases (one dtype for both) and the output are each float32, float16 or bfloat16
+(``DTYPES``; bfloat16 arrives as its uint16 bit patterns). Everything is widened to float32 as it is
+loaded (bfloat16 is the top half of a float32, float16 goes through ``fpext``), products are summed
+in float32, and the output is rounded to nearest even when it is stored (``_Values``).
 
 Codes are unpacked a *block* at a time: the fewest codes that fill whole vectors and start on a word
 boundary (``block_codes``). Within a block every lane's word and shift are constants, so one vector
 load, a constant shuffle per vector and per-lane shifts (plus a second shuffle for the 3-, 5- and
 6-bit codes that straddle words) give ``lanes`` codes. The transposed product's 2- and 4-bit codes
 are cheaper read *interleaved*, a byte per lane, with x's columns reordered to match (``interleaved``).
+Where the target can permute 16 lanes by a vector of indices (AVX-512), a transposed product's codes
+of at most 4 bits are *looked up* in a vector of their group's dequantized values instead
+(``looked_up``): one permute per vector in place of the conversion, product, sum and roundings.
 Vectors are fixed-width (the target's float32 lanes): the constant shuffles have no scalable-vector
 form, so an SVE target gets its 128-bit NEON shape.
 
@@ -22,8 +31,8 @@ reuses it for every row of x, ``mr`` rows at a time with ``mr`` x panel accumula
 transposed matvec (decode, M = 1) multiplies each dequantized vector straight into its row's
 accumulators, reading every packed word once.
 
-Arguments (``args``, pointers): out (M, N) float32, x (M, K) float32, packed w, scales, biases (float32,
-one per group), a pointer to int64 ``[M, N, K]``; ``[start, end)`` is a range of panels.
+Arguments (``args``, pointers): out (M, N), x (M, K), packed w, scales, biases (one per group), a pointer
+to int64 ``[M, N, K]``; ``[start, end)`` is a range of panels.
 """
 from __future__ import annotations
 
@@ -33,6 +42,8 @@ from .ir_text import IrText as _Ir
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (16, 32, 64, 128)
+DTYPES = ("float32", "float16", "bfloat16")
+F32 = ("float32",) * 3  # (x, scales and biases, out): the dtypes of a float32 product
 PANEL_ROWS = 4  # weight rows per panel (transposed): x rows are read once per 4 outputs
 
 
@@ -69,6 +80,15 @@ def interleave_x(x, bits: int, lanes: int):
     return x.reshape(m, k // (lanes * per), lanes, per).swapaxes(-1, -2).reshape(m, k)
 
 
+def looked_up(transpose: bool, bits: int, lanes: int, permute: bool) -> bool:
+    """Whether a transposed product's codes index a table of their group's dequantized values (lane c:
+    code c's value, computed once per group and row) instead of each being converted, scaled, offset
+    and rounded: where the target permutes 16 float lanes by a vector of indices (``permute``: x86's
+    AVX-512 ``vpermps``; LLVM IR has no target-independent variable shuffle) and every code indexes a
+    lane. The table holds the very values the arithmetic would give."""
+    return permute and transpose and lanes == 16 and (1 << bits) <= lanes
+
+
 def tile_rows(transpose: bool, bits: int, lanes: int, m: int) -> int:
     """The register tile's rows of x for an M-row product: 1 for a matvec (decode), else the most
     (a ragged last tile repeats x's last row), so one kernel serves every M > 1."""
@@ -92,25 +112,97 @@ def supported(transpose: bool, n: int, k: int, bits: int, group_size: int) -> bo
     return inner % group_size == 0 and inner % run_codes(bits) == 0 and inner % 16 == 0
 
 
-def name(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> str:
-    return f"qmm_{'t' if transpose else 'n'}_b{bits}_g{group_size}_l{lanes}_m{mr}"
+def name(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dtypes: tuple = F32) -> str:
+    """The function's name; ``dtypes`` is (x, scales and biases, out), named when any is not float32."""
+    tail = "" if dtypes == F32 else "_" + "_".join(_SHORT[d] for d in dtypes)
+    return f"qmm_{'t' if transpose else 'n'}_b{bits}_g{group_size}_l{lanes}_m{mr}{tail}"
 
 
 def _consts(ty: str, values) -> str:
     return "<" + ", ".join(f"{ty} {v}" for v in values) + ">"
 
 
+_SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+_ELEMENT = {"float32": "float", "float16": "half", "bfloat16": "i16"}  # one stored element's LLVM type
+_BF16_NAN = 0x7FC0  # MLX's canonical bfloat16 NaN
+
+
+class _Values:
+    """Loads, stores and rounding for one operand's dtype, as float32 in registers: a scalar when
+    ``n`` is None, else ``n`` lanes."""
+
+    def __init__(self, dtype: str):
+        assert dtype in DTYPES
+        self.dtype = dtype
+        self.element = _ELEMENT[dtype]
+        self.align = 4 if dtype == "float32" else 2
+
+    @staticmethod
+    def _ty(scalar: str, n) -> str:
+        return scalar if n is None else f"<{n} x {scalar}>"
+
+    @staticmethod
+    def _int(value: int, n) -> str:
+        return str(value) if n is None else _consts("i32", [value] * n)
+
+    def load(self, ir: _Ir, ptr: str, n=None) -> str:
+        raw = ir(f"load {self._ty(self.element, n)}, ptr {ptr}, align {self.align}")
+        f, i32 = self._ty("float", n), self._ty("i32", n)
+        if self.dtype == "float16":
+            return ir(f"fpext {self._ty('half', n)} {raw} to {f}")
+        if self.dtype == "bfloat16":
+            wide = ir(f"zext {self._ty('i16', n)} {raw} to {i32}")
+            return ir(f"bitcast {i32} {ir(f'shl {i32} {wide}, {self._int(16, n)}')} to {f}")
+        return raw
+
+    def _bf16_bits(self, ir: _Ir, v: str, n) -> str:
+        """v's bits rounded to bfloat16's 8-bit significand, nearest even (low half zero). A NaN
+        whose low half is zero stays a NaN: every NaN of a dequantized weight is one, since its
+        operands are codes and bfloat16 values; ``store`` writes MLX's NaN for any other."""
+        i32 = self._ty("i32", n)
+        u = ir(f"bitcast {self._ty('float', n)} {v} to {i32}")
+        odd = ir(f"and {i32} {ir(f'lshr {i32} {u}, {self._int(16, n)}')}, {self._int(1, n)}")
+        up = ir(f"add {i32} {u}, {ir(f'add {i32} {odd}, {self._int(0x7FFF, n)}')}")
+        return ir(f"and {i32} {up}, {self._int(-0x10000, n)}")
+
+    def round(self, ir: _Ir, v: str, n=None) -> str:
+        """float32 ``v`` rounded to this dtype (nearest even), still float32."""
+        f, half = self._ty("float", n), self._ty("half", n)
+        if self.dtype == "float16":
+            return ir(f"fpext {half} {ir(f'fptrunc {f} {v} to {half}')} to {f}")
+        if self.dtype == "bfloat16":
+            return ir(f"bitcast {self._ty('i32', n)} {self._bf16_bits(ir, v, n)} to {f}")
+        return v
+
+    def store(self, ir: _Ir, v: str, ptr: str, n=None) -> None:
+        """Round float32 ``v`` to this dtype and store it at ``ptr``."""
+        f, ty = self._ty("float", n), self._ty(self.element, n)
+        if self.dtype == "float16":
+            v = ir(f"fptrunc {f} {v} to {ty}")
+        elif self.dtype == "bfloat16":
+            i32 = self._ty("i32", n)
+            top = ir(f"trunc {i32} {ir(f'lshr {i32} {self._bf16_bits(ir, v, n)}, {self._int(16, n)}')} to {ty}")
+            nan = ir(f"fcmp uno {f} {v}, {v}")
+            canonical = str(_BF16_NAN) if n is None else _consts("i16", [_BF16_NAN] * n)
+            v = ir(f"select {self._ty('i1', n)} {nan}, {ty} {canonical}, {ty} {top}")
+        ir.raw(f"store {ty} {v}, ptr {ptr}, align {self.align}")
+
+
 class _Shape:
-    def __init__(self, bits: int, group_size: int, lanes: int, interleave: bool):
+    def __init__(self, bits: int, group_size: int, lanes: int, interleave: bool, scales: _Values,
+                 lookup: bool = False):
         self.bits, self.gs, self.lanes, self.interleave = bits, group_size, lanes, interleave
+        self.scales = scales
+        self.lookup = lookup
         self.block = lanes * 8 // bits if interleave else block_codes(bits, lanes)
         self.block_words = self.block * bits // 32
         self.vt = f"<{lanes} x float>"
         self.it = f"<{lanes} x i32>"
 
     def unpack(self, ir: _Ir, src: str) -> list:
-        """Float codes (one vector per ``lanes`` codes) of the block of words at ``src``; interleaved:
-        vector t holds the codes t, t + 8/bits, t + 2*8/bits... (lane j: byte j's t-th code)."""
+        """Codes (one vector per ``lanes`` codes, as ``weights`` takes them) of the block of words at
+        ``src``; interleaved: vector t holds the codes t, t + 8/bits, t + 2*8/bits... (lane j: byte j's
+        t-th code)."""
         bits, w, nw = self.bits, self.lanes, self.block_words
         if self.interleave:
             wide = ir(f"zext <{w} x i8> {ir(f'load <{w} x i8>, ptr {src}, align 1')} to {self.it}")
@@ -118,7 +210,7 @@ class _Shape:
             for t in range(8 // bits):
                 shifted = ir(f"lshr {self.it} {wide}, {_consts('i32', [t * bits] * w)}") if t else wide
                 code = ir(f"and {self.it} {shifted}, {_consts('i32', [(1 << bits) - 1] * w)}")
-                out.append(self.to_float(ir, code))
+                out.append(self.lanes_of(ir, code))
             return out
         wt = f"<{nw} x i32>"
         words = ir(f"load {wt}, ptr {src}, align 4")
@@ -138,19 +230,38 @@ class _Shape:
                 high = ir(f"shl {self.it} {hi}, {_consts('i32', hi_sh)}")
                 val = ir(f"or {self.it} {val}, {high}")
             code = ir(f"and {self.it} {val}, {mask}")
-            out.append(self.to_float(ir, code))
+            out.append(self.lanes_of(ir, code))
         return out
 
-    def to_float(self, ir: _Ir, code: str) -> str:
+    def lanes_of(self, ir: _Ir, code: str) -> str:
+        """Integer codes as ``weights`` takes them: floats, or (``lookup``) the table's lane indices."""
+        if self.lookup:
+            return code
         return ir(f"sitofp {self.it} {code} to {self.vt}")  # codes < 256: exact either way
+
+    def group(self, ir: _Ir, scale: str, bias: str):
+        """What ``weights`` needs of a group with this scale and bias (float32 scalars): both splat,
+        or (``lookup``) the table of its dequantized values, lane c holding code c's."""
+        scale, bias = self.splat(ir, scale), self.splat(ir, bias)
+        if self.lookup:
+            return self.dequant(ir, _consts("float", [f"{float(c):e}" for c in range(self.lanes)]), scale, bias)
+        return scale, bias
+
+    def weights(self, ir: _Ir, code: str, group) -> str:
+        """The dequantized weights of a vector of codes (from ``unpack``) of one group."""
+        if self.lookup:
+            return ir(f"call {self.vt} @llvm.x86.avx512.permvar.sf.512({self.vt} {group}, {self.it} {code})")
+        return self.dequant(ir, code, *group)
 
     def splat(self, ir: _Ir, scalar: str) -> str:
         one = ir(f"insertelement {self.vt} poison, float {scalar}, i64 0")
         return ir(f"shufflevector {self.vt} {one}, {self.vt} poison, <{self.lanes} x i32> zeroinitializer")
 
     def dequant(self, ir: _Ir, code: str, scale: str, bias: str) -> str:
-        # Product then sum, each rounded to float32, as the reference computes them.
-        return ir(f"fadd {self.vt} {ir(f'fmul {self.vt} {code}, {scale}')}, {bias}")
+        # Product then sum, each rounded to float32 and then to the scales' dtype, as the numpy
+        # reference and MLX's CPU kernel compute them.
+        prod = self.scales.round(ir, ir(f"fmul {self.vt} {code}, {scale}"), self.lanes)
+        return self.scales.round(ir, ir(f"fadd {self.vt} {prod}, {bias}"), self.lanes)
 
 
 def _loop(ir: _Ir, tag: str, count: str, step: int, body) -> None:
@@ -169,12 +280,17 @@ def _loop(ir: _Ir, tag: str, count: str, step: int, body) -> None:
     ir.raw(f"{tag}.end:")
 
 
-def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> str:
-    """The module holding ``name(transpose, bits, group_size, lanes, mr)``."""
+def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dtypes: tuple = F32,
+           permute: bool = False) -> str:
+    """The module holding ``name(transpose, bits, group_size, lanes, mr, dtypes)``; ``dtypes`` is
+    (x, scales and biases, out); ``permute``: the target has AVX-512's 16-lane ``vpermps`` (see
+    ``looked_up``)."""
     assert bits in BITS and group_size in GROUP_SIZES and 1 <= mr
-    s = _Shape(bits, group_size, lanes, interleaved(transpose, bits, group_size, lanes))
+    xv, sv, ov = (_Values(d) for d in dtypes)
+    s = _Shape(bits, group_size, lanes, interleaved(transpose, bits, group_size, lanes), sv,
+               looked_up(transpose, bits, lanes, permute))
     w, vt = lanes, s.vt
-    fn = name(transpose, bits, group_size, lanes, mr)
+    fn = name(transpose, bits, group_size, lanes, mr, dtypes)
     ir = _Ir()
     ir.raw(f"define void @{fn}(ptr noalias nocapture readonly %args, i64 %start, i64 %end) {{")
     ir.raw("entry:")
@@ -231,8 +347,8 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> 
             row = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'add i64 {first}, {r}')}, i64 {last})")
             wrow = ir(f"getelementptr i32, ptr {ptrs['w']}, i64 {ir(f'mul i64 {row}, {row_words}')}")
             goff = ir(f"mul i64 {row}, {row_groups}")
-            srow = ir(f"getelementptr float, ptr {ptrs['scales']}, i64 {goff}")
-            brow = ir(f"getelementptr float, ptr {ptrs['biases']}, i64 {goff}")
+            srow = ir(f"getelementptr {sv.element}, ptr {ptrs['scales']}, i64 {goff}")
+            brow = ir(f"getelementptr {sv.element}, ptr {ptrs['biases']}, i64 {goff}")
             drow = ir(f"getelementptr float, ptr {scratch}, i64 {ir(f'mul i64 {k}, {r}')}")
             if fused:
                 for a in dots[r]:
@@ -243,22 +359,20 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> 
                 groups = []
                 for g in range(chunk // group_size):
                     gi = ir(f"add i64 {g0}, {g}")
-                    sc = ir(f"load float, ptr {ir(f'getelementptr float, ptr {srow}, i64 {gi}')}, align 4")
-                    bi = ir(f"load float, ptr {ir(f'getelementptr float, ptr {brow}, i64 {gi}')}, align 4")
-                    groups.append((s.splat(ir, sc), s.splat(ir, bi)))
+                    sc = sv.load(ir, ir(f"getelementptr {sv.element}, ptr {srow}, i64 {gi}"))
+                    bi = sv.load(ir, ir(f"getelementptr {sv.element}, ptr {brow}, i64 {gi}"))
+                    groups.append(s.group(ir, sc, bi))
                 for b in range(chunk // s.block):
                     at = ir(f"add i64 {c0}, {b * s.block}")
                     word = ir(f"udiv i64 {ir(f'mul i64 {at}, {bits}')}, 32")
                     src = ir(f"getelementptr i32, ptr {wrow}, i64 {word}")
                     for v, code in enumerate(s.unpack(ir, src)):
-                        sc, bi = groups[(b * s.block + v * w) // group_size]
-                        val = s.dequant(ir, code, sc, bi)
+                        val = s.weights(ir, code, groups[(b * s.block + v * w) // group_size])
                         col = ir(f"add i64 {at}, {v * w}")
                         if fused:
                             a = dots[r][(b * s.block // w + v) % 2]
-                            xp = ir(f"getelementptr float, ptr {ptrs['x']}, i64 {col}")
-                            xv = ir(f"load {vt}, ptr {xp}, align 4")
-                            accumulate(a, val, xv)
+                            xp = ir(f"getelementptr {xv.element}, ptr {ptrs['x']}, i64 {col}")
+                            accumulate(a, val, xv.load(ir, xp, w))
                         else:
                             dst = ir(f"getelementptr float, ptr {drow}, i64 {col}")
                             ir.raw(f"store {vt} {val}, ptr {dst}, align 4")
@@ -269,9 +383,9 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> 
                 acc = ir(f"fadd {vt} {pair[0]}, {pair[1]}")
                 total = ir(f"call reassoc float @llvm.vector.reduce.fadd.v{w}f32(float -0.0, {vt} {acc})")
                 col = ir(f"add i64 {first}, {r}")
-                dst = ir(f"getelementptr float, ptr {ptrs['out']}, i64 {col}")
+                dst = ir(f"getelementptr {ov.element}, ptr {ptrs['out']}, i64 {col}")
                 ok = ir(f"icmp slt i64 {col}, {n}")
-                ir.raw(f"store float {total}, ptr {ir(f'select i1 {ok}, ptr {dst}, ptr {sink}')}, align 4")
+                ov.store(ir, total, ir(f"select i1 {ok}, ptr {dst}, ptr {sink}"))
 
     def _dequant_columns(p):
         """Columns p*block.. of every row of w -> scratch[K][block]."""
@@ -290,11 +404,11 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> 
                 g = (v * w) // group_size  # block and group both start on the block's first code
                 if g not in groups:
                     gi = ir(f"add i64 {gbase}, {g}")
-                    sc = ir(f"load float, ptr {ir(f'getelementptr float, ptr {sbase}, i64 {gi}')}, align 4")
-                    bi = ir(f"load float, ptr {ir(f'getelementptr float, ptr {bbase}, i64 {gi}')}, align 4")
-                    groups[g] = (s.splat(ir, sc), s.splat(ir, bi))
+                    sc = sv.load(ir, ir(f"getelementptr {sv.element}, ptr {sbase}, i64 {gi}"))
+                    bi = sv.load(ir, ir(f"getelementptr {sv.element}, ptr {bbase}, i64 {gi}"))
+                    groups[g] = s.group(ir, sc, bi)
                 dst = ir(f"getelementptr float, ptr {dst_row}, i64 {v * w}")
-                ir.raw(f"store {vt} {s.dequant(ir, code, *groups[g])}, ptr {dst}, align 4")
+                ir.raw(f"store {vt} {s.weights(ir, code, groups[g])}, ptr {dst}, align 4")
 
         _loop(ir, "kd", k, 1, row_body)
 
@@ -304,13 +418,13 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> 
         xrows = []
         for i in range(mr):
             row = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'add i64 {m0}, {i}')}, i64 {last})")
-            xrows.append(ir(f"getelementptr float, ptr {ptrs['x']}, i64 {ir(f'mul i64 {row}, {k}')}"))
+            xrows.append(ir(f"getelementptr {xv.element}, ptr {ptrs['x']}, i64 {ir(f'mul i64 {row}, {k}')}"))
         for row in accs:
             for a in row:
                 ir.raw(f"store {vt} zeroinitializer, ptr {a}, align 64")
         if transpose:
             def k_body(kk):
-                xs = [ir(f"load {vt}, ptr {ir(f'getelementptr float, ptr {xr}, i64 {kk}')}, align 4") for xr in xrows]
+                xs = [xv.load(ir, ir(f"getelementptr {xv.element}, ptr {xr}, i64 {kk}"), w) for xr in xrows]
                 ws = []
                 for j in range(PANEL_ROWS):
                     off = ir(f"add i64 {ir(f'mul i64 {k}, {j}')}, {kk}")
@@ -329,8 +443,8 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> 
                     ok = ir(f"and i1 {ok_m}, {ir(f'icmp slt i64 {col}, {n}')}")
                     acc = ir(f"load {vt}, ptr {accs[i][j]}, align 64")
                     total = ir(f"call reassoc float @llvm.vector.reduce.fadd.v{w}f32(float -0.0, {vt} {acc})")
-                    dst = ir(f"getelementptr float, ptr {ptrs['out']}, i64 {ir(f'add i64 {orow}, {col}')}")
-                    ir.raw(f"store float {total}, ptr {ir(f'select i1 {ok}, ptr {dst}, ptr {sink}')}, align 4")
+                    dst = ir(f"getelementptr {ov.element}, ptr {ptrs['out']}, i64 {ir(f'add i64 {orow}, {col}')}")
+                    ov.store(ir, total, ir(f"select i1 {ok}, ptr {dst}, ptr {sink}"))
         else:
             nv = s.block // w
 
@@ -341,8 +455,7 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> 
                     off = ir(f"add i64 {base}, {v * w}")
                     ws.append(ir(f"load {vt}, ptr {ir(f'getelementptr float, ptr {scratch}, i64 {off}')}, align 4"))
                 for i in range(mr):
-                    xv = ir(f"load float, ptr {ir(f'getelementptr float, ptr {xrows[i]}, i64 {kk}')}, align 4")
-                    xs = s.splat(ir, xv)
+                    xs = s.splat(ir, xv.load(ir, ir(f"getelementptr {xv.element}, ptr {xrows[i]}, i64 {kk}")))
                     for v in range(nv):
                         accumulate(accs[i][v], xs, ws[v])
 
@@ -353,9 +466,20 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> 
                 row = ir(f"add i64 {m0}, {i}")
                 orow = ir(f"add i64 {ir(f'mul i64 {row}, {n}')}, {col}")
                 for v in range(nv):
-                    dst = ir(f"getelementptr float, ptr {ptrs['out']}, i64 {ir(f'add i64 {orow}, {v * w}')}")
+                    dst = ir(f"getelementptr {ov.element}, ptr {ptrs['out']}, i64 {ir(f'add i64 {orow}, {v * w}')}")
                     acc = ir(f"load {vt}, ptr {accs[i][v]}, align 64")
-                    ir.raw(f"store {vt} {acc}, ptr {ir(f'select i1 {ok}, ptr {dst}, ptr {sink}')}, align 4")
+                    ov.store(ir, acc, ir(f"select i1 {ok}, ptr {dst}, ptr {sink}"), w)
+
+    if fused and xv.dtype != "float32":
+        # x widened once into the (otherwise unused) panel buffer: each of its vectors is read once
+        # per weight row.
+        def widen(i):
+            src = ir(f"getelementptr {xv.element}, ptr {ptrs['x']}, i64 {i}")
+            dst = ir(f"getelementptr float, ptr {scratch}, i64 {i}")
+            ir.raw(f"store {vt} {xv.load(ir, src, w)}, ptr {dst}, align 4")
+
+        _loop(ir, "xw", k, w, widen)
+        ptrs["x"], xv = scratch, _Values("float32")  # what _dequant_rows reads from here on
 
     # for p in [start, end)
     ir.alloca("%p.slot", "i64", 8)
@@ -375,6 +499,7 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int) -> 
         f"declare {vt} @llvm.fma.v{w}f32({vt}, {vt}, {vt})",
         f"declare float @llvm.vector.reduce.fadd.v{w}f32(float, {vt})",
         "declare i64 @llvm.smin.i64(i64, i64)",
+    ] + ([f"declare {vt} @llvm.x86.avx512.permvar.sf.512({vt}, {s.it})"] if s.lookup else []) + [
         "",
     ]
     entry = ir.lines.index("entry:") + 1

@@ -2,10 +2,11 @@
 (``kernels.quantized``) runs, and running them: ``bind`` prepares a node's call once for a recorded
 eval to repeat, ``matmul`` runs one product on numpy buffers.
 
-A node fits when it is affine, float32 throughout (x, scales, biases and the result), with one 2-D
-packed matrix, bits and group size the template knows, and a panel buffer small enough for a worker's
-stack. Batched x (..., M, K) is one product with M = the product of the leading dimensions. Everything
-else stays on the numpy reference.
+A node fits when it is affine, with x, the result and the scales and biases (one dtype for both,
+the one the node rounds dequantized weights to) each float32, float16 or bfloat16, one 2-D packed
+matrix, bits and group size the template knows, and a panel buffer small enough for a worker's stack.
+Batched x (..., M, K) is one product with M = the product of the leading dimensions. Everything else
+stays on the numpy reference.
 """
 from __future__ import annotations
 
@@ -20,21 +21,25 @@ from ..kernels import quantized as template
 # The kernel keeps one dequantized panel on the worker thread's stack: well inside any thread's (glibc
 # gives 8 MiB, macOS 512 KiB).
 _SCRATCH_BYTES = 1 << 18
-# Below this many multiply-adds a product runs on the calling thread: a decode step's matvecs take
-# tens of microseconds each, about what handing work to the pool and waiting for it costs (far more
-# when other processes keep the cores busy).
-_PARALLEL_MIN = 1 << 22
+# Below this many multiply-adds a product runs on the calling thread. Sharing a product out to the
+# workers waiting in native code (``llvm_threads``) costs a few microseconds, so a decode step's
+# matvecs (a few hundred thousand multiply-adds, tens of microseconds) are shared too.
+_PARALLEL_MIN = 1 << 17
 
 
 def fits(node, target) -> bool:
     if node._prim is None or node._prim.name != "quantized_matmul":
         return False
     p = node._params
-    if p.get("mode") != "affine" or node._dtype.name != "float32":
+    if p.get("mode") != "affine" or node._dtype.name not in template.DTYPES:
         return False
     x, w, scales, biases = node._inputs
-    if w.ndim != 2 or w._dtype.name != "uint32" or any(
-            a._dtype.name != "float32" for a in (x, scales, biases)):
+    if w.ndim != 2 or w._dtype.name != "uint32" or x._dtype.name not in template.DTYPES:
+        return False
+    # The reference rounds code * scale to p["sdtype"] and adding the bias to p["bdtype"]: the
+    # template rounds both to the scales' dtype.
+    if not (scales._dtype.name == biases._dtype.name == p.get("sdtype") == p.get("bdtype")
+            and scales._dtype.name in template.DTYPES):
         return False
     bits, gs, transpose = p["bits"], p["group_size"], p["transpose"]
     k = x._shape[-1]
@@ -46,13 +51,18 @@ def fits(node, target) -> bool:
     return template.scratch_floats(transpose, k, bits, target.lanes) * 4 <= _SCRATCH_BYTES
 
 
+def dtypes(node) -> tuple:
+    """(x, scales and biases, out): the dtype names the template is rendered for."""
+    return node._inputs[0]._dtype.name, node._inputs[2]._dtype.name, node._dtype.name
+
+
 def name(executor, node) -> str:
     """The template function that runs ``node`` (its rows of x decide the register tile)."""
     p = node._params
     m = math.prod(node._shape[:-1])
     lanes = executor.target.lanes
     mr = template.tile_rows(p["transpose"], p["bits"], lanes, m)
-    return template.name(p["transpose"], p["bits"], p["group_size"], lanes, mr)
+    return template.name(p["transpose"], p["bits"], p["group_size"], lanes, mr, dtypes(node))
 
 
 def bind(executor, node):
@@ -67,7 +77,8 @@ def bind(executor, node):
     n = shape[-1]
     m = math.prod(shape[:-1])
     lanes = executor.target.lanes
-    fn = _function(executor, transpose, bits, gs, lanes, template.tile_rows(transpose, bits, lanes, m))
+    fn = _function(executor, transpose, bits, gs, lanes, template.tile_rows(transpose, bits, lanes, m),
+                   dtypes(node))
     interleave = template.interleaved(transpose, bits, gs, lanes)
     meta = np.array([m, n, k], np.int64)
     args = (ctypes.c_void_p * 6)()
@@ -78,7 +89,7 @@ def bind(executor, node):
     contiguous = np.ascontiguousarray
     address = executor.address
     last = executor.interleaved
-    split, realized, empty, f32 = executor.split, executor.realized, np.empty, np.float32
+    split, realized, empty, storage = executor.split, executor.realized, np.empty, node._dtype.np_storage
 
     def run_bound(node, meta=meta):  # meta: kept alive with the function
         x, w, scales, biases = [i._data for i in node._inputs]
@@ -92,7 +103,7 @@ def bind(executor, node):
             x = contiguous(x.reshape(m, k))
         if not (w.flags.c_contiguous and scales.flags.c_contiguous and biases.flags.c_contiguous):
             w, scales, biases = contiguous(w), contiguous(scales), contiguous(biases)
-        out = empty(shape, f32)
+        out = empty(shape, storage)
         args[0], args[1], args[2], args[3], args[4] = address(out), address(x), address(w), address(scales), \
             address(biases)
         if parallel:
@@ -105,30 +116,50 @@ def bind(executor, node):
     return run_bound
 
 
-def _function(executor, transpose: bool, bits: int, group_size: int, lanes: int, mr: int):
-    key = ("qmm", transpose, bits, group_size, lanes, mr)
+def _permutes(target) -> bool:
+    """Whether ``target`` permutes 16 float lanes by a vector of indices (AVX-512's ``vpermps``), which
+    lets the template look small codes up in a table of their group's values (``template.looked_up``)."""
+    return target.triple.split("-")[0] in ("x86_64", "i686", "i386") and target.has("avx512f")
+
+
+def _function(executor, transpose: bool, bits: int, group_size: int, lanes: int, mr: int,
+              dtypes: tuple = template.F32):
+    key = ("qmm", transpose, bits, group_size, lanes, mr) + (() if dtypes == template.F32 else (dtypes,))
     fn = executor.functions.get(key)
     if fn is None:
-        source = template.render(transpose, bits, group_size, lanes, mr)
+        source = template.render(transpose, bits, group_size, lanes, mr, dtypes, _permutes(executor.target))
         fn = executor.functions[key] = executor.compiler.load(
-            source, template.name(transpose, bits, group_size, lanes, mr))
+            source, template.name(transpose, bits, group_size, lanes, mr, dtypes))
         executor.sources[key] = source
     return fn
 
 
+# numpy storage of the template's dtypes (bfloat16 is held as its uint16 bit patterns)
+_STORAGE = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.uint16): "bfloat16"}
+_NUMPY = {name: dtype for dtype, name in _STORAGE.items()}
+
+
 def matmul(executor, x: np.ndarray, w: np.ndarray, scales: np.ndarray, biases: np.ndarray, transpose: bool,
-           bits: int, group_size: int, lanes: int | None = None) -> np.ndarray:
-    """float32 (M, K) x packed ``w`` (MLX's layout) -> (M, N), by the template rendered for ``lanes``
-    (default: the executor's target). The shapes must already be checked (``fits``)."""
+           bits: int, group_size: int, lanes: int | None = None, out_dtype: str | None = None) -> np.ndarray:
+    """(M, K) x packed ``w`` (MLX's layout) -> (M, N), by the template rendered for ``lanes`` (default:
+    the executor's target). x, scales and biases are float32, float16 or bfloat16 (uint16 bit patterns),
+    scales and biases alike; the result is ``out_dtype`` (default: x's dtype) in its numpy storage. The
+    shapes must already be checked (``fits``)."""
     x, w, scales, biases = (np.ascontiguousarray(a) for a in (x, w, scales, biases))
+    if scales.dtype != biases.dtype or x.dtype not in _STORAGE or scales.dtype not in _STORAGE or \
+            (out_dtype or "float32") not in template.DTYPES:
+        raise TypeError(f"[quantized_matmul] x ({x.dtype}), scales ({scales.dtype}), biases ({biases.dtype}) "
+                        f"and out ({out_dtype}): the template takes float32, float16 or bfloat16 (uint16), "
+                        "scales and biases alike")
+    types = (_STORAGE[x.dtype], _STORAGE[scales.dtype], out_dtype or _STORAGE[x.dtype])
     m, k = x.shape
     n = w.shape[0] if transpose else w.shape[1] * 32 // bits
     lanes = lanes or executor.target.lanes
     mr = template.tile_rows(transpose, bits, lanes, m)
-    fn = _function(executor, transpose, bits, group_size, lanes, mr)
+    fn = _function(executor, transpose, bits, group_size, lanes, mr, types)
     if template.interleaved(transpose, bits, group_size, lanes):
         x = template.interleave_x(x, bits, lanes)
-    out = np.empty((m, n), np.float32)
+    out = np.empty((m, n), _NUMPY[types[2]])
     meta = np.array([m, n, k], np.int64)
     addresses = [out.ctypes.data, x.ctypes.data, w.ctypes.data, scales.ctypes.data, biases.ctypes.data,
                  meta.ctypes.data]
