@@ -53,10 +53,12 @@ def signature(nodes: list, held_by_caller: int = 0) -> tuple:
     ``key`` is hashable and equal for two evals exactly when ``plan`` and lowering treat them
     alike: per node its primitive, params, shape, dtype and inputs (earlier nodes by position,
     realized buffers by first use), per realized buffer its shape, strides and dtype, and which
-    nodes something outside the graph holds. ``leaves`` are those realized inputs in that order, so
-    a plan recorded for one eval runs on another's buffers. ``counted`` is (input references per
-    position, positions read twice by one consumer, observed positions), which ``uses`` turns into
-    what ``plan`` needs besides the nodes.
+    nodes something outside the graph holds, and which leaves nothing outside it holds (``free``).
+    ``leaves`` are those realized inputs in that order, so a plan recorded for one eval runs on
+    another's buffers. ``counted`` is (input references per position, positions read twice by one
+    consumer, observed positions, references per leaf from the nodes, free leaves); ``uses`` turns
+    it into what ``plan`` needs besides the nodes, and an executor may donate a free leaf's buffer
+    to the last kernel reading it (as MLX donates a dying input's buffer).
     ``held_by_caller`` counts the caller's own references to each node besides ``nodes``.
     It runs on every eval, so it walks the graph once and counts per position, not per id."""
     from .lower import params_token
@@ -66,6 +68,7 @@ def signature(nodes: list, held_by_caller: int = 0) -> tuple:
     leaves: list = []
     key: list = []
     refs = [0] * len(nodes)  # references from consumers' input tuples, per node
+    leaf_refs: list = []  # the same per leaf
     repeats = []  # positions a consumer reads more than once (one consumer, several references)
     at, add = position.get, key.append  # the loop below runs per node of every eval
     for i, n in enumerate(nodes):
@@ -78,7 +81,9 @@ def signature(nodes: list, held_by_caller: int = 0) -> tuple:
                 if j is None:
                     j = first[k] = -1 - len(leaves)
                     leaves.append(x)
+                    leaf_refs.append(0)
                     add((x._shape, x._data.strides, x._dtype.name))
+                leaf_refs[-1 - j] += 1
             else:
                 refs[j] += 1
             ins.append(j)
@@ -96,13 +101,23 @@ def signature(nodes: list, held_by_caller: int = 0) -> tuple:
         i += 1
     n = None
     key.append(tuple(observed))
-    return tuple(key), leaves, (refs, repeats, observed)
+    # a leaf is held by the consumers' input tuples, ``leaves``, the loop variable and getrefcount's
+    # argument; anything more (the user, a compiled function's constants) keeps its buffer visible
+    free = []
+    i = 0
+    for x in leaves:
+        if sys.getrefcount(x) - 3 == leaf_refs[i]:
+            free.append(i)
+        i += 1
+    x = None
+    key.append(tuple(free))
+    return tuple(key), leaves, (refs, repeats, observed, leaf_refs, free)
 
 
 def uses(nodes: list, counted: tuple) -> tuple:
     """What ``plan`` reads besides the nodes, from ``signature``'s third result (per position, as
     a replay never needs it): (distinct consumers per node id, ids of observed nodes)."""
-    refs, repeats, observed = counted
+    refs, repeats, observed = counted[:3]
     consumers = refs.copy()
     for j in repeats:
         consumers[j] -= 1

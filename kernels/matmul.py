@@ -71,7 +71,7 @@ def render(lanes: int, bias: bool = False, act: str | None = None, residual: boo
         f"declare {vt} @llvm.fma.v{w}f32({vt}, {vt}, {vt})",
         f"declare {vt} @llvm.masked.load.v{w}f32.p0(ptr, i32, {mt}, {vt})",
         f"declare void @llvm.masked.store.v{w}f32.p0({vt}, ptr, i32, {mt})",
-        f"declare {vt} @llvm.maxnum.v{w}f32({vt}, {vt})",
+        f"declare {vt} @llvm.maximum.v{w}f32({vt}, {vt})",
         "declare i64 @llvm.smin.i64(i64, i64)",
         "",
         # The micro-kernel: an MR x nr block of C from kc steps of the packed panels.
@@ -141,7 +141,8 @@ def render(lanes: int, bias: bool = False, act: str | None = None, residual: boo
                 lines.append(f"  %wb{t} = fadd {vt} {cur}, %bias{v}")
                 cur = f"%wb{t}"
             if act == "relu":
-                lines.append(f"  %act{t} = call {vt} @llvm.maxnum.v{w}f32({vt} {cur}, {vt} {zero})")
+                # maximum, not maxnum: a NaN stays NaN, as numpy's and MLX's maximum(x, 0) keep it
+                lines.append(f"  %act{t} = call {vt} @llvm.maximum.v{w}f32({vt} {cur}, {vt} {zero})")
                 cur = f"%act{t}"
             if residual:
                 lines += [f"  %rp{t} = getelementptr float, ptr %rp{r}, i64 {v * w}",

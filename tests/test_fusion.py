@@ -1,6 +1,8 @@
 """Fusion on the LLVM executor: which graphs become how many kernels, what gets a buffer, and that
 numpy-only nodes run between kernels."""
 import os
+import subprocess
+import sys
 import weakref
 
 import numpy as np
@@ -131,12 +133,23 @@ def test_debug_prints_kernels(llvm, monkeypatch, capsys):
     assert "[mlxarm] kernel" in err and "tanh(multiply(b1, b2))" in err and "define void" in err
 
 
-def test_numpy_stays_the_default(monkeypatch):
+def test_cpu_runs_on_llvm_when_llvmlite_is_installed(monkeypatch):
     monkeypatch.delenv("MLXARM_DEVICE", raising=False)
-    from mlxarm.backend import executor_for
+    from mlxarm.backend import executor_for, llvm as llvm_backend
 
-    assert executor_for(None).name == "numpy"
+    assert executor_for(ma.cpu).name == ("llvm" if llvm_backend.available() is None else "numpy")
     assert os.environ.get("MLXARM_DEVICE") is None
+
+
+def test_cpu_falls_back_to_numpy_without_llvmlite():
+    code = ("import sys; sys.modules['llvmlite'] = None\n"
+            "import mlxarm.core as mx\n"
+            "from mlxarm.backend import executor_for\n"
+            "x = mx.array([1.0, 2.0]) * 3\n"
+            "print(executor_for(mx.cpu).name, x.tolist())")
+    env = {k: v for k, v in os.environ.items() if k != "MLXARM_DEVICE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split("\n")[0] == "numpy [3.0, 6.0]"
 
 
 def test_deep_chain_is_cut_into_bounded_kernels(llvm):
@@ -150,3 +163,59 @@ def test_deep_chain_is_cut_into_bounded_kernels(llvm):
     for _ in range(1000):
         ref = ref * np.float32(1.0001)
     np.testing.assert_allclose(np.array(y), ref, rtol=1e-4)
+
+
+def _numpy_result(fn):
+    old = os.environ.get("MLXARM_DEVICE")
+    os.environ["MLXARM_DEVICE"] = "numpy"
+    try:
+        return np.array(fn())
+    finally:
+        os.environ["MLXARM_DEVICE"] = old
+
+
+@pytest.mark.parametrize("case", ["addmm", "matmul+bias", "bias+matmul", "matmul+residual", "relu(addmm)",
+                                  "relu(matmul+bias)", "linear 3-d", "threshold 0.5"])
+def test_matmul_takes_its_epilogue(llvm, case):
+    """A float32 product followed by a bias row or a residual, and by relu, is one template call
+    (``gemm+...``): the product and the add are never realized. NaN rows stay NaN through relu, and
+    a replay with another threshold than 0 still gives maximum's answer."""
+    a, w, b, r = arrays((70, 96), (96, 130), (130,), (70, 130), seed=3)
+    a_np = np.array(a)
+    a_np[5, 7] = np.nan
+    a = ma.array(a_np)
+    x3 = ma.array(np.stack([a_np, a_np * 0.5]))
+    fns = {"addmm": lambda: ma.addmm(b, a, w), "matmul+bias": lambda: a @ w + b,
+           "bias+matmul": lambda: b + a @ w, "matmul+residual": lambda: a @ w + r,
+           "relu(addmm)": lambda: ma.maximum(ma.addmm(b, a, w), 0),
+           "relu(matmul+bias)": lambda: ma.maximum(a @ w + b, 0.0),
+           "linear 3-d": lambda: ma.maximum(ma.addmm(b, x3, w), 0),
+           "threshold 0.5": lambda: ma.maximum(a @ w + b, 0.5)}
+    fn = fns[case]
+    expected = _numpy_result(fn)
+    for _ in range(3):  # planned, recorded, replayed
+        got = fn()
+        ma.eval(got)
+        assert [name for _, name in llvm.last_plan if name.startswith("gemm")] and len(llvm.last_plan) == 1, \
+            llvm.last_plan
+        np.testing.assert_allclose(np.array(got), expected, rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert np.isnan(np.array(got)[..., 5, :]).all()  # the row with a NaN input
+
+
+def test_matmul_epilogue_keeps_what_others_see(llvm):
+    """A product the user holds, one read twice, or an addmm scaled by alpha keeps its own steps."""
+    a, w, b = arrays((40, 64), (64, 50), (50,), seed=4)
+    p = a @ w
+    y = ma.maximum(p + b, 0)
+    ma.eval(y)
+    assert not any(name.startswith("gemm+") for _, name in llvm.last_plan)
+    np.testing.assert_allclose(np.array(y), np.maximum(np.array(p) + np.array(b), 0), rtol=1e-5, atol=1e-5)
+    del p
+    q = a @ w
+    y = (q + b) * q
+    ma.eval(y)
+    assert not any(name.startswith("gemm+") for _, name in llvm.last_plan)
+    z = ma.addmm(b, a, w, alpha=2.0)
+    ma.eval(z)
+    assert not any(name.startswith("gemm+") for _, name in llvm.last_plan)
+    np.testing.assert_allclose(np.array(z), 2 * (np.array(a) @ np.array(w)) + np.array(b), rtol=1e-4, atol=1e-4)

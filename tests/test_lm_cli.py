@@ -201,22 +201,28 @@ def test_convert_dispatch(capsys):
         assert exit_.value.code == 0
 
 
-def test_language_models_default_to_the_llvm_executor(tiny_model, capsys, monkeypatch):
-    """Without --device or MLXARM_DEVICE the command runs on the LLVM executor when llvmlite is
-    installed, for this command only."""
-    from mlxarm.backend import llvm
+def test_language_models_run_on_the_default_executor_and_show_compiling(tiny_model, capsys, monkeypatch,
+                                                                         tmp_path):
+    """Without --device or MLXARM_DEVICE the command runs on the default CPU executor (LLVM when
+    llvmlite is installed), and with --verbose a progress bar follows the first compile of kernels."""
+    from mlxarm.backend import _EXECUTORS, cpu_backend, executor_for
     from mlxarm.lm import cli
 
     monkeypatch.delenv("MLXARM_DEVICE", raising=False)
-    chosen = []
-    monkeypatch.setattr(cli, "_select_device", lambda name: chosen.append(name))
+    if cpu_backend() == "llvm":  # an executor with an empty kernel cache: every kernel is compiled
+        from mlxarm.backend.cache import ObjectCache
+        from mlxarm.backend.llvm import LLVMExecutor
+
+        monkeypatch.setitem(_EXECUTORS, "llvm", LLVMExecutor(cache=ObjectCache(str(tmp_path))))
+    during = []
+    real_generate = cli._generate
+    monkeypatch.setattr(cli, "_generate", lambda o: (during.append(executor_for(None).name), real_generate(o)))
     path, _, _ = tiny_model
-    args = ["generate", "--model", path, "--prompt", "ab", "--max-tokens", "1", "--ignore-chat-template"]
-    rc, _, _ = run_cli(args, capsys=capsys)
-    assert rc == 0
-    assert chosen == ([] if llvm.available() else ["llvm"])
-    assert "MLXARM_DEVICE" not in os.environ
-    monkeypatch.setenv("MLXARM_DEVICE", "numpy")
-    chosen.clear()
-    assert run_cli(args, capsys=capsys)[0] == 0
-    assert chosen == [] and os.environ["MLXARM_DEVICE"] == "numpy"
+    args = ["generate", "--model", path, "--prompt", "ab", "--max-tokens", "2", "--ignore-chat-template",
+            "--verbose", "true"]
+    rc, _, err = run_cli(args, capsys=capsys)
+    assert rc == 0 and during == [cpu_backend()] and "MLXARM_DEVICE" not in os.environ
+    if cpu_backend() == "llvm":
+        bars = re.findall(r"^Compiling kernels \[#{30}\] (\d+)/(\d+) steps$", err, re.M)
+        assert bars and all(done == total for done, total in bars), err
+        assert executor_for(None).progress is None  # reset when the command ends

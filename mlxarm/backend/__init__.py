@@ -2,7 +2,8 @@
 
 An executor realizes a list of nodes in order: ``run(nodes)`` sets each node's ``_data``. The numpy
 executor (``numpy_executor``) is the reference and needs nothing but numpy; the code-generating
-backends plug in here. ``MLXARM_DEVICE`` picks one explicitly.
+backends plug in here. ``mx.cpu`` runs on the LLVM executor when llvmlite is installed and works
+(``cpu_backend``), else on numpy. ``MLXARM_DEVICE`` picks one explicitly.
 
 ``mx.gpu`` is the best GPU backend on a real GPU (``available_gpu_backend``: Vulkan first, then
 OpenCL), and the default device when there is one. Devices emulated on the CPU (Mesa's lavapipe,
@@ -114,9 +115,31 @@ def _probe_opencl():
     return None
 
 
+_CPU: list = []  # the CPU executor's name, once chosen
+
+
+def cpu_backend() -> str:
+    """"llvm" when llvmlite is installed and compiles for this CPU, else "numpy" (chosen once)."""
+    if not _CPU:
+        from .llvm import available
+
+        name = "numpy"
+        if available() is None:
+            try:
+                executor("llvm")
+                name = "llvm"
+            except Exception as e:  # noqa: BLE001 - any failure to set LLVM up leaves numpy serving
+                import warnings
+
+                warnings.warn(f"mlxarm: the LLVM executor could not start ({e}); mx.cpu runs on numpy.",
+                              RuntimeWarning, stacklevel=2)
+        _CPU.append(name)
+    return _CPU[0]
+
+
 def executor_for(device):
     """The executor for work on ``device`` (None: the default device): ``MLXARM_DEVICE`` when set,
-    else the GPU backend for ``mx.gpu`` and numpy for ``mx.cpu``."""
+    else the GPU backend for ``mx.gpu`` and ``cpu_backend`` for ``mx.cpu``."""
     forced = os.environ.get("MLXARM_DEVICE")
     if forced:
         return executor(forced)
@@ -128,7 +151,7 @@ def executor_for(device):
         name = available_gpu_backend()
         if name is not None:
             return executor(name)
-    return executor("numpy")
+    return executor(cpu_backend())
 
 
 def run_order(refs) -> None:

@@ -2,8 +2,8 @@
 
 ``run`` plans an eval (``codegen.fuse``), lowers each kernel group when its inputs exist
 (``codegen.lower``), renders LLVM IR for the host (``codegen.render_llvm``), and runs the machine code
-through ctypes (which releases the GIL) from a thread pool, each worker taking a slice of the output
-index space. Nodes no kernel covers run on the numpy executor in between; buffers are numpy arrays
+through ctypes (which releases the GIL); a kernel big enough is shared out in chunks of its output index
+space to worker threads waiting in native code (``llvm_threads``). Nodes no kernel covers run on the numpy executor in between; buffers are numpy arrays
 either way, so nothing is copied between the two. Object code is cached on disk (``cache``) and the
 loaded functions in memory, keyed by the kernel IR.
 
@@ -11,14 +11,16 @@ Each eval is recorded as a list of actions (a kernel with where each of its buff
 that realizes one node), kept under its graph's structural key (``fuse.signature``) once that structure
 comes a second time. A later eval of that structure (a compiled decode step, a training step) replays
 the actions on its own buffers: no planning, no lowering, kernels called with prebuilt argument arrays.
-An update primitive whose input buffer nothing else can see writes into it (``run_in_place``), as MLX
-donates such a buffer.
+An update primitive whose input buffer nothing else can see writes into it (``run_in_place``), and an
+elementwise kernel writes its output into the buffer of an input it reads element for element when
+that input dies with the eval (``donor``, ``take``), as MLX donates such a buffer.
 
-``MLXARM_DEBUG=1`` prints the steps of every eval planned (one line for a replay), ``MLXARM_DEBUG=2``
+While an eval compiles kernels, ``progress`` (when set: the language-model command line sets it) is told
+how many of its steps are done. ``MLXARM_DEBUG=1`` prints the steps of every eval planned (one line for a replay), ``MLXARM_DEBUG=2``
 also each kernel's source; ``MLXARM_THREADS`` sets the number of worker threads (default: one per
 CPU). softmax, rms_norm and layer_norm over the last axis of float32 data run as row kernels
-(``codegen.rows``); float32 affine ``quantized_matmul`` reads its packed weights in the quantized
-template (``llvm_quantized``); float32 ``fast.rope`` and ``fast.scaled_dot_product_attention`` run as
+(``codegen.rows``); affine ``quantized_matmul`` (float32, float16, bfloat16) reads its packed weights
+in the quantized template (``llvm_quantized``); float32 ``fast.rope`` and ``fast.scaled_dot_product_attention`` run as
 the templates of ``kernels.attention``. Those three are recorded as calls *bound* to their node's
 shapes (function, constant arguments and argument array found once), so a replayed call fills in its
 buffers' addresses and runs.
@@ -32,7 +34,6 @@ import os
 import sys
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -41,16 +42,19 @@ from ..codegen import fuse, ir, lower, render_llvm, rows
 from ..kernels import attention as attention_template
 from ..kernels import matmul as gemm_template
 from ..codegen import target as targets
-from ..core.device import memory
+from ..core.device import count_buffer as count, counted_alone
 from . import blas
 from .cache import ObjectCache
-from . import llvm_quantized
+from . import llvm_quantized, llvm_threads
 from .numpy_executor import NumpyExecutor, _keeps_graph
 
 _KERNEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
-# Below this many element-steps a kernel runs on the calling thread: handing work to the pool costs
-# more than it saves.
-_PARALLEL_MIN = 1 << 16
+# Below this many element-steps a kernel runs on the calling thread: sharing it out costs more than it
+# saves. A chunk a worker claims is at least _CHUNK_MIN element-steps, and there are about
+# _CHUNKS_PER_WORKER of them per worker (a descheduled worker leaves its share to the others).
+_PARALLEL_MIN = 1 << 14
+_CHUNK_MIN = 1 << 12
+_CHUNKS_PER_WORKER = 4
 # Recorded evals kept for replay (least recently used dropped first; an LLM decode step's plan takes
 # about a megabyte), structures seen once remembered by hash, and lowered kernel groups kept (oldest
 # dropped first): a program cycling through many graph shapes keeps bounded memory.
@@ -90,28 +94,6 @@ def _address_reader():
 address = _address_reader()
 
 
-class _Counted(weakref.ref):
-    """A realized buffer's weak reference that returns its bytes to the memory count when the buffer
-    dies (``weakref.finalize`` does the same at several times the cost per buffer)."""
-    __slots__ = ("nbytes",)
-
-
-_counted: dict = {}  # id -> the references alive, until their buffers die
-
-
-def _uncount(ref: _Counted, counted=_counted, free=memory.free) -> None:
-    # bound at definition: buffers may die while the interpreter tears the module's globals down
-    counted.pop(id(ref), None)
-    free(ref.nbytes)
-
-
-def count(out: np.ndarray) -> None:
-    """Count ``out`` in the memory statistics while it lives."""
-    n = out.nbytes
-    memory.alloc(n)
-    ref = _Counted(out, _uncount)
-    ref.nbytes = n
-    _counted[id(ref)] = ref
 
 
 class Compiler:
@@ -157,6 +139,10 @@ class Compiler:
         return obj
 
     def load(self, source: str, name: str):
+        return _KERNEL_FN(self.address(source, name))
+
+    def address(self, source: str, name: str) -> int:
+        """The machine code address of function ``name`` of ``source``, compiled and loaded."""
         obj = self.object_code(source)
         with self.lock:
             ref = self.llvm.ObjectFileRef.from_data(obj)
@@ -166,7 +152,7 @@ class Compiler:
             addr = self.engine.get_function_address(name)
         if not addr:
             raise CompileError(f"[llvm] Kernel {name} was not found in its object code.")
-        return _KERNEL_FN(addr)
+        return addr
 
 
 class _Structure:
@@ -197,8 +183,9 @@ class LLVMExecutor:
         self.sources: dict = {}
         self.plans: dict = {}  # lower.structure key -> (kernel, summary, function, (leaf, byte offset) per input)
         self.workers = int(os.environ.get("MLXARM_THREADS") or 0) or os.cpu_count() or 1
-        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mlxarm-llvm") \
-            if self.workers > 1 else None
+        # the helper threads kernels are shared out to (``llvm_threads``), None with one worker
+        self.pool = llvm_threads.Workers(self.compiler, self.workers) if self.workers > 1 else None
+        self.entries: dict = {}  # id(kernel function) -> its machine code address
         self.numpy = NumpyExecutor()
         self.kernels_run = 0
         self.last_plan: list = []
@@ -208,6 +195,10 @@ class LLVMExecutor:
         self.replays = 0
         self.donated = 0  # updates written into their input's buffer (run_in_place)
         self.keep_graph = False  # realized nodes keep their inputs (a transform is tracing)
+        self.free_leaves: dict = {}  # fuse.signature's free leaves of the eval running: id -> references
+        self.consumers: dict = {}  # node id -> its consumers in the eval being recorded (fuse.uses)
+        # progress(done, total) over the steps of an eval that compiles kernels, from its first compile
+        self.progress = None
         # [weak reference to an x, bits, its columns interleaved for them] for quantized products
         # reading one x in turn (a layer's q, k and v projections)
         self.interleaved: list = [None, 0, None]
@@ -248,6 +239,8 @@ class LLVMExecutor:
         self.keep_graph = _keeps_graph()  # asked once per eval: it cannot change during one
         key, leaves, counted = fuse.signature(nodes)
         key = _Structure(key)
+        # leaf id -> references from the graph, for leaves nothing outside the graph holds
+        self.free_leaves = {id(leaves[i]): counted[3][i] for i in counted[4]}
         recorded = self.evals.pop(key, None)
         if recorded is not None:
             self.evals[key] = recorded  # now the most recently used
@@ -259,7 +252,10 @@ class LLVMExecutor:
                 print(f"[mlxarm] replay {len(actions)} recorded steps", file=sys.stderr)
             self.replay(actions, targets, leaves)
             return
-        steps = fuse.plan(nodes, caps=lower.EVERYTHING, uses_=fuse.uses(nodes, counted))
+        uses = fuse.uses(nodes, counted)
+        self.consumers = uses[0]  # for ``donor``
+        steps = fuse.plan(nodes, caps=lower.EVERYTHING, uses_=uses)
+        epilogues, folded = self.gemm_epilogues(steps, *uses)
         position = {id(n): i for i, n in enumerate(nodes)}
         del nodes
         sources = {id(n): (0, i) for i, n in enumerate(leaves)}  # buffer -> where a replay finds it
@@ -267,11 +263,17 @@ class LLVMExecutor:
         debug = int(os.environ.get("MLXARM_DEBUG", "0") or 0)
         self.last_plan = []
         actions = []
-        for step in steps:
+        progress, compiled = self.progress, self.compiler.compiled
+        for index, step in enumerate(steps):
+            if progress is not None and self.compiler.compiled != compiled:
+                progress(index, len(steps))  # the steps before this one are done
             node = step.node
-            if node._data is not None:
-                continue
-            action = self.action(step, position[id(node)], sources, numpy_made)
+            if node._data is not None or id(node) in folded:
+                continue  # realized already, or computed by the matmul template of a later step
+            epilogue = epilogues.get(id(node))
+            action = self.action(step, position[id(node)], sources, numpy_made) if epilogue is None else \
+                (_CALL, position[id(node)], functools.partial(self.run_gemm_epilogue, form=epilogue),
+                 f"gemm+{'+'.join(epilogue[2:])}")
             numpy = action[0] == _CALL and action[2] in (self.run_numpy, self.run_view, self.run_in_place)
             self.last_plan.append(("numpy" if numpy else "kernel", action[3]))
             if debug:
@@ -284,6 +286,8 @@ class LLVMExecutor:
             if action[0] == _CALL:
                 numpy_made.add((1, len(actions)))
             actions.append(action)
+        if progress is not None and self.compiler.compiled != compiled:
+            progress(len(steps), len(steps))
         # A structure is kept on its second sighting: a graph seen once (an uncompiled decode step
         # whose cache slices grow) costs a hash, not a recorded plan.
         sighting = key.hash
@@ -332,13 +336,66 @@ class LLVMExecutor:
         kernel, summary, fn, offsets = plan
         if not all(id(leaves[i]) in sources for i, _ in offsets):  # a buffer no action made
             return (_LOWER, pos, kernel, summary)
+        donor = self.donor(node, kernel, offsets, leaves, sources)
         split = (kernel.out_size, *self.split_shape(kernel)) if math.prod(node._shape) else None
         reads = tuple((sources[id(leaves[i])], off) for i, off in offsets)
         # A buffer a call (numpy or a template) made is checked for the layout the kernel was
         # lowered for; a leaf's layout is in the eval's key and a kernel's output is contiguous.
         checks = tuple((where[1], leaves[i]._data.strides) for (i, _), (where, _) in zip(offsets, reads)
                        if where in numpy_made)
-        return (_KERNEL, pos, kernel, summary, fn, reads, checks, (ctypes.c_void_p * (1 + len(offsets)))(), split)
+        return (_KERNEL, pos, kernel, summary, fn, reads, checks, (ctypes.c_void_p * (1 + len(offsets)))(), split,
+                donor)
+
+    def donor(self, node, kernel: ir.Kernel, offsets: tuple, leaves: list, sources: dict):
+        """(argument slot, group leaf index, eval leaf index) of an input whose buffer the kernel may
+        write its output into, or None. The input is a leaf of the eval that nothing outside the
+        graph holds and that only this kernel's nodes read (so it dies with the kernel: the group is
+        a tree, none of its nodes also feeds another kernel, as a view folded into several does), its buffer
+        holds the output (a slice's output keeps the whole buffer, as in MLX), and the kernel reads
+        it element for element where it stores
+        (no reduction, the store's strides, offset 0), so each element is read before it is
+        overwritten. Whether the buffer itself is free is checked when the kernel runs (``take``)."""
+        if kernel.reduce_op is not None or not self.free_leaves:
+            return None
+        store = kernel.store
+        size = math.prod(node._shape) * node._dtype.np_storage.itemsize
+        loads: dict = {}
+        for e in ir.walk(store.value):
+            if isinstance(e, ir.Load):
+                loads[e.buf] = loads.get(e.buf, True) and e.strides == store.strides
+        reads: dict | None = None
+        for slot, (i, off) in enumerate(offsets, start=1):
+            leaf = leaves[i]
+            refs = self.free_leaves.get(id(leaf))
+            if refs is None or off or not loads.get(slot) or leaf._data.nbytes < size \
+                    or leaf._dtype.np_storage.itemsize != node._dtype.np_storage.itemsize:
+                continue
+            if reads is None:
+                reads = _private_reads(node, self.consumers)
+                if reads is None:
+                    return None
+            if reads.get(id(leaf)) == refs:
+                return (slot, i, sources[id(leaf)][1])
+        return None
+
+    def take(self, leaf, shape: tuple, storage, views: int = 0):
+        """(``leaf``'s buffer as the output of a kernel that ``donor`` allowed to write into it,
+        whether the memory count has it already) when nothing but ``leaf`` (and ``views`` arrays of
+        the caller's) holds the buffer now: no view of it, no weak reference but the memory
+        count's (a device mirror, a cached repacking). Else (None, False)."""
+        buf = leaf._data
+        # held by leaf._data, this frame and getrefcount's argument
+        if buf is None or buf.base is not None or not buf.flags.writeable or not buf.flags.c_contiguous \
+                or self.keep_graph or sys.getrefcount(buf) != 3 + views:
+            return None, False
+        counted = counted_alone(buf)
+        if counted is None:
+            return None, False
+        self.interleaved[0] = None  # a repacking of the buffer would go stale
+        self.donated += 1
+        if buf.shape == shape and buf.dtype == storage:
+            return buf, counted
+        return np.frombuffer(buf, storage, math.prod(shape)).reshape(shape), counted
 
     def row_action(self, node, pos: int, kernel: rows.RowKernel, sources: dict, numpy_made: set) -> tuple:
         """A row kernel as an action shaped like a fused kernel's (its inputs read whole, at offset
@@ -352,7 +409,7 @@ class LLVMExecutor:
         size = math.prod(node._shape)
         split = (size // kernel.n, kernel.n, 1) if size else None
         return (_ROWS, pos, kernel, kernel.name, self.row_function(kernel), reads, checks,
-                (ctypes.c_void_p * (1 + len(reads)))(), split)
+                (ctypes.c_void_p * (1 + len(reads)))(), split, None)
 
     def perform(self, action: tuple, node) -> None:
         """Run one action on ``node`` while recording (kernels find their buffers through the
@@ -363,12 +420,21 @@ class LLVMExecutor:
         if action[0] == _ROWS:
             self.run_rows(node, action[2])
             return
-        kernel, _, fn, addresses, keep = self.lowered(node)
-        out = np.empty(node._shape, dtype=node._dtype.np_storage)
+        kernel, _, fn, addresses, keep, leaves = self.lowered(node)
+        out, taken = None, False
+        donor = action[9] if action[0] == _KERNEL else None
+        if donor is not None:
+            buf = leaves[donor[1]]._data
+            views = 0 if keep is None else sum(1 for a in keep if a is buf or a.base is buf)
+            del buf
+            out, taken = self.take(leaves[donor[1]], node._shape, node._dtype.np_storage, views)
+        del leaves
+        if out is None:
+            out = np.empty(node._shape, dtype=node._dtype.np_storage)
         if out.size:
             self.launch(fn, kernel, [out.ctypes.data] + addresses)
         del keep
-        self.realized(node, out)
+        self.realized(node, out, counted=taken)
 
     def replay(self, actions: tuple, targets: list, leaves: list) -> None:
         """Run recorded ``actions`` on ``targets`` (the node each realizes) reading ``leaves``.
@@ -386,13 +452,16 @@ class LLVMExecutor:
             if kind != _KERNEL and kind != _ROWS:
                 self.perform(action, node)
                 continue
-            fn, reads, checks, args, split = action[4:]
+            fn, reads, checks, args, split, donor = action[4:]
             if checks and any(targets[i]._data.strides != layout for i, layout in checks):
                 # A call laid its buffer out differently this time: run as when recording.
                 self.perform((_CALL, None, functools.partial(self.run_rows, kernel=action[2]))
                              if kind == _ROWS else (_LOWER,), node)
                 continue
-            out = empty(node._shape, dtype=node._dtype.np_storage)
+            out, taken = (None, False) if donor is None else \
+                self.take(leaves[donor[2]], node._shape, node._dtype.np_storage)
+            if out is None:
+                out = empty(node._shape, dtype=node._dtype.np_storage)
             if split is not None:  # None: an empty output, nothing to run
                 slot = 1
                 for source, offset in reads:
@@ -408,7 +477,7 @@ class LLVMExecutor:
                     fn(args, 0, total)
                 else:
                     self.split(fn, args, *split)
-            realized(node, out)
+            realized(node, out, taken)
 
     def run_numpy(self, node) -> None:
         self.numpy.run([weakref.ref(node)])
@@ -452,6 +521,95 @@ class LLVMExecutor:
 
     def run_gemm(self, node) -> None:
         self.realized(node, self.run_matmul(node))
+
+    def gemm_epilogues(self, steps: list, consumers: dict, observed: set) -> tuple:
+        """The float32 products whose epilogue the matmul template computes (``kernels.matmul``):
+        ``addmm`` (alpha and beta 1), ``matmul(a, b) + c``, and either of them under
+        ``maximum(., 0)`` (relu), where ``c`` is a bias row of N or a residual of the output's shape,
+        realized before the step. Returns ({id(node the template realizes): form}, ids of the nodes
+        folded into it, which are never realized: each has that one consumer and nothing outside
+        the graph holds it). A form is (the product's position in the add, "addmm" or "matmul",
+        "bias" or "residual"[, "relu"]), read again by ``run_gemm_epilogue`` on each node of that
+        structure a replay gives it."""
+        made = {id(s.node) for s in steps}
+        forms: dict = {}
+        folded: set = set()
+
+        def private(n) -> bool:
+            return n._data is None and consumers.get(id(n)) == 1 and id(n) not in observed
+
+        def joined(out, c):  # how c joins the product: a bias row or a residual (None: neither)
+            if c._dtype.name != "float32" or (c._data is None and id(c) not in made):
+                return None
+            if c._shape == out._shape:
+                return "residual"
+            shape = c._shape
+            while shape and shape[0] == 1:
+                shape = shape[1:]
+            return "bias" if shape == out._shape[-1:] else None
+
+        for s in steps:
+            root = core = s.node
+            relu = False
+            if root._prim is None or root._dtype.name != "float32":
+                continue
+            if root._prim.name == "maximum" and len(root._inputs) == 2:
+                x, zero = root._inputs
+                if zero._data is None or zero._data.size != 1 or x._shape != root._shape or not private(x):
+                    continue
+                core, relu = x, True
+            if core._prim is None or core._dtype.name != "float32":
+                continue
+            form = None
+            if core._prim.name == "addmm":
+                c, a, b = core._inputs
+                join = joined(core, c)
+                if core._params == {"alpha": 1.0, "beta": 1.0} and self.product_fits(a, b) and join:
+                    form, chain = (0, "addmm", join), [core]
+            elif core._prim.name == "add":
+                for i in (0, 1):
+                    m, c = core._inputs[i], core._inputs[1 - i]
+                    if m._prim is not None and m._prim.name == "matmul" and m._shape == core._shape \
+                            and private(m) and self.product_fits(*m._inputs):
+                        join = joined(core, c)
+                        if join:
+                            form, chain = (i, "matmul", join), [m, core]
+                            break
+            if form is None:
+                continue
+            forms[id(root)] = form + (("relu",) if relu else ())
+            folded.update(id(n) for n in chain if n is not root)
+        return forms, folded
+
+    def product_fits(self, a, b) -> bool:
+        """(..., M, K) @ (K, N) in float32, big enough for the template: one product over the rows of
+        all of a's leading dimensions."""
+        if a._dtype.name != "float32" or b._dtype.name != "float32" or len(b._shape) != 2 or len(a._shape) < 2 \
+                or self.target.scalable:
+            return False
+        return math.prod(a._shape[:-1]) * a._shape[-1] * b._shape[-1] >= _GEMM_MIN
+
+    def run_gemm_epilogue(self, node, form: tuple) -> None:
+        """Realize ``node`` by one call of the matmul template with the epilogue ``form`` describes
+        (``gemm_epilogues``)."""
+        at, kind, join = form[:3]
+        relu = len(form) > 3
+        core = node._inputs[0] if relu else node
+        if kind == "addmm":
+            c, a, b = core._inputs
+        else:
+            c = core._inputs[1 - at]
+            a, b = core._inputs[at]._inputs
+        a, b, c = a._data, b._data, c._data
+        threshold = node._inputs[1]._data if relu else None
+        act = "relu" if relu and threshold.reshape(-1)[0] == 0 else None  # else another threshold this time
+        rows = a.reshape(-1, a.shape[-1])
+        out = self.gemm(rows, b, bias=c.reshape(-1) if join == "bias" else None, act=act,
+                        residual=c.reshape(rows.shape[0], -1) if join == "residual" else None)
+        out = out.reshape(node._shape)
+        if relu and act is None:
+            out = np.maximum(out, threshold.astype(np.float32).reshape(()))
+        self.realized(node, out)
 
     def bind_fast(self, node):
         """For float32 ``fast.rope`` (base frequencies) and ``fast.scaled_dot_product_attention``
@@ -615,8 +773,8 @@ class LLVMExecutor:
         return c[:m]
 
     def lowered(self, node) -> tuple:
-        """(kernel, its summary, function, input addresses, what must stay alive while it runs) for the group
-        rooted at ``node``. Lowering is cached by the group's structure (``lower.structure``), so a
+        """(kernel, its summary, function, input addresses, what must stay alive while it runs, the
+        group's leaves) for the group rooted at ``node``. Lowering is cached by the group's structure (``lower.structure``), so a
         graph shape seen before costs one walk over its nodes: buffers are found again as byte
         offsets into the group's leaves."""
         key, leaves = lower.structure(node)
@@ -633,12 +791,13 @@ class LLVMExecutor:
                 if len(self.plans) >= _GROUPS_KEPT:
                     del self.plans[next(iter(self.plans))]  # the oldest
                 self.plans[key] = (kernel, summary, fn, offsets)
-            return kernel, summary, fn, [a.ctypes.data for a in arrays], arrays
+            return kernel, summary, fn, [a.ctypes.data for a in arrays], arrays, leaves
         kernel, summary, fn, offsets = plan
-        return kernel, summary, fn, [address(leaves[i]._data) + off for i, off in offsets], None
+        return kernel, summary, fn, [address(leaves[i]._data) + off for i, off in offsets], None, leaves
 
-    def realized(self, node, out: np.ndarray) -> None:
-        """Give ``node`` its buffer ``out``, written by a kernel."""
+    def realized(self, node, out: np.ndarray, counted: bool = False) -> None:
+        """Give ``node`` its buffer ``out``, written by a kernel (``counted``: a donated buffer,
+        counted while it lives already)."""
         self.kernels_run += 1
         node._data = out
         if not self.keep_graph:
@@ -646,7 +805,8 @@ class LLVMExecutor:
             # would reuse them.
             node._inputs = ()
             node._params = None
-        count(out)
+        if not counted:
+            count(out)
 
     def launch(self, fn, kernel: ir.Kernel, addresses: list) -> None:
         self.split(fn, addresses, kernel.out_size, *self.split_shape(kernel))
@@ -660,19 +820,46 @@ class LLVMExecutor:
         return per_unit, kernel.width * 4 if kernel.reduce_op is None else 1
 
     def split(self, fn, addresses, total: int, per_unit: int, align: int) -> None:
-        """Run ``fn`` over [0, total) units of ``per_unit`` element-steps each, in slices of a
-        multiple of ``align`` units spread over the workers when the work is big enough.
-        ``addresses`` is a list or a prebuilt ctypes array of them; the caller keeps the buffers
-        there alive until this returns."""
+        """Run ``fn`` over [0, total) units of ``per_unit`` element-steps each, in chunks of a
+        multiple of ``align`` units shared out to the workers (``llvm_threads``) when the work is
+        big enough. ``addresses`` is a list or a prebuilt ctypes array of them; the caller keeps the
+        buffers there alive until this returns."""
         args = addresses if isinstance(addresses, ctypes.Array) else (ctypes.c_void_p * len(addresses))(*addresses)
         if self.pool is None or total * per_unit < _PARALLEL_MIN or total < 2:
             fn(args, 0, total)
             return
-        parts = min(self.workers, total)
-        bounds = [min(total, (total * p // parts + align - 1) // align * align) for p in range(parts)] + [total]
-        futures = [self.pool.submit(fn, args, lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
-        for f in futures:
-            f.result()
+        chunk = max(-(-total // (self.workers * _CHUNKS_PER_WORKER)), -(-_CHUNK_MIN // max(per_unit, 1)))
+        chunk = -(-chunk // align) * align
+        entry = self.entries.get(id(fn))
+        if entry is None:
+            if not isinstance(fn, _KERNEL_FN):  # a wrapped function (a profiler's): no address to share
+                fn(args, 0, total)
+                return
+            entry = self.entries[id(fn)] = ctypes.cast(fn, ctypes.c_void_p).value
+        if not self.pool.run(entry, ctypes.addressof(args), total, chunk):
+            fn(args, 0, total)  # another thread's kernel holds the workers
+
+
+def _private_reads(root, consumers: dict):
+    """Per realized buffer's id, the references the group rooted at ``root`` (its unrealized nodes)
+    holds to it; None when a node of the group other than ``root`` has another consumer besides
+    its one in the group (its buffers are read elsewhere too)."""
+    reads: dict = {}
+    seen = set()
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        k = id(n)
+        if n._data is not None:
+            reads[k] = reads.get(k, 0) + 1
+            continue
+        if k in seen:
+            continue  # one consumer reading it twice
+        if n is not root and consumers.get(k, 0) != 1:
+            return None
+        seen.add(k)
+        stack.extend(n._inputs)
+    return reads
 
 
 def available() -> str | None:

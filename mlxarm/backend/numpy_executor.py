@@ -8,12 +8,10 @@ buffer is counted, and a chain of elementwise ops over a temporary never raises 
 """
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from ..core import dtypes as dt
-from ..core.device import memory
+from ..core.device import count_buffer
 
 _ELEMENTWISE = frozenset(("unary", "binary", "ternary"))
 
@@ -63,8 +61,7 @@ class NumpyExecutor:
             if owns and not keep_graph and prim.kind in _ELEMENTWISE:
                 node._inputs = ()  # inputs dying here are freed first: MLX donates their buffer
             if owns:
-                memory.alloc(out.nbytes)
-                weakref.finalize(out, memory.free, out.nbytes)  # lives as long as the buffer
+                count_buffer(out)  # while the buffer lives
             if not keep_graph:
                 node._inputs = ()
                 node._params = None

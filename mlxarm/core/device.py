@@ -374,11 +374,40 @@ def _total_ram() -> int:
 memory = MemoryStats()
 
 
+class _Counted(weakref.ref):
+    """A buffer's weak reference that returns its bytes to the memory count when the buffer dies
+    (``weakref.finalize`` does the same at several times the cost per buffer)."""
+    __slots__ = ("nbytes",)
+
+
+_counted: dict = {}  # id -> the references alive, until their buffers die
+
+
+def _uncount(ref: _Counted, counted=_counted, free=memory.free) -> None:
+    # bound at definition: buffers may die while the interpreter tears the module's globals down
+    counted.pop(id(ref), None)
+    free(ref.nbytes)
+
+
 def count_buffer(data) -> None:
-    """Count ``data`` (a numpy array made outside the executor, e.g. a loaded array) as allocated
-    for as long as it lives, as MLX's allocator counts the buffer it reads a file into."""
-    memory.alloc(data.nbytes)
-    weakref.finalize(data, memory.free, data.nbytes)
+    """Count ``data`` (a buffer an executor made, or a loaded array: MLX's allocator counts the
+    buffer it reads a file into) as allocated for as long as it lives."""
+    n = data.nbytes
+    memory.alloc(n)
+    ref = _Counted(data, _uncount)
+    ref.nbytes = n
+    _counted[id(ref)] = ref
+
+
+def counted_alone(data):
+    """Whether the memory count holds ``data`` (True or False) when no other weak reference does (a
+    device mirror, a cached repacking: something that would see a write into it); else None."""
+    refs = weakref.getweakrefcount(data)
+    if not refs:
+        return False
+    if refs == 1 and type(weakref.getweakrefs(data)[0]) is _Counted:
+        return True
+    return None
 
 
 def get_active_memory() -> int:

@@ -7,7 +7,8 @@
     convert  ...                                          (mlxarm.lm.convert, where installed)
 
 ``generate`` streams tokens as they come and ends with mlx-lm's speed summary. While the model loads,
-a text progress bar (weights loaded) goes to stderr when it is a terminal or with ``--verbose``.
+and while the LLVM executor compiles kernels the first time (a later run finds them in its disk cache),
+a text progress bar goes to stderr when it is a terminal or with ``--verbose``.
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="how many recent tokens the repetition penalty looks at (default: 20)")
     parser.add_argument("--device", choices=DEVICES, default=None,
                         help="executor to run on: numpy, llvm, opencl, vulkan, or MLX's cpu/gpu device "
-                             "(default: MLXARM_DEVICE, else llvm when llvmlite is installed, else the "
-                             "default device)")
+                             "(default: MLXARM_DEVICE, else the default device: a real GPU when there is "
+                             "one, else the CPU, on llvm when llvmlite is installed)")
     parser.add_argument("--system-prompt", default=None, help="system message for the chat template")
     parser.add_argument("--chat-template-config", default=None,
                         help='JSON of extra arguments for the chat template, e.g. \'{"enable_thinking": false}\'')
@@ -83,38 +84,32 @@ def _select_device(name: str) -> None:
     os.environ["MLXARM_DEVICE"] = name
 
 
-def _default_device():
-    """The executor language models run on when neither ``--device`` nor ``MLXARM_DEVICE`` names one: the
-    LLVM executor when llvmlite is installed (its compiled, replayed decode step is the fastest path
-    here), else whatever the default device runs."""
-    if os.environ.get("MLXARM_DEVICE"):
-        return None
-    from mlxarm.backend import llvm
-
-    return None if llvm.available() else "llvm"
-
-
 class _ProgressBar:
     """``Loading model [#####.....] 12/30 weights``: one line rewritten in place on a terminal,
-    else written once, when done."""
+    else written once, when done. A count below the last one shown starts a new bar."""
 
-    def __init__(self, label: str, stream, width: int = 30):
-        self.label, self.stream, self.width = label, stream, width
+    def __init__(self, label: str, stream, unit: str = "weights", width: int = 30):
+        self.label, self.stream, self.unit, self.width = label, stream, unit, width
         self.live = stream.isatty()
         self._shown = -1
+        self._done = 0
 
     def __call__(self, done: int, total: int) -> None:
+        if done < self._done:
+            self._shown = -1
+        self._done = done
         filled = self.width * done // max(total, 1)
         if done < total and (not self.live or filled == self._shown):
             return
         self._shown = filled
-        line = f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} weights"
+        line = f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {self.unit}"
         self.stream.write(("\r" if self.live else "") + line + ("\n" if done >= total else ""))
         self.stream.flush()
 
 
 def _load(options):
     import mlxarm.core as mx
+    from mlxarm import backend
     from mlxarm.utils import tree_flatten
 
     from . import load
@@ -129,6 +124,9 @@ def _load(options):
         for i in range(0, len(weights), step):
             mx.eval(weights[i:i + step])
             bar(min(i + step, len(weights)), len(weights))
+        executor = backend.executor_for(None)
+        if hasattr(executor, "progress"):  # reset when the command ends (main)
+            executor.progress = _ProgressBar("Compiling kernels", sys.stderr, unit="steps")
     return model, tokenizer
 
 
@@ -240,9 +238,8 @@ def main(argv=None) -> int:
             parser.error("--chat-template-config must be a JSON object")
     saved = os.environ.get("MLXARM_DEVICE")  # the executor is chosen for this command only
     try:
-        device = options.device or _default_device()
-        if device:
-            _select_device(device)
+        if options.device:
+            _select_device(options.device)
         if options.seed is not None:
             import mlxarm.core as mx
 
@@ -252,6 +249,11 @@ def main(argv=None) -> int:
         print(f"mlxarm-lm: {problem}", file=sys.stderr)
         return 1
     finally:
+        from mlxarm import backend
+
+        for executor in backend._EXECUTORS.values():
+            if hasattr(executor, "progress"):
+                executor.progress = None
         if saved is None:
             os.environ.pop("MLXARM_DEVICE", None)
         else:
