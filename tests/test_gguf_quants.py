@@ -211,3 +211,33 @@ def test_loader_quantize_group_16(bits):
     got = np.array(mx.dequantize(wq, scales, biases, group_size=16, bits=bits)).reshape(3, 4, 16)
     want = np.array(mx.dequantize(*twice, group_size=32, bits=bits)).reshape(3, 4, 32)[..., :16]
     np.testing.assert_array_equal(got, want)
+
+
+def _resident_kib(path) -> int:
+    """Resident KiB of this process's maps of ``path`` (Linux's /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's first line
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")
+def test_repacked_blocks_leave_the_file_pages(tmp_path):
+    """Once a block-quantized tensor is repacked, its file pages are given back: the file's map keeps
+    only what later reads need (a float tensor's view), so loading costs about the repacked weights."""
+    rng = np.random.default_rng(9)
+    big = raw_blocks(rng, "Q8_0", (512, 4096))  # 2.1 MiB of blocks
+    norm = rng.standard_normal(4096).astype(np.float32)
+    path = write(tmp_path / "pages.gguf", [("blk.0.w.weight", big, Q.Q8_0), ("blk.0.norm.weight", norm, Q.F32)])
+    arrays, _, _ = load_quantized(path)
+    assert _resident_kib(path) <= 16 + norm.nbytes // 1024 + 8, _resident_kib(path)
+    w = arrays["blk.0.w.weight"]
+    expected = quants.dequantize(big, Q.Q8_0).reshape(512, 4096)
+    got = mx.dequantize(w, arrays["blk.0.w.scales"], arrays["blk.0.w.biases"], group_size=32, bits=8)
+    np.testing.assert_array_equal(np.array(got.astype(mx.float32)), expected)
+    np.testing.assert_array_equal(np.array(arrays["blk.0.norm.weight"]), norm)

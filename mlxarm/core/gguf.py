@@ -436,6 +436,32 @@ def _packed_tensor(r: ByteReader, name, shape, ttype, data):
             (biases.reshape(lead + (shape[-1] // gs,)), sdtype))
 
 
+def _drop_pages(data: np.ndarray) -> None:
+    """Let the kernel drop the resident pages of ``data``, a block-quantized tensor's bytes in the
+    file's private map, once they are repacked: nothing reads them again, so a model's peak memory
+    is about its repacked weights, not those plus the file. Only whole pages inside the tensor go (a
+    neighbour's view keeps its pages), and only pages never written: a file map's clean pages come
+    back from the file if touched again. Nothing happens where ``madvise`` is missing."""
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    page = getattr(mmap, "PAGESIZE", 4096)
+    if advice is None or not data.size:
+        return
+    start = data.__array_interface__["data"][0]
+    lo, hi = -(-start // page) * page, (start + data.size) // page * page
+    if hi <= lo:
+        return
+    try:
+        import ctypes
+
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise(lo, hi - lo, advice)
+
+
 def load_quantized(path, *, stream=None):
     """Read a GGUF file for a model loader: ``(tensors, metadata, quantization)``.
 
@@ -468,6 +494,7 @@ def load_quantized(path, *, stream=None):
             _add(arrays, r, {name: (view.reshape(shape), dtype)}, s)
             continue
         w, sc, b = _packed_tensor(r, name, shape, ttype, data)
+        _drop_pages(data)
         prefix = name[:-len(".weight")] if name.endswith(".weight") else name
         _add(arrays, r, {name: w, prefix + ".scales": sc, prefix + ".biases": b}, s)
         bits, gs = _PACKED[ttype]
