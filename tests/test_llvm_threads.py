@@ -1,5 +1,5 @@
 """The LLVM executor's worker threads (``mlxarm.backend.llvm_threads``): every chunk of every job runs
-exactly once, on the calling thread and the helpers, whether the helpers are spinning, parked or gone."""
+exactly once, on the calling thread and the helpers, whether the helpers are spinning, napping or gone."""
 import ctypes
 import time
 
@@ -67,18 +67,14 @@ def test_every_chunk_runs_once(kernel, threads):
         workers.stop()
 
 
-def test_parked_helpers_are_woken_and_never_needed(kernel):
+def test_napping_or_stopped_helpers_are_never_waited_for(kernel):
     compiler, _, address = kernel
     workers = llvm_threads.Workers(compiler, 2)
     rng = np.random.default_rng(0)
     try:
         _run_checked(workers, address, 100_000, 100, rng)
-        deadline = time.monotonic() + 10
-        parked = llvm_threads._PARKED
-        while not workers.state[parked] and time.monotonic() < deadline:
-            time.sleep(0.01)  # the helper parks after about a millisecond without work
-        assert workers.state[parked] == 1
-        _run_checked(workers, address, 100_000, 100, rng)  # runs whether or not the helper woke in time
+        time.sleep(0.05)  # the helper naps after about a millisecond without work
+        _run_checked(workers, address, 100_000, 100, rng)
         workers.stop()
         for t in workers.threads:
             t.join(timeout=10)

@@ -55,6 +55,9 @@ _KERNEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_in
 _PARALLEL_MIN = 1 << 14
 _CHUNK_MIN = 1 << 12
 _CHUNKS_PER_WORKER = 4
+# Sleeping workers are woken for kernels of this many element-steps or more (waking one costs tens of
+# microseconds); smaller ones are shared only with workers still spinning after the last kernel.
+_WAKE_MIN = 1 << 20
 # Recorded evals kept for replay (least recently used dropped first; an LLM decode step's plan takes
 # about a megabyte), structures seen once remembered by hash, and lowered kernel groups kept (oldest
 # dropped first): a program cycling through many graph shapes keeps bounded memory.
@@ -836,7 +839,7 @@ class LLVMExecutor:
                 fn(args, 0, total)
                 return
             entry = self.entries[id(fn)] = ctypes.cast(fn, ctypes.c_void_p).value
-        if not self.pool.run(entry, ctypes.addressof(args), total, chunk):
+        if not self.pool.run(entry, ctypes.addressof(args), total, chunk, total * per_unit >= _WAKE_MIN):
             fn(args, 0, total)  # another thread's kernel holds the workers
 
 

@@ -21,10 +21,10 @@ from ..kernels import quantized as template
 # The kernel keeps one dequantized panel on the worker thread's stack: well inside any thread's (glibc
 # gives 8 MiB, macOS 512 KiB).
 _SCRATCH_BYTES = 1 << 18
-# Below this many multiply-adds a product runs on the calling thread. Sharing a product out to the
-# workers waiting in native code (``llvm_threads``) costs a few microseconds, so a decode step's
-# matvecs (a few hundred thousand multiply-adds, tens of microseconds) are shared too.
-_PARALLEL_MIN = 1 << 17
+# Below this many multiply-adds a product runs on the calling thread: a decode step's matvecs read
+# their weights at about the memory's speed on one core already, and a second core mostly adds the
+# cost of sharing (measured on a 2-core VM: no gain below a vocabulary-sized projection).
+_PARALLEL_MIN = 1 << 22
 
 
 def fits(node, target) -> bool:

@@ -9,9 +9,14 @@ claimed, so a late worker can never run a chunk of the wrong job or run one twic
 every chunk is done, so a job costs one call from Python and a few cache-line transfers, not a thread
 pool's hand-off (tens of microseconds, which a decode step's few hundred small kernels cannot pay).
 
-A worker spins while jobs keep coming, then parks: it returns to Python and waits on its event, which
-the calling thread sets on its next job. Since the caller takes chunks too, a parked or descheduled
-worker only means fewer hands, never a stall. The functions are LLVM IR compiled like the kernels.
+A worker spins briefly after a job (jobs often come in runs), then sleeps in native code, never going
+back to Python (a thread waiting for the GIL would stall the calling thread's Python work) and never
+spinning on: on a machine with as many busy threads as cores, a spinning helper takes the core the
+calling thread needs. On Linux it sleeps on a futex that the caller rings when it publishes a job and
+a helper is asleep (a sleeper count and a bell word, all sequentially consistent, so no wake-up is
+lost); elsewhere it naps (``usleep``) between looks. Since the caller takes chunks too, a sleeping
+helper only means fewer hands for a job, never a wait for it. The functions are LLVM IR compiled like
+the kernels; ``syscall`` and ``usleep`` come from the C library.
 """
 from __future__ import annotations
 
@@ -21,14 +26,20 @@ import threading
 
 import numpy as np
 
-_TICKET, _DONE, _FN, _ARGS, _TOTAL, _CHUNK, _STOP, _PARKED = 0, 8, 16, 17, 18, 19, 24, 32  # int64 words
-_WORDS_PER_WORKER = 8  # a parked flag per worker, each on its own 64-byte line
+# int64 words of the state block, each group on its own 64-byte line; the bell is a 32-bit futex word
+_TICKET, _DONE, _FN, _ARGS, _TOTAL, _CHUNK, _STOP, _BELL, _SLEEPERS = 0, 8, 16, 17, 18, 19, 24, 32, 40
+_WORDS = 48
 _BIAS = 1024  # above any number of threads: each one decrements a finished job's ticket at most once
-_LIMIT = 1 << 15  # idle spins (a pause each, about a millisecond in all) before a worker parks
+_LIMIT = 1 << 10  # idle spins (a pause each, tens of microseconds in all) before a worker sleeps
+_NAP_US = 200  # where there is no futex, a sleeping worker looks at the ticket this often
+# futex(2) system call numbers by architecture (Linux and Android), and its private wait/wake operations
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98, "i386": 240, "i686": 240, "arm": 240,
+              "armv7": 240, "armv7a": 240}
+_FUTEX_WAIT, _FUTEX_WAKE = 128, 129
 
-_DISPATCH_FN = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
-_WORKER_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+_DISPATCH_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                ctypes.c_int64, ctypes.c_int64)
+_WORKER_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
 def _pause(triple: str) -> tuple:
@@ -41,10 +52,44 @@ def _pause(triple: str) -> tuple:
     return "", ""
 
 
+def _futex(triple: str):
+    """The futex system call number where the target is Linux or Android, else None."""
+    parts = triple.split("-")
+    return _SYS_FUTEX.get(parts[0]) if any(p.startswith(("linux", "android")) for p in parts[1:]) else None
+
+
+def _sleep(nr) -> str:
+    """IR of a worker's sleep: on the futex word while the bell reads %b, or a nap."""
+    if nr is None:
+        return f"  %slept = call i32 @usleep(i32 {_NAP_US})"
+    return (f"  %b64 = zext i32 %b to i64\n"
+            f"  %slept = call i64 (i64, ...) @syscall(i64 {nr}, ptr %bellp, i64 {_FUTEX_WAIT}, i64 %b64, ptr null)")
+
+
+def _wake(nr) -> str:
+    if nr is None:
+        return ""
+    return f"  %woke = call i64 (i64, ...) @syscall(i64 {nr}, ptr %bellp, i64 {_FUTEX_WAKE}, i64 2147483647)"
+
+
 def render(triple: str) -> str:
-    """LLVM IR of ``mlxarm_dispatch`` and ``mlxarm_worker`` for ``triple``."""
+    """LLVM IR of ``mlxarm_dispatch``, ``mlxarm_worker`` and ``mlxarm_wake`` for ``triple``."""
     declare, pause = _pause(triple)
+    nr = _futex(triple)
     mask = (1 << 40) - 1
+    ring = f"""
+  %sleepersp = getelementptr i64, ptr %s, i64 {_SLEEPERS}
+  %sleepers = load atomic i64, ptr %sleepersp seq_cst, align 8
+  %asleep = icmp ne i64 %sleepers, 0
+  %wanted = icmp ne i64 %wake, 0
+  %call = and i1 %asleep, %wanted
+  br i1 %call, label %ring, label %rung
+ring:
+  %bellp = getelementptr i64, ptr %s, i64 {_BELL}
+  %rang = atomicrmw add ptr %bellp, i32 1 seq_cst, align 8
+{_wake(nr)}
+  br label %rung
+rung:"""
     claim = f"""
   %old = atomicrmw sub ptr %s, i64 1 acq_rel, align 8
   %left = and i64 %old, {mask}
@@ -69,11 +114,11 @@ def render(triple: str) -> str:
   %d = atomicrmw add ptr %donep, i64 1 release, align 8"""
     return f"""
 {declare}
+declare i32 @usleep(i32)
+declare i64 @syscall(i64, ...)
 
-define i64 @mlxarm_dispatch(ptr %s, ptr %fn_in, ptr %args_in, i64 %total_in, i64 %chunk_in, i64 %workers) {{
+define void @mlxarm_dispatch(ptr %s, ptr %fn_in, ptr %args_in, i64 %total_in, i64 %chunk_in, i64 %wake) {{
 entry:
-  %n.a = alloca i64, align 8
-  %w.a = alloca i64, align 8
   %fnq = getelementptr i64, ptr %s, i64 {_FN}
   store ptr %fn_in, ptr %fnq, align 8
   %argsq = getelementptr i64, ptr %s, i64 {_ARGS}
@@ -94,7 +139,7 @@ entry:
   %high = shl i64 %seqm, 40
   %low = add i64 %chunks, {_BIAS}
   %ticket = or i64 %high, %low
-  store atomic i64 %ticket, ptr %s release, align 8
+  store atomic i64 %ticket, ptr %s seq_cst, align 8{ring}
   br label %claim
 claim:{claim}
   br i1 %has, label %run, label %wait
@@ -103,44 +148,20 @@ run:{chunk_run}
 wait:
   %done = load atomic i64, ptr %donq acquire, align 8
   %all = icmp eq i64 %done, %chunks
-  br i1 %all, label %count, label %spin
+  br i1 %all, label %out, label %spin
 spin:
   {pause}
   br label %wait
-count:
-  store i64 0, ptr %n.a, align 8
-  store i64 0, ptr %w.a, align 8
-  br label %parked
-parked:
-  %w = load i64, ptr %w.a, align 8
-  %more = icmp slt i64 %w, %workers
-  br i1 %more, label %flag, label %out
-flag:
-  %off0 = mul i64 %w, {_WORDS_PER_WORKER}
-  %off = add i64 %off0, {_PARKED}
-  %fp = getelementptr i64, ptr %s, i64 %off
-  %f = load atomic i64, ptr %fp monotonic, align 8
-  %n = load i64, ptr %n.a, align 8
-  %n1 = add i64 %n, %f
-  store i64 %n1, ptr %n.a, align 8
-  %w1 = add i64 %w, 1
-  store i64 %w1, ptr %w.a, align 8
-  br label %parked
 out:
-  %r = load i64, ptr %n.a, align 8
-  ret i64 %r
+  ret void
 }}
 
-define void @mlxarm_worker(ptr %s, i64 %me) {{
+define void @mlxarm_worker(ptr %s) {{
 entry:
   %seen.a = alloca i64, align 8
   store i64 -1, ptr %seen.a, align 8
   %idle.a = alloca i64, align 8
   store i64 0, ptr %idle.a, align 8
-  %off0 = mul i64 %me, {_WORDS_PER_WORKER}
-  %off = add i64 %off0, {_PARKED}
-  %flag = getelementptr i64, ptr %s, i64 %off
-  store atomic i64 0, ptr %flag release, align 8
   %stopp = getelementptr i64, ptr %s, i64 {_STOP}
   br label %wait
 wait:
@@ -158,13 +179,29 @@ count:
   %i1 = add i64 %i, 1
   store i64 %i1, ptr %idle.a, align 8
   %tired = icmp ugt i64 %i1, {_LIMIT}
-  br i1 %tired, label %park, label %spin
+  br i1 %tired, label %rest, label %spin
 spin:
   {pause}
   br label %wait
-park:
-  store atomic i64 1, ptr %flag release, align 8
-  br label %exit
+rest:
+  %sleepersp = getelementptr i64, ptr %s, i64 {_SLEEPERS}
+  %in = atomicrmw add ptr %sleepersp, i64 1 seq_cst, align 8
+  %bellp = getelementptr i64, ptr %s, i64 {_BELL}
+  %b = load atomic i32, ptr %bellp seq_cst, align 8
+  %t2 = load atomic i64, ptr %s seq_cst, align 8
+  %seq2 = lshr i64 %t2, 40
+  %fresh = icmp ne i64 %seq2, %seen
+  %stop2 = load atomic i64, ptr %stopp seq_cst, align 8
+  %quit2 = icmp ne i64 %stop2, 0
+  %awake = or i1 %fresh, %quit2
+  br i1 %awake, label %up, label %sleep
+sleep:
+{_sleep(nr)}
+  br label %up
+up:
+  %out = atomicrmw sub ptr %sleepersp, i64 1 seq_cst, align 8
+  store i64 0, ptr %idle.a, align 8
+  br label %wait
 exit:
   ret void
 claim:
@@ -177,6 +214,14 @@ none:
 run:{chunk_run}
   br label %claim
 }}
+
+define void @mlxarm_wake(ptr %s) {{
+entry:
+  %bellp = getelementptr i64, ptr %s, i64 {_BELL}
+  %rang = atomicrmw add ptr %bellp, i32 1 seq_cst, align 8
+{_wake(nr)}
+  ret void
+}}
 """
 
 
@@ -184,53 +229,49 @@ class Workers:
     """``workers - 1`` threads that help the calling thread run kernels (``run``)."""
 
     def __init__(self, compiler, workers: int):
+        import llvmlite.binding as llvm
+
         self.workers = workers
         self.helpers = workers - 1
-        words = _PARKED + _WORDS_PER_WORKER * max(1, self.helpers) + 8
-        self._memory = np.zeros(words + 8, np.int64)  # a 64-byte aligned block inside
+        self.compiler = compiler  # its engine holds the code the helpers run: alive as long as they are
+        self._memory = np.zeros(_WORDS + 8, np.int64)  # a 64-byte aligned block inside
         start = (-self._memory.ctypes.data % 64) // 8
-        self.state = self._memory[start:start + words]
+        self.state = self._memory[start:start + _WORDS]
+        self.state[_TICKET] = _BIAS  # job 0, no chunks: a helper's first look takes nothing
         self.address = self.state.ctypes.data
+        libc = ctypes.CDLL(None)
+        for name in ("usleep", "syscall"):  # AttributeError where the C library lacks one
+            llvm.add_symbol(name, ctypes.cast(getattr(libc, name), ctypes.c_void_p).value)
         source = render(compiler.target.triple)
         self.dispatch = _DISPATCH_FN(compiler.address(source, "mlxarm_dispatch"))
         self.worker = _WORKER_FN(compiler.address(source, "mlxarm_worker"))
-        self.state[[_PARKED + _WORDS_PER_WORKER * w for w in range(self.helpers)]] = 1  # not started yet
+        self._wake = _WORKER_FN(compiler.address(source, "mlxarm_wake"))
         self.lock = threading.Lock()  # one job at a time: the state block describes one
-        self.events = [threading.Event() for _ in range(self.helpers)]
-        self.threads = [threading.Thread(target=self._serve, args=(w,), name=f"mlxarm-llvm-{w}", daemon=True)
-                        for w in range(self.helpers)]
+        self.threads = [threading.Thread(target=self.worker, args=(self.address,), name=f"mlxarm-llvm-{w}",
+                                         daemon=True) for w in range(self.helpers)]
         for t in self.threads:
-            t.start()
-        atexit.register(self.stop)
+            t.start()  # in native code from here on (ctypes releases the GIL) until ``stop``
+        # Back in Python before the interpreter tears modules (and the engine) down.
+        atexit.register(self.stop, join=True)
 
-    def _serve(self, w: int) -> None:
-        event, state = self.events[w], self.state
-        while True:
-            event.wait()
-            event.clear()
-            if state[_STOP]:
-                return
-            self.worker(self.address, w)  # returns when parked (or stopped); ctypes releases the GIL
-
-    def run(self, fn_address: int, args_address: int, total: int, chunk: int) -> bool:
+    def run(self, fn_address: int, args_address: int, total: int, chunk: int, wake: bool = True) -> bool:
         """Run the kernel at ``fn_address`` over [0, total) in chunks of ``chunk`` units, on this thread
-        and the helpers; returns True when all are done. Helpers that had parked are woken for the next
-        job. Returns False at once, running nothing, while another thread is running a job here (the
-        caller then runs the kernel by itself)."""
+        and the helpers; returns True when all are done. ``wake``: ring sleeping helpers too (worth it
+        for a job that takes far longer than a helper takes to wake, else only spinning helpers join,
+        as one woken late would hold back the end of the job). Returns False at once, running nothing,
+        while another thread is running a job here (the caller then runs the kernel by itself)."""
         if not self.lock.acquire(blocking=False):
             return False
         try:
-            parked = self.dispatch(self.address, fn_address, args_address, total, chunk, self.helpers)
+            self.dispatch(self.address, fn_address, args_address, total, chunk, int(wake))
         finally:
             self.lock.release()
-        if parked:
-            state = self.state
-            for w in range(self.helpers):
-                if state[_PARKED + _WORDS_PER_WORKER * w]:
-                    self.events[w].set()
         return True
 
-    def stop(self) -> None:
+    def stop(self, join: bool = False) -> None:
+        """Let the helpers return (and wait for them with ``join``)."""
         self.state[_STOP] = 1
-        for e in self.events:
-            e.set()
+        self._wake(self.address)
+        if join:
+            for t in self.threads:
+                t.join(timeout=5)
