@@ -8,7 +8,10 @@ maximum/minimum, saturating float-to-integer casts), and both kernel shapes:
 
 * elementwise: one work item per output element, a grid-stride loop over the output space;
 * reduce: one workgroup per output element; each work item folds a strided share of the reduced
-  space, then a tree in shared memory combines the work items' partial results. With few outputs
+  space, then a tree in shared memory combines the work items' partial results (or, where the device
+  has subgroup arithmetic and the dialect a subgroup reduction for the op and type, each subgroup
+  reduces its work items' results at once and the first subgroup combines the subgroups' ones:
+  ``subgroup_tree``). With few outputs
   the reduction runs in two stages (``reduce_body``): several workgroups per output element each
   write a partial result, and a second kernel, shared by all reductions of the same op and dtypes
   (``combine_name``), combines them.
@@ -115,11 +118,35 @@ float mx_erf(float x) {
 """
 
 
+def subgroup_tree(sg: dict, index_type: str, var: str, ident: str, merge, reduce: str, barrier: str) -> list:
+    """Statements combining ``var`` over a workgroup with subgroup operations. ``sg`` names the
+    dialect's subgroup id, lane, count and size; ``reduce`` is the subgroup reduction of ``var`` (an
+    expression), ``merge(a, b)`` combines two values. Each subgroup reduces its work items' values, its
+    first lane puts the result in ``sh[subgroup id]``, then the first subgroup folds those (any number
+    of subgroups: each of its lanes folds a strided share) and reduces again: the total ends in ``var``
+    of the first lane of subgroup 0 (``sg["first"]`` tests for it)."""
+    return [f"{var} = {reduce};",
+            f"if ({sg['lane']} == 0) sh[{sg['id']}] = {var};",
+            barrier,
+            f"if ({sg['id']} == 0) {{",
+            f"  {var} = {ident};",
+            f"  for ({index_type} q = {sg['lane']}; q < {sg['count']}; q += {sg['size']}) {var} = {merge(var, 'sh[q]')};",
+            f"  {var} = {reduce};",
+            "}"]
+
+
 class CRenderer:
     """Shared emission of kernel bodies. Dialects override the hooks marked as such."""
 
     index_type = "long"  # the type of linear ids and element offsets
     workgroup = 64  # work items per workgroup of a reduction
+    subgroups = False  # whether the device's subgroup arithmetic may combine a workgroup's results
+    SUBGROUP: dict = {}  # dialect hook: names of the subgroup id, lane, count and size, and the first-lane test
+
+    def subgroup_reduce(self, op: str, dtype: str, x: str) -> str | None:
+        """Dialect hook: the subgroup-wide ``op`` of ``x`` (accumulator type of ``dtype``), or None
+        where the dialect has none for them."""
+        return None
 
     def __init__(self, kernel: Kernel):
         self.k = kernel
@@ -485,6 +512,9 @@ class CRenderer:
         ident = self.identity(k.reduce_op, dtype)
         merged = self.combine(k.reduce_op, dtype, "sh[lid]", "sh[lid + s]")
         total = self.to(it, str(self.reduced_size))
+        sg_reduce = self.subgroup_reduce(k.reduce_op, dtype, "acc") if self.subgroups else None
+        if sg_reduce is not None and k.reduce_op in ("sum", "prod") and dtype not in FLOATS and dtype != "bool":
+            sg_reduce = self.wrap(sg_reduce, dtype)  # narrow integers: the wrapped sum is the sum wrapped
         unrolled = []
         if stage == "combine":
             head = []
@@ -504,6 +534,8 @@ class CRenderer:
                     f"  {it} hi = min(lo + chunk, {total});"]
             first, end = "lo + lid", "hi"
             finish = [f"  if (lid == 0) {self.partial_store('g', 'sh[0]')}"]
+            if sg_reduce is not None:
+                finish = [f"  if ({self.SUBGROUP['first']}) {self.partial_store('g', 'acc')}"]
         else:
             loop = [f"for ({it} o = {self.GID}; o < n; o += {self.NGROUPS}) {{"]
             first, end = "lid", ("parts" if stage == "combine" else total)
@@ -517,10 +549,18 @@ class CRenderer:
             else:
                 store = self.reduce_store("o", "acc")
             finish = ["  if (lid == 0) {", "    acc = sh[0];", *("    " + ln for ln in store), "  }"]
+            if sg_reduce is not None:
+                finish = [f"  if ({self.SUBGROUP['first']}) {{", *("    " + ln for ln in store), "  }"]
         main = []
         if unrolled:
             main = [f"  for (; r + {(UNROLL - 1) * wg} < {end}; r += {UNROLL * wg}) {{",
                     *("    " + ln for ln in unrolled), "  }"]
+        if sg_reduce is not None:
+            tree = subgroup_tree(self.SUBGROUP, it, "acc", ident,
+                                 lambda a, b: self.combine(k.reduce_op, dtype, a, b), sg_reduce, self.BARRIER)
+        else:
+            tree = ["sh[lid] = acc;", self.BARRIER, f"for ({it} s = {wg // 2}; s > 0; s >>= 1) {{",
+                    f"  if (lid < s) sh[lid] = {merged};", f"  {self.BARRIER}", "}"]
         return [f"{it} lid = {self.LID};", *loop,
                 *("  " + ln for ln in head),
                 f"  {acc_t} acc = {ident};",
@@ -528,10 +568,6 @@ class CRenderer:
                 *main,
                 f"  for (; r < {end}; r += {wg}) {{",
                 *("    " + ln for ln in fold), "  }",
-                "  sh[lid] = acc;",
-                f"  {self.BARRIER}",
-                f"  for ({it} s = {wg // 2}; s > 0; s >>= 1) {{",
-                f"    if (lid < s) sh[lid] = {merged};",
-                f"    {self.BARRIER}", "  }",
+                *("  " + ln for ln in tree),
                 *finish,
                 f"  {self.BARRIER}", "}"]

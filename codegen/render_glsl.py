@@ -5,12 +5,14 @@ extracted from their word with shifts, and written with ``atomicAnd``/``atomicOr
 work items writing neighbours in one word never lose each other's bits. Narrow integers compute in
 32 bits and are wrapped back into their range after every operation. 64-bit integers are left to the
 numpy executor (``SUPPORTED``). Element offsets of the buffers' views and the output size arrive as
-push constants, so one shader serves every view of the same layout.
+push constants, so one shader serves every view of the same layout. Where the device has subgroup
+arithmetic (GL_KHR_shader_subgroup_arithmetic, SPIR-V 1.3), reductions combine a workgroup's results
+with subgroup operations (``render(..., subgroups=True)``; ``render_c.subgroup_tree``).
 """
 from __future__ import annotations
 
 from .ir import Cast, Kernel, Load, Op, walk
-from .render_c import HALF_HELPERS, CRenderer, bits, unsigned
+from .render_c import FLOATS, HALF_HELPERS, CRenderer, bits, unsigned
 
 SUPPORTED = frozenset({"bool", "uint8", "uint16", "uint32", "int8", "int16", "int32", "float16", "float32",
                        "bfloat16"})
@@ -38,6 +40,33 @@ uint mx_f2u32(float x) {
   return uint(t - 4294967296.0 * floor(t / 4294967296.0));
 }
 """
+
+
+# What the subgroup form of a workgroup's reduction needs (render_c.subgroup_tree).
+SUBGROUP_EXTENSIONS = ("#extension GL_KHR_shader_subgroup_basic : require\n"
+                       "#extension GL_KHR_shader_subgroup_vote : require\n"
+                       "#extension GL_KHR_shader_subgroup_arithmetic : require\n")
+SUBGROUP = {"id": "int(gl_SubgroupID)", "lane": "int(gl_SubgroupInvocationID)", "count": "int(gl_NumSubgroups)",
+            "size": "int(gl_SubgroupSize)", "first": "gl_SubgroupID == 0u && gl_SubgroupInvocationID == 0u"}
+_SUBGROUP_OPS = {"sum": "subgroupAdd", "prod": "subgroupMul", "max": "subgroupMax", "min": "subgroupMin"}
+_SUBGROUP_BOOL = {"sum": "subgroupOr", "max": "subgroupOr", "prod": "subgroupAnd", "min": "subgroupAnd"}
+
+
+def subgroup_reduce(op: str, dtype: str, x: str) -> str:
+    """The subgroup-wide ``op`` of ``x``, a value of ``dtype``'s compute type. The hardware's float
+    max/min may drop NaN, so a NaN anywhere in the subgroup wins explicitly (numpy's rule)."""
+    if dtype == "bool":
+        return f"{_SUBGROUP_BOOL[op]}({x})"
+    expr = f"{_SUBGROUP_OPS[op]}({x})"
+    if dtype in FLOATS and op in ("max", "min"):
+        expr = f"(subgroupAny(isnan({x})) ? uintBitsToFloat(0x7FC00000u) : {expr})"
+    return expr
+
+
+def with_extensions(source: str, extensions: str) -> str:
+    """``source`` (which starts with its ``#version`` line) with ``extensions`` right after that line."""
+    first, rest = source.split("\n", 1)
+    return first + "\n" + extensions + rest
 
 
 def supported(kernel: Kernel) -> bool:
@@ -137,10 +166,15 @@ class GLSLRenderer(CRenderer):
             push = self.offsets_from_push()
         lines = header + [f"shared {acc_t} sh[{wg}];", "void main() {", *push,
                           *("  " + ln for ln in self.reduce_body(stage)), "}"]
-        return PRELUDE + "\n" + "\n".join(lines) + "\n"
+        prelude = with_extensions(PRELUDE, SUBGROUP_EXTENSIONS) if self.subgroups else PRELUDE
+        return prelude + "\n" + "\n".join(lines) + "\n"
 
     LID, GID, NGROUPS = "int(gl_LocalInvocationID.x)", "int(gl_WorkGroupID.x)", "int(gl_NumWorkGroups.x)"
     BARRIER = "barrier();"
+    SUBGROUP = SUBGROUP
+
+    def subgroup_reduce(self, op: str, dtype: str, x: str) -> str:
+        return subgroup_reduce(op, dtype, x)
 
     def partial_store(self, index: str, value: str) -> str:
         dtype = self.k.store.value.dtype
@@ -154,9 +188,11 @@ class GLSLRenderer(CRenderer):
         return {"float": f"uintBitsToFloat({word})", "bool": f"({word} != 0u)", "int": f"int({word})"}.get(ct, word)
 
 
-def render(kernel: Kernel, workgroup: int = 64, stage: str | None = None) -> str:
+def render(kernel: Kernel, workgroup: int = 64, stage: str | None = None, subgroups: bool = False) -> str:
     """A GLSL compute shader for ``kernel``; a reduction's ``stage`` ("partial", "combine") renders
-    one stage of its two-stage form (``CRenderer.reduce_body``), with ``parts`` as a push constant."""
+    one stage of its two-stage form (``CRenderer.reduce_body``), with ``parts`` as a push constant.
+    ``subgroups``: the device has subgroup arithmetic, which then combines a workgroup's results."""
     r = GLSLRenderer(kernel)
     r.workgroup = workgroup
+    r.subgroups = subgroups
     return r.render(stage)

@@ -2,12 +2,16 @@
 
 The kernel's arguments are the buffers in buffer order (``__global`` pointers to their storage type),
 then one ``long`` element offset per buffer, then the number of output elements. Elementwise kernels
-take any global size (a grid-stride loop); reductions run ``workgroup`` work items per group.
+take any global size (a grid-stride loop); reductions run ``workgroup`` work items per group. Where the
+device has subgroups (cl_khr_subgroups, OpenCL C 2.0, or OpenCL C 3.0's ``__opencl_c_subgroups``:
+``subgroup_std``), sums, maxima and minima of 32- and 64-bit integers and floats combine a workgroup's
+results with ``sub_group_reduce_*`` (``render(..., subgroups=True)``; ``render_c.subgroup_tree``); such
+sources enable cl_khr_subgroups and build with the OpenCL C version ``subgroup_std`` names.
 """
 from __future__ import annotations
 
 from .ir import Kernel
-from .render_c import HALF_HELPERS, CRenderer, combine_name
+from .render_c import FLOATS, HALF_HELPERS, CRenderer, combine_name
 
 _CTYPE = {"bool": "bool", "uint8": "uchar", "int8": "char", "uint16": "ushort", "int16": "short",
           "uint32": "uint", "int32": "int", "uint64": "ulong", "int64": "long", "float16": "float",
@@ -24,6 +28,38 @@ PRELUDE = """#define F2U(x) as_uint(x)
 #define TO_U(x) convert_uint(x)
 #define TO_F(x) convert_float(x)
 """ + HALF_HELPERS
+
+
+SUBGROUP_PRAGMA = "#pragma OPENCL EXTENSION cl_khr_subgroups : enable\n"
+SUBGROUP = {"id": "(long)get_sub_group_id()", "lane": "(long)get_sub_group_local_id()",
+            "count": "(long)get_num_sub_groups()", "size": "(long)get_max_sub_group_size()",
+            "first": "get_sub_group_id() == 0 && get_sub_group_local_id() == 0"}
+_SUBGROUP_OPS = {"sum": "sub_group_reduce_add", "max": "sub_group_reduce_max", "min": "sub_group_reduce_min"}
+
+
+def subgroup_reduce(op: str, dtype: str, x: str) -> str | None:
+    """The subgroup-wide ``op`` of ``x`` (``dtype``'s compute type), or None where OpenCL has none (products,
+    bools, 8- and 16-bit integers). A NaN anywhere in the subgroup wins a float max/min explicitly."""
+    if op not in _SUBGROUP_OPS or _CTYPE[dtype] not in ("int", "uint", "long", "ulong", "float"):
+        return None
+    expr = f"{_SUBGROUP_OPS[op]}({x})"
+    if dtype in FLOATS and op in ("max", "min"):
+        expr = f"(sub_group_any(isnan({x})) ? NAN : {expr})"
+    return expr
+
+
+def subgroup_std(extensions: str, c_version: str, c_features=()) -> str | None:
+    """The ``-cl-std`` value under which a device with these extensions, OpenCL C version string
+    (``"OpenCL C 2.0 ..."``) and OpenCL C feature names compiles ``sub_group_*`` calls, or None."""
+    try:
+        major, minor = (int(v) for v in c_version.split()[2].split(".")[:2])
+    except (IndexError, ValueError):
+        return None
+    if major >= 3 and "__opencl_c_subgroups" in c_features:
+        return "CL3.0"
+    if (major, minor) >= (2, 0) and "cl_khr_subgroups" in extensions.split():
+        return "CL2.0"
+    return None
 
 
 class OpenCLRenderer(CRenderer):
@@ -58,6 +94,10 @@ class OpenCLRenderer(CRenderer):
 
     LID, GID, NGROUPS = "(long)get_local_id(0)", "(long)get_group_id(0)", "(long)get_num_groups(0)"
     BARRIER = "barrier(CLK_LOCAL_MEM_FENCE);"
+    SUBGROUP = SUBGROUP
+
+    def subgroup_reduce(self, op: str, dtype: str, x: str) -> str | None:
+        return subgroup_reduce(op, dtype, x)
 
     def partial_type(self) -> str:
         """The storage type of a reduction's partial results (its accumulator's type)."""
@@ -94,13 +134,15 @@ class OpenCLRenderer(CRenderer):
         lines = [f"__kernel __attribute__((reqd_work_group_size({wg}, 1, 1))) " + sig + " {",
                  f"  __local {shared_t} sh[{wg}];",
                  *("  " + ln for ln in body), "}"]
-        return PRELUDE + "\n" + "\n".join(lines) + "\n"
+        uses_subgroups = self.subgroups and self.subgroup_reduce(k.reduce_op, dtype, "acc") is not None
+        return (SUBGROUP_PRAGMA if uses_subgroups else "") + PRELUDE + "\n" + "\n".join(lines) + "\n"
 
 
-def render(kernel: Kernel, workgroup: int = 64, stage: str | None = None) -> str:
+def render(kernel: Kernel, workgroup: int = 64, stage: str | None = None, subgroups: bool = False) -> str:
     """OpenCL C for ``kernel``; a reduction's ``stage`` ("partial", "combine") renders one stage of
     its two-stage form (``CRenderer.reduce_body``): kernels ``<name>_partial`` and
-    ``render_c.combine_name(kernel)``."""
+    ``render_c.combine_name(kernel)``. ``subgroups``: the device has subgroups (``subgroup_std``)."""
     r = OpenCLRenderer(kernel)
     r.workgroup = workgroup
+    r.subgroups = subgroups
     return r.render(stage)

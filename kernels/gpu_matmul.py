@@ -14,6 +14,9 @@ loads walk whichever of an operand's axes is contiguous. C is contiguous, batch 
 Arguments: C, A, B, then ``M, N, K, oc, oa, sab, sam, sak, ob, sbb, sbk, sbn`` (32-bit integers:
 ``int`` kernel arguments in OpenCL, push constants in GLSL; 64-bit index arithmetic costs GPUs dearly). The grid is ``(ceil(N / BN), ceil(M / BM), batch)``
 workgroups of ``TX * TY`` work items (OpenCL: global size ``(groups_x * TX * TY, groups_y, batch)``).
+
+float16 matmuls on a Vulkan device with float16 cooperative matrices (VK_KHR_cooperative_matrix) run on
+them instead (``coop_glsl``, below): same arguments, same grid shape, the same single rounding.
 """
 from __future__ import annotations
 
@@ -209,3 +212,198 @@ def glsl(t: Tiling, a_rows: bool, b_rows: bool, dtype: str = "float32") -> str:
         "void main() {",
         *("  " + ln for ln in body),
         "}", ""])
+
+
+# --- float16 matmul on cooperative matrices (Vulkan, GL_KHR_cooperative_matrix) -------------------------
+#
+# A workgroup of ``subgroups`` subgroups computes a ``BM x BN`` tile of C; each subgroup owns a ``WM x WN``
+# part of it as ``(WM / SM) x (WN / SN)`` float32 accumulator matrices of the device's shape
+# ``SM x SN x SK``. Per step of ``BK`` along K the workgroup stages a ``BM x BK`` panel of A and a
+# ``BK x BN`` panel of B as float16 in shared memory (rows padded by 8 halves: 16-byte aligned rows, fewer
+# bank conflicts); while the subgroups multiply the staged panels, every work item already holds the next
+# step's share of the panels in registers. Loads past M, N or K read zero and stores past M or N are
+# skipped, so any sizes work. The ``vec`` variant reads the operands 8 halves at a time and needs
+# row-major operands whose rows, offsets and batch strides are multiples of 8 elements (and K, N too);
+# the other variant reads one element at a time through any strides, like the tiled template. Each
+# accumulator goes through shared memory once more on its way out so that every C element is rounded to
+# float16 by the same round-to-nearest-even helper as everywhere else. Same arguments and grid as the
+# tiled template (``ARGS``).
+
+@dataclass(frozen=True)
+class CoopTiling:
+    bm: int
+    bn: int
+    bk: int
+    wm: int  # rows of C per subgroup
+    wn: int  # columns of C per subgroup
+    sm: int = 16  # the device's cooperative-matrix shape (M x N x K)
+    sn: int = 16
+    sk: int = 16
+    subgroup: int = 32  # work items per subgroup
+
+    @property
+    def subgroups(self) -> int:
+        return (self.bm // self.wm) * (self.bn // self.wn)
+
+    @property
+    def threads(self) -> int:
+        return self.subgroups * self.subgroup
+
+    @property
+    def shared_bytes(self) -> int:
+        return 2 * (self.bm * (self.bk + 8) + self.bk * (self.bn + 8)) + 4 * self.subgroups * self.sm * self.sn
+
+
+def coop_tiling(shape, subgroup: int, max_threads: int, shared_bytes: int) -> CoopTiling | None:
+    """The cooperative-matrix tiling for a device whose float16 shape is ``shape`` (``(M, N, K)``, or
+    None: the device has none), or None where its limits refuse every candidate."""
+    if shape is None or subgroup <= 0:
+        return None
+    sm, sn, sk = shape
+    # On an H100, 128 x 256 tiles of 8 subgroups (64 x 64 each) ran fastest of the candidates tried
+    # (larger K steps, other shapes, vectors of halves in shared memory: benchmarks/gpu.py's
+    # matmul_big_f16); the smaller tiles are for devices with less shared memory.
+    for bm, bn, bk, wm, wn in ((128, 256, 32, 64, 64), (128, 128, 32, 64, 32), (64, 64, 32, 32, 32)):
+        t = CoopTiling(bm, bn, bk, wm, wn, sm, sn, sk, subgroup)
+        if (wm % sm or wn % sn or bk % sk or bm % wm or bn % wn or t.threads > max_threads
+                or t.shared_bytes > shared_bytes or (bm * bk // 8) % t.threads or (bk * bn // 8) % t.threads):
+            continue
+        return t
+    return None
+
+
+def coop_name(t: CoopTiling, vec: bool, a_rows: bool, b_rows: bool) -> str:
+    layout = "vec" if vec else f"{'ak' if a_rows else 'am'}{'bn' if b_rows else 'bk'}"
+    return f"gemm_f16_coop_{t.bm}x{t.bn}x{t.bk}_{t.wm}x{t.wn}_{t.sm}x{t.sn}x{t.sk}_s{t.subgroup}_{layout}"
+
+
+def coop_vec_ok(k: int, n: int, oa: int, sa: list, ob: int, sb: list) -> bool:
+    """Whether the ``vec`` variant can read these operands (strides: batch, row, column elements)."""
+    return (sa[2] == 1 and sb[2] == 1 and k % 8 == 0 and n % 8 == 0
+            and all(v % 8 == 0 for v in (oa, sa[0], sa[1], ob, sb[0], sb[1])))
+
+
+def coop_glsl(t: CoopTiling, vec: bool, a_rows: bool = True, b_rows: bool = True) -> str:
+    bm, bn, bk = t.bm, t.bn, t.bk
+    lda, ldb = bk + 8, bn + 8
+    tm, tn = t.wm // t.sm, t.wn // t.sn
+    warps_n = bn // t.wn
+    threads = t.threads
+    a_mat = f"coopmat<float16_t, gl_ScopeSubgroup, {t.sm}, {t.sk}, gl_MatrixUseA>"
+    b_mat = f"coopmat<float16_t, gl_ScopeSubgroup, {t.sk}, {t.sn}, gl_MatrixUseB>"
+    c_mat = f"coopmat<float, gl_ScopeSubgroup, {t.sm}, {t.sn}, gl_MatrixUseAccumulator>"
+    extensions = "".join(f"#extension {e} : require\n" for e in (
+        "GL_KHR_cooperative_matrix", "GL_KHR_memory_scope_semantics",
+        "GL_EXT_shader_explicit_arithmetic_types_float16", "GL_KHR_shader_subgroup_basic"))
+    head = render_glsl.PRELUDE.replace("#version 450\n", "#version 450\n" + extensions, 1)
+    bufs = ["buffer BC { uint c_[]; };", "readonly buffer BA { uint a_[]; };", "readonly buffer BB { uint b_[]; };"]
+    # The vec variant reads the same buffers 16 bytes at a time.
+    bufs_vec = [(1, "readonly buffer BA4 { uvec4 a4[]; };"), (2, "readonly buffer BB4 { uvec4 b4[]; };")] if vec else []
+    na, nb = bm * bk // (8 if vec else 1) // threads, bk * bn // (8 if vec else 1) // threads
+    lines = [
+        head,
+        f"layout(local_size_x = {threads}) in;",
+        *(f"layout(std430, set = 0, binding = {i}) {b}" for i, b in enumerate(bufs)),
+        *(f"layout(std430, set = 0, binding = {i}) {b}" for i, b in bufs_vec),
+        f"layout(push_constant) uniform Push {{ {' '.join(f'int p_{a};' for a in ARGS)} }} pc;",
+        *(f"#define {a} pc.p_{a}" for a in ARGS),
+        "#define HALF(p, i) unpackFloat2x16((p[(i) >> 1]) >> (((i) & 1) * 16)).x",
+        "#define STORE_HALF(i, v) { int w_ = (i) >> 1; uint s_ = uint((i) & 1) * 16u; "
+        "atomicAnd(c_[w_], ~(0xFFFFu << s_)); atomicOr(c_[w_], (mx_f32_to_f16(v) & 0xFFFFu) << s_); }",
+        "#define STORE_PAIR(i, v0, v1, two) { if (((i) & 1) == 0 && (two)) "
+        "c_[(i) >> 1] = (mx_f32_to_f16(v0) & 0xFFFFu) | ((mx_f32_to_f16(v1) & 0xFFFFu) << 16); "
+        "else { STORE_HALF(i, v0); if (two) STORE_HALF((i) + 1, v1); } }",
+        f"shared float16_t As[{bm * lda}];",
+        f"shared float16_t Bs[{bk * ldb}];",
+        f"shared float Cs[{t.subgroups * t.sm * t.sn}];",
+        "void main() {",
+        "  int tid = int(gl_LocalInvocationID.x);",
+        "  int warp = int(gl_SubgroupID);",
+        "  int lane = int(gl_SubgroupInvocationID);",
+        f"  int wr = (warp / {warps_n}) * {t.wm};",
+        f"  int wc = (warp % {warps_n}) * {t.wn};",
+        f"  int row0 = int(gl_WorkGroupID.y) * {bm};",
+        f"  int col0 = int(gl_WorkGroupID.x) * {bn};",
+        "  int z = int(gl_WorkGroupID.z);",
+        "  int abase = oa + z * sab;",
+        "  int bbase = ob + z * sbb;",
+    ]
+    # Every loop over accumulators, fragments and staged shares is unrolled here: with constant
+    # indices (separate variables) the compiler keeps them in registers.
+    lines += [f"  {c_mat} acc{i}_{j} = {c_mat}(0.0);" for i in range(tm) for j in range(tn)]
+
+    fetch, put = [], []
+    if vec:
+        lines += [f"  uvec4 ra{u};" for u in range(na)] + [f"  uvec4 rb{u};" for u in range(nb)]
+        for u in range(na):
+            rc = f"int r = {u * threads // (bk // 8)} + tid / {bk // 8}; int c = (tid % {bk // 8}) * 8;" \
+                if threads % (bk // 8) == 0 else None
+            assert rc is not None
+            fetch.append(f"{{ {rc} int gr = row0 + r; int gk = k0 + c; "
+                         f"ra{u} = (gr < M && gk < K) ? a4[(abase + gr * sam + gk) >> 3] : uvec4(0u); }}")
+            put.append(_put_vec(f"ra{u}", "As", rc, lda))
+        for u in range(nb):
+            rc = f"int r = {u * threads // (bn // 8)} + tid / {bn // 8}; int c = (tid % {bn // 8}) * 8;"
+            assert threads % (bn // 8) == 0
+            fetch.append(f"{{ {rc} int gk = k0 + r; int gc = col0 + c; "
+                         f"rb{u} = (gk < K && gc < N) ? b4[(bbase + gk * sbk + gc) >> 3] : uvec4(0u); }}")
+            put.append(_put_vec(f"rb{u}", "Bs", rc, ldb))
+    else:
+        # Consecutive work items walk the operand's contiguous axis (as in the tiled template).
+        lines += [f"  float16_t ra{u};" for u in range(na)] + [f"  float16_t rb{u};" for u in range(nb)]
+        for u in range(na):
+            i = f"(tid + {u * threads})"
+            rc = f"int r = {i} / {bk}; int c = {i} % {bk};" if a_rows else f"int c = {i} / {bm}; int r = {i} % {bm};"
+            fetch.append(f"{{ {rc} int gr = row0 + r; int gk = k0 + c; "
+                         f"ra{u} = (gr < M && gk < K) ? HALF(a_, abase + gr * sam + gk * sak) : float16_t(0.0); }}")
+            put.append(f"{{ {rc} As[r * {lda} + c] = ra{u}; }}")
+        for u in range(nb):
+            i = f"(tid + {u * threads})"
+            rc = f"int r = {i} / {bn}; int c = {i} % {bn};" if b_rows else f"int c = {i} / {bk}; int r = {i} % {bk};"
+            fetch.append(f"{{ {rc} int gk = k0 + r; int gc = col0 + c; "
+                         f"rb{u} = (gk < K && gc < N) ? HALF(b_, bbase + gk * sbk + gc * sbn) : float16_t(0.0); }}")
+            put.append(f"{{ {rc} Bs[r * {ldb} + c] = rb{u}; }}")
+    mma = []
+    for kk in range(0, bk, t.sk):
+        for i in range(tm):
+            mma.append(f"coopMatLoad(fa{i}, As, uint((wr + {i * t.sm}) * {lda} + {kk}), {lda}u, "
+                       "gl_CooperativeMatrixLayoutRowMajor);")
+        for j in range(tn):
+            mma.append(f"coopMatLoad(fb{j}, Bs, uint({kk * ldb} + wc + {j * t.sn}), {ldb}u, "
+                       "gl_CooperativeMatrixLayoutRowMajor);")
+        for i in range(tm):
+            for j in range(tn):
+                mma.append(f"acc{i}_{j} = coopMatMulAdd(fa{i}, fb{j}, acc{i}_{j});")
+    lines += [*(f"  {a_mat} fa{i};" for i in range(tm)), *(f"  {b_mat} fb{j};" for j in range(tn)),
+              "  int k0 = 0;", *("  " + ln for ln in fetch), *("  " + ln for ln in put), "  barrier();",
+              f"  for (k0 = {bk}; k0 - {bk} < K; k0 += {bk}) {{",
+              "    if (k0 < K) {", *("      " + ln for ln in fetch), "    }",
+              *("    " + ln for ln in mma),
+              "    barrier();",
+              "    if (k0 < K) {", *("      " + ln for ln in put), "    }",
+              "    barrier();",
+              "  }"]
+    # The way out: each accumulator into this subgroup's corner of Cs, then pairs of neighbouring
+    # columns rounded to float16 and written a 32-bit word at a time where the pair owns the word.
+    per_lane = max(1, t.sm * t.sn // 2 // t.subgroup)
+    lines += ["  int cbase = oc + z * M * N;", f"  int stage = warp * {t.sm * t.sn};"]
+    for i in range(tm):
+        for j in range(tn):
+            lines += [f"  coopMatStore(acc{i}_{j}, Cs, uint(stage), {t.sn}u, gl_CooperativeMatrixLayoutRowMajor);",
+                      "  subgroupBarrier();",
+                      f"  for (int p = 0; p < {per_lane}; p++) {{",
+                      f"    int e = (lane + p * {t.subgroup}) * 2;",
+                      f"    int r = row0 + wr + {i * t.sm} + e / {t.sn};",
+                      f"    int c = col0 + wc + {j * t.sn} + e % {t.sn};",
+                      f"    if (e < {t.sm * t.sn} && r < M && c < N) "
+                      "STORE_PAIR(cbase + r * N + c, Cs[stage + e], Cs[stage + e + 1], c + 1 < N);",
+                      "  }",
+                      "  subgroupBarrier();"]
+    return "\n".join(lines + ["}", ""])
+
+
+def _put_vec(reg: str, arr: str, rc: str, ld: int) -> str:
+    """A statement writing the 8 halves of ``reg`` (a uvec4) to (r, c..c+7) of a panel of row length ``ld``."""
+    return (f"{{ {rc} int h_ = r * {ld} + c; " +
+            " ".join(f"f16vec2 p{q}_ = unpackFloat2x16({reg}[{q}]); {arr}[h_ + {2 * q}] = p{q}_.x; "
+                     f"{arr}[h_ + {2 * q + 1}] = p{q}_.y;" for q in range(4)) + " }")

@@ -11,8 +11,10 @@ submitted once, and outputs are downloaded when the eval ends or before a numpy 
 
 A reduction into few outputs runs in two stages (``reduction_parts``): many workgroups per output
 write partial results, a second kernel combines them. Matmul, softmax/rms_norm/layer_norm over the
-last axis and affine quantized matvec, which fusion cannot make fast, run as kernel templates
-(``kernels.gpu_matmul``, ``gpu_rows``, ``gpu_qmv``) through the runtime's ``template`` launch.
+last axis, affine quantized matvec, rope, attention and the KV cache's slice_update, which fusion
+cannot make fast, run as kernel templates (``kernels.gpu_matmul``, ``gpu_rows``, ``gpu_qmv``,
+``gpu_attention``, ``gpu_update``) through the runtime's ``template`` launch. Views (reshape,
+transpose, ...) of buffers still on the device stay views, read by kernels through the same buffer.
 
 Nodes and kernels the runtime cannot run (a dtype it lacks, a primitive no kernel covers) run on the
 numpy executor: their inputs are downloaded first, their outputs uploaded lazily when a kernel reads them.
@@ -28,12 +30,13 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..codegen import fuse, ir, lower, rows, schedule
 from ..core.device import memory
-from ..kernels import gpu_matmul, gpu_qmv, gpu_rows
+from ..kernels import gpu_attention, gpu_matmul, gpu_qmv, gpu_rows, gpu_update
 from .numpy_executor import NumpyExecutor
 
 
 # Primitives a kernel template (``kernels.gpu_*``) may run.
-_TEMPLATES = frozenset({"matmul", "quantized_matmul", *rows.OPS})
+_TEMPLATES = frozenset({"matmul", "quantized_matmul", *rows.OPS, *lower.VIEWS, "rope",
+                        "scaled_dot_product_attention", "dynamic_slice_update"})
 # What the C-style renderers cover: the portable ops and reductions, and all/any (min/max over bools).
 CAPS = (lower.PORTABLE[0] | {"all", "any"}, lower.PORTABLE[1])
 
@@ -101,6 +104,10 @@ class Resident:
         weakref.finalize(root, self._drop, key)
         if host_stale:
             self.stale[key] = (weakref.ref(root), buf)
+
+    def written(self, root, buf) -> None:
+        """A kernel wrote ``root``'s device buffer ``buf`` in place: its host copy is stale."""
+        self.stale[id(root)] = (weakref.ref(root), buf)
 
     def _drop(self, key) -> None:
         buf = self.buffers.pop(key, None)
@@ -213,7 +220,9 @@ class GPUExecutor:
     def run_template(self, node, debug: int) -> bool:
         """Record ``node`` as a hand-written kernel (``kernels.gpu_*``) when one covers it: matmul
         (float32, float16, bfloat16), float32 softmax/rms_norm/layer_norm over the last axis, affine
-        quantized matvec."""
+        quantized matvec, rope and attention (float32, float16), slice_update at array positions
+        (1-, 2- or 4-byte elements); a movement primitive numpy makes as a view becomes that view, with no
+        download."""
         name = node._prim.name if node._prim is not None else None
         if name not in _TEMPLATES:
             return False
@@ -227,6 +236,14 @@ class GPUExecutor:
             return self.run_rows(node, debug)
         if name == "quantized_matmul":
             return self.run_qmv(node, debug)
+        if name in lower.VIEWS:
+            return self.run_view(node, debug)
+        if name == "rope":
+            return self.run_rope(node, debug)
+        if name == "scaled_dot_product_attention":
+            return self.run_sdpa(node, debug)
+        if name == "dynamic_slice_update":
+            return self.run_slice_update(node, debug)
         return False
 
     def template_output(self, node, label: str, debug: int):
@@ -263,7 +280,9 @@ class GPUExecutor:
         inner = batch[-1] if batch else 1
         if inner > self.rt.max_batch:
             return False
-        out, out_buf = self.template_output(node, f"gemm_{dtype} {node._shape}", debug)
+        # float16 on cooperative matrices where the Vulkan device has them (kernels.gpu_matmul.coop_glsl).
+        coop = getattr(self.rt, "coop_tiling", None) if dtype == "float16" else None
+        out, out_buf = self.template_output(node, f"gemm_{dtype}{' coopmat' if coop else ''} {node._shape}", debug)
         if out_buf is not None:
             for idx, at in _outer_batches(batch, m * n * inner):
                 a3 = ad[idx] if batch else ad[None]
@@ -273,6 +292,13 @@ class GPUExecutor:
                 sb = [st // b3.itemsize for st in b3.strides]
                 k = a3.shape[-1]
                 a_rows, b_rows = abs(sa[2]) == 1 or k == 1, abs(sb[2]) == 1 or n == 1
+                if coop:
+                    vec = gpu_matmul.coop_vec_ok(k, n, aoff, sa, boff, sb)
+                    self.rt.template(gpu_matmul.coop_name(coop, vec, a_rows, b_rows),
+                                     lambda dialect: gpu_matmul.coop_glsl(coop, vec, a_rows, b_rows),
+                                     [out_buf, abuf, bbuf], (-(-n // coop.bn), -(-m // coop.bm), inner), coop.threads,
+                                     [m, n, k, at, aoff, *sa, boff, *sb], debug)
+                    continue
                 self.rt.template(gpu_matmul.name(t, a_rows, b_rows, dtype),
                                  lambda dialect: gpu_matmul.source(dialect, t, a_rows, b_rows, dtype),
                                  [out_buf, abuf, bbuf], (-(-n // t.bn), -(-m // t.bm), inner), t.threads,
@@ -301,8 +327,9 @@ class GPUExecutor:
                 else:
                     args += [0, 0]
             eps_bits = int(np.array(rk.eps, np.float32).view(np.uint32))
-            self.rt.template(gpu_rows.name(rk.op, rk.weight, rk.bias, threads),
-                             lambda dialect: gpu_rows.source(dialect, rk.op, rk.weight, rk.bias, threads),
+            sg = getattr(self.rt, "subgroups", False)
+            self.rt.template(gpu_rows.name(rk.op, rk.weight, rk.bias, threads, sg),
+                             lambda dialect: gpu_rows.source(dialect, rk.op, rk.weight, rk.bias, threads, sg),
                              bufs, (min(x.shape[0], self.rt.max_groups), 1, 1), threads,
                              [x.shape[0], rk.n, xoff, x.strides[0] // 4, x.strides[1] // 4, *args, eps_bits], debug)
         return self.realized(node, out)
@@ -334,6 +361,150 @@ class GPUExecutor:
                              args, debug)
         return self.realized(node, out)
 
+    def run_view(self, node, debug: int) -> bool:
+        """A movement primitive whose reference makes a numpy view: the view of a host buffer whose
+        contents may still be on the device (kernels read it through the same device buffer), so no
+        download. A reference that had to copy ran on stale data: the numpy step redoes it."""
+        if node._prim.compute or len(node._inputs) != 1:
+            return False
+        src = node._inputs[0]._data
+        out = node._prim.ref(node._params, src)
+        if root_of(out) is not root_of(src):
+            return False
+        self.last_plan.append(("view", node._prim.name))
+        if debug:
+            print(f"[mlxarm] {self.name} view {node._prim.name} {node._shape}", file=sys.stderr)
+        node._data = out
+        node._inputs = ()
+        node._params = None
+        return True
+
+    def run_rope(self, node, debug: int) -> bool:
+        p = node._params
+        dtype = node._dtype.name
+        x, off = node._inputs[0]._data, node._inputs[1]._data
+        if dtype not in gpu_attention.DTYPES or off.dtype.kind not in "iu" or off.itemsize not in (4, 8):
+            return False
+        B, L, D = x.shape[0], x.shape[-2], x.shape[-1]
+        M = int(np.prod(x.shape[1:-2], dtype=np.int64))
+        xv = x.reshape(B, M, L, D)
+        if root_of(xv) is not root_of(x):
+            return False
+        freqs = node._inputs[2]._data if p["freqs"] else _inv_freq(p["base"], p["dims"])
+        threads = self.rt.workgroup
+        per = 1 if dtype == "float32" else 2
+        # One offset on the host is an argument; offsets per batch element, or computed on the device,
+        # are read from their buffer.
+        offsets = off.size != 1 or id(root_of(off)) in self.resident.stale \
+            or not -2 ** 31 <= int(off.reshape(-1)[0]) < 2 ** 31
+        out, out_buf = self.template_output(node, f"rope_{dtype} {node._shape}", debug)
+        if out_buf is not None:
+            (xbuf, xoff), (fbuf, foff) = self.device_view(xv), self.device_view(freqs)
+            bufs = [out_buf, xbuf, fbuf]
+            if offsets:
+                obuf, ooff = self.device_view(off)
+                bufs.insert(2, obuf)
+                words = off.itemsize // 4  # an int64 offset is read by its low word
+                o_args = [ooff * words, off.strides[0] // 4 if off.ndim == 1 and off.size > 1 else 0]
+            else:
+                o_args = [int(off.reshape(-1)[0]), 0]
+            scale_bits = int(np.array(p["scale"], np.float32).view(np.int32))
+            args = [out.size, D, p["dims"], L, M, xoff, *(st // x.itemsize for st in xv.strides), *o_args, foff,
+                    scale_bits]
+            groups = min(-(-out.size // (per * threads)), self.rt.max_groups)
+            self.rt.template(gpu_attention.rope_name(p["traditional"], p["freqs"], offsets, dtype, threads),
+                             lambda dialect: gpu_attention.rope_source(dialect, p["traditional"], p["freqs"],
+                                                                      offsets, dtype, threads),
+                             bufs, (groups, 1, 1), threads, args, debug)
+        return self.realized(node, out)
+
+    def run_sdpa(self, node, debug: int) -> bool:
+        p = node._params
+        dtype = node._dtype.name
+        if p["sinks"] or dtype not in gpu_attention.DTYPES:
+            return False
+        q, k, v = (i._data for i in node._inputs[:3])
+        mask = p["mask"] or "none"
+        if mask == "array":
+            m = node._inputs[3]._data
+            mask = "bool" if m.dtype == np.bool_ else "float" if m.dtype == q.dtype else None
+            if mask is None:
+                return False
+        B, Hq, L, D = q.shape
+        S, Dv = k.shape[2], v.shape[3]
+        cap = gpu_attention.head_capacity(D, Dv)
+        if cap > 1024 or not (q.dtype == k.dtype == v.dtype == node._dtype.np_storage):
+            return False
+        threads = self.rt.workgroup
+        out, out_buf = self.template_output(node, f"sdpa_{mask}_{dtype} {node._shape} keys {S}", debug)
+        if out_buf is not None:
+            arrays = [q, k, v] + ([node._inputs[3]._data] if mask in ("bool", "float") else [])
+            views = [self.device_view(a) for a in arrays]
+            args = [Hq // k.shape[1], L, S, D, Dv, int(np.array(p["scale"], np.float32).view(np.int32))]
+            for (_, offset), a in zip(views, arrays):
+                args += [offset, *(st // a.itemsize for st in a.strides)]
+            args += [0] * (len(gpu_attention.SDPA_ARGS) - 2 - len(args))
+            rows = B * Hq * L
+            args += [Hq, rows]
+            self.rt.template(gpu_attention.sdpa_name(mask, cap, dtype, threads),
+                             lambda dialect: gpu_attention.sdpa_source(dialect, mask, cap, dtype, threads),
+                             [out_buf] + [b for b, _ in views], (min(rows, self.rt.max_groups), 1, 1), threads,
+                             args, debug)
+        return self.realized(node, out)
+
+    def run_slice_update(self, node, debug: int) -> bool:
+        """``dynamic_slice_update`` (a KV cache's write) written into the input's own device buffer
+        when nothing else can see it (as ``llvm.run_in_place`` decides, MLX's buffer donation), else
+        into a fresh output. The start indices are read on the host: they are the caller's position."""
+        x_node = node._inputs[0]
+        x, upd, start = (i._data for i in node._inputs)
+        size = x.itemsize
+        if 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or upd.itemsize != size \
+                or id(root_of(start)) in self.resident.stale:
+            return False
+        begin = _window_start(node._params["axes"], start, x.shape, upd.shape)
+        pad = (1,) * (gpu_update.RANK - x.ndim)
+        zeros = (0,) * (gpu_update.RANK - x.ndim)
+        u_shape = pad + upd.shape
+        u_strides = zeros + tuple(st // size for st in upd.strides)
+        begin = zeros + begin
+        # x is held by node._inputs, this frame and getrefcount's argument; its buffer by x, this
+        # frame and getrefcount's argument. One more of either is a user, another node or a view.
+        donate = sys.getrefcount(x_node) <= 3 and sys.getrefcount(x) <= 3 and x.base is None \
+            and x.flags.writeable and x.flags.c_contiguous
+        del x_node
+        if donate:
+            self.last_plan.append(("kernel", f"slice_update_into {node._shape}"))
+            if debug:
+                print(f"[mlxarm] {self.name} kernel slice_update_into {node._shape}", file=sys.stderr)
+            total = upd.size
+            if total:
+                (xbuf, _), (ubuf, uoff) = self.device_view(x), self.device_view(upd)
+                self.resident.written(x, xbuf)
+                self._launch_update("into", size, [xbuf, ubuf], u_shape, begin, u_shape, uoff, u_strides, 0,
+                                    (0,) * 4, zeros + tuple(st // size for st in x.strides), total, debug)
+                self.kernels_run += 1
+            node._data = x
+            node._inputs = ()
+            node._params = None
+            return True
+        out, out_buf = self.template_output(node, f"slice_update_copy {node._shape}", debug)
+        if out_buf is not None:
+            (xbuf, xoff), (ubuf, uoff) = self.device_view(x), self.device_view(upd)
+            self._launch_update("copy", size, [out_buf, xbuf, ubuf], pad + x.shape, begin, u_shape, uoff,
+                                u_strides, xoff, zeros + tuple(st // size for st in x.strides),
+                                zeros + tuple(st // size for st in out.strides), out.size, debug)
+        return self.realized(node, out)
+
+    def _launch_update(self, mode, size, bufs, space, begin, u_shape, uoff, u_strides, xoff, x_strides, o_strides,
+                       total, debug) -> None:
+        threads = self.rt.workgroup
+        bits = 8 * size
+        args = [*space, *begin, *u_shape, uoff, *u_strides, xoff, *x_strides, *o_strides, total]
+        self.rt.template(gpu_update.name(mode, bits, threads),
+                         lambda dialect: gpu_update.source(dialect, mode, bits, threads), bufs,
+                         (min(-(-total // threads), self.rt.max_groups), 1, 1), threads, args, debug)
+
     def run_numpy(self, nodes: list, debug: int) -> None:
         stale = self.resident.stale
         if stale and any(id(root_of(i._data)) in stale for n in nodes for i in n._inputs
@@ -354,6 +525,29 @@ def _rows_view(arr: np.ndarray, n: int):
         return arr.reshape(-1, max(n, 1))[:0] if n else None
     flat = arr.reshape(-1, n)
     return flat if np.shares_memory(flat, arr) else None
+
+
+_INV_FREQ: dict = {}
+
+
+def _inv_freq(base: float, dims: int) -> np.ndarray:
+    """Rope's ``base ** (-2i / dims)`` as the reference computes it (in float32), kept per (base, dims)
+    so that its device buffer is uploaded once."""
+    key = (base, dims)
+    arr = _INV_FREQ.get(key)
+    if arr is None:
+        arr = _INV_FREQ[key] = np.power(np.float32(base), -np.arange(dims // 2, dtype=np.float32) * 2 / dims)
+    return arr
+
+
+def _window_start(axes, start: np.ndarray, shape: tuple, sizes: tuple) -> tuple:
+    """The clamped start of ``dynamic_slice_update``'s window, per axis (its reference's rule: a
+    negative start counts from the end, and the window is moved inside the array)."""
+    begin = [0] * len(shape)
+    for ax, s in zip(axes, start.reshape(-1).tolist()):
+        s = s + shape[ax] if s < 0 else s
+        begin[ax] = min(max(s, 0), shape[ax] - sizes[ax])
+    return tuple(begin)
 
 
 def _outer_batches(batch: tuple, per_outer: int):

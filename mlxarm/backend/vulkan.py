@@ -7,6 +7,15 @@ ordered. Device buffers are 32-bit word tensors holding any dtype's bytes; they 
 across evals and go back to a pool (by size) when their host array dies, so repeated evals reuse both
 buffers and the pipelines bound to them.
 
+Unified memory: where the device's memory is the host's (an integrated GPU such as Mali or Adreno, or
+a CPU implementation such as lavapipe: ``VkPhysicalDeviceType`` INTEGRATED_GPU or CPU), tensors are
+host-visible (``kp.TensorTypes.host``, mapped for their whole life): an upload is a memcpy into the
+mapped tensor and a download a memcpy out of it, with no staging buffer and no transfer command (Kompute
+records nothing for such tensors in OpTensorSyncDevice/OpTensorSyncLocal). Elsewhere tensors are
+device-local with a mapped staging buffer, copied by those operations. ``MLXARM_UNIFIED=0`` keeps the
+staged path everywhere. Kompute records no host-read barrier for a host-visible tensor; the fence wait
+that ends each submit is what orders the kernels' writes before the host reads them.
+
 ``MLXARM_VK_VALIDATION=1`` enables the Khronos validation layer and raises on any message it reports.
 """
 from __future__ import annotations
@@ -14,7 +23,6 @@ from __future__ import annotations
 import collections
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -24,10 +32,15 @@ from .. import __version__
 from ..codegen import render_glsl
 from ..codegen.render_c import combine_name
 from ..kernels import gpu_matmul
+from . import vulkan_device
 from .cache import ObjectCache, default_dir
 from .gpu_common import GPUExecutor, reduction_parts
 
-_PIPELINES = 512  # pipelines kept bound to their buffers, least recently used dropped first
+# Pipelines kept bound to their buffers, least recently used dropped first. A replayed LLM decode step
+# dispatches about 500 kernels on buffers the pool hands out in a few rotating sets, so a real GPU keeps
+# enough for several steps; an emulated device (lavapipe) builds each pipeline as machine code in host
+# memory and keeps fewer.
+_PIPELINES, _PIPELINES_EMULATED = 4096, 512
 
 
 class VulkanValidationError(RuntimeError):
@@ -38,6 +51,10 @@ def _words(nbytes: int) -> int:
     return max(1, -(-nbytes // 4))
 
 
+# VkPhysicalDeviceType of devices whose memory is the host's: INTEGRATED_GPU, CPU.
+_HOST_MEMORY_DEVICES = (1, 4)
+
+
 class VulkanRuntime:
     def __init__(self, cache: ObjectCache | None = None, device: int = 0):
         self.validation_log = None
@@ -46,8 +63,20 @@ class VulkanRuntime:
         import kp
 
         self.kp = kp
-        self.manager = kp.Manager(device)
+        # What kp does not report (vulkan_device): subgroup operations, shared memory, cooperative
+        # matrices. MLXARM_SUBGROUPS=0 / MLXARM_COOPMAT=0 turn their use off.
+        self.caps = vulkan_device.query(device)
+        coop = self.caps.coop_f16() if os.environ.get("MLXARM_COOPMAT") != "0" else None
+        self.compiler = (coop and vulkan_device.glslang(coopmat=True)) or vulkan_device.glslang()
+        if coop and self.compiler != vulkan_device.glslang(coopmat=True):
+            coop = None  # no glslangValidator here knows GL_KHR_cooperative_matrix
+        self.manager = kp.Manager(device, [], list(vulkan_device.COOPMAT_EXTENSIONS) if coop else [])
         self.props = self.manager.get_device_properties()
+        self.coop_tiling = gpu_matmul.coop_tiling((coop.m, coop.n, coop.k) if coop else None, self.caps.subgroup_size,
+                                                  self.props["max_work_group_invocations"], self.caps.max_shared_bytes)
+        self.subgroups = self.caps.subgroup_arithmetic and os.environ.get("MLXARM_SUBGROUPS") != "0"
+        # SPIR-V 1.3 (subgroup operations, cooperative matrices) where the device has Vulkan 1.1.
+        self.spirv_target = "vulkan1.1" if self.caps.api_version >= (1, 1) else "vulkan1.0"
         self.workgroup = min(256, self.props["max_work_group_invocations"])
         if is_emulated(self.props["device_name"]):
             self.workgroup = 64
@@ -55,17 +84,21 @@ class VulkanRuntime:
         # About how many workgroups keep the device busy (what a two-stage reduction aims for).
         cpu = is_emulated(self.props["device_name"])
         self.parallel_groups = 64 if cpu else 4096
-        # kp does not report maxComputeSharedMemorySize: assume what desktop and phone GPUs offer
-        # (32 KiB or more; Vulkan's minimum is 16 KiB).
+        # Shared memory as the loader reports it (vulkan_device); where it could not be asked, what
+        # desktop and phone GPUs offer (32 KiB or more; Vulkan's minimum is 16 KiB).
         self.matmul_tiling = gpu_matmul.choose(self.props["max_work_group_invocations"],
-                                               16384 if cpu else 32768, cpu)
+                                               self.caps.max_shared_bytes or (16384 if cpu else 32768), cpu)
         self.max_batch = self.props["max_work_group_count"][2]
+        # Host-visible tensors where the device shares the host's memory (the loader's device type;
+        # a CPU implementation by its name where the loader could not be asked).
+        self.host_memory = self.caps.device_type in _HOST_MEMORY_DEVICES or cpu
+        self.unified = self.host_memory and os.environ.get("MLXARM_UNIFIED") != "0"
         self.cache = cache or ObjectCache(default_dir().replace("llvm", "vulkan"))
-        self.glslang = shutil.which("glslangValidator")
         self.spirv: dict = {}
         self.sources: dict = {}
         self.pipelines: collections.OrderedDict = collections.OrderedDict()
-        self.pool: dict = {}  # words -> free tensors
+        self.pipelines_kept = _PIPELINES_EMULATED if is_emulated(self.props["device_name"]) else _PIPELINES
+        self.pool: dict = {}  # (words, host-visible) -> free tensors
         self.sequence = None
         self.pending_uploads: list = []
         self.dying: list = []
@@ -83,25 +116,43 @@ class VulkanRuntime:
                 "max_work_group_size": tuple(p["max_work_group_size"]),
                 "max_work_group_count": tuple(p["max_work_group_count"]),
                 "workgroup": self.workgroup,
-                "matmul_tile": f"{t.bm}x{t.bn}x{t.bk}" if t else None}
+                "matmul_tile": f"{t.bm}x{t.bn}x{t.bk}" if t else None,
+                "unified_memory": self.unified,
+                "subgroup_size": self.caps.subgroup_size, "subgroup_reduce": self.subgroups,
+                "cooperative_matrix": (f"float16 matmul: {c.sm}x{c.sn}x{c.sk} float16 -> float32 matrices, "
+                                       f"{c.bm}x{c.bn} workgroup tiles" if (c := self.coop_tiling) else None)}
 
     # --- memory --------------------------------------------------------------------------------------
-    def _tensor(self, words: int):
-        free = self.pool.get(words)
+    def _tensor(self, words: int, init: np.ndarray | None = None):
+        """A tensor of ``words`` words from the pool, or a new one holding ``init`` (zeros when None):
+        host-visible while ``unified`` is on, device-local with a staging buffer otherwise."""
+        free = self.pool.get((words, self.unified))
         if free:
             return free.pop()
-        return self.manager.tensor_t(np.zeros(words, np.uint32))
+        kind = self.kp.TensorTypes.host if self.unified else self.kp.TensorTypes.device
+        return self.manager.tensor_t(np.zeros(words, np.uint32) if init is None else init, kind)
+
+    def _staged(self, tensor) -> bool:
+        """Whether ``tensor`` is device-local: its data reaches the host through its staging buffer."""
+        return tensor.tensor_type() != self.kp.TensorTypes.host
 
     def release(self, tensor) -> None:
         """Keep a dead array's tensor for reuse once the recorded work that may still use it has run."""
         self.dying.append(tensor)
 
     def upload(self, host: np.ndarray):
+        """A tensor holding ``host``'s bytes (C-contiguous): written into its mapped memory now (a new
+        tensor is made from them, with no zero fill); a device-local one is copied from its staging
+        buffer by the next submit."""
         self.uploads += 1
         raw = host.reshape(-1).view(np.uint8) if host.nbytes else np.zeros(0, np.uint8)
-        t = self._tensor(_words(raw.nbytes))
-        t.data().view(np.uint8)[:raw.nbytes] = raw
-        self.pending_uploads.append(t)
+        words = _words(raw.nbytes)
+        fresh = not self.pool.get((words, self.unified))
+        t = self._tensor(words, raw.view(np.uint32) if fresh and raw.nbytes == 4 * words else None)
+        if not fresh or raw.nbytes != 4 * words:
+            t.data().view(np.uint8)[:raw.nbytes] = raw
+        if self._staged(t):
+            self.pending_uploads.append(t)
         return t
 
     def alloc(self, nbytes: int):
@@ -116,17 +167,18 @@ class VulkanRuntime:
         return self.sequence
 
     def submit(self, jobs: list) -> None:
-        """Run everything recorded, then copy (device tensor, host array) pairs to the host."""
-        if self.sequence is None and not jobs and not self.pending_uploads:
-            return
-        seq = self._seq()
-        if jobs:
-            seq.record(self.kp.OpTensorSyncLocal([t for t, _ in jobs]))
-        seq.eval()
-        self.submits += 1
-        self.sequence = None
+        """Run everything recorded, then copy (device tensor, host array) pairs to the host (from the
+        tensor's mapped memory: its staging buffer, filled by the submit, or the host-visible tensor)."""
+        staged = [t for t, _ in jobs if self._staged(t)]
+        if self.sequence is not None or self.pending_uploads or staged:
+            seq = self._seq()
+            if staged:
+                seq.record(self.kp.OpTensorSyncLocal(staged))
+            seq.eval()
+            self.submits += 1
+            self.sequence = None
         for t in self.dying:
-            self.pool.setdefault(t.size(), []).append(t)
+            self.pool.setdefault((t.size(), not self._staged(t)), []).append(t)
         self.dying = []
         self.check_validation()
         for t, host in jobs:
@@ -134,10 +186,10 @@ class VulkanRuntime:
 
     # --- kernels -------------------------------------------------------------------------------------
     def program(self, kernel, debug: int = 0, stage: str | None = None):
-        key = combine_name(kernel) if stage == "combine" else (kernel, stage)
+        key = (combine_name(kernel) if stage == "combine" else (kernel, stage), self.subgroups)
         spirv = self.spirv.get(key)
         if spirv is None:
-            source = render_glsl.render(kernel, self.workgroup, stage)
+            source = render_glsl.render(kernel, self.workgroup, stage, self.subgroups)
             self.sources[key] = source
             spirv = self.spirv[key] = self.compile(source)
         if debug > 1:
@@ -145,18 +197,17 @@ class VulkanRuntime:
         return spirv
 
     def compile(self, source: str) -> bytes:
-        key = self.cache.key(source, "spirv", "glslang", __version__)
+        key = self.cache.key(source, "spirv", f"glslang {self.spirv_target}", __version__)
         spirv = self.cache.get(key)
         if spirv is not None:
             return spirv
-        if self.glslang is None:
+        if self.compiler is None:
             raise RuntimeError("[vulkan] glslangValidator was not found on PATH.")
         with tempfile.TemporaryDirectory(prefix="mlxarm-glsl-") as tmp:
             src, out = os.path.join(tmp, "k.comp"), os.path.join(tmp, "k.spv")
             with open(src, "w") as f:
                 f.write(source)
-            res = subprocess.run([self.glslang, "-V", "--quiet", src, "-o", out], capture_output=True,
-                                 text=True)
+            res = self.compiler.run(["-V", "--target-env", self.spirv_target, "--quiet", src, "-o", out])
             if res.returncode != 0:
                 path = self.cache.keep_source(key, source)
                 raise RuntimeError(f"[vulkan] Shader compilation failed: {res.stdout.strip()} "
@@ -188,12 +239,12 @@ class VulkanRuntime:
         constants (negative integers travel as their two's complement bits)."""
         groups = (groups, 1, 1) if isinstance(groups, int) else tuple(groups)
         push = np.array([p & 0xFFFFFFFF for p in push], dtype=np.uint32)
-        key = (name, groups, tuple(id(b) for b in bufs))
+        key = (name, id(spirv), groups, tuple(id(b) for b in bufs))  # spirv: the same kernel, subgroups on or off
         algo = self.pipelines.get(key)
         if algo is None:
             algo = self.manager.algorithm(bufs, spirv, groups, np.zeros(0, np.uint32), push)
             self.pipelines[key] = (algo, bufs)
-            if len(self.pipelines) > _PIPELINES:
+            if len(self.pipelines) > self.pipelines_kept:
                 self.pipelines.popitem(last=False)
         else:
             self.pipelines.move_to_end(key)
