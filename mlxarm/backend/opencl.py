@@ -53,6 +53,7 @@ class OpenCLRuntime:
         self.max_groups = 4096 if gpus else 256
         self.cache = cache or ObjectCache(default_dir().replace("llvm", "opencl"))
         self.kernels: dict = {}
+        self.typed: dict = {}  # id(kernel) -> (buffers, scalars, dtype) its scalar arguments are declared as
         self.sources: dict = {}
         self.written: dict = {}  # id(buffer) -> event of the kernel that last wrote it
         self.pool: dict = {}  # (bytes, host-allocated) -> free buffers
@@ -220,7 +221,7 @@ class OpenCLRuntime:
             self.launch_two_stage(kernel, bufs, offsets, parts, stream)
             return
         groups = min(self.max_groups, n if kernel.reduce_op else -(-n // wg))
-        fn.set_args(*bufs, *[np.int64(o) for o in offsets], np.int64(n))
+        self.set_args(fn, bufs, [*offsets, n], np.int64)
         event = self.cl.enqueue_nd_range_kernel(self.queue(stream), fn, (groups * wg,), (wg,),
                                                 wait_for=self._waits(bufs[1:]) or None)
         self.written[id(bufs[0])] = event
@@ -232,17 +233,28 @@ class OpenCLRuntime:
         wg = self.workgroup
         scratch = self.alloc(8 * n * parts)
         first = self.program(kernel, 0, "partial")
-        first.set_args(scratch, *bufs[1:], np.int64(0), *[np.int64(o) for o in offsets[1:]], np.int64(n),
-                       np.int64(parts))
+        self.set_args(first, [scratch, *bufs[1:]], [0, *offsets[1:], n, parts], np.int64)
         q = self.queue(stream)
         event = self.cl.enqueue_nd_range_kernel(q, first, (min(self.max_groups, n * parts) * wg,), (wg,),
                                                 wait_for=self._waits(bufs[1:]) or None)
         second = self.program(kernel, 0, "combine")
-        second.set_args(bufs[0], scratch, np.int64(offsets[0]), np.int64(n), np.int64(parts))
+        self.set_args(second, [bufs[0], scratch], [offsets[0], n, parts], np.int64)
         self.written[id(bufs[0])] = self.cl.enqueue_nd_range_kernel(
             q, second, (min(self.max_groups, n) * wg,), (wg,), wait_for=[event])
         self.release(scratch)
 
+
+    def set_args(self, fn, bufs: list, scalars: list, dtype) -> None:
+        """Bind ``bufs`` then the integers ``scalars`` as ``dtype``. The kernel is told its scalar types
+        once: pyopencl then packs plain ints directly (about 2 us a call) instead of inspecting
+        numpy scalars (about 80 us), which a decode step's few hundred launches would pay each."""
+        shape = (len(bufs), len(scalars), dtype)
+        if self.typed.get(id(fn)) != shape:
+            fn.set_scalar_arg_dtypes([None] * len(bufs) + [dtype] * len(scalars))
+            self.typed[id(fn)] = shape
+        if dtype is np.int32:  # 32-bit words: bit patterns above 2**31 travel as their negative twins
+            scalars = [(int(v) + 2 ** 31) % 2 ** 32 - 2 ** 31 for v in scalars]
+        fn.set_args(*bufs, *[int(v) for v in scalars])
 
     def template(self, name: str, render, bufs: list, groups: tuple, threads: int, args: list,
                  debug: int = 0) -> None:
@@ -257,7 +269,7 @@ class OpenCLRuntime:
             fn = self.kernels[key] = getattr(self.build(source), name)
         if debug > 1:
             print(self.sources[key], file=sys.stderr)
-        fn.set_args(*bufs, *[np.int32(v) for v in args])
+        self.set_args(fn, bufs, args, np.int32)
         size = (groups[0] * threads, groups[1], groups[2])
         self.written[id(bufs[0])] = self.cl.enqueue_nd_range_kernel(self.queue(), fn, size, (threads, 1, 1),
                                                                     wait_for=self._waits(bufs[1:]) or None)

@@ -37,10 +37,10 @@ from .cache import ObjectCache, default_dir
 from .gpu_common import GPUExecutor, reduction_parts
 
 # Pipelines kept bound to their buffers, least recently used dropped first. A replayed LLM decode step
-# dispatches about 500 kernels on buffers the pool hands out in a few rotating sets, so a real GPU keeps
-# enough for several steps; an emulated device (lavapipe) builds each pipeline as machine code in host
-# memory and keeps fewer.
-_PIPELINES, _PIPELINES_EMULATED = 4096, 512
+# dispatches about 500 kernels, on the same tensors each step (``_tensor``) or on one of two sets, so
+# a real GPU keeps enough for several such structures; an emulated device (lavapipe) builds each
+# pipeline as machine code in host memory and keeps fewer, still more than one step's.
+_PIPELINES, _PIPELINES_EMULATED = 4096, 1024
 
 
 class VulkanValidationError(RuntimeError):
@@ -99,6 +99,8 @@ class VulkanRuntime:
         self.pipelines: collections.OrderedDict = collections.OrderedDict()
         self.pipelines_kept = _PIPELINES_EMULATED if is_emulated(self.props["device_name"]) else _PIPELINES
         self.pool: dict = {}  # (words, host-visible) -> free tensors
+        self.requests = 0  # tensors asked for since the last submit
+        self.slots: dict = {}  # request number -> the tensor it got last
         self.sequence = None
         self.pending_uploads: list = []
         self.dying: list = []
@@ -125,12 +127,26 @@ class VulkanRuntime:
     # --- memory --------------------------------------------------------------------------------------
     def _tensor(self, words: int, init: np.ndarray | None = None):
         """A tensor of ``words`` words from the pool, or a new one holding ``init`` (zeros when None):
-        host-visible while ``unified`` is on, device-local with a staging buffer otherwise."""
+        host-visible while ``unified`` is on, device-local with a staging buffer otherwise.
+
+        Pipelines are bound to their tensors, so the n-th tensor a submission asks for is the one the
+        last submission's n-th request got when that one is free again: a replayed decode step then
+        dispatches on the same tensors (or one of two sets, where an output outlives a step) and finds
+        its pipelines built, instead of building hundreds a step on tensors shuffled by the pool."""
+        slot = self.requests
+        self.requests += 1
         free = self.pool.get((words, self.unified))
         if free:
-            return free.pop()
-        kind = self.kp.TensorTypes.host if self.unified else self.kp.TensorTypes.device
-        return self.manager.tensor_t(np.zeros(words, np.uint32) if init is None else init, kind)
+            last = self.slots.get(slot)
+            for i in range(len(free) - 1, -1, -1):
+                if free[i] is last:
+                    return free.pop(i)
+            t = free.pop()
+        else:
+            kind = self.kp.TensorTypes.host if self.unified else self.kp.TensorTypes.device
+            t = self.manager.tensor_t(np.zeros(words, np.uint32) if init is None else init, kind)
+        self.slots[slot] = t
+        return t
 
     def _staged(self, tensor) -> bool:
         """Whether ``tensor`` is device-local: its data reaches the host through its staging buffer."""
@@ -180,6 +196,7 @@ class VulkanRuntime:
         for t in self.dying:
             self.pool.setdefault((t.size(), not self._staged(t)), []).append(t)
         self.dying = []
+        self.requests = 0  # the next submission's requests count from 0 (``_tensor``)
         self.check_validation()
         for t, host in jobs:
             host.reshape(-1).view(np.uint8)[:] = t.data().view(np.uint8)[:host.nbytes]
