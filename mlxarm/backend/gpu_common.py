@@ -124,6 +124,7 @@ class GPUExecutor:
     def __init__(self, runtime):
         self.rt = runtime
         self.resident = Resident()
+        self.extents: dict = {}  # (id(buffer), byte offset, shape, strides, dtype) -> (its ref, device buffer, offset)
         self.numpy = NumpyExecutor()
         self.kernels_run = 0
         self.numpy_steps = 0
@@ -143,8 +144,24 @@ class GPUExecutor:
                 buf = self.rt.upload(root)
                 self.resident.put(root, buf, host_stale=False)
             return buf, delta // arr.itemsize
+        # A view numpy cannot hand over as it is (the element offset in its buffer is not whole, as in a
+        # safetensors file whose tensors start anywhere): its extent is uploaded once, kept while the
+        # buffer lives (buffers are not written once uploaded, as above).
+        key = (id(root), delta, arr.shape, arr.strides, arr.dtype.str)
+        hit = self.extents.get(key)
+        if hit is not None and hit[0]() is root:
+            return hit[1], hit[2]
         flat, offset = extent_copy(arr)
-        return self.rt.upload(flat), offset
+        buf = self.rt.upload(flat)
+        if hit is None:
+            weakref.finalize(root, self._drop_extent, key)
+        self.extents[key] = (weakref.ref(root), buf, offset)
+        return buf, offset
+
+    def _drop_extent(self, key) -> None:
+        hit = self.extents.pop(key, None)
+        if hit is not None and self.resident.on_drop is not None:
+            self.resident.on_drop(hit[1])
 
     def sync_host(self) -> None:
         """Submit what is recorded and write every pending output into its host buffer."""
