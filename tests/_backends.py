@@ -11,3 +11,12 @@ def skip_reason(device: str):
     except ImportError as e:
         return f"the {device} backend cannot be imported ({e})"
     return module.available()
+
+
+def require(device: str) -> None:
+    """Skip the calling test, with the reason, when ``device``'s executor cannot run here."""
+    import pytest
+
+    reason = skip_reason(device)
+    if reason:
+        pytest.skip(f"{device} unavailable: {reason}")

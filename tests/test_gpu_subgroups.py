@@ -16,7 +16,7 @@ import pytest
 
 import mlxarm.core as ma
 import test_opencl_backend as shared
-from _backends import skip_reason
+from _backends import require
 from _matrix import on
 from mlxarm.backend import executor
 from mlxarm.core import dtypes as dt
@@ -25,10 +25,7 @@ from mlxarm.kernels import gpu_matmul
 DEVICES = ["vulkan", "opencl"]
 
 
-def _needs(device):
-    reason = skip_reason(device)
-    if reason:
-        pytest.skip(f"{device} unavailable: {reason}")
+_needs = require
 
 
 @contextlib.contextmanager

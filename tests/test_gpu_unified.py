@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mlxarm.core as ma
-from _backends import skip_reason
+from _backends import require, skip_reason
 from _matrix import on
 from mlxarm.backend import executor
 from mlxarm.backend.gpu_common import root_of
@@ -22,10 +22,7 @@ from mlxarm.backend.gpu_common import root_of
 DEVICES = ["vulkan", "opencl"]
 
 
-def _needs(device):
-    reason = skip_reason(device)
-    if reason:
-        pytest.skip(f"{device} unavailable: {reason}")
+_needs = require
 
 
 @contextlib.contextmanager
