@@ -12,8 +12,9 @@ column) from an element offset, so transposed and broadcast operands are never c
 loads walk whichever of an operand's axes is contiguous. C is contiguous, batch after batch.
 
 Arguments: C, A, B, then ``M, N, K, oc, oa, sab, sam, sak, ob, sbb, sbk, sbn`` (32-bit integers:
-``int`` kernel arguments in OpenCL, push constants in GLSL; 64-bit index arithmetic costs GPUs dearly). The grid is ``(ceil(N / BN), ceil(M / BM), batch)``
-workgroups of ``TX * TY`` work items (OpenCL: global size ``(groups_x * TX * TY, groups_y, batch)``).
+``int`` kernel arguments in OpenCL, push constants in GLSL; 64-bit index arithmetic costs GPUs dearly).
+The grid is ``(ceil(N / BN), ceil(M / BM), batch)`` workgroups of ``TX * TY`` work items (OpenCL: global
+size ``(groups_x * TX * TY, groups_y, batch)``).
 
 float16 matmuls on a Vulkan device with float16 cooperative matrices (VK_KHR_cooperative_matrix) run on
 them instead (``coop_glsl``, below): same arguments, same grid shape, the same single rounding.

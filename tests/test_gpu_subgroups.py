@@ -124,8 +124,8 @@ def test_device_info_tells_gpu_features():
 
 
 def test_coopmat_matmul_matches_numpy():
-    """float16 matmul on cooperative matrices where the device has them (else the tiled template): sizes that are not multiples of the tile, K over several
-    steps, the vectorized variant (row-major, 8-aligned) and the strided one (transposed, odd sizes,
+    """float16 matmul on cooperative matrices where the device has them (else the tiled template):
+    sizes that are not multiples of the tile, K over several steps, the vectorized variant (row-major, 8-aligned) and the strided one (transposed, odd sizes,
     broadcast batches), empty operands. Small integers make every product and float32 sum exact, and
     the one rounding to float16 is the reference's, so the answers must be identical."""
     _needs("vulkan")

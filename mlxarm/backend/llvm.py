@@ -2,10 +2,10 @@
 
 ``run`` plans an eval (``codegen.fuse``), lowers each kernel group when its inputs exist
 (``codegen.lower``), renders LLVM IR for the host (``codegen.render_llvm``), and runs the machine code
-through ctypes (which releases the GIL); a kernel big enough is shared out in chunks of its output index
-space to worker threads waiting in native code (``llvm_threads``). Nodes no kernel covers run on the numpy executor in between; buffers are numpy arrays
-either way, so nothing is copied between the two. Object code is cached on disk (``cache``) and the
-loaded functions in memory, keyed by the kernel IR.
+through ctypes (which releases the GIL); a kernel big enough is shared out in chunks of its output
+index space to worker threads waiting in native code (``llvm_threads``). Nodes no kernel covers run on
+the numpy executor in between; buffers are numpy arrays either way, so nothing is copied between the
+two. Object code is cached on disk (``cache``) and the loaded functions in memory, keyed by the kernel IR.
 
 Each eval is recorded as a list of actions (a kernel with where each of its buffers comes from, or a call
 that realizes one node), kept under its graph's structural key (``fuse.signature``) once that structure
@@ -16,11 +16,13 @@ elementwise kernel writes its output into the buffer of an input it reads elemen
 that input dies with the eval (``donor``, ``take``), as MLX donates such a buffer.
 
 While an eval compiles kernels, ``progress`` (when set: the language-model command line sets it) is told
-how many of its steps are done. ``MLXARM_DEBUG=1`` prints the steps of every eval planned (one line for a replay), ``MLXARM_DEBUG=2``
+how many of its steps are done. ``MLXARM_DEBUG=1`` prints the steps of every eval planned (one line for
+a replay), ``MLXARM_DEBUG=2``
 also each kernel's source; ``MLXARM_THREADS`` sets the number of worker threads (default: one per
 CPU). softmax, rms_norm and layer_norm over the last axis of float32 data run as row kernels
 (``codegen.rows``); affine ``quantized_matmul`` (float32, float16, bfloat16) reads its packed weights
-in the quantized template (``llvm_quantized``); float32 ``fast.rope`` and ``fast.scaled_dot_product_attention`` run as
+in the quantized template (``llvm_quantized``); float32 ``fast.rope`` and
+``fast.scaled_dot_product_attention`` run as
 the templates of ``kernels.attention``. Those three are recorded as calls *bound* to their node's
 shapes (function, constant arguments and argument array found once), so a replayed call fills in its
 buffers' addresses and runs.
@@ -352,12 +354,12 @@ class LLVMExecutor:
     def donor(self, node, kernel: ir.Kernel, offsets: tuple, leaves: list, sources: dict):
         """(argument slot, group leaf index, eval leaf index) of an input whose buffer the kernel may
         write its output into, or None. The input is a leaf of the eval that nothing outside the
-        graph holds and that only this kernel's nodes read (so it dies with the kernel: the group is
-        a tree, none of its nodes also feeds another kernel, as a view folded into several does), its buffer
-        holds the output (a slice's output keeps the whole buffer, as in MLX), and the kernel reads
-        it element for element where it stores
-        (no reduction, the store's strides, offset 0), so each element is read before it is
-        overwritten. Whether the buffer itself is free is checked when the kernel runs (``take``)."""
+        graph holds and that only this kernel's nodes read (so it dies with the kernel: the group is a
+        tree, none of its nodes also feeds another kernel, as a view folded into several does), its
+        buffer holds the output (a slice's output keeps the whole buffer, as in MLX), and the kernel
+        reads it element for element where it stores (no reduction, the store's strides, offset 0), so
+        each element is read before it is overwritten. Whether the buffer itself is free is checked
+        when the kernel runs (``take``)."""
         if kernel.reduce_op is not None or not self.free_leaves:
             return None
         store = kernel.store
@@ -777,9 +779,9 @@ class LLVMExecutor:
 
     def lowered(self, node) -> tuple:
         """(kernel, its summary, function, input addresses, what must stay alive while it runs, the
-        group's leaves) for the group rooted at ``node``. Lowering is cached by the group's structure (``lower.structure``), so a
-        graph shape seen before costs one walk over its nodes: buffers are found again as byte
-        offsets into the group's leaves."""
+        group's leaves) for the group rooted at ``node``. Lowering is cached by the group's structure
+        (``lower.structure``), so a graph shape seen before costs one walk over its nodes: buffers are
+        found again as byte offsets into the group's leaves."""
         key, leaves = lower.structure(node)
         plan = self.plans.get(key)
         if plan is None:
