@@ -25,6 +25,14 @@ DEVICES = ["vulkan", "opencl"]
 _needs = require
 
 
+@pytest.fixture(autouse=True)
+def _device_available(request):
+    """A test run for a device this machine cannot drive skips (with the reason) before touching it."""
+    device = getattr(getattr(request.node, "callspec", None), "params", {}).get("device")
+    if device is not None:
+        _needs(device)
+
+
 @contextlib.contextmanager
 def unified(device, flag):
     """(runtime, whether new buffers are host-visible) for the executor of ``device`` with its unified
