@@ -29,7 +29,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..codegen import fuse, ir, lower, rows, schedule
-from ..core.device import memory
+from ..core.device import count_buffer
 from ..kernels import gpu_attention, gpu_matmul, gpu_qmv, gpu_rows, gpu_update
 from .numpy_executor import NumpyExecutor
 
@@ -204,8 +204,7 @@ class GPUExecutor:
                 if out.size:
                     self.record(kernel, arrays, out, debug)
                     self.kernels_run += 1
-                memory.alloc(out.nbytes)
-                weakref.finalize(out, memory.free, out.nbytes)
+                count_buffer(out)
                 node._data = out
                 node._inputs = ()
                 node._params = None
@@ -277,8 +276,7 @@ class GPUExecutor:
         return out, buf
 
     def realized(self, node, out) -> bool:
-        memory.alloc(out.nbytes)
-        weakref.finalize(out, memory.free, out.nbytes)
+        count_buffer(out)
         node._data = out
         node._inputs = ()
         node._params = None
