@@ -30,6 +30,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..codegen import fuse, ir, lower, rows, schedule
 from ..core.device import count_buffer
+from ..core.fast import rope_inv_freq
+from ..core.ops.indexing import window_start
 from ..kernels import gpu_attention, gpu_matmul, gpu_qmv, gpu_rows, gpu_update
 from .numpy_executor import NumpyExecutor
 
@@ -477,7 +479,7 @@ class GPUExecutor:
         if 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or upd.itemsize != size \
                 or id(root_of(start)) in self.resident.stale:
             return False
-        begin = _window_start(node._params["axes"], start, x.shape, upd.shape)
+        begin = window_start(node._params["axes"], start, x.shape, upd.shape)
         pad = (1,) * (gpu_update.RANK - x.ndim)
         zeros = (0,) * (gpu_update.RANK - x.ndim)
         u_shape = pad + upd.shape
@@ -546,23 +548,13 @@ _INV_FREQ: dict = {}
 
 
 def _inv_freq(base: float, dims: int) -> np.ndarray:
-    """Rope's ``base ** (-2i / dims)`` as the reference computes it (in float32), kept per (base, dims)
-    so that its device buffer is uploaded once."""
+    """Rope's inverse frequencies (``fast.rope_inv_freq``), kept per (base, dims) so that their device
+    buffer is uploaded once."""
     key = (base, dims)
     arr = _INV_FREQ.get(key)
     if arr is None:
-        arr = _INV_FREQ[key] = np.power(np.float32(base), -np.arange(dims // 2, dtype=np.float32) * 2 / dims)
+        arr = _INV_FREQ[key] = rope_inv_freq(base, dims)
     return arr
-
-
-def _window_start(axes, start: np.ndarray, shape: tuple, sizes: tuple) -> tuple:
-    """The clamped start of ``dynamic_slice_update``'s window, per axis (its reference's rule: a
-    negative start counts from the end, and the window is moved inside the array)."""
-    begin = [0] * len(shape)
-    for ax, s in zip(axes, start.reshape(-1).tolist()):
-        s = s + shape[ax] if s < 0 else s
-        begin[ax] = min(max(s, 0), shape[ax] - sizes[ax])
-    return tuple(begin)
 
 
 def _outer_batches(batch: tuple, per_outer: int):

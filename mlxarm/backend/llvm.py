@@ -45,6 +45,7 @@ from ..kernels import attention as attention_template
 from ..kernels import matmul as gemm_template
 from ..codegen import target as targets
 from ..core.device import count_buffer as count, counted_alone
+from ..core.fast import rope_inv_freq
 from . import blas
 from .cache import ObjectCache
 from . import llvm_quantized, llvm_threads
@@ -647,8 +648,7 @@ class LLVMExecutor:
         bits = 32 if offset._dtype.name == "int32" else 64
         fn = self.template_function(attention_template.Rope(d, dims, p["traditional"], bits),
                                     attention_template.render_rope)
-        # the reference's inverse frequencies (fast._rope_ref), computed the same way
-        inv_freq = np.power(np.float32(p["base"]), -np.arange(dims // 2, dtype=np.float32) * 2 / dims)
+        inv_freq = rope_inv_freq(p["base"], dims)  # the reference's
         by_batch = int(len(offset._shape) == 1 and offset._shape[0] > 1)
         meta = np.array([shape[-2], math.prod(shape[1:-1]), by_batch], np.int64)
         scale = np.array([p["scale"]], np.float32)

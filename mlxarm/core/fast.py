@@ -109,6 +109,12 @@ def layer_norm(x, weight, bias, eps: float, *, stream=None):
 
 # --- rotary embeddings -----------------------------------------------------------------------------
 
+def rope_inv_freq(base: float, dims: int) -> np.ndarray:
+    """Rope's inverse frequencies ``base ** (-2i / dims)`` for i < dims // 2, in float32 as the reference
+    computes them (the kernels take the same values)."""
+    return np.power(np.float32(base), -np.arange(dims // 2, dtype=np.float32) * 2 / dims)
+
+
 def _rope_ref(p, x, *extra):
     extra = list(extra)
     offset = extra.pop(0)
@@ -117,7 +123,7 @@ def _rope_ref(p, x, *extra):
     xf = x if x.dtype == np.float64 else x.astype(np.float32)
     seq = x.shape[-2]
     if freqs is None:
-        inv_freq = np.power(np.float32(p["base"]), -np.arange(half, dtype=np.float32) * 2 / dims)
+        inv_freq = rope_inv_freq(p["base"], dims)
     else:
         inv_freq = 1 / freqs.astype(np.float32)
     positions = np.arange(seq, dtype=np.float32)[:, None]

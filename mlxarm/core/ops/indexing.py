@@ -602,13 +602,20 @@ def _starts(a: array, start, axes, op: str):
     return start, tuple(ax % a.ndim for ax in axes)
 
 
-def _region(p, start, shape, sizes):
-    """Per-axis slices of the region, its start clamped so that it lies inside ``shape``."""
+def window_start(axes, start, shape, sizes) -> tuple:
+    """The start of a ``sizes`` window at positions ``start`` (an array) along ``axes``, per axis of
+    ``shape``: a negative start counts from the end, and the window is moved to lie inside ``shape``."""
     begin = [0] * len(shape)
-    for ax, s in zip(p["axes"], start.reshape(-1).tolist()):
+    for ax, s in zip(axes, start.reshape(-1).tolist()):
         n = shape[ax]
         s = s + n if s < 0 else s
         begin[ax] = min(max(s, 0), n - sizes[ax])
+    return tuple(begin)
+
+
+def _region(p, start, shape, sizes):
+    """Per-axis slices of the region, its start clamped so that it lies inside ``shape``."""
+    begin = window_start(p["axes"], start, shape, sizes)
     return tuple(_pyslice(b, b + k) for b, k in zip(begin, sizes))
 
 
