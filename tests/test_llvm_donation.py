@@ -98,3 +98,24 @@ def test_inputs_read_by_later_kernels_or_elsewhere_are_kept(llvm):
     w = ma.transpose(t) * 2  # reads t at transposed positions: written in place it would corrupt itself
     del t
     np.testing.assert_array_equal(np.array(w), a.T * 2)
+
+
+def test_input_read_again_through_another_argument_is_kept(llvm):
+    """A dying input that the kernel also reads through a second argument (the same leaf through
+    another view folded in, or a realized view of its buffer) is not written: its later elements, or
+    the element a broadcast reads, would already hold outputs."""
+    a = np.arange(64, dtype=np.float32)
+    for _ in range(3):  # recorded, then replayed
+        x = ma.array(a)
+        y = x + x[::-1]  # reversed: position i reads element 63 - i
+        del x
+        np.testing.assert_array_equal(np.array(y), a + a[::-1])
+
+    b = np.random.default_rng(1).standard_normal((7, 31)).astype(np.float32)
+    for _ in range(3):
+        base = ma.array(b)
+        # the flat view is read element for element; the first element, broadcast, through a
+        # realized view of the same buffer
+        y = ma.sin(base.reshape(-1)) * base[..., :1].reshape(-1)[:1]
+        del base
+        np.testing.assert_allclose(np.array(y), np.sin(b.ravel()) * b[0, 0], rtol=1e-6, atol=1e-7)

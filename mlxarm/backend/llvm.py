@@ -48,7 +48,7 @@ from ..core.device import count_buffer as count, counted_alone
 from ..core.fast import rope_inv_freq
 from . import blas
 from .cache import ObjectCache
-from . import llvm_quantized, llvm_threads
+from . import llvm_quantized, llvm_runtime, llvm_threads
 from .numpy_executor import NumpyExecutor, _keeps_graph
 
 _KERNEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
@@ -121,6 +121,7 @@ class Compiler:
         self.lock = threading.Lock()
         self.objects: list = []
         self.compiled = 0
+        llvm_runtime.link(self)
 
     def object_code(self, source: str) -> bytes:
         key = self.cache.key(source, self.target.triple, self.target.features, __version__)
@@ -149,7 +150,10 @@ class Compiler:
 
     def address(self, source: str, name: str) -> int:
         """The machine code address of function ``name`` of ``source``, compiled and loaded."""
-        obj = self.object_code(source)
+        return self.address_in(self.object_code(source), name)
+
+    def address_in(self, obj: bytes, name: str) -> int:
+        """The address of function ``name`` of object code ``obj``, once loaded."""
         with self.lock:
             ref = self.llvm.ObjectFileRef.from_data(obj)
             self.objects.append(ref)  # the engine runs code from this object's memory
@@ -376,6 +380,11 @@ class LLVMExecutor:
             if refs is None or off or not loads.get(slot) or leaf._data.nbytes < size \
                     or leaf._dtype.np_storage.itemsize != node._dtype.np_storage.itemsize:
                 continue
+            # Another argument reading the same memory (the leaf through a second view folded in,
+            # or a realized view of it, such as a broadcast element) would see the output's stores.
+            if any(j != slot and (k == i or np.may_share_memory(leaves[k]._data, leaf._data))
+                   for j, (k, _) in enumerate(offsets, start=1)):
+                continue
             if reads is None:
                 reads = _private_reads(node, self.consumers)
                 if reads is None:
@@ -431,7 +440,8 @@ class LLVMExecutor:
         donor = action[9] if action[0] == _KERNEL else None
         if donor is not None:
             buf = leaves[donor[1]]._data
-            views = 0 if keep is None else sum(1 for a in keep if a is buf or a.base is buf)
+            # the donor's own argument may be the buffer or a view of it made for this call
+            views = 0 if keep is None else int(keep[donor[0] - 1] is buf or keep[donor[0] - 1].base is buf)
             del buf
             out, taken = self.take(leaves[donor[1]], node._shape, node._dtype.np_storage, views)
         del leaves
