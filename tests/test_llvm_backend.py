@@ -97,6 +97,54 @@ def test_casts_between_lowered_dtypes():
             assert_backends_agree(lambda: ma.array(x).astype(src).astype(dst) * 1, f"{src.name}->{dst.name}")
 
 
+def _without_f16c(t):
+    """``t`` (an x86 host) as a CPU of SSE4.2 alone: no F16C, AVX or FMA."""
+    off = ("avx", "f16c", "fma", "amx", "vaes", "vpclmulqdq", "gfni", "evex512")
+    feats = ",".join(("-" if f[1:].startswith(off) else f[0]) + f[1:] for f in t.features.split(","))
+    return type(t)(t.triple, "x86-64-v2", feats, 128, False)
+
+
+@pytest.mark.skipif(not os.uname().machine.startswith(("x86_64", "i686")),
+                    reason="only x86 CPUs convert half precision through library calls")
+def test_half_precision_without_f16c(monkeypatch, tmp_path):
+    """On an x86 CPU without F16C, LLVM calls __extendhfsf2 and __truncsfhf2 for every float16
+    conversion; the executor provides them (``llvm_runtime``), rounding exactly as numpy does: every
+    float16 value widened, and floats (each halfway point between float16 neighbours among them)
+    narrowed, bit for bit."""
+    import llvmlite.binding as llvm
+    from mlxarm.backend import _EXECUTORS, llvm_runtime
+    from mlxarm.backend.llvm import LLVMExecutor
+    from mlxarm.codegen import target
+
+    old = _without_f16c(target.host())
+    assert llvm_runtime.needed(old)
+    ex = LLVMExecutor(old, ObjectCache(str(tmp_path)))
+    monkeypatch.setitem(_EXECUTORS, "llvm", ex)
+    monkeypatch.setenv("MLXARM_DEVICE", "llvm")
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    wide = np.array(ma.array(halves).astype(ma.float32) * 1)
+    ref = halves.astype(np.float32)
+    nan = np.isnan(ref)
+    np.testing.assert_array_equal(wide.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
+    assert np.isnan(wide[nan]).all()
+    rng = np.random.default_rng(5)
+    finite = halves[np.isfinite(halves)].astype(np.float64)
+    ties = np.unique((finite[:-1] + finite[1:]) / 2).astype(np.float32)  # exact in float32
+    x = np.concatenate([ties, rng.standard_normal(4096).astype(np.float32) * 1e-6,
+                        rng.standard_normal(4096).astype(np.float32) * 3e4,
+                        np.array([65504, 65519.996, 65520, 1e9, np.inf, -np.inf, np.nan, -0.0], np.float32)])
+    with np.errstate(over="ignore"):
+        ref = x.astype(np.float16)
+    narrow = np.array(ma.array(x).astype(ma.float16) * 1)
+    nan = np.isnan(ref)
+    np.testing.assert_array_equal(narrow.view(np.uint16)[~nan], ref.view(np.uint16)[~nan])
+    assert np.isnan(narrow[nan]).all()
+    # the kernels did call the functions: a float16 kernel's code for this CPU names them
+    source = next(iter(ex.sources.values()))
+    asm = ex.compiler.machine.emit_assembly(llvm.parse_assembly(source))
+    assert "__truncsfhf2" in asm or "__extendhfsf2" in asm
+
+
 def test_large_input_splits_across_threads():
     n = 1 << 20
     a = np.arange(n, dtype=np.float32) / n
