@@ -15,9 +15,10 @@ import pytest
 try:
     from hypothesis import settings as _hsettings
 
-    # CI draws the same examples every run (reproducible); local runs explore new ones.
+    # CI (and `make test`, which sets MLXARM_DERANDOMIZE) draws the same examples every run, so a
+    # run's result is reproducible; a plain pytest run explores new ones.
     _hsettings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
-    if os.environ.get("CI"):
+    if os.environ.get("CI") or os.environ.get("MLXARM_DERANDOMIZE"):
         _hsettings.load_profile("ci")
 except ImportError:
     pass
@@ -143,3 +144,17 @@ def pytest_sessionfinish(session, exitstatus):
             reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
             print(f"\nSKIPPED (not allowed here): {rep.nodeid}: {reason}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_runtest_setup(item):
+    """Put pytest's fault handler back before each test: an OpenCL driver built on LLVM (PoCL)
+    installs its own handlers for fatal signals when it starts, and a crash after that would end the
+    run with no word of the test or the Python stack it happened in."""
+    import faulthandler
+
+    from _pytest.faulthandler import fault_handler_stderr_fd_key
+
+    fd = item.config.stash.get(fault_handler_stderr_fd_key, None)
+    if fd is not None and faulthandler.is_enabled():
+        faulthandler.disable()
+        faulthandler.enable(file=fd, all_threads=True)
