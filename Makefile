@@ -25,6 +25,7 @@ run: setup
 	$(PY) -m mlxarm.lm generate --prompt "$(PROMPT)" --max-tokens $(MAX_TOKENS)
 
 test: setup $(NPSTAMP)
+	$(PY) -m mlxarm info
 	MLXARM_DERANDOMIZE=1 MLXARM_FORBID_SKIPS=1 MLXARM_VK_VALIDATION=1 $(PY) -m pytest $(PYTEST_ARGS) tests
 	MLXARM_DERANDOMIZE=1 MLXARM_NUMPY_ONLY=1 MLXARM_DEVICE=numpy $(NPVENV)/bin/python -m pytest $(PYTEST_ARGS) -m "not mlx" tests
 

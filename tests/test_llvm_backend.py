@@ -145,6 +145,40 @@ def test_half_precision_without_f16c(monkeypatch, tmp_path):
     assert "__truncsfhf2" in asm or "__extendhfsf2" in asm
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the code model question is x86-64's")
+def test_x86_objects_need_no_32_bit_displacements(tmp_path, monkeypatch):
+    """Kernel objects on x86-64 reach their constants, the other sections and external functions (libm,
+    the C library) through 64-bit addresses only: the JIT maps an object's sections separately, and in
+    a process with gigabytes mapped they may lie over 2 GiB apart, which a 32-bit displacement cannot
+    span (loading such an object aborted the process)."""
+    import shutil
+    import subprocess
+
+    from mlxarm.backend import _EXECUTORS
+    from mlxarm.backend.llvm import LLVMExecutor
+
+    readelf = shutil.which("readelf")
+    assert readelf, "readelf (binutils) is needed to read the objects' relocations"
+    monkeypatch.setitem(_EXECUTORS, "llvm", LLVMExecutor(cache=ObjectCache(str(tmp_path))))
+    monkeypatch.setenv("MLXARM_DEVICE", "llvm")
+    x = ma.array(np.linspace(-3, 3, 999, dtype=np.float32))
+    w = ma.array(np.linspace(-1, 1, 37 * 27, dtype=np.float32).reshape(37, 27))
+    ma.eval(ma.sin(x) * 2 + ma.arctan2(x, x + 1), ma.softmax(x.reshape(9, 111), axis=-1),
+            x[:37 * 27].reshape(27, 37) @ w, ma.sum(ma.exp(x)))
+    kinds: dict = {}
+    entries = list(tmp_path.rglob("*.o"))
+    assert len(entries) >= 4
+    for entry in entries:
+        obj = tmp_path / "object.o"
+        obj.write_bytes(entry.read_bytes()[len(b"MLXARM-OBJ1\n") + 32:])
+        table = subprocess.run([readelf, "-rW", str(obj)], capture_output=True, text=True, check=True).stdout
+        for line in table.splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[2].startswith("R_X86_64_"):
+                kinds[fields[2]] = kinds.get(fields[2], 0) + 1
+    assert kinds and set(kinds) <= {"R_X86_64_64", "R_X86_64_PC64"}, kinds
+
+
 def test_large_input_splits_across_threads():
     n = 1 << 20
     a = np.arange(n, dtype=np.float32) / n

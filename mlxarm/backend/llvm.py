@@ -114,8 +114,17 @@ class Compiler:
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         self.target = target or targets.host()
+        # On x86-64 the JIT's memory manager maps an object's code, its constants and the stubs of its
+        # external calls separately; in a process that has mapped gigabytes since starting, they can
+        # land more than 2 GiB apart, beyond the small code model's 32-bit displacements, and loading
+        # the object then fails an assertion that aborts the process. The large code model addresses
+        # everything with 64-bit absolute addresses. (On aarch64 llvmlite's own memory manager keeps
+        # an object's sections together.)
+        x86_64 = self.target.triple.split("-")[0] == "x86_64"
+        self.code_model = "large" if x86_64 else "small"
         self.machine = llvm.Target.from_triple(self.target.triple).create_target_machine(
-            cpu=self.target.cpu, features=self.target.features, opt=3, reloc="pic", codemodel="small")
+            cpu=self.target.cpu, features=self.target.features, opt=3, reloc="static" if x86_64 else "pic",
+            codemodel=self.code_model)
         self.cache = cache or ObjectCache()
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.machine)
         self.lock = threading.Lock()
@@ -124,7 +133,7 @@ class Compiler:
         llvm_runtime.link(self)
 
     def object_code(self, source: str) -> bytes:
-        key = self.cache.key(source, self.target.triple, self.target.features, __version__)
+        key = self.cache.key(source, self.target.triple, self.target.features, f"{__version__} {self.code_model}")
         obj = self.cache.get(key)
         if obj is not None:
             return obj
