@@ -386,6 +386,179 @@ class _Lanes:
         near = self.fmul(self.fmul(near, self.fk(-1.1283791670955126)), x)
         return self.fsel(self.fcmp("olt", ax, self.fk(0.5)), near, far)
 
+    # --- tan, the inverse trigonometric functions and power (float32, inline) ---------------------
+    # float32's nearest pi/2 and pi, and what each misses by: sums written (lo - a) + hi keep the
+    # constant exact to well below an ulp of the result
+    _PI2, _PI = (struct.unpack("<f", struct.pack("<f", v))[0] for v in (math.pi / 2, math.pi))
+    _PI2_LO, _PI_LO = math.pi / 2 - _PI2, math.pi - _PI
+
+    def dk(self, v: float) -> str:
+        return self.const("double", v)
+
+    def dop(self, opcode: str, a: str, b: str) -> str:
+        return self.op(opcode, "double", a, b)
+
+    def dfma(self, a: str, b: str, c: str) -> str:
+        t = self.ty("double")
+        return self.call("fma", "double", [(t, a), (t, b), (t, c)])
+
+    def dpoly(self, x: str, coeffs) -> str:
+        """Horner in double: coeffs from the highest power down."""
+        acc = self.dk(coeffs[0])
+        for c in coeffs[1:]:
+            acc = self.dfma(acc, x, self.dk(c))
+        return acc
+
+    def sign_of(self, v: str, x: str) -> str:
+        """``v`` with its sign flipped where ``x``'s sign bit is set (-0.0 and NaNs included)."""
+        sign = self.iop("and", self.bits(x), self.const("i32", -(1 << 31)))
+        return self.from_bits(self.iop("xor", self.bits(v), sign))
+
+    def tan(self, x: str) -> str:
+        ax = self.fcall("fabs", x)
+        # |x| 4/pi, capped (NaN too) so the conversion is defined: lanes past _SINCOS_EXACT take j
+        # from the exact reduction (a plain conversion, where fptosi.sat goes lane by lane on x86)
+        jf = self.fcall("minnum", self.fmul(ax, self.fk(1.27323954473516)), self.fk(2.0 ** 30))
+        j = self.conv("fptosi", "float", jf, "i32")
+        j = self.iop("and", self.iop("add", j, self.const("i32", 1)), self.const("i32", -2))
+        # Near a pole tan(x) ~ -1 / r: r's relative error is the result's, so r = |x| - j pi/4 is
+        # reduced in double (sin and cos only need r's absolute error small). pi/4 is split in two
+        # doubles; the fma's exact product keeps j * hi whole.
+        jd = self.conv("sitofp", "i32", j, "double")
+        rd = self.dfma(jd, self.dk(-0.78539816339744828), self.conv("fpext", "float", ax, "double"))
+        rd = self.dfma(jd, self.dk(-3.061616997868383e-17), rd)
+        r = self.conv("fptrunc", "double", rd, "float")
+        big = self.fcmp("oge", ax, self.fk(_SINCOS_EXACT))
+        r, j = self.exact_branch(big, (("float", r), ("i32", j)), lambda: self._reduce_exact(ax, big, r, j))
+        z = self.fmul(r, r)
+        p = self.poly(z, [9.38540185543e-3, 3.11992232697e-3, 2.44301354525e-2, 5.34112807005e-2,
+                          1.33387994085e-1, 3.33331568548e-1])
+        t = self.fma(self.fmul(p, z), r, r)
+        # odd multiples of pi/2 away: tan(r + pi/2) = -1 / tan(r)
+        cot = self.cmp("icmp", "ne", "i32", self.iop("and", j, self.const("i32", 2)), self.const("i32", 0))
+        t = self.fsel(cot, self.fdiv(self.fk(-1.0), t), t)
+        t = self.sign_of(t, x)  # odd: tan(-0) is -0
+        return self.fsel(self.fcmp("oeq", ax, self.fk(math.inf)), self.fk(math.nan), t)
+
+    def _atan01(self, t: str) -> str:
+        """atan(t) for t in [0, 1] (NaN passes): t + t^3 P(t^2), a minimax fit of relative error
+        below 2e-8 over the whole interval, so no further reduction (and no second division)."""
+        z = self.fmul(t, t)
+        p = self.poly(z, [0.002920681034898656, -0.016367886053071087, 0.04321179722674031,
+                          -0.07552209292325941, 0.10666002481888262, -0.14211054804000273,
+                          0.19993772778341556, -0.3333315273385134])
+        return self.fma(self.fmul(p, z), t, t)
+
+    def arctan(self, x: str) -> str:
+        ax = self.fcall("fabs", x)
+        far = self.fcmp("ogt", ax, self.fk(1.0))
+        a = self._atan01(self.fsel(far, self.fdiv(self.fk(1.0), ax), ax))  # 1 / inf is 0: pi/2
+        a = self.fsel(far, self.fadd(self.fsub(self.fk(self._PI2_LO), a), self.fk(self._PI2)), a)
+        return self.fcall("copysign", a, x)
+
+    def arctan2(self, y: str, x: str) -> str:
+        """atan(min / max) of the magnitudes, then folded into the octant of (x, y): C99's special
+        cases follow from 0 / 0 read as 0 and inf / inf as 1, and the sign bits of x and y."""
+        ax, ay = self.fcall("fabs", x), self.fcall("fabs", y)
+        steep = self.fcmp("ogt", ay, ax)
+        num, den = self.fsel(steep, ax, ay), self.fsel(steep, ay, ax)
+        t = self.fsel(self.fcmp("oeq", ax, ay), self.fk(1.0), self.fdiv(num, den))
+        t = self.fsel(self.fcmp("oeq", den, self.fk(0.0)), self.fk(0.0), t)
+        a = self._atan01(t)
+        a = self.fsel(steep, self.fadd(self.fsub(self.fk(self._PI2_LO), a), self.fk(self._PI2)), a)
+        west = self.cmp("icmp", "slt", "i32", self.bits(x), self.const("i32", 0))  # x < 0 or x = -0
+        a = self.fsel(west, self.fadd(self.fsub(self.fk(self._PI_LO), a), self.fk(self._PI)), a)
+        a = self.fcall("copysign", a, y)
+        return self.fsel(self.fcmp("uno", x, y), self.fadd(x, y), a)
+
+    def _asin_half(self, s: str) -> str:
+        """asin(s) for |s| <= 0.5."""
+        z = self.fmul(s, s)
+        p = self.poly(z, [4.2163199048e-2, 2.4181311049e-2, 4.5470025998e-2, 7.4953002686e-2, 1.6666752422e-1])
+        return self.fma(self.fmul(p, z), s, s)
+
+    def _half_complement_root(self, ax: str) -> str:
+        """sqrt((1 - |x|) / 2), exact up to the root for |x| >= 0.5; NaN past 1."""
+        return self.fcall("sqrt", self.fmul(self.fsub(self.fk(1.0), ax), self.fk(0.5)))
+
+    def arcsin(self, x: str) -> str:
+        # above 0.5, asin(a) = pi/2 - 2 asin(sqrt((1 - a) / 2))
+        ax = self.fcall("fabs", x)
+        far = self.fcmp("ogt", ax, self.fk(0.5))
+        a = self._asin_half(self.fsel(far, self._half_complement_root(ax), ax))
+        folded = self.fadd(self.fsub(self.fk(self._PI2_LO), self.fadd(a, a)), self.fk(self._PI2))
+        return self.fcall("copysign", self.fsel(far, folded, a), x)
+
+    def arccos(self, x: str) -> str:
+        # acos(x) = pi/2 - asin(x) near 0; 2 asin(sqrt((1 - x) / 2)) above 0.5 (small results keep
+        # their relative accuracy), pi minus that below -0.5
+        ax = self.fcall("fabs", x)
+        far = self.fcmp("ogt", ax, self.fk(0.5))
+        a = self._asin_half(self.fsel(far, self._half_complement_root(ax), x))
+        near = self.fadd(self.fsub(self.fk(self._PI2_LO), a), self.fk(self._PI2))
+        a2 = self.fadd(a, a)
+        west = self.fadd(self.fsub(self.fk(self._PI_LO), a2), self.fk(self._PI))
+        return self.fsel(far, self.fsel(self.fcmp("olt", x, self.fk(0.0)), west, a2), near)
+
+    def _log2_wide(self, ax: str) -> str:
+        """log2 of a float32 magnitude in double, within 1e-10 of its size: |x| = m 2**e with m
+        in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s) for s = (m - 1) / (m + 1), |s| < 0.172 (the
+        series to s**11)."""
+        d, i64 = "double", "i64"
+        ad = self.conv("fpext", "float", ax, d)  # float32 subnormals are normal doubles
+        b = self.conv("bitcast", d, ad, i64)
+        e = self.iop("sub", self.iop("lshr", b, self.const(i64, 52), i64), self.const(i64, 1023), i64)
+        mb = self.iop("or", self.iop("and", b, self.const(i64, (1 << 52) - 1), i64),
+                      self.const(i64, 1023 << 52), i64)
+        m = self.conv("bitcast", i64, mb, d)
+        high = self.cmp("fcmp", "ogt", d, m, self.dk(math.sqrt(2.0)))
+        m = self.select(high, d, self.dop("fmul", m, self.dk(0.5)), m)
+        e = self.iop("add", e, self.conv("zext", "i1", high, i64), i64)
+        f = self.dop("fsub", m, self.dk(1.0))  # exact: f has float32's 24 bits
+        s = self.dop("fdiv", f, self.dop("fadd", f, self.dk(2.0)))
+        z = self.dop("fmul", s, s)
+        p = self.dpoly(z, [1 / 11, 1 / 9, 1 / 7, 1 / 5, 1 / 3])
+        s2 = self.dop("fadd", s, s)
+        ln_m = self.dfma(self.dop("fmul", s2, z), p, s2)
+        l2 = self.dfma(ln_m, self.dk(1.4426950408889634), self.conv("sitofp", i64, e, d))
+        l2 = self.select(self.cmp("fcmp", "oeq", d, ad, self.dk(0.0)), d, self.dk(-math.inf), l2)
+        return self.select(self.cmp("fcmp", "uge", d, ad, self.dk(math.inf)), d, ad, l2)  # inf, NaN
+
+    def _exp2_narrow(self, t: str) -> str:
+        """2**t for a double t, within 1e-8 (a tenth of float32's ulp) before it is rounded once to
+        float32: overflow to inf, gradual underflow."""
+        d, i64 = "double", "i64"
+        tc = self.call("maxnum", d, [(self.ty(d), t), (self.ty(d), self.dk(-200.0))])
+        tc = self.call("minnum", d, [(self.ty(d), tc), (self.ty(d), self.dk(200.0))])  # NaN: -200, put back below
+        n = self.call("roundeven", d, [(self.ty(d), tc)])
+        r = self.dop("fsub", tc, n)  # exact, in [-1/2, 1/2]: Taylor to r**7
+        ln2 = math.log(2.0)
+        p = self.dpoly(r, [ln2 ** k / math.factorial(k) for k in range(7, -1, -1)])
+        scale = self.iop("shl", self.iop("add", self.conv("fptosi", d, n, i64), self.const(i64, 1023), i64),
+                         self.const(i64, 52), i64)
+        v = self.dop("fmul", p, self.conv("bitcast", i64, scale, d))
+        v = self.select(self.cmp("fcmp", "uno", d, t, t), d, t, v)
+        return self.conv("fptrunc", d, v, "float")
+
+    def power(self, x: str, y: str) -> str:
+        """C99's powf (numpy's): 2 ** (y log2|x|) with the product in double, so large results keep
+        float32 accuracy; then the sign for odd integer y, and the special cases."""
+        ax = self.fcall("fabs", x)
+        t = self.dop("fmul", self.conv("fpext", "float", y, "double"), self._log2_wide(ax))
+        r = self._exp2_narrow(t)
+        integral = self.fcmp("oeq", self.fcall("trunc", y), y)  # +-inf too
+        half = self.fmul(y, self.fk(0.5))
+        odd = self.op("and", "i1", integral, self.fcmp("une", self.fcall("trunc", half), half))
+        r = self.fsel(odd, self.sign_of(r, x), r)  # (-0) ** 3 is -0, (-0) ** -3 is -inf
+        finite_negative = self.op("and", "i1", self.fcmp("olt", x, self.fk(0.0)),
+                                  self.fcmp("one", x, self.fk(-math.inf)))
+        r = self.fsel(self.op("and", "i1", finite_negative, self.op("xor", "i1", integral, self.const("i1", 1))),
+                      self.fk(math.nan), r)
+        one = self.op("or", "i1", self.fcmp("oeq", x, self.fk(1.0)), self.fcmp("oeq", y, self.fk(0.0)))
+        unit_inf = self.op("and", "i1", self.fcmp("oeq", ax, self.fk(1.0)),
+                           self.fcmp("oeq", self.fcall("fabs", y), self.fk(math.inf)))  # (-1) ** inf is 1
+        return self.fsel(self.op("or", "i1", one, unit_inf), self.fk(1.0), r)
+
 
 class _Values(_Lanes):
     """Emits kernel-IR expressions at a loop index, for one lane shape."""
@@ -617,8 +790,10 @@ class _Values(_Lanes):
             return self.fcmp("oeq", x, self.fk(math.inf))
         if name == "isneginf":
             return self.fcmp("oeq", x, self.fk(-math.inf))
-        if name in self._LIBM:  # rarely hot: LLVM lowers these to libm calls, one per lane
-            return self.fcall(self._LIBM[name], *a)
+        if name in ("tan", "arcsin", "arccos", "arctan"):
+            return getattr(self, name)(x)
+        if name in ("arctan2", "power"):
+            return getattr(self, name)(x, a[1])
         if name == "trunc":
             return self.fcall("trunc", x)
         if name == "floor_divide":
@@ -648,9 +823,6 @@ class _Values(_Lanes):
             far = self.fadd(self.log(x), self.fk(math.log(2.0)))
             return self.fsel(self.fcmp("ogt", x, self.fk(1e9)), far, near)
         raise NotImplementedError(f"float op {name}")
-
-    _LIBM = {"tan": "tan", "arcsin": "asin", "arccos": "acos", "arctan": "atan", "arctan2": "atan2",
-             "power": "pow"}
 
     def float_remainder(self, x: str, y: str) -> str:
         """numpy's remainder: the sign of the divisor, and a zero result carries it too."""
@@ -862,7 +1034,7 @@ def _buffers(kernel: Kernel) -> dict:
     return bufs
 
 
-_LIBM_OPS = frozenset(_Values._LIBM) | {"remainder"}  # frem is a libm call too
+_LIBM_OPS = frozenset({"remainder"})  # float frem is a libm call (fmodf), one per lane
 
 
 def _scalar_only(kernel: Kernel, lanes) -> bool:
