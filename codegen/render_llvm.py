@@ -6,7 +6,8 @@ of a reduction) one thread computes. The innermost loop runs on vectors of ``Ker
 scalable ``<vscale x 4 x T>`` on SVE, written as text because llvmlite's IR builder has no scalable
 types), then a scalar loop finishes the remainder. Transcendental functions are polynomial
 approximations emitted inline (Cephes-style range reduction, about 1 ulp in float32), so hot loops
-never call libm. Loop counters live in allocas; the optimizer promotes them to registers.
+never call libm; only the exact reduction of huge trigonometric arguments is a function of the module,
+called when a vector holds one. Loop counters live in allocas; the optimizer promotes them to registers.
 """
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ _TWO_OVER_PI_WORDS = _two_over_pi_words(_EXACT_Q_MAX + 4)
 
 
 class _Body:
-    """Instructions of one function, with fresh SSA names and the intrinsics they declare."""
+    """Instructions of one function, with fresh SSA names; ``declares`` collects the module-level
+    text they need (intrinsic declarations, helper functions)."""
 
     def __init__(self, declares: set):
         self.lines: list = []
@@ -99,6 +101,10 @@ class _Body:
 
     def declare(self, text: str) -> None:
         self.declares.add(f"declare {text}")
+
+    def define(self, text: str) -> None:
+        """A helper function of the module, written after the kernel with the declarations."""
+        self.declares.add(text)
 
 
 class _Lanes:
@@ -276,19 +282,26 @@ class _Lanes:
         e = self.exp(self.fsub(self.fk(-0.0), x))
         return self.fdiv(self.fk(1.0), self.fadd(self.fk(1.0), e))
 
+    def _octant(self, ax: str) -> str:
+        """The even j nearest |x| 4/pi (an i32), for the reductions of sin, cos and tan. |x| 4/pi is
+        capped at 2**30 (minnum takes the number over NaN) so a plain fptosi is defined on every lane:
+        fptosi.sat would go lane by lane on x86. A capped lane changes nothing: lanes at or past
+        _SINCOS_EXACT (inf included) take j from the exact reduction, and a NaN lane's j, 2**30 or
+        the saturating conversion's 0, is the same octant modulo 8."""
+        jf = self.fcall("minnum", self.fmul(ax, self.fk(1.27323954473516)), self.fk(2.0 ** 30))  # 4 / pi
+        j = self.conv("fptosi", "float", jf, "i32")
+        return self.iop("and", self.iop("add", j, self.const("i32", 1)), self.const("i32", -2))
+
     def _sincos(self, x: str, cosine: bool) -> str:
         ax = self.fcall("fabs", x)
-        jf = self.fmul(ax, self.fk(1.27323954473516))  # 4 / pi
-        j = self.call("fptosi.sat", "i32", [(self.ty("float"), jf)])
-        j = self.iop("and", self.iop("add", j, self.const("i32", 1)), self.const("i32", -2))
+        j = self._octant(ax)
         y = self.conv("sitofp", "i32", j, "float")
         r = self.fma(y, self.fk(-0.78515625), ax)
         r = self.fma(y, self.fk(-2.4187564849853515625e-4), r)
         r = self.fma(y, self.fk(-3.77489497744594108e-8), r)
         # Past _SINCOS_EXACT the three-part reduction loses the remainder; those lanes (rare: the
-        # branch is taken only when a vector holds one) are reduced exactly instead.
-        big = self.fcmp("oge", ax, self.fk(_SINCOS_EXACT))
-        r, j = self.exact_branch(big, (("float", r), ("i32", j)), lambda: self._reduce_exact(ax, big, r, j))
+        # call is made only when a vector holds one) are reduced exactly instead.
+        x, ax, r, j = self.exact_reduction(x, ax, r, j)
         z = self.fmul(r, r)
         cos_p = self.poly(z, [2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2])
         cos_p = self.fadd(self.fma(self.fmul(cos_p, z), z, self.fmul(z, self.fk(-0.5))), self.fk(1.0))
@@ -316,20 +329,52 @@ class _Lanes:
         self.b.declare(f"i1 @{full}({self.ty('i1')})")
         return self.b.emit(f"call i1 @{full}({self.ty('i1')} {mask})")
 
-    def exact_branch(self, cond: str, values: tuple, compute) -> tuple:
-        """``values`` ((compute type, SSA name) pairs), replaced by what ``compute()`` returns in a block
-        run only when a lane of ``cond`` is set. Splits the current block: loop state lives in allocas,
-        so no other phi depends on it."""
+    def exact_reduction(self, x: str, ax: str, r: str, j: str) -> tuple:
+        """(x, |x|, r, j) after the three-part reduction of ``_sincos`` and ``tan``, with the lanes at
+        or past _SINCOS_EXACT given ``_reduce_exact``'s r and j, by a call made only when a lane of
+        the vector needs it. The exact reduction is a function of its own (noinline, cold), not a
+        block of the loop: inline, its constants, hoisted out of the loop, crowded the registers of
+        the common path (on AVX-512 the all-ones vector of ``_octant``'s + 1 was then recreated in
+        the loop in a register the previous iteration's result had last written, chaining the
+        iterations). x and |x| go through the call and come back, so nothing the rest needs lives
+        across it (a call clobbers every vector register: the loop would spill them each time).
+        Splits the current block: loop state lives in allocas, so no other phi depends on it."""
+        big = self.fcmp("oge", ax, self.fk(_SINCOS_EXACT))
+        fn, types = self._exact_function()
+        ret = "{ " + ", ".join(types) + " }"
+        values = (x, ax, r, j)
         label = f"xb{self.b.tmp()[2:]}"
         self.b.raw(f"br label %{label}.head")
         self.b.raw(f"{label}.head:")
-        self.b.raw(f"br i1 {self.any_lane(cond)}, label %{label}.exact, label %{label}.join")
+        self.b.raw(f"br i1 {self.any_lane(big)}, label %{label}.exact, label %{label}.join")
         self.b.raw(f"{label}.exact:")
-        exact = compute()
+        both = self.b.emit(f"call {ret} @{fn}({', '.join(f'{t} {v}' for t, v in zip(types, values))})")
+        exact = [self.b.emit(f"extractvalue {ret} {both}, {n}") for n in range(len(values))]
         self.b.raw(f"br label %{label}.join")
         self.b.raw(f"{label}.join:")
-        return tuple(self.b.emit(f"phi {self.ty(c)} [{v}, %{label}.head], [{e}, %{label}.exact]")
-                     for (c, v), e in zip(values, exact))
+        return tuple(self.b.emit(f"phi {t} [{v}, %{label}.head], [{e}, %{label}.exact]")
+                     for t, v, e in zip(types, values, exact))
+
+    def _exact_function(self) -> tuple:
+        """The name and value types of this lane shape's exact reduction, (x, |x|, r, j) -> the same
+        with r and j exact where |x| >= _SINCOS_EXACT, defined once in the module (an internal
+        function: each kernel's object has its own)."""
+        f, i = self.ty("float"), self.ty("i32")
+        types = (f, f, f, i)
+        ret = "{ " + ", ".join(types) + " }"
+        name = f"mlxarm_reduce_exact_{self.sfx('float')}"
+        body = _Body(self.b.declares)
+        inner = _Lanes(body, self.lanes)
+        big = inner.fcmp("oge", "%ax", inner.fk(_SINCOS_EXACT))
+        r, j = inner._reduce_exact("%ax", big, "%r", "%j")
+        out = "poison"
+        for n, (t, v) in enumerate(zip(types, ("%x", "%ax", r, j))):
+            out = body.emit(f"insertvalue {ret} {out}, {t} {v}, {n}")
+        body.raw(f"ret {ret} {out}")
+        params = ", ".join(f"{t} {v}" for t, v in zip(types, ("%x", "%ax", "%r", "%j")))
+        self.b.define(f"define internal {ret} @{name}({params}) noinline cold nounwind {{\n"
+                      "entry:\n" + "\n".join(body.lines) + "\n}\n")
+        return name, types
 
     def _reduce_exact(self, ax: str, big: str, r_fast: str, j_fast: str) -> tuple:
         """(r, j) of ``_sincos`` for the lanes of ``big``, by Payne and Hanek's reduction: |x| is
@@ -416,11 +461,7 @@ class _Lanes:
 
     def tan(self, x: str) -> str:
         ax = self.fcall("fabs", x)
-        # |x| 4/pi, capped (NaN too) so the conversion is defined: lanes past _SINCOS_EXACT take j
-        # from the exact reduction (a plain conversion, where fptosi.sat goes lane by lane on x86)
-        jf = self.fcall("minnum", self.fmul(ax, self.fk(1.27323954473516)), self.fk(2.0 ** 30))
-        j = self.conv("fptosi", "float", jf, "i32")
-        j = self.iop("and", self.iop("add", j, self.const("i32", 1)), self.const("i32", -2))
+        j = self._octant(ax)
         # Near a pole tan(x) ~ -1 / r: r's relative error is the result's, so r = |x| - j pi/4 is
         # reduced in double (sin and cos only need r's absolute error small). pi/4 is split in two
         # doubles; the fma's exact product keeps j * hi whole.
@@ -428,8 +469,7 @@ class _Lanes:
         rd = self.dfma(jd, self.dk(-0.78539816339744828), self.conv("fpext", "float", ax, "double"))
         rd = self.dfma(jd, self.dk(-3.061616997868383e-17), rd)
         r = self.conv("fptrunc", "double", rd, "float")
-        big = self.fcmp("oge", ax, self.fk(_SINCOS_EXACT))
-        r, j = self.exact_branch(big, (("float", r), ("i32", j)), lambda: self._reduce_exact(ax, big, r, j))
+        x, ax, r, j = self.exact_reduction(x, ax, r, j)
         z = self.fmul(r, r)
         p = self.poly(z, [9.38540185543e-3, 3.11992232697e-3, 2.44301354525e-2, 5.34112807005e-2,
                           1.33387994085e-1, 3.33331568548e-1])

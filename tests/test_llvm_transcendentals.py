@@ -2,7 +2,9 @@
 (polynomials, no libm): float32 against numpy over dense grids and every special value (signed zeros,
 infinities, NaN, subnormals, tan's poles and huge arguments, arctan2's quadrants, C99's special cases
 of pow), float16 and bfloat16 against the numpy executor, on each x86 vector width the host runs and on
-aarch64 (NEON and SVE, under qemu), and the kernels' code calls no libm function for them."""
+aarch64 (NEON and SVE, under qemu), and the kernels' code calls no libm function for them. For sin,
+cos and tan also their range reduction: octants converted a whole vector at a time, and lanes reduced
+exactly (huge arguments) beside ordinary ones in one vector."""
 import os
 import re
 import shutil
@@ -18,7 +20,7 @@ from _matrix import on, tolerance  # noqa: E402
 from mlxarm.backend.cache import ObjectCache  # noqa: E402
 from mlxarm.codegen import lower, render_llvm, target  # noqa: E402
 from mlxarm.core import dtypes as dt  # noqa: E402
-from test_aarch64 import HARNESS, NEON, SVE, TOOLS, _compile  # noqa: E402
+from test_aarch64 import HARNESS, NEON, SVE, TOOLS, _compile, _machine  # noqa: E402
 
 F32 = np.float32
 UNARY = ("tan", "arcsin", "arccos", "arctan")
@@ -155,6 +157,35 @@ def test_x86_vector_widths_match_numpy(bits, monkeypatch, tmp_path):
         _assert_close(np.array(on("llvm", _call(name, args))), _numpy(name, args), dt.float32, f"{name} {bits}")
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86 vector widths")
+@pytest.mark.parametrize("bits", [128, 256, 512])
+def test_trig_lanes_do_not_depend_on_their_neighbours(bits, monkeypatch, tmp_path):
+    """sin, cos and tan of a vector whose lanes mix small arguments with huge, infinite and NaN ones
+    (reduced exactly, in a call made for that vector): every lane has the bits it has among its own
+    kind, and matches numpy."""
+    from mlxarm.backend import _EXECUTORS
+    from mlxarm.backend.llvm import LLVMExecutor
+
+    feature = {128: "sse4.1", 256: "avx2", 512: "avx512f"}[bits]
+    if not _x86(bits).has(feature):
+        pytest.skip(f"the host CPU has no {feature}")
+    monkeypatch.setitem(_EXECUTORS, "llvm", LLVMExecutor(_x86(bits), ObjectCache(str(tmp_path))))
+    rng = np.random.default_rng(3)
+    small = rng.uniform(-10, 10, 4099).astype(F32)  # not a whole number of vectors: the scalar loop too
+    huge = np.concatenate([_neighbours([8192, 1e4, 1e6, 1e20, 3.4e38]), F32([np.inf, np.nan]),
+                           np.exp(rng.uniform(9, 88, 100)).astype(F32)])
+    huge = np.concatenate([huge, -huge])
+    at = np.arange(0, small.size, 3)[:huge.size]  # a third of the lanes, so most vectors hold both
+    mixed = small.copy()
+    mixed[at] = huge[:at.size]
+    for name in ("sin", "cos", "tan"):
+        got = np.array(on("llvm", _call(name, [mixed])))
+        expected = np.array(on("llvm", _call(name, [small])))
+        expected[at] = np.array(on("llvm", _call(name, [huge[:at.size]])))
+        np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32), err_msg=f"{name} {bits}")
+        _assert_close(got, _numpy(name, [mixed]), dt.float32, f"{name} {bits}")
+
+
 def _kernel(name, args, lanes):
     node = _call(name, args)()
     return lower.lower(node, lanes)
@@ -168,11 +199,28 @@ _TARGETS = {"x86-128": target.Target(_X86_64, "x86-64-v3", "+avx2,+fma,+f16c", 1
 _LIBM = re.compile(r"@(?:llvm\.)?(?:tan|asin|acos|atan2?|pow)[fl]?\b")
 
 
+def _optimized(source, t):
+    """The kernel's IR after the optimizer, and its machine code."""
+    import llvmlite.binding as llvm
+
+    machine = _machine(t)
+    module = llvm.parse_assembly(source)
+    module.verify()
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    builder = llvm.create_pass_builder(machine, pto)
+    builder.getModulePassManager().run(module, builder)
+    return str(module), machine.emit_assembly(module)
+
+
+_CALL = re.compile(r"^\s*(call\w*|bl|blr)\s", re.M)
+
+
 @pytest.mark.parametrize("where", list(_TARGETS))
 @pytest.mark.parametrize("name", UNARY + BINARY)
 def test_code_calls_no_libm(name, where):
     """No call to (or intrinsic lowered to) tan, asin, acos, atan, atan2 or pow in the kernel's IR,
-    no call at all in its machine code (these targets have fma), and the scalable vector loop stays."""
+    no call in its machine code (these targets have fma) but those its optimized IR makes to
+    functions of its own module (tan's exact reduction), and the scalable vector loop stays."""
     t = _TARGETS[where]
     x = np.linspace(0.5, 2, 37, dtype=F32)
     kernel, _, _ = _kernel(name, [x] if name in UNARY else [x, x[::-1]], t.lanes)
@@ -181,8 +229,25 @@ def test_code_calls_no_libm(name, where):
     if t.scalable:
         assert not render_llvm._scalar_only(kernel, "vscale")
         assert re.search(r"= f(add|sub|mul|div) <vscale x 4 x float>", source)
-    asm, _ = _compile(source, t)
-    assert not re.search(r"^\s*(call\w*|bl|blr)\s", asm, re.M), "a call in the kernel's code"
+    ir, asm = _optimized(source, t)
+    defined = set(re.findall(r"^define [^@]*@([\w.]+)\(", ir, re.M))
+    called = re.findall(r"\bcall [^@]*@([\w.]+)\(", ir)
+    assert all(f in defined or f.startswith("llvm.") for f in called), called
+    own = sum(f in defined for f in called)
+    assert len(_CALL.findall(asm)) == own, "a call in the kernel's code that its IR does not make"
+
+
+@pytest.mark.parametrize("where", ["x86-128", "x86-256", "x86-512"])
+@pytest.mark.parametrize("name", ["sin", "cos", "tan"])
+def test_trig_reduction_converts_whole_vectors(name, where):
+    """The octant of sin, cos and tan is converted to an integer by one vector instruction, not lane
+    by lane (what a saturating conversion becomes on x86): fewer scalar conversions in the code than
+    the vector has lanes (the scalar remainder loop has its own)."""
+    t = _TARGETS[where]
+    kernel, _, _ = _kernel(name, [np.linspace(-10, 10, 37, dtype=F32)], t.lanes)
+    _, asm = _optimized(render_llvm.render(kernel, t), t)
+    assert re.search(r"\bv?cvttps2dq\b", asm)
+    assert len(re.findall(r"\bv?cvttss2si[lq]?\b", asm)) < t.lanes
 
 
 @pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
