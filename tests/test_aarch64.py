@@ -68,7 +68,8 @@ def _machine(target):
         cpu=target.cpu, features=target.features, opt=3, reloc="pic")
 
 
-def _compile(source, target):
+def optimized_module(source, target):
+    """(target machine, ``source`` parsed, verified and optimized for ``target``)."""
     import llvmlite.binding as llvm
 
     machine = _machine(target)
@@ -77,6 +78,11 @@ def _compile(source, target):
     pto = llvm.create_pipeline_tuning_options(speed_level=3)
     builder = llvm.create_pass_builder(machine, pto)
     builder.getModulePassManager().run(module, builder)
+    return machine, module
+
+
+def _compile(source, target):
+    machine, module = optimized_module(source, target)
     return machine.emit_assembly(module), machine.emit_object(module)
 
 
@@ -153,10 +159,17 @@ def test_sve_assembly_uses_scalable_registers(name):
 @pytest.mark.parametrize("name", ["chain", "transcendentals", "trig", "reduce", "max"])
 def test_runs_under_qemu(tmp_path, target, name):
     kernel, bases, out, expected = _lowered(name, target.lanes)
+    got = run_under_qemu(tmp_path, kernel, target, bases, out)
+    np.testing.assert_allclose(got, expected, rtol=3e-5, atol=3e-5)
+
+
+def run_under_qemu(tmp_path, kernel, target, bases, out):
+    """``kernel`` compiled for ``target``, linked into the static harness and run on an emulated
+    aarch64 CPU (qemu's "max" for SVE) over the input arrays ``bases``: its output, shaped as ``out``."""
     _, obj = _compile(render_llvm.render(kernel, target), target)
     (tmp_path / "kernel.o").write_bytes(obj)
     (tmp_path / "harness.c").write_text(HARNESS)
-    exe = tmp_path / "run"
+    exe = tmp_path / f"run_{kernel.name}"
     subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={kernel.name}", "harness.c",
                     "kernel.o", "-o", str(exe)], cwd=tmp_path, check=True, capture_output=True)
     inputs = []
@@ -168,8 +181,7 @@ def test_runs_under_qemu(tmp_path, target, name):
     cpu = "max" if target.scalable else "cortex-a72"
     subprocess.run(["qemu-aarch64-static", "-cpu", cpu, str(exe), str(kernel.out_size), str(out_path),
                     str(out.nbytes)] + inputs, check=True, capture_output=True, timeout=120)
-    got = np.frombuffer(out_path.read_bytes(), dtype=out.dtype).reshape(out.shape)
-    np.testing.assert_allclose(got, expected, rtol=3e-5, atol=3e-5)
+    return np.frombuffer(out_path.read_bytes(), dtype=out.dtype).reshape(out.shape)
 
 
 @pytest.mark.parametrize("target", [NEON, SVE], ids=["neon", "sve"])

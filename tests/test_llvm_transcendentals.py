@@ -8,7 +8,6 @@ exactly (huge arguments) beside ordinary ones in one vector."""
 import os
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from _matrix import on, tolerance  # noqa: E402
 from mlxarm.backend.cache import ObjectCache  # noqa: E402
 from mlxarm.codegen import lower, render_llvm, target  # noqa: E402
 from mlxarm.core import dtypes as dt  # noqa: E402
-from test_aarch64 import HARNESS, NEON, SVE, TOOLS, _compile, _machine  # noqa: E402
+from test_aarch64 import NEON, SVE, TOOLS, _compile, optimized_module, run_under_qemu  # noqa: E402
 
 F32 = np.float32
 UNARY = ("tan", "arcsin", "arccos", "arctan")
@@ -201,14 +200,7 @@ _LIBM = re.compile(r"@(?:llvm\.)?(?:tan|asin|acos|atan2?|pow)[fl]?\b")
 
 def _optimized(source, t):
     """The kernel's IR after the optimizer, and its machine code."""
-    import llvmlite.binding as llvm
-
-    machine = _machine(t)
-    module = llvm.parse_assembly(source)
-    module.verify()
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
-    builder = llvm.create_pass_builder(machine, pto)
-    builder.getModulePassManager().run(module, builder)
+    machine, module = optimized_module(source, t)
     return str(module), machine.emit_assembly(module)
 
 
@@ -259,22 +251,7 @@ def test_runs_under_qemu(tmp_path, where):
     t = _TARGETS[where]
     cases = [(name, [_unary_inputs(name)[::7]]) for name in UNARY]
     cases += [(name, [v[::9] for v in _binary_inputs(name)]) for name in BINARY]
-    (tmp_path / "harness.c").write_text(HARNESS)
     for name, args in cases:
         kernel, views, out = _kernel(name, args, t.lanes)
-        _, obj = _compile(render_llvm.render(kernel, t), t)
-        (tmp_path / "kernel.o").write_bytes(obj)
-        exe = tmp_path / f"run_{name}"
-        subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={kernel.name}", "harness.c",
-                        "kernel.o", "-o", str(exe)], cwd=tmp_path, check=True, capture_output=True)
-        inputs = []
-        for i, v in enumerate(views):
-            path = tmp_path / f"in{i}.bin"
-            path.write_bytes(np.ascontiguousarray(v).tobytes())
-            inputs.append(str(path))
-        out_path = tmp_path / "out.bin"
-        subprocess.run(["qemu-aarch64-static", "-cpu", "max" if t.scalable else "cortex-a72", str(exe),
-                        str(kernel.out_size), str(out_path), str(out.nbytes)] + inputs,
-                       check=True, capture_output=True, timeout=120)
-        got = np.frombuffer(out_path.read_bytes(), dtype=out.dtype).reshape(out.shape)
+        got = run_under_qemu(tmp_path, kernel, t, views, out)
         _assert_close(got, _numpy(name, args), dt.float32, f"{name} on {where}")
