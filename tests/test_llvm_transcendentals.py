@@ -19,7 +19,7 @@ from _matrix import on, tolerance  # noqa: E402
 from mlxarm.backend.cache import ObjectCache  # noqa: E402
 from mlxarm.codegen import lower, render_llvm, target  # noqa: E402
 from mlxarm.core import dtypes as dt  # noqa: E402
-from test_aarch64 import NEON, SVE, TOOLS, _compile, optimized_module, run_under_qemu  # noqa: E402
+from test_aarch64 import NEON, SVE, TOOLS, optimized_module, run_under_qemu  # noqa: E402
 
 F32 = np.float32
 UNARY = ("tan", "arcsin", "arccos", "arctan")
