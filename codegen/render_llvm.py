@@ -190,11 +190,12 @@ class _Lanes:
     def fma(self, a, b, c):
         return self.fcall("fma", a, b, c)
 
-    def poly(self, x: str, coeffs) -> str:
-        """Horner: coeffs from the highest power down."""
-        acc = self.fk(coeffs[0])
-        for c in coeffs[1:]:
-            acc = self.fma(acc, x, self.fk(c))
+    def poly(self, x: str, coeffs, c: str = "float") -> str:
+        """Horner in ``c`` (float or double): coeffs from the highest power down."""
+        t = self.ty(c)
+        acc = self.const(c, coeffs[0])
+        for k in coeffs[1:]:
+            acc = self.call("fma", c, [(t, acc), (t, x), (t, self.const(c, k))])
         return acc
 
     def fcmp(self, pred, a, b):
@@ -447,13 +448,6 @@ class _Lanes:
         t = self.ty("double")
         return self.call("fma", "double", [(t, a), (t, b), (t, c)])
 
-    def dpoly(self, x: str, coeffs) -> str:
-        """Horner in double: coeffs from the highest power down."""
-        acc = self.dk(coeffs[0])
-        for c in coeffs[1:]:
-            acc = self.dfma(acc, x, self.dk(c))
-        return acc
-
     def sign_of(self, v: str, x: str) -> str:
         """``v`` with its sign flipped where ``x``'s sign bit is set (-0.0 and NaNs included)."""
         sign = self.iop("and", self.bits(x), self.const("i32", -(1 << 31)))
@@ -557,7 +551,7 @@ class _Lanes:
         f = self.dop("fsub", m, self.dk(1.0))  # exact: f has float32's 24 bits
         s = self.dop("fdiv", f, self.dop("fadd", f, self.dk(2.0)))
         z = self.dop("fmul", s, s)
-        p = self.dpoly(z, [1 / 11, 1 / 9, 1 / 7, 1 / 5, 1 / 3])
+        p = self.poly(z, [1 / 11, 1 / 9, 1 / 7, 1 / 5, 1 / 3], "double")
         s2 = self.dop("fadd", s, s)
         ln_m = self.dfma(self.dop("fmul", s2, z), p, s2)
         l2 = self.dfma(ln_m, self.dk(1.4426950408889634), self.conv("sitofp", i64, e, d))
@@ -573,7 +567,7 @@ class _Lanes:
         n = self.call("roundeven", d, [(self.ty(d), tc)])
         r = self.dop("fsub", tc, n)  # exact, in [-1/2, 1/2]: Taylor to r**7
         ln2 = math.log(2.0)
-        p = self.dpoly(r, [ln2 ** k / math.factorial(k) for k in range(7, -1, -1)])
+        p = self.poly(r, [ln2 ** k / math.factorial(k) for k in range(7, -1, -1)], "double")
         scale = self.iop("shl", self.iop("add", self.conv("fptosi", d, n, i64), self.const(i64, 1023), i64),
                          self.const(i64, 52), i64)
         v = self.dop("fmul", p, self.conv("bitcast", i64, scale, d))
