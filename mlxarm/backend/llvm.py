@@ -391,7 +391,7 @@ class LLVMExecutor:
                 continue
             # Another argument reading the same memory (the leaf through a second view folded in,
             # or a realized view of it, such as a broadcast element) would see the output's stores.
-            if any(j != slot and (k == i or np.may_share_memory(leaves[k]._data, leaf._data))
+            if any(j != slot and np.may_share_memory(leaves[k]._data, leaf._data)
                    for j, (k, _) in enumerate(offsets, start=1)):
                 continue
             if reads is None:
