@@ -25,15 +25,12 @@ from mlxarm.kernels import gpu_matmul
 DEVICES = ["vulkan", "opencl"]
 
 
-_needs = require
-
-
 @contextlib.contextmanager
 def subgroups(device, flag):
     """(runtime, whether its kernels use subgroup operations) for the executor of ``device`` with its
     subgroup reductions on (used only where the device reports subgroup arithmetic and
     MLXARM_SUBGROUPS is not 0) or forced off."""
-    _needs(device)
+    require(device)
     rt = executor(device).rt
     old = rt.subgroups
     uses = flag and old
@@ -117,7 +114,7 @@ def test_coop_tiling_limits():
 
 
 def test_device_info_tells_gpu_features():
-    _needs("vulkan")
+    require("vulkan")
     info = executor("vulkan").info()
     for key in ("cooperative_matrix", "subgroup_reduce", "subgroup_size"):
         assert key in info, info
@@ -125,10 +122,10 @@ def test_device_info_tells_gpu_features():
 
 def test_coopmat_matmul_matches_numpy():
     """float16 matmul on cooperative matrices where the device has them (else the tiled template):
-    sizes that are not multiples of the tile, K over several steps, the vectorized variant (row-major, 8-aligned) and the strided one (transposed, odd sizes,
-    broadcast batches), empty operands. Small integers make every product and float32 sum exact, and
+    sizes that are not multiples of the tile, K over several steps, the vectorized variant (row-major,
+    8-aligned) and the strided one (transposed, odd sizes, broadcast batches), empty operands. Small integers make every product and float32 sum exact, and
     the one rounding to float16 is the reference's, so the answers must be identical."""
-    _needs("vulkan")
+    require("vulkan")
     rt = executor("vulkan").rt
     coop = rt.coop_tiling is not None  # else the tiled template serves
     assert (executor("vulkan").info()["cooperative_matrix"] is not None) == coop

@@ -22,15 +22,12 @@ from mlxarm.backend.gpu_common import root_of
 DEVICES = ["vulkan", "opencl"]
 
 
-_needs = require
-
-
 @pytest.fixture(autouse=True)
 def _device_available(request):
     """A test run for a device this machine cannot drive skips (with the reason) before touching it."""
     device = getattr(getattr(request.node, "callspec", None), "params", {}).get("device")
     if device is not None:
-        _needs(device)
+        require(device)
 
 
 @contextlib.contextmanager
@@ -38,7 +35,7 @@ def unified(device, flag):
     """(runtime, whether new buffers are host-visible) for the executor of ``device`` with its unified
     path on (where the device shares the host's memory and MLXARM_UNIFIED is not 0) or forced off, and
     OpenCL's pooled and mapped paths from ``_LARGE`` bytes."""
-    _needs(device)
+    require(device)
     rt = executor(device).rt
     old, large = rt.unified, getattr(rt, "large", None)
     rt.unified = flag and old
@@ -96,7 +93,7 @@ _DATA = np.random.default_rng(7).standard_normal((256, 1024)).astype(np.float32)
 @pytest.mark.parametrize("device", DEVICES)
 def test_device_reports_unified_memory(device):
     """lavapipe (a CPU device) and PoCL share the host's memory; ``info`` tells whether the path is on."""
-    _needs(device)
+    require(device)
     ex = executor(device)
     rt = ex.rt
     if device == "vulkan":
@@ -188,7 +185,7 @@ def test_buffers_reused_after_arrays_die(device, flag):
 def test_settings_switched_between_evals(device):
     """Arrays made under one setting are read by kernels recorded under the other (a host-visible buffer
     beside a device-local one in one kernel), both ways."""
-    _needs(device)
+    require(device)
     results = []
     for first, second in ((True, False), (False, False)):  # switched, and the same kernels unswitched
         with unified(device, first):
