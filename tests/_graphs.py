@@ -21,9 +21,19 @@ def graphs(draw, max_steps: int = 8):
 
 
 def build_graph(rows, cols, steps, seed):
+    return apply_steps(inputs(rows, cols, seed), steps)
+
+
+def inputs(rows, cols, seed) -> list:
+    """The recipe's two arrays: (rows, cols) and (cols,)."""
     rng = np.random.default_rng(seed)
-    base = [ma.array(rng.uniform(-2, 2, (rows, cols)).astype(np.float32)),
+    return [ma.array(rng.uniform(-2, 2, (rows, cols)).astype(np.float32)),
             ma.array(rng.uniform(-2, 2, (cols,)).astype(np.float32))]
+
+
+def apply_steps(base: list, steps):
+    """The recipe's ops applied to ``base`` (``inputs``' two arrays, or placeholders for them)."""
+    cols = base[1].shape[0]
     x = base[0]
     for kind, k in steps:
         if kind == "unary":

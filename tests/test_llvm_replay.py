@@ -125,20 +125,23 @@ def test_recorded_evals_are_bounded(llvm):
     assert len(llvm.seen) <= llvm_backend._SEEN_KEPT and len(llvm.plans) <= llvm_backend._GROUPS_KEPT
 
 
-def test_compiled_function_replays(llvm):
+def test_compiled_function_runs_as_a_program(llvm):
+    """The first call traces and evaluates the graph, the second captures its program and every
+    later call runs that program: no graph is recorded for it."""
     f = ma.compile(lambda a, b: ma.softmax(a @ b + 1.0, axis=-1).sum(axis=0))
     x, w = data(6, (4, 32), (32, 64))
-    for _ in range(2):  # traced and planned, then kept
+    for _ in range(2):  # traced, captured
         ma.eval(f(ma.array(x), ma.array(w)))
-    replays = llvm.replays
+    ran = llvm.programs_run
     for seed in (7, 8):
         x, w = data(seed, (4, 32), (32, 64))
         got = f(ma.array(x), ma.array(w))
+        assert got._prim.name == "compiled_output"
         ma.eval(got)
         z = x @ w + 1
         e = np.exp(z - z.max(-1, keepdims=True))
         np.testing.assert_allclose(np.array(got), (e / e.sum(-1, keepdims=True)).sum(0), rtol=1e-5, atol=1e-6)
-    assert llvm.replays == replays + 2
+    assert llvm.programs_run == ran + 2
 
 
 def tiny_llama(seed=0):
@@ -163,15 +166,17 @@ def decode_with_growing_cache(model, prompt, steps):
     return out
 
 
-def test_decode_steps_replay_and_match_the_growing_cache(llvm):
+def test_decode_steps_run_as_a_program_and_match_the_growing_cache(llvm):
     model = tiny_llama()
     prompt = [3, 17, 5, 9, 22]
     expected = decode_with_growing_cache(model, prompt, 6)
-    replays = llvm.replays
+    ran, donated = llvm.programs_run, llvm.donated
     got = list(generate_step(prompt, model, max_tokens=6))
-    # Five decode steps: the first is planned (the trace's constants were computed when it was
-    # traced), the second's plan is kept, and every later one replays it.
-    assert llvm.replays - replays == 3
+    # Five decode steps: the first traces the compiled step, the second captures its program (and
+    # runs it), and every one from there writes each layer's new key and value into the cache's own
+    # buffers.
+    assert llvm.programs_run - ran == 4
+    assert llvm.donated - donated >= 4 * 2 * len(model.layers)
     assert [t for t, _ in got] == [t for t, _ in expected]
     for (_, g), (_, e) in zip(got, expected):
         np.testing.assert_allclose(np.array(g), e, rtol=1e-5, atol=1e-5)

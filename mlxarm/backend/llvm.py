@@ -48,7 +48,8 @@ from ..core.device import count_buffer as count, counted_alone
 from ..core.fast import rope_inv_freq
 from . import blas
 from .cache import ObjectCache
-from . import llvm_quantized, llvm_runtime, llvm_threads
+from . import llvm_program, llvm_quantized, llvm_runtime, llvm_threads
+from ..core.compile import PROGRAM, PROGRAM_OUTPUT, finish_program, program_outputs
 from .numpy_executor import NumpyExecutor, _keeps_graph
 
 _KERNEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
@@ -194,6 +195,7 @@ class _Structure:
 class LLVMExecutor:
     name = "llvm"
     address = staticmethod(address)  # a buffer's data address, for the templates' modules
+    runs_programs = True  # compiled calls come as program nodes (``llvm_program``)
 
     def __init__(self, target: targets.Target | None = None, cache: ObjectCache | None = None):
         self.compiler = Compiler(target, cache)
@@ -221,6 +223,10 @@ class LLVMExecutor:
         # [weak reference to an x, bits, its columns interleaved for them] for quantized products
         # reading one x in turn (a layer's q, k and v projections)
         self.interleaved: list = [None, 0, None]
+        self.driver = None  # ``llvm_program``'s driver function, compiled when a program is first built
+        self.programs_run = 0
+        self.native_seconds = 0.0  # wall time programs spent in native code (their driver calls)
+        self.capture = None  # a ``llvm_program.Capture`` the eval being recorded fills in
 
     def info(self) -> dict:
         t = self.target
@@ -255,12 +261,14 @@ class LLVMExecutor:
         nodes = [n for n in (r() for r in refs) if n is not None and n._data is None]
         if not nodes:
             return
-        self.keep_graph = _keeps_graph()  # asked once per eval: it cannot change during one
+        capture = self.capture
+        # asked once per eval: it cannot change during one (a capture keeps every buffer apart)
+        self.keep_graph = _keeps_graph() or capture is not None
         key, leaves, counted = fuse.signature(nodes)
         key = _Structure(key)
         # leaf id -> references from the graph, for leaves nothing outside the graph holds
         self.free_leaves = {id(leaves[i]): counted[3][i] for i in counted[4]}
-        recorded = self.evals.pop(key, None)
+        recorded = self.evals.pop(key, None) if capture is None else None
         if recorded is not None:
             self.evals[key] = recorded  # now the most recently used
             actions, self.last_plan = recorded
@@ -288,6 +296,11 @@ class LLVMExecutor:
                 progress(index, len(steps))  # the steps before this one are done
             node = step.node
             if node._data is not None or id(node) in folded:
+                if node._prim is PROGRAM_OUTPUT and node._data is not None and capture is None:
+                    # realized by its program's step: later kernels read it as that step's output
+                    sources[id(node)] = (1, len(actions))
+                    numpy_made.add((1, len(actions)))
+                    actions.append((_CALL, position[id(node)], self.run_program_output, "program output"))
                 continue  # realized already, or computed by the matmul template of a later step
             epilogue = epilogues.get(id(node))
             action = self.action(step, position[id(node)], sources, numpy_made) if epilogue is None else \
@@ -300,13 +313,22 @@ class LLVMExecutor:
                       file=sys.stderr)
                 if debug > 1 and action[0] != _CALL and action[2] in self.sources:
                     print(self.sources[action[2]], file=sys.stderr)
+            if capture is not None:
+                ins = tuple((i._data, i._dtype) for i in node._inputs) if action[0] == _CALL else ()
+                entry = [action, node._shape, node._dtype, node._stream, node._prim, node._params, ins]
             self.perform(action, node)
+            if capture is not None:
+                capture.entries.append(tuple(entry) + (node._data,))
+                capture.nodes.append(node)
             sources[id(node)] = (1, len(actions))
             if action[0] == _CALL:
                 numpy_made.add((1, len(actions)))
             actions.append(action)
         if progress is not None and self.compiler.compiled != compiled:
             progress(len(steps), len(steps))
+        if capture is not None:
+            capture.leaves = leaves
+            return
         # A structure is kept on its second sighting: a graph seen once (an uncompiled decode step
         # whose cache slices grow) costs a hash, not a recorded plan.
         sighting = key.hash
@@ -329,6 +351,10 @@ class LLVMExecutor:
         a _KERNEL action (_ROWS, ``row_action``)."""
         node = step.node
         if step.kind == "numpy":
+            if node._prim is PROGRAM:
+                return (_CALL, pos, self.run_program, "program")
+            if node._prim is PROGRAM_OUTPUT:
+                return (_CALL, pos, self.run_program_output, "program output")
             if self.gemm_fits(node):
                 return (_CALL, pos, self.run_gemm, "gemm")
             # The quantized matmul template (llvm_quantized) runs what it fits.
@@ -507,6 +533,86 @@ class LLVMExecutor:
     def run_numpy(self, node) -> None:
         self.numpy.run([weakref.ref(node)])
 
+    # -- compiled programs (``llvm_program``) ------------------------------------------------------
+
+    def program_driver(self):
+        if self.driver is None:
+            self.driver = llvm_program._DRIVER_FN(
+                self.compiler.address(llvm_program.render_driver(self.target.triple), "mlxarm_program"))
+        return self.driver
+
+    def run_program(self, node) -> None:
+        """Run one call of a compiled function (a ``compiled_program`` node) and realize its output
+        nodes by the program built for its inputs' layouts. The first call of a layout evaluates the
+        call's graph, captured to build the program, and then runs the program on the same inputs
+        (the capture keeps every buffer apart, so only the program writes into dying inputs); where
+        no program can be built, the graph's results serve."""
+        state, outs = program_outputs(node)
+        inputs = node._inputs
+        layout = tuple(x._data.strides for x in inputs)
+        program = state.programs.get(layout)
+        results = None
+        if program is None:  # captured now; the program then runs on the same inputs (and may
+            results = self.capture_program(state, inputs, build=True, layout=layout)  # donate them)
+            program = state.programs[layout]
+        if program:
+            done = program.run(self, inputs)
+            if done is not None:
+                results = done
+                self.programs_run += 1
+        if results is None:
+            results = self.capture_program(state, inputs, build=False, layout=layout)
+        for v, o in outs.items():
+            buf, counted = results[v]
+            self.realized(o, buf, counted=counted)
+        finish_program(node)
+
+    def run_program_output(self, node) -> None:
+        raise RuntimeError("[compile] A compiled output was reached before its program ran.")
+
+    def capture_program(self, state, inputs: tuple, build: bool, layout: tuple) -> dict:
+        """Evaluate a compiled call's graph (recording it into a capture when ``build``), keep the
+        program built from the capture (or False where none can be), and return the results as
+        ``Program.run`` does."""
+        from ..codegen.schedule import toposort
+
+        outs, values = state.tape.record(list(inputs), False)
+        wanted = {v: values[v] for kind, v in state.tape.outputs if kind == 0}
+        del outs, values
+        saved = (self.keep_graph, self.free_leaves, self.consumers, self.last_plan, self.capture)
+        capture = llvm_program.Capture() if build else None
+        self.capture = capture
+        try:
+            refs = [weakref.ref(n) for n in toposort(list(wanted.values()))]  # only the results held
+            self._run(refs)
+        finally:
+            self.keep_graph, self.free_leaves, self.consumers, self.last_plan, self.capture = saved
+        results = {v: (n._data, True) for v, n in wanted.items()}
+        if build:
+            try:
+                program = llvm_program.build(self, capture, inputs, wanted)
+            except llvm_program.Unsupported as e:
+                program = False
+                if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
+                    print(f"[mlxarm] compiled call stays a graph: {e}", file=sys.stderr)
+            state.programs[layout] = program
+            for n in capture.nodes:  # the capture kept the graph: let it go
+                n._inputs = ()
+                n._params = None
+        return results
+
+    def donatable(self, x):
+        """``x``'s buffer when an update may write into it: nothing outside the eval holds ``x``, and
+        nothing but ``x`` holds the buffer (no view, no device mirror; ``take``'s rule); else None."""
+        buf = x._data
+        if id(x) not in self.free_leaves or buf.base is not None or not buf.flags.writeable \
+                or not buf.flags.c_contiguous or self.keep_graph or sys.getrefcount(buf) != 3 \
+                or counted_alone(buf) is None:
+            return None
+        self.interleaved[0] = None  # a copy of the buffer would go stale
+        self.donated += 1
+        return buf
+
     def run_view(self, node) -> None:
         """A movement primitive on a buffer: its reference makes a numpy view (the numpy executor's
         work without its per-node checks; a reference that had to copy is counted as it counts)."""
@@ -683,6 +789,13 @@ class LLVMExecutor:
             del x, off
             realized(node, out)
 
+        def native(ins, out):  # a compiled program's row (``llvm_program``)
+            x, off = ins[:2]
+            if not (x.flags.c_contiguous and off.flags.c_contiguous):
+                return None
+            return [(fn, [out, x, off, inv_freq, meta, scale], rows_, d, 1, True)]
+
+        run_rope.native = native
         return run_rope
 
     def bind_attention(self, node):
@@ -730,6 +843,19 @@ class LLVMExecutor:
             del q, k, v, m
             realized(node, out)
 
+        def native(ins, out):  # a compiled program's row (``llvm_program``): its strides fixed
+            q, k, v = ins[:3]
+            m = ins[3] if len(ins) > 3 else None
+            if not q.flags.c_contiguous or rows_of(k) is not k or rows_of(v) is not v:
+                return None
+            fixed = meta.copy()
+            fixed[5:11] = [s // 4 for s in k.strides[:3] + v.strides[:3]]
+            if m is not None:
+                fixed[11:] = [s // m.itemsize for s in m.strides]
+            return [(fn, [out, q, k, v, m, fixed, scale],
+                     units, per_unit, 1, True)]
+
+        run_attention.native = native
         return run_attention
 
     def run_rows(self, node, kernel: rows.RowKernel) -> None:

@@ -113,7 +113,36 @@ def bind(executor, node):
         del x, w, scales, biases
         realized(node, out)
 
+    def native(ins, out):  # rows for a compiled program (``llvm_program``)
+        x, w, scales, biases = ins
+        if not all(a.flags.c_contiguous for a in ins) or out.shape != shape:
+            return None
+        rows = []
+        if interleave:
+            kernel = _interleave_kernel(m, k, bits, lanes, node_x_dtype)
+            scratch = ("temp", kernel, x.nbytes, x)
+            rows.append((executor.function(kernel), [scratch, x], kernel.out_size,
+                         *executor.split_shape(kernel), True))
+            x = scratch
+        # In a program the workers are awake between rows: any product big enough is shared.
+        rows.append((fn, [out, x, w, scales, biases, meta], units, per_unit, 1, True))
+        return rows
+
+    node_x_dtype = node._inputs[0]._dtype.name
+    run_bound.native = native
     return run_bound
+
+
+def _interleave_kernel(m: int, k: int, bits: int, lanes: int, dtype: str):
+    """``template.interleave_x`` as a copy kernel: x (M, K) to blocks of ``lanes * 8 / bits`` columns
+    with column t + j * 8/bits at t * lanes + j."""
+    from ..codegen import ir
+
+    per = 8 // bits
+    blocks = k // (lanes * per)
+    load = ir.Load(1, dtype, (k, lanes * per, 1, per))
+    return ir.Kernel(f"interleave_{m}_{k}_b{bits}_l{lanes}_{dtype}", (m, blocks, per, lanes), 4,
+                     ir.Store(0, dtype, (k, per * lanes, lanes, 1), load), width=lanes)
 
 
 def _permutes(target) -> bool:

@@ -243,7 +243,8 @@ class Workers:
         for name in ("usleep", "syscall"):  # AttributeError where the C library lacks one
             llvm.add_symbol(name, ctypes.cast(getattr(libc, name), ctypes.c_void_p).value)
         source = render(compiler.target.triple)
-        self.dispatch = _DISPATCH_FN(compiler.address(source, "mlxarm_dispatch"))
+        self.dispatch_address = compiler.address(source, "mlxarm_dispatch")  # programs call it natively
+        self.dispatch = _DISPATCH_FN(self.dispatch_address)
         self.worker = _WORKER_FN(compiler.address(source, "mlxarm_worker"))
         self._wake = _WORKER_FN(compiler.address(source, "mlxarm_wake"))
         self.lock = threading.Lock()  # one job at a time: the state block describes one

@@ -209,6 +209,10 @@ class array:
         # that may be recorded consumers (or just aliases): only then search.
         if sys.getrefcount(self) > _OVERWRITE_BASE_REFS:
             self._repoint_consumers(old)
+        if self._data is None and self._prim is not None and self._prim.kind == "program":
+            from .compile import repoint_output  # a compiled call's result: its program fills in ``old``
+
+            repoint_output(self, old)
         self._prim, self._inputs, self._params = other._prim, other._inputs, other._params
         self._shape, self._dtype = other._shape, other._dtype
         self._data, self._stream = other._data, other._stream

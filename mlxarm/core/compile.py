@@ -11,17 +11,28 @@ parameters): its arrays are extra inputs, and its final values extra outputs wri
 every call.
 
 With ``shapeless=True`` a replay on new shapes re-infers each step's shape (``shapeless_shape``).
+
+From the second call on (the first traces and runs the graph as usual), where the executor runs
+*programs* (the LLVM executor: ``backend.llvm_program``) and no transformation is tracing, a call records
+no graph: one ``compiled_program`` node reads the call's inputs and one ``compiled_output`` node per
+result reads it. The executor runs the whole call when it meets the program node, realizing the output
+nodes with it. An executor without programs expands such nodes back into the graph first
+(``expand_programs``).
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import struct
 import threading
 import weakref
 
+import numpy as np
+
+from . import dtypes as _dt
 from .array import array, make_node
-from .registry import api
-from .graph import _transforming, array_leaves, eval_arrays, tracing
+from .registry import Primitive, api, register
+from .graph import _in_transform, _transforming, array_leaves, eval_arrays, tracing
 from .vmap import TRACE_INPUT, trace_input, placeholder_slot, in_tracing
 from .ops._base import broadcast_shapes
 
@@ -176,15 +187,23 @@ def _fill_structure(s, outs):
 
 class _Tape:
     """A traced graph: steps in dependency order, each reading placeholders, constants or earlier
-    steps; outputs name steps, inputs or constants."""
+    steps; outputs name steps, inputs or constants. ``calls`` counts the calls replayed; ``program``
+    is the call's program state (``_Program``), None before the first program call, False where
+    programs are not used."""
 
-    __slots__ = ("steps", "outputs", "structure", "num_outputs", "in_shapes")
+    __slots__ = ("steps", "outputs", "structure", "num_outputs", "in_shapes", "calls", "program")
 
     def __init__(self, steps, outputs, structure, num_outputs, in_shapes):
         self.steps, self.outputs, self.structure = steps, outputs, structure
         self.num_outputs, self.in_shapes = num_outputs, in_shapes
+        self.calls = 0
+        self.program = None
 
     def replay(self, inputs: list, shapeless: bool) -> list:
+        return self.record(inputs, shapeless)[0]
+
+    def record(self, inputs: list, shapeless: bool) -> tuple:
+        """(the outputs, the node of every step) recorded on ``inputs``."""
         values: list = []
         reinfer = shapeless and any(x._shape != s for x, s in zip(inputs, self.in_shapes))
         for prim, refs, params, shape, dtype, stream, traced_in in self.steps:
@@ -193,7 +212,132 @@ class _Tape:
             if reinfer:
                 shape, params = shapeless_shape(prim, ins, params, shape, traced_in)
             values.append(make_node(prim, ins, params, shape, dtype, stream))
-        return [_value(r, inputs, values) for r in self.outputs]
+        return [_value(r, inputs, values) for r in self.outputs], values
+
+
+# --- programs ---------------------------------------------------------------------------------------
+
+def _program_ref(params, *inputs):
+    raise RuntimeError("[compile] A compiled program node reached an executor without programs; it "
+                       "should have been expanded (expand_programs).")
+
+
+PROGRAM = register(Primitive(
+    "compiled_program", "program", _program_ref, compute=False,
+    doc="One call of a compiled function, run whole by an executor that runs programs; its results "
+        "are its ``compiled_output`` nodes.",
+    extra={"cases": lambda rng, dtype: []}))
+PROGRAM_OUTPUT = register(Primitive(
+    "compiled_output", "program", _program_ref, compute=False,
+    doc="A result of a ``compiled_program`` node, realized when the program runs.",
+    extra={"cases": lambda rng, dtype: []}))
+
+# id(program node) -> (weak reference to it, its tape's program state, {tape step index: weak reference
+# to its output node}): what the executor realizes when it runs the node (the state lives as long as a
+# node of its is pending). An entry goes when its node is run or dies.
+PENDING: dict = {}
+_EMPTY_SHAPE = (0,)
+_NUMBERS = itertools.count()
+
+
+class _Program:
+    """A tape's program state: the params its nodes share (so the graphs of all calls have one
+    structure) and the executor's programs, by input layout. The params hold a number, not the
+    state: caches of params (``lower.params_token``) must not keep a compiled function alive."""
+
+    __slots__ = ("tape", "params", "output_params", "programs", "__weakref__")
+
+    def __init__(self, tape: _Tape):
+        self.tape = tape
+        self.params = {"program": next(_NUMBERS)}
+        self.output_params: dict = {}
+        self.programs: dict = {}  # the executor's: input strides -> its program or False
+
+    def __repr__(self):
+        return f"<compiled program of {len(self.tape.steps)} steps>"
+
+
+def _programs_here() -> bool:
+    from ..backend import executor_for
+
+    return getattr(executor_for(None), "runs_programs", False)
+
+
+def _program_call(tape: _Tape, inputs: list) -> list:
+    """The outputs of one call as program nodes (see the module's docstring)."""
+    state = tape.program
+    if state is None:
+        state = tape.program = _Program(tape)
+    stream = tape.steps[-1][5]
+    node = make_node(PROGRAM, tuple(inputs), state.params, _EMPTY_SHAPE, _dt.uint8, stream)
+    outs: list = []
+    made: dict = {}
+    for kind, v in tape.outputs:
+        if kind == 0:
+            o = made.get(v)
+            if o is None:
+                step = tape.steps[v]
+                params = state.output_params.get(v)
+                if params is None:
+                    params = state.output_params[v] = {"index": v}
+                o = made[v] = make_node(PROGRAM_OUTPUT, (node,), params, step[3], step[4], step[5])
+            outs.append(o)
+        else:
+            outs.append(inputs[v] if kind == 1 else v)
+    key = id(node)
+    PENDING[key] = (weakref.ref(node, lambda _, key=key: PENDING.pop(key, None)), state,
+                    {v: weakref.ref(o) for v, o in made.items()})
+    return outs
+
+
+def repoint_output(node, snapshot) -> None:
+    """``node``, an unrealized output of a program node, is being overwritten in place (``a[i] = v``):
+    its program realizes ``snapshot``, the node's old value, instead."""
+    entry = PENDING.get(id(node._inputs[0]))
+    if entry is not None:
+        outs = entry[2]
+        for v, ref in outs.items():
+            if ref() is node:
+                outs[v] = weakref.ref(snapshot)
+
+
+def program_outputs(node) -> tuple:
+    """(the tape's program state, {tape step index: output node still alive and unrealized}) of
+    program node ``node``, which stops being pending."""
+    entry = PENDING.pop(id(node))
+    found = {}
+    for v, ref in entry[2].items():
+        o = ref()
+        if o is not None and o._data is None:
+            found[v] = o
+    return entry[1], found
+
+
+_DONE = np.empty(0, np.uint8)
+
+
+def finish_program(node) -> None:
+    """Mark program node ``node`` run: its outputs hold the results."""
+    node._data = _DONE
+    node._inputs = ()
+    node._params = None
+
+
+def expand_programs(order: list) -> bool:
+    """Put the recorded graph back in place of every unrealized program node of ``order`` (for an
+    executor without programs): each output node becomes its step's node. True when one was found."""
+    found = False
+    for node in order:
+        if node._prim is not PROGRAM or node._data is not None:
+            continue
+        found = True
+        state, outs = program_outputs(node)
+        _, values = state.tape.record(list(node._inputs), False)
+        for v, o in outs.items():
+            step = values[v]
+            o._prim, o._inputs, o._params = step._prim, step._inputs, step._params
+        finish_program(node)
+    return found
 
 
 def _value(ref, inputs, values):
@@ -330,7 +474,14 @@ class _Compiled:
                 tape = _trace(self._fun, args, kwargs, inputs, self._captured_inputs,
                               self._captured_outputs, num_args, num_kwargs)
                 self._cache[key] = tape
-        outs = tape.replay(inputs, self._shapeless)
+        outs = None
+        if tape.calls and tape.program is not False and tape.steps and not _in_transform() \
+                and all(x._shape == s for x, s in zip(inputs, tape.in_shapes)):
+            if _programs_here():
+                outs = _program_call(tape, inputs)
+        tape.calls += 1
+        if outs is None:
+            outs = tape.replay(inputs, self._shapeless)
         if self._captured_outputs is not None:
             _fill_state(self._captured_outputs, iter(outs[tape.num_outputs:]))
         return _fill_structure(tape.structure, outs[:tape.num_outputs])

@@ -423,9 +423,19 @@ def reset_peak_memory() -> None:
         memory.peak = 0
 
 
+_reserved: dict = {}  # id(weak reference) -> (it, bytes): buffers kept between evals for reuse
+
+
+def reserve_buffer(data) -> None:
+    """Count ``data`` as cache memory for as long as it lives: memory an executor keeps between evals
+    to reuse (a compiled program's arena), as MLX's buffer cache, not an array's."""
+    ref = weakref.ref(data, lambda r: _reserved.pop(id(r), None))
+    _reserved[id(ref)] = (ref, data.nbytes)
+
+
 def get_cache_memory() -> int:
-    # The numpy executor hands freed buffers straight back to the allocator: nothing is cached.
-    return 0
+    # Freed buffers go straight back to the allocator; what stays is what executors reserve.
+    return sum(n for _, n in list(_reserved.values()))
 
 
 def clear_cache() -> None:

@@ -93,6 +93,10 @@ def _run(outputs) -> None:
     order = toposort(outputs)
     if not order:
         return
+    from .compile import PENDING, expand_programs
+
+    if PENDING and not getattr(_executor(), "runs_programs", False) and expand_programs(order):
+        order = toposort(outputs)  # the program nodes' graphs are in place of them now
     _check_streams(order)
     # Only the outputs are held strongly: an intermediate lives while a consumer that is not yet
     # computed (or the user) refers to it, so buffers die as soon as they are used up.
@@ -101,6 +105,12 @@ def _run(outputs) -> None:
     del order
     run_order(refs)
     del keep
+
+
+def _executor():
+    from ..backend import executor_for
+
+    return executor_for(None)
 
 
 def eval_arrays(outputs) -> None:

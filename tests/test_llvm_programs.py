@@ -1,0 +1,215 @@
+"""Compiled programs on the LLVM executor (``backend.llvm_program``): from its second call on, a
+compiled function runs as one recorded table of native calls. Its results must be the graph's, on
+every call, whatever the function does, and it may write into an input only when nothing else can
+see that input."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+pytest.importorskip("llvmlite", reason="the LLVM backend needs llvmlite")
+
+import mlxarm.core as ma  # noqa: E402
+from mlxarm.backend import executor  # noqa: E402
+from _graphs import apply_steps, graphs, inputs  # noqa: E402
+
+
+@pytest.fixture
+def llvm(monkeypatch):
+    monkeypatch.setenv("MLXARM_DEVICE", "llvm")
+    return executor("llvm")
+
+
+def reference(fun, *args):
+    """``fun`` uncompiled on the numpy executor."""
+    import os
+
+    saved = os.environ.get("MLXARM_DEVICE")
+    os.environ["MLXARM_DEVICE"] = "numpy"
+    try:
+        out = fun(*[ma.array(a) for a in args])
+        out = out if isinstance(out, (list, tuple)) else (out,)
+        ma.eval(out)
+        return [np.array(o) for o in out]
+    finally:
+        os.environ["MLXARM_DEVICE"] = saved
+
+
+def calls(llvm, fun, arg_sets, rtol=1e-5, atol=1e-6):
+    """Call ``compile(fun)`` on each argument set and compare with the reference; returns how many
+    calls ran as a program."""
+    compiled = ma.compile(fun)
+    ran = llvm.programs_run
+    for args in arg_sets:
+        got = compiled(*[ma.array(a) for a in args])
+        got = got if isinstance(got, (list, tuple)) else (got,)
+        ma.eval(got)
+        for g, e in zip(got, reference(fun, *args)):
+            assert g.shape == e.shape and np.array(g).dtype == e.dtype
+            np.testing.assert_allclose(np.array(g), e, rtol=rtol, atol=atol)
+    return llvm.programs_run - ran
+
+
+def values(seed, *shapes):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+FUNCTIONS = {
+    "chain": (lambda a, b: ma.tanh(a * b + 1.0) * 0.5, ((64, 33), (64, 33))),
+    "reductions": (lambda a, b: (ma.sum(a, axis=0), ma.max(a * b, axis=1), ma.logsumexp(a, axis=-1)),
+                   ((8, 40), (8, 40))),
+    "softmax and norm": (lambda a, b: (ma.softmax(a, axis=-1), ma.fast.rms_norm(a, b[0], 1e-5)),
+                         ((6, 32), (6, 32))),
+    "matmul with views": (lambda a, b: (a @ b.T + 1.0).T[3:17:2, ::-1] * 2.0, ((16, 24), (20, 24))),
+    "movement": (lambda a, b: ma.concatenate([a[::-1], b[:, 1:3].T.reshape(a.shape[0], -1)[:, :1]], axis=1),
+                 ((4, 6), (6, 4))),
+    "numpy steps": (lambda a, b: (ma.sort(a, axis=-1), ma.argmax(b, axis=0), ma.cumsum(a, axis=1) * 2),
+                    ((5, 7), (5, 7))),
+    "several outputs of one value": (lambda a, b: (a + b, a + b, (a + b).sum()), ((3, 4), (3, 4))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_compiled_calls_match_the_reference(llvm, name):
+    fun, shapes = FUNCTIONS[name]
+    assert calls(llvm, fun, [values(seed, *shapes) for seed in range(4)]) == 3
+
+
+def test_a_call_no_program_can_replay_keeps_its_graph(llvm):
+    """A reshape that must copy a transposed intermediate is lowered afresh on every eval: no program
+    is built, and every call still computes the graph."""
+    fun = lambda a, b: (a @ b.T + 1.0).T.reshape(-1)[3:50:2]  # noqa: E731
+    assert calls(llvm, fun, [values(seed, (16, 24), (20, 24)) for seed in range(4)]) == 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(graphs())
+def test_random_compiled_graphs_match_the_reference(recipe):
+    import os
+
+    os.environ["MLXARM_DEVICE"] = "llvm"
+    rows, cols, steps, seed = recipe
+    fun = ma.compile(lambda a, b: apply_steps([a, b], steps))
+    for k in range(3):
+        a, b = (np.array(x) for x in inputs(rows, cols, seed + k))
+        got = fun(ma.array(a), ma.array(b))
+        ma.eval(got)
+        (expected,) = reference(lambda x, y: apply_steps([x, y], steps), a, b)
+        np.testing.assert_allclose(np.array(got), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "uint32", "int64", "int16"])
+def test_row_gathers_wrap_and_clamp_their_indices(llvm, dtype):
+    table = values(8, (7, 5))[0]
+    picks = [np.array([[0, 6], [3, 1]]), np.array([[2, 2], [5, 0]]), np.array([[1, 4], [6, 3]])]
+    if dtype != "uint32":
+        picks.append(np.array([[-1, -7], [9, -20]]))  # wrapped, then clamped into range
+    fun = lambda t, i: (t[i] * 2.0, t[i[0, 0]])  # noqa: E731
+    assert calls(llvm, fun, [(table, p.astype(dtype)) for p in picks], rtol=0, atol=0) == len(picks) - 1
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint32"])
+def test_slice_updates_at_any_position(llvm, dtype):
+    """The window starts at the position, counted from the end when negative and moved inside the
+    array, as the reference does."""
+    positions = [0, 3, 5, 9] + ([] if dtype == "uint32" else [-1, -8])
+    fun = lambda x, u, p: ma.slice_update(x, u, p, axes=(1,)) + 0.0  # noqa: E731
+    arg_sets = [(*values(k, (2, 6, 3), (2, 2, 3)), np.array(p, dtype)) for k, p in enumerate(positions)]
+    assert calls(llvm, fun, arg_sets, rtol=0, atol=0) == len(positions) - 1
+
+
+def test_an_input_the_caller_holds_is_never_written(llvm):
+    fun = ma.compile(lambda x: ma.exp(x) * 2.0)
+    for seed in range(4):
+        (v,) = values(seed, (256,))
+        x = ma.array(v)
+        out = fun(x)
+        ma.eval(out)
+        np.testing.assert_array_equal(np.array(x), v)  # held: its buffer is not the output's
+        np.testing.assert_allclose(np.array(out), np.exp(v) * 2, rtol=1e-6)
+
+
+def test_kv_cache_update_writes_in_place_only_when_the_cache_dies(llvm):
+    """The decode-step pattern: the cache goes in, the updated cache comes out. When the caller drops
+    the old cache, the update writes into its buffer; when the caller keeps it, it keeps its values."""
+    fun = ma.compile(lambda cache, new, pos: (cache := ma.slice_update(cache, new, pos, axes=(1,)),
+                                              (cache * 1.0).sum(axis=1))[0:2])
+    cache = ma.zeros((2, 8, 4))
+    ma.eval(cache)
+    expected = np.zeros((2, 8, 4), np.float32)
+    for step in range(6):
+        new = np.full((2, 1, 4), step + 1, np.float32)
+        expected[:, step:step + 1] = new
+        before = ma.array(expected) if step % 2 else None  # odd steps: a held copy of the old cache
+        held = cache if step == 4 else None  # step 4: the caller keeps the old cache itself
+        old = np.array(cache).copy()
+        cache, sums = fun(cache, ma.array(new), ma.array(step, ma.int32))
+        ma.eval(cache, sums)
+        np.testing.assert_array_equal(np.array(cache), expected)
+        np.testing.assert_allclose(np.array(sums), expected.sum(axis=1), rtol=1e-6)
+        if held is not None:
+            np.testing.assert_array_equal(np.array(held), old)
+        del before, held
+
+
+def test_a_new_input_layout_is_captured_again(llvm):
+    fun = ma.compile(lambda a: ma.exp(a) + a.sum())
+    (v,) = values(3, (12, 12))
+    for x in (v, v, v.T, v.T, v):  # a transposed view has other strides: another program
+        a = ma.array(v)
+        a = a.T if x is not v else a
+        got = fun(a)
+        ma.eval(got)
+        np.testing.assert_allclose(np.array(got), np.exp(x) + x.sum(), rtol=1e-5)
+
+
+def test_program_nodes_are_expanded_for_an_executor_without_programs(llvm, monkeypatch):
+    fun = ma.compile(lambda a, b: (ma.sin(a) * b, ma.sum(a)))
+    a, b = values(5, (9, 3), (9, 3))
+    for _ in range(2):
+        ma.eval(fun(ma.array(a), ma.array(b)))
+    out = fun(ma.array(a), ma.array(b))  # program nodes, made while the LLVM executor serves
+    assert out[0]._prim.name == "compiled_output"
+    monkeypatch.setenv("MLXARM_DEVICE", "numpy")
+    ma.eval(out)
+    np.testing.assert_allclose(np.array(out[0]), np.sin(a) * b, rtol=1e-6)
+    np.testing.assert_allclose(np.array(out[1]), a.sum(), rtol=1e-5)
+
+
+def test_outputs_evaluated_separately_and_dropped_ones(llvm):
+    fun = ma.compile(lambda a: (a * 2.0, a + 1.0, a - 1.0))
+    (v,) = values(6, (10,))
+    for _ in range(2):
+        ma.eval(fun(ma.array(v)))
+    doubled, plus, _ = fun(ma.array(v))  # the third result is dropped unevaluated
+    ma.eval(plus)
+    np.testing.assert_allclose(np.array(plus), v + 1, rtol=1e-6)
+    np.testing.assert_allclose(np.array(doubled), v * 2, rtol=1e-6)  # realized with it
+
+
+@pytest.mark.parametrize("device", ["llvm", "numpy"])
+def test_a_result_overwritten_in_place_is_computed_first(llvm, monkeypatch, device):
+    """``out[i] = v`` on a result not yet computed makes ``out`` a new node reading the result's old
+    value: the program must compute that value (on any executor), not skip it."""
+    fun = ma.compile(lambda a: a * 2.0)
+    (v,) = values(9, (5, 3))
+    for _ in range(2):
+        ma.eval(fun(ma.array(v)))
+    out = fun(ma.array(v))
+    before = out + 1.0  # recorded on the old value
+    out[1] = 7.0
+    monkeypatch.setenv("MLXARM_DEVICE", device)
+    ma.eval(out, before)
+    expected = v * 2
+    np.testing.assert_allclose(np.array(before), expected + 1, rtol=1e-6)
+    expected[1] = 7
+    np.testing.assert_allclose(np.array(out), expected, rtol=1e-6)
+
+
+def test_gradients_through_a_compiled_function_trace_its_graph(llvm):
+    fun = ma.compile(lambda x: ma.sum(ma.sin(x) * x))
+    (v,) = values(7, (6,))
+    for _ in range(3):
+        g = ma.grad(fun)(ma.array(v))
+        ma.eval(g)
+        np.testing.assert_allclose(np.array(g), np.cos(v) * v + np.sin(v), rtol=1e-5, atol=1e-6)
