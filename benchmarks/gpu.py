@@ -204,8 +204,9 @@ def torch_figures(n: int, m: int, big: int, reps: int) -> dict | None:
 
 
 def write_png(path: str, groups: list, series: list, values: dict) -> None:
-    """A bare bar chart (no text): one group per workload, one colour per backend, heights relative to
-    the largest bar of the group. The JSON beside it has the numbers."""
+    """A bare bar chart (no text): one group per workload, one colour per series (the backends in the
+    order run, then PyTorch), heights relative to the largest bar of the group. The JSON beside it has
+    the numbers."""
     colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
     bar, gap, height = 14, 18, 200
     width = max(1, len(groups) * (len(series) * bar + gap) + gap)
@@ -291,6 +292,12 @@ def main() -> None:
     series = list(results["backends"])
     unit = {g: "GFLOP/s" if g.startswith("matmul") else "GB/s" for g in groups}
     values = {(g, s): results["backends"][s][g][unit[g]] for g in groups for s in series}
+    if torch is not None and series:  # PyTorch's bar beside ours: the same work over its time
+        first = results["backends"][series[0]]
+        for g in groups:
+            if first.get(g, {}).get("vs_torch"):
+                values[(g, "torch")] = first[g][unit[g]] / first[g]["vs_torch"]
+        series.append("torch")
     write_png(os.path.join(args.out, "gpu.png"), groups, series, values)
     print(f"wrote {os.path.join(args.out, 'gpu.json')} and gpu.png")
 
