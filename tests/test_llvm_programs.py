@@ -77,9 +77,14 @@ def test_compiled_calls_match_the_reference(llvm, name):
 
 def test_a_call_no_program_can_replay_keeps_its_graph(llvm):
     """A reshape that must copy a transposed intermediate is lowered afresh on every eval: no program
-    is built, and every call still computes the graph."""
+    is built, later calls record their graphs again, and every call computes the graph."""
     fun = lambda a, b: (a @ b.T + 1.0).T.reshape(-1)[3:50:2]  # noqa: E731
     assert calls(llvm, fun, [values(seed, (16, 24), (20, 24)) for seed in range(4)]) == 0
+    compiled = ma.compile(fun)
+    for seed in range(3):
+        out = compiled(*[ma.array(v) for v in values(seed, (16, 24), (20, 24))])
+        assert out._prim.name != "compiled_output" or seed == 1  # only the second call tried
+        ma.eval(out)
 
 
 @settings(max_examples=20, deadline=None)
@@ -204,6 +209,50 @@ def test_a_result_overwritten_in_place_is_computed_first(llvm, monkeypatch, devi
     np.testing.assert_allclose(np.array(before), expected + 1, rtol=1e-6)
     expected[1] = 7
     np.testing.assert_allclose(np.array(out), expected, rtol=1e-6)
+
+
+def _train(compiled: bool, steps: int = 6):
+    """Adam on a small MLP, the step compiled with the model's and optimizer's state or not."""
+    import mlxarm.nn as nn
+    import mlxarm.optimizers as optim
+    from mlxarm.utils import tree_flatten
+
+    ma.random.seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    ma.eval(model.parameters())
+    opt = optim.Adam(learning_rate=1e-2)
+    grad_fn = nn.value_and_grad(model, lambda m, x, y: nn.losses.cross_entropy(m(x), y).mean())
+    state = [model.state, opt.state]
+
+    def step(x, y):
+        loss, grads = grad_fn(model, x, y)
+        opt.update(model, grads)
+        return loss
+
+    if compiled:
+        step = ma.compile(step, inputs=state, outputs=state)
+    rng = np.random.default_rng(1)
+    losses = []
+    for _ in range(steps):
+        loss = step(ma.array(rng.standard_normal((32, 8)).astype(np.float32)),
+                    ma.array(rng.integers(0, 4, 32).astype(np.int32)))
+        ma.eval(state)
+        losses.append(loss.item())
+    return losses, [np.array(p) for _, p in tree_flatten(model.parameters())]
+
+
+def test_a_compiled_training_step_with_state_matches_the_uncompiled_one(llvm):
+    """Captured state (the model's parameters, Adam's moments) goes in and comes out of every call;
+    a program writes the new values where the old ones die."""
+    losses, params = _train(False)
+    ran = llvm.programs_run
+    compiled_losses, compiled_params = _train(True)
+    # The first call creates Adam's moments, so the second call's state has another structure and is
+    # traced anew: the third call captures its program and runs it, as do the three after it.
+    assert llvm.programs_run - ran == 4
+    np.testing.assert_allclose(compiled_losses, losses, rtol=1e-6)
+    for got, expected in zip(compiled_params, params):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_gradients_through_a_compiled_function_trace_its_graph(llvm):

@@ -48,7 +48,8 @@ from ..core.device import count_buffer as count, counted_alone
 from ..core.fast import rope_inv_freq
 from . import blas
 from .cache import ObjectCache
-from . import llvm_program, llvm_quantized, llvm_runtime, llvm_threads
+from . import buffers, llvm_program, llvm_quantized, llvm_runtime, llvm_threads
+from .buffers import owns
 from ..core.compile import PROGRAM, PROGRAM_OUTPUT, finish_program, program_outputs
 from .numpy_executor import NumpyExecutor, _keeps_graph
 
@@ -272,7 +273,8 @@ class LLVMExecutor:
         if recorded is not None:
             self.evals[key] = recorded  # now the most recently used
             actions, self.last_plan = recorded
-            targets = [nodes[a[1]] for a in actions]
+            # weakly: a node lives while something not yet computed reads it, not until the eval ends
+            targets = [weakref.ref(nodes[a[1]]) for a in actions]
             del nodes
             self.replays += 1
             if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
@@ -291,9 +293,12 @@ class LLVMExecutor:
         self.last_plan = []
         actions = []
         progress, compiled = self.progress, self.compiler.compiled
-        for index, step in enumerate(steps):
+        for index in range(len(steps)):
             if progress is not None and self.compiler.compiled != compiled:
                 progress(index, len(steps))  # the steps before this one are done
+            # The plan lets go of each step as it comes: a buffer lives while a node not yet computed
+            # reads it, not until the eval ends (a long prefill's activations would all stay).
+            step, steps[index] = steps[index], None
             node = step.node
             if node._data is not None or id(node) in folded:
                 if node._prim is PROGRAM_OUTPUT and node._data is not None and capture is None:
@@ -435,7 +440,7 @@ class LLVMExecutor:
         count's (a device mirror, a cached repacking). Else (None, False)."""
         buf = leaf._data
         # held by leaf._data, this frame and getrefcount's argument
-        if buf is None or buf.base is not None or not buf.flags.writeable or not buf.flags.c_contiguous \
+        if buf is None or not owns(buf) or not buf.flags.writeable or not buf.flags.c_contiguous \
                 or self.keep_graph or sys.getrefcount(buf) != 3 + views:
             return None, False
         counted = counted_alone(buf)
@@ -481,20 +486,22 @@ class LLVMExecutor:
             out, taken = self.take(leaves[donor[1]], node._shape, node._dtype.np_storage, views)
         del leaves
         if out is None:
-            out = np.empty(node._shape, dtype=node._dtype.np_storage)
+            out = buffers.empty(node._shape, node._dtype.np_storage)
         if out.size:
             self.launch(fn, kernel, [out.ctypes.data] + addresses)
         del keep
         self.realized(node, out, counted=taken)
 
     def replay(self, actions: tuple, targets: list, leaves: list) -> None:
-        """Run recorded ``actions`` on ``targets`` (the node each realizes) reading ``leaves``.
-        A kernel action is called with its prebuilt argument array, refilled with this eval's
-        buffer addresses (each buffer's address is looked up once)."""
+        """Run recorded ``actions`` on ``targets`` (weak references to the node each realizes) reading
+        ``leaves``. A kernel action is called with its prebuilt argument array, refilled with this
+        eval's buffer addresses (each buffer's address is looked up once). A node that died before its
+        turn is not computed: nothing reads it (a later action reading it would hold it)."""
         found: dict = {}  # (0, leaf index) or (1, action index) -> buffer address
-        empty, realized, pool = np.empty, self.realized, self.pool
-        for index, (action, node) in enumerate(zip(actions, targets)):
-            if node._data is not None:
+        empty, realized, pool = buffers.empty, self.realized, self.pool
+        for index, (action, ref) in enumerate(zip(actions, targets)):
+            node = ref()
+            if node is None or node._data is not None:
                 continue
             kind = action[0]
             if kind == _CALL:
@@ -504,7 +511,7 @@ class LLVMExecutor:
                 self.perform(action, node)
                 continue
             fn, reads, checks, args, split, donor = action[4:]
-            if checks and any(targets[i]._data.strides != layout for i, layout in checks):
+            if checks and any(targets[i]()._data.strides != layout for i, layout in checks):
                 # A call laid its buffer out differently this time: run as when recording.
                 self.perform((_CALL, None, functools.partial(self.run_rows, kernel=action[2]))
                              if kind == _ROWS else (_LOWER,), node)
@@ -512,14 +519,14 @@ class LLVMExecutor:
             out, taken = (None, False) if donor is None else \
                 self.take(leaves[donor[2]], node._shape, node._dtype.np_storage)
             if out is None:
-                out = empty(node._shape, dtype=node._dtype.np_storage)
+                out = empty(node._shape, node._dtype.np_storage)
             if split is not None:  # None: an empty output, nothing to run
                 slot = 1
                 for source, offset in reads:
                     at = found.get(source)
                     if at is None:
                         where, i = source
-                        at = found[source] = address((leaves[i] if where == 0 else targets[i])._data)
+                        at = found[source] = address((leaves[i] if where == 0 else targets[i]())._data)
                     args[slot] = at + offset
                     slot += 1
                 args[0] = found[(1, index)] = address(out)
@@ -593,6 +600,7 @@ class LLVMExecutor:
                 program = llvm_program.build(self, capture, inputs, wanted)
             except llvm_program.Unsupported as e:
                 program = False
+                state.tape.program = False  # later calls record their graphs again
                 if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
                     print(f"[mlxarm] compiled call stays a graph: {e}", file=sys.stderr)
             state.programs[layout] = program
@@ -605,7 +613,7 @@ class LLVMExecutor:
         """``x``'s buffer when an update may write into it: nothing outside the eval holds ``x``, and
         nothing but ``x`` holds the buffer (no view, no device mirror; ``take``'s rule); else None."""
         buf = x._data
-        if id(x) not in self.free_leaves or buf.base is not None or not buf.flags.writeable \
+        if id(x) not in self.free_leaves or not owns(buf) or not buf.flags.writeable \
                 or not buf.flags.c_contiguous or self.keep_graph or sys.getrefcount(buf) != 3 \
                 or counted_alone(buf) is None:
             return None
@@ -635,7 +643,7 @@ class LLVMExecutor:
         # x is referenced by node._inputs, this frame, getrefcount's argument and the eval's list of
         # its leaves or steps; buf by x, this frame and getrefcount's argument. One more of either
         # is a user, another node, or a view that would see the write.
-        if sys.getrefcount(x) > 4 or sys.getrefcount(buf) > 3 or buf.base is not None \
+        if sys.getrefcount(x) > 4 or sys.getrefcount(buf) > 3 or not owns(buf) \
                 or not buf.flags.writeable or self.keep_graph:
             del x, buf
             self.run_numpy(node)
@@ -861,7 +869,7 @@ class LLVMExecutor:
     def run_rows(self, node, kernel: rows.RowKernel) -> None:
         """softmax / rms_norm / layer_norm over the last axis: one row kernel."""
         arrays = [np.ascontiguousarray(i._data) for i in node._inputs]
-        out = np.empty(node._shape, np.float32)
+        out = buffers.empty(node._shape, np.float32)
         if out.size:
             self.split(self.row_function(kernel), [a.ctypes.data for a in [out] + arrays],
                        out.size // kernel.n, kernel.n, 1)

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..codegen import ir
 from ..core.device import count_buffer as count, reserve_buffer
+from .buffers import empty
 from ..kernels import slice_update as update_template
 from ..kernels import take_rows as take_template
 
@@ -589,7 +590,7 @@ class Program:
             root = roots[r]
             buf = executor.donatable(inputs[root.index])
             if buf is None:
-                buf = np.empty(root.shape, root.dtype) if root.shape is not None else np.empty(root.nbytes, np.uint8)
+                buf = empty(root.shape, root.dtype) if root.shape is not None else empty((root.nbytes,), np.uint8)
             else:
                 counted.add(r)
             buffers[r] = buf
@@ -601,8 +602,8 @@ class Program:
             counted.add(r)
         for r in self.fresh:
             root = roots[r]
-            buf = buffers[r] = np.empty(root.shape, root.dtype) if root.shape is not None else \
-                np.empty(root.nbytes, np.uint8)
+            buf = buffers[r] = empty(root.shape, root.dtype) if root.shape is not None else \
+                empty((root.nbytes,), np.uint8)
             at[r] = address(buf)
         buf = None
         for array, slot, r, off in self.patches:

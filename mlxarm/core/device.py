@@ -351,7 +351,7 @@ class MemoryStats:
         self.active = 0
         self.peak = 0
         self.limit = int(0.8 * _total_ram()) or 1 << 33
-        self.cache_limit = 32 << 20
+        self.cache_limit = self.limit  # as MLX: freed buffers may be kept up to the memory limit
 
     def alloc(self, n: int):
         with self.lock:
@@ -434,12 +434,16 @@ def reserve_buffer(data) -> None:
 
 
 def get_cache_memory() -> int:
-    # Freed buffers go straight back to the allocator; what stays is what executors reserve.
-    return sum(n for _, n in list(_reserved.values()))
+    """Bytes kept for reuse: freed large buffers (``backend.buffers``) and what executors reserve."""
+    from ..backend import buffers
+
+    return buffers.cached_bytes() + sum(n for _, n in list(_reserved.values()))
 
 
 def clear_cache() -> None:
-    return None
+    from ..backend import buffers
+
+    buffers.clear()
 
 
 def set_memory_limit(limit: int) -> int:
@@ -455,8 +459,12 @@ def get_memory_limit() -> int:
 
 
 def set_cache_limit(limit: int) -> int:
+    from ..backend import buffers
+
     with memory.lock:
         prev, memory.cache_limit = memory.cache_limit, int(limit)
+    if buffers.cached_bytes() > memory.cache_limit:
+        buffers.clear()
     return prev
 
 
