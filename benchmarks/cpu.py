@@ -4,8 +4,10 @@ two when importable), all on 2 threads.
 Workloads: the fused chain ``tanh(a * b + c) * 0.5`` and a full ``sum`` over 16M float32 elements,
 row softmax of 4096x4096, matmul 1024^3, matvec 4096x4096, the cost of one eval of 1/10/100/1000
 tiny kernels, and the first-call compile of a kernel against loading it from the disk cache. Prints
-each time and its ratio to numpy, writes benchmarks/results/cpu.json and, when matplotlib is
-importable, benchmarks/results/cpu.png.
+each time and its ratio to numpy, and for the memory-bound ones (chain, sum, matvec) the share of the
+machine's copy bandwidth they reach (``copy_bandwidth``: numpy copying 64 MB into a buffer already
+mapped, on both threads); writes benchmarks/results/cpu.json and, when matplotlib is importable,
+benchmarks/results/cpu.png.
 
     python benchmarks/cpu.py [--n 16777216] [--repeat 5]
 """
@@ -36,6 +38,26 @@ def best_of(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def copy_bandwidth(repeat: int) -> float:
+    """Bytes per second moved (read plus written) by numpy copying 64 MB between buffers already
+    mapped, half on each of the two threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = 1 << 24
+    src = np.ones(n, np.float32)
+    dst = np.zeros(n, np.float32)
+    halves = [(dst[:n // 2], src[:n // 2]), (dst[n // 2:], src[n // 2:])]
+    with ThreadPoolExecutor(int(THREADS)) as pool:
+        def run():
+            list(pool.map(lambda pair: np.copyto(*pair), halves))
+        return 2 * src.nbytes / best_of(run, repeat * 2)
+
+
+# bytes each memory-bound workload must move at the least (its inputs read once, its output written)
+def _moved(n: int) -> dict:
+    return {"chain": 4 * 4 * n, "sum": 4 * n, "matvec": 4 * (4096 * 4096 + 2 * 4096)}
 
 
 def _softmax_np(x):
@@ -168,13 +190,20 @@ def main() -> None:
 
     results = {"n": args.n, "machine": platform.machine(), "cpus": os.cpu_count(), "threads": int(THREADS),
                "executor": executor("llvm").info(), "workloads": {}}
+    bandwidth = results["copy_bytes_per_second"] = copy_bandwidth(args.repeat)
+    print(f"copy bandwidth (numpy, {THREADS} threads) {bandwidth / 1e9:.1f} GB/s")
+    moved = _moved(args.n)
     for work, impls in workloads(ma, args.n).items():
         base = best_of(impls["numpy"], args.repeat)
         row = {}
         for name, fn in impls.items():
             t = base if name == "numpy" else best_of(fn, args.repeat)
             row[name] = {"seconds": t, "speedup_vs_numpy": base / t}
-            print(f"{work:8s} {name:12s} {t * 1e3:9.2f} ms   x{base / t:5.2f} vs numpy")
+            share = ""
+            if work in moved:
+                row[name]["share_of_copy_bandwidth"] = moved[work] / t / bandwidth
+                share = f"   {100 * moved[work] / t / bandwidth:5.1f}% of copy bandwidth"
+            print(f"{work:8s} {name:12s} {t * 1e3:9.2f} ms   x{base / t:5.2f} vs numpy{share}")
         results["workloads"][work] = row
     results["tiny_kernel_eval_seconds"] = tiny_kernel_overhead(ma, args.repeat)
     for k, t in results["tiny_kernel_eval_seconds"].items():
