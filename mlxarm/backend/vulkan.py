@@ -248,7 +248,10 @@ class VulkanRuntime:
                           min(self.max_groups, n), [offsets[0], n, parts])
             self.release(scratch)
             return
-        groups = min(self.max_groups, n if kernel.reduce_op else -(-n // self.workgroup))
+        # An elementwise kernel loops over its index space (a grid-stride loop): enough workgroups to
+        # fill the device, each thread taking several elements (as the OpenCL runtime launches).
+        groups = min(self.max_groups, n) if kernel.reduce_op else \
+            min(self.max_groups, self.parallel_groups, -(-n // self.workgroup))
         self.dispatch(spirv, kernel, bufs, groups, list(offsets) + [n])
 
     def dispatch(self, spirv: bytes, name, bufs: list, groups, push: list) -> None:
