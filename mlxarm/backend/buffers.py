@@ -13,6 +13,8 @@ import threading
 
 import numpy as np
 
+from ..core.device import memory as _memory
+
 MIN_BYTES = 1 << 20  # smaller buffers come from numpy (the C library's heap reuses those already)
 _PAGE = 4096
 _lock = threading.RLock()  # RLock: a lease may die (and return its block) while the cache is in use
@@ -26,7 +28,7 @@ class Lease:
     __slots__ = ("block", "__array_interface__")
 
     def __del__(self):
-        _put(self.block)
+        _put(self.block, _limit)
 
 
 def owns(buf: np.ndarray) -> bool:
@@ -58,12 +60,15 @@ def empty(shape: tuple, dtype) -> np.ndarray:
     return np.asarray(lease)
 
 
-def _put(block: np.ndarray) -> None:
-    from ..core.device import memory
+def _limit() -> int:
+    return _memory.cache_limit
 
+
+def _put(block: np.ndarray, limit=_limit) -> None:
+    # ``limit`` is bound at definition: a lease may die while the interpreter tears modules down
     size = block.nbytes
     with _lock:
-        if _kept[0] + size <= memory.cache_limit:
+        if _kept[0] + size <= limit():
             _free.setdefault(size, []).append(block)
             _kept[0] += size
 
