@@ -123,6 +123,23 @@ def test_slice_updates_at_any_position(llvm, dtype):
     assert calls(llvm, fun, arg_sets, rtol=0, atol=0) == len(positions) - 1
 
 
+@pytest.mark.parametrize("bits,group_size,dtypes", [(8, 32, ("float16", "float16")), (4, 64, ("float32", "float32")),
+                                                     (2, 32, ("float16", "float32")), (4, 32, ("float32", "float16"))])
+def test_affine_dequantize_rounds_as_the_reference(llvm, bits, group_size, dtypes):
+    """The native dequantize rounds the product to the scales' dtype and the sum to the result's, bit
+    for bit as the reference does (a decode step's embedding row)."""
+    rng = np.random.default_rng(bits * group_size)
+    arg_sets = []
+    for _ in range(3):
+        w = ma.array(rng.standard_normal((6, 128)).astype(np.float32) * 3)
+        packed, scales, biases = ma.quantize(w, group_size=group_size, bits=bits)
+        scales = np.array(scales.astype(getattr(ma, dtypes[0])))
+        biases = np.array(biases.astype(getattr(ma, dtypes[1])))
+        arg_sets.append((np.array(packed), scales, biases))
+    fun = lambda q, s, b: ma.dequantize(q, s, b, group_size=group_size, bits=bits)  # noqa: E731
+    assert calls(llvm, fun, arg_sets, rtol=0, atol=0) == 2
+
+
 def test_an_input_the_caller_holds_is_never_written(llvm):
     fun = ma.compile(lambda x: ma.exp(x) * 2.0)
     for seed in range(4):

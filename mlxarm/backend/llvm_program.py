@@ -34,6 +34,7 @@ import numpy as np
 from ..codegen import ir
 from ..core.device import count_buffer as count, reserve_buffer
 from .buffers import empty
+from ..kernels import dequantize as dequantize_template
 from ..kernels import slice_update as update_template
 from ..kernels import take_rows as take_template
 
@@ -286,7 +287,7 @@ def build(executor, capture: Capture, inputs: tuple, outputs: dict):
             if not _update(b, entry, executor):
                 b.python(executor.run_numpy, entry, len(b.steps))
             continue
-        if call == executor.run_numpy and _take_rows(b, entry, executor):
+        if call == executor.run_numpy and (_take_rows(b, entry, executor) or _dequantize(b, entry, executor)):
             continue
         native = getattr(call, "native", None)
         if native is not None and all(d is not None for d, _ in ins):
@@ -410,6 +411,30 @@ def _take_rows(b: _Builder, entry, executor) -> bool:
     b.keep.append(meta)
     fn = executor.template_function(take_template.TakeRows(idx_dt.name), take_template.render)
     b.native(fn, [y, xs, ids, meta.ctypes.data], idx.size, int(meta[1]), 1)
+    return True
+
+
+def _dequantize(b: _Builder, entry, executor) -> bool:
+    """An affine ``dequantize`` (float32 or float16 scales and biases) as a native row; False when the
+    node is not that."""
+    action, shape, dtype, stream, prim, params, ins, out = entry
+    if prim is None or prim.name != "dequantize" or params.get("mode") != "affine" or len(ins) != 3:
+        return False
+    (w, _), (scales, s_dt), (biases, b_dt) = ins
+    bits, gs = params["bits"], params["group_size"]
+    if not dequantize_template.supported(bits, gs, s_dt.name, b_dt.name) \
+            or params.get("sdtype") != s_dt.name or params.get("bdtype") != b_dt.name:
+        return False
+    kernel = dequantize_template.Dequantize(bits, gs, s_dt.name, b_dt.name)
+    if dtype.name != kernel.out or w.dtype != np.uint32 \
+            or not all(a.flags.c_contiguous for a in (w, scales, biases, out)) \
+            or scales.size != biases.size or scales.size * gs != out.size or w.size * (32 // bits) != out.size:
+        return False
+    at = len(b.steps)
+    ws, ss, bs = b.locate(w, at), b.locate(scales, at), b.locate(biases, at)
+    y = b.made(out, at)
+    fn = executor.template_function(kernel, dequantize_template.render)
+    b.native(fn, [y, ws, ss, bs], scales.size, gs, 1)
     return True
 
 
