@@ -25,6 +25,7 @@ from . import random  # noqa: E402
 from . import fast  # noqa: E402
 from . import linalg  # noqa: E402
 from . import vmap as _vmap, compile as _compile  # noqa: E402,F401  (batching rules need every op)
+from . import export as _export  # noqa: E402,F401  (export_function, import_function, exporter)
 from . import fft  # noqa: E402
 from . import io as _io  # noqa: E402,F401
 from . import metal, cuda  # noqa: E402

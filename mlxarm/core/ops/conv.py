@@ -93,11 +93,24 @@ def _conv_cases(rng, d):
     ]
 
 
+def _conv_shapeless(ins, p, shape, traced_in):
+    """The output shape (and ``out``) of a traced convolution replayed on new input shapes
+    (``mx.compile``/``export_function`` with ``shapeless=True``)."""
+    x, w = ins[0]._shape, ins[1]._shape
+    out = tuple(_TRUNC(_dilate_size(x[i + 1], p["input_dilation"][i]) + p["pad_lo"][i] + p["pad_hi"][i]
+                       - _dilate_size(w[i + 1], p["kernel_dilation"][i]), p["stride"][i]) + 1
+                for i in range(len(p["out"])))
+    if any(n <= 0 for n in out):
+        raise ValueError(f"[conv] Spatial dimensions of input {fmt_shape(x)} after padding cannot be "
+                         f"smaller than weight spatial dimensions {fmt_shape(w)}.")
+    return (x[0],) + out + (w[0],), dict(p, out=out)
+
+
 CONV = register(Primitive(
     "conv_general", "linalg", _conv_ref, dtypes=(dt.float16, dt.bfloat16, dt.float32, dt.float64),
     doc="N-d cross-correlation with stride, padding, kernel/input dilation, groups and flip "
         "(channels last).",
-    extra={"cases": _conv_cases}))
+    extra={"cases": _conv_cases, "shapeless": _conv_shapeless}))
 
 
 # --- argument handling --------------------------------------------------------------------------
