@@ -56,43 +56,11 @@ class Attention:
 
 
 class _Ir(IrText):
-    """``IrText`` with the loops, loads and argument reads the rope and attention templates use."""
-
-    def slot(self, ty: str) -> str:
-        self.n += 1
-        v = f"%s{self.n}"
-        self.alloca(v, ty, 16)
-        return v
-
-    def arg(self, i: int, ty: str = "ptr") -> str:
-        p = self(f"getelementptr ptr, ptr %args, i64 {i}")
-        return self(f"load ptr, ptr {p}, align 8") if ty == "ptr" else p
-
-    def at(self, ty: str, base: str, index) -> str:
-        return self(f"getelementptr {ty}, ptr {base}, i64 {index}")
+    """``IrText`` with the float load the rope and attention templates use."""
 
     def load(self, base: str, index) -> str:
         """The float at ``base[index]``."""
         return self(f"load float, ptr {self.at('float', base, index)}, align 4")
-
-    def loop(self, tag: str, start: str, end: str, body) -> None:
-        """``body(i)`` for i in [start, end)."""
-        slot = self.slot("i64")
-        self.raw(f"store i64 {start}, ptr {slot}")
-        self.raw(f"br label %{tag}.head")
-        self.raw(f"{tag}.head:")
-        i = self(f"load i64, ptr {slot}")
-        self.raw(f"br i1 {self(f'icmp slt i64 {i}, {end}')}, label %{tag}.body, label %{tag}.end")
-        self.raw(f"{tag}.body:")
-        body(i)
-        self.raw(f"store i64 {self(f'add i64 {i}, 1')}, ptr {slot}")
-        self.raw(f"br label %{tag}.head")
-        self.raw(f"{tag}.end:")
-
-    def module(self, name: str, declares) -> str:
-        return (f"define void @{name}(ptr noalias nocapture readonly %args, i64 %start, i64 %end) nounwind {{\n"
-                "entry:\n" + "\n".join(self.allocas) + "\n" + "\n".join(self.lines) + "\n}\n\n"
-                + "\n".join(declares) + "\n")
 
 
 def _chunks(n: int, width: int):

@@ -41,39 +41,30 @@ _TY = {"float32": "float", "float16": "half"}
 
 def render(k: Dequantize, triple: str) -> str:
     ir = IrText()
-    out, w, scales, biases = (ir(f"load ptr, ptr {ir(f'getelementptr ptr, ptr %args, i64 {i}')}") for i in range(4))
+    out, w, scales, biases = (ir.arg(i) for i in range(4))
     per = 32 // k.bits
     words = k.group_size // per
     sty, bty, oty = _TY[k.scales], _TY[k.biases], _TY[k.out]
-    ir.raw("br label %head")
-    ir.raw("head:")
-    ir.raw("%g = phi i64 [ %start, %entry ], [ %next, %body ]")
-    ir.raw(f"br i1 {ir('icmp slt i64 %g, %end')}, label %body, label %exit")
-    ir.raw("body:")
-    s_raw = ir(f"load {sty}, ptr {ir(f'getelementptr {sty}, ptr {scales}, i64 %g')}")
-    b_raw = ir(f"load {bty}, ptr {ir(f'getelementptr {bty}, ptr {biases}, i64 %g')}")
-    s = s_raw if sty == "float" else ir(f"fpext half {s_raw} to float")
-    b = b_raw if bty == "float" else ir(f"fpext half {b_raw} to float")
-    first_word = ir(f"mul i64 %g, {words}")
-    first_out = ir(f"mul i64 %g, {k.group_size}")
-    for t in range(words):  # a group's words, unrolled (a group is at most 128 codes)
-        index = ir(f"add i64 {first_word}, {t}")
-        word = ir(f"load i32, ptr {ir(f'getelementptr i32, ptr {w}, i64 {index}')}")
-        for c in range(per):
-            code = ir(f"and i32 {ir(f'lshr i32 {word}, {c * k.bits}')}, {(1 << k.bits) - 1}")
-            prod = ir(f"fmul float {ir(f'uitofp i32 {code} to float')}, {s}")
-            if sty == "half":  # the product rounded to the scales' dtype
-                prod = ir(f"fpext half {ir(f'fptrunc float {prod} to half')} to float")
-            value = ir(f"fadd float {prod}, {b}")
-            if oty == "half":
-                value = ir(f"fptrunc float {value} to half")
-            position = ir(f"add i64 {first_out}, {t * per + c}")
-            at = ir(f"getelementptr {oty}, ptr {out}, i64 {position}")
-            ir.raw(f"store {oty} {value}, ptr {at}")
-    ir.raw("%next = add i64 %g, 1")
-    ir.raw("br label %head")
-    ir.raw("exit:")
+
+    def group(g):
+        s_raw = ir(f"load {sty}, ptr {ir.at(sty, scales, g)}")
+        b_raw = ir(f"load {bty}, ptr {ir.at(bty, biases, g)}")
+        s = s_raw if sty == "float" else ir(f"fpext half {s_raw} to float")
+        b = b_raw if bty == "float" else ir(f"fpext half {b_raw} to float")
+        first_word = ir(f"mul i64 {g}, {words}")
+        first_out = ir(f"mul i64 {g}, {k.group_size}")
+        for t in range(words):  # a group's words, unrolled (a group is at most 128 codes)
+            word = ir(f"load i32, ptr {ir.at('i32', w, ir(f'add i64 {first_word}, {t}'))}")
+            for c in range(per):
+                code = ir(f"and i32 {ir(f'lshr i32 {word}, {c * k.bits}')}, {(1 << k.bits) - 1}")
+                prod = ir(f"fmul float {ir(f'uitofp i32 {code} to float')}, {s}")
+                if sty == "half":  # the product rounded to the scales' dtype
+                    prod = ir(f"fpext half {ir(f'fptrunc float {prod} to half')} to float")
+                value = ir(f"fadd float {prod}, {b}")
+                if oty == "half":
+                    value = ir(f"fptrunc float {value} to half")
+                ir.raw(f"store {oty} {value}, ptr {ir.at(oty, out, ir(f'add i64 {first_out}, {t * per + c}'))}")
+
+    ir.loop("group", "%start", "%end", group)
     ir.raw("ret void")
-    body = "\n".join(ir.lines)
-    return (f'; mlxarm affine dequantize\ntarget triple = "{triple}"\n\n'
-            f"define void @{k.name}(ptr %args, i64 %start, i64 %end) {{\nentry:\n{body}\n}}\n")
+    return f'; mlxarm affine dequantize\ntarget triple = "{triple}"\n\n' + ir.module(k.name, [])

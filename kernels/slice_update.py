@@ -30,9 +30,8 @@ class SliceUpdate:
 def render(k: SliceUpdate, triple: str) -> str:
     ity, signed = POSITION_TYPES[k.position]
     ir = IrText()
-    dst, x, update, position, meta = (ir(f"load ptr, ptr {ir(f'getelementptr ptr, ptr %args, i64 {i}')}")
-                                      for i in range(5))
-    n, u, inner = (ir(f"load i64, ptr {ir(f'getelementptr i64, ptr {meta}, i64 {i}')}") for i in range(3))
+    dst, x, update, position, meta = (ir.arg(i) for i in range(5))
+    n, u, inner = (ir(f"load i64, ptr {ir.at('i64', meta, i)}") for i in range(3))
     raw = ir(f"load {ity}, ptr {position}")
     pos = ir(f"{'sext' if signed else 'zext'} {ity} {raw} to i64") if ity != "i64" else raw
     wrapped = ir(f"select i1 {ir(f'icmp slt i64 {pos}, 0')}, i64 {ir(f'add i64 {pos}, {n}')}, i64 {pos}")
@@ -43,30 +42,21 @@ def render(k: SliceUpdate, triple: str) -> str:
     window_bytes = ir(f"mul i64 {u}, {inner}")
     skip = ir(f"mul i64 {begin}, {inner}")
     copy = ir(f"icmp ne ptr {dst}, {x}")
-    ir.raw("br label %head")
-    ir.raw("head:")
-    r = "%r"
-    ir.raw(f"{r} = phi i64 [ %start, %entry ], [ %next, %tail ]")
-    ir.raw(f"br i1 {ir(f'icmp slt i64 {r}, %end')}, label %body, label %exit")
-    ir.raw("body:")
-    out_row = ir(f"getelementptr i8, ptr {dst}, i64 {ir(f'mul i64 {r}, {row_bytes}')}")
-    ir.raw(f"br i1 {copy}, label %whole, label %window")
-    ir.raw("whole:")
-    in_row = ir(f"getelementptr i8, ptr {x}, i64 {ir(f'mul i64 {r}, {row_bytes}')}")
-    ir.raw(f"call void @llvm.memcpy.p0.p0.i64(ptr {out_row}, ptr {in_row}, i64 {row_bytes}, i1 false)")
-    ir.raw("br label %window")
-    ir.raw("window:")
-    target = ir(f"getelementptr i8, ptr {out_row}, i64 {skip}")
-    source = ir(f"getelementptr i8, ptr {update}, i64 {ir(f'mul i64 {r}, {window_bytes}')}")
-    ir.raw(f"call void @llvm.memmove.p0.p0.i64(ptr {target}, ptr {source}, i64 {window_bytes}, i1 false)")
-    ir.raw("br label %tail")
-    ir.raw("tail:")
-    ir.raw("%next = add i64 %r, 1")
-    ir.raw("br label %head")
-    ir.raw("exit:")
+
+    def write(r):
+        out_row = ir.at("i8", dst, ir(f"mul i64 {r}, {row_bytes}"))
+        ir.raw(f"br i1 {copy}, label %whole, label %window")
+        ir.raw("whole:")  # the row of x first, when the update is not written in place
+        in_row = ir.at("i8", x, ir(f"mul i64 {r}, {row_bytes}"))
+        ir.raw(f"call void @llvm.memcpy.p0.p0.i64(ptr {out_row}, ptr {in_row}, i64 {row_bytes}, i1 false)")
+        ir.raw("br label %window")
+        ir.raw("window:")
+        source = ir.at("i8", update, ir(f"mul i64 {r}, {window_bytes}"))
+        ir.raw(f"call void @llvm.memmove.p0.p0.i64(ptr {ir.at('i8', out_row, skip)}, ptr {source}, "
+               f"i64 {window_bytes}, i1 false)")
+
+    ir.loop("row", "%start", "%end", write)
     ir.raw("ret void")
-    body = "\n".join(ir.lines)
     return (f'; mlxarm dynamic slice update\ntarget triple = "{triple}"\n\n'
-            "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n"
-            "declare void @llvm.memmove.p0.p0.i64(ptr, ptr, i64, i1)\n\n"
-            f"define void @{k.name}(ptr %args, i64 %start, i64 %end) {{\nentry:\n{body}\n}}\n")
+            + ir.module(k.name, ["declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)",
+                                 "declare void @llvm.memmove.p0.p0.i64(ptr, ptr, i64, i1)"]))

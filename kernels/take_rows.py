@@ -27,27 +27,21 @@ class TakeRows:
 def render(k: TakeRows, triple: str) -> str:
     ity, signed = INDEX_TYPES[k.index]
     ir = IrText()
-    out, x, idx, meta = (ir(f"load ptr, ptr {ir(f'getelementptr ptr, ptr %args, i64 {i}')}") for i in range(4))
-    n, row = (ir(f"load i64, ptr {ir(f'getelementptr i64, ptr {meta}, i64 {i}')}") for i in range(2))
+    out, x, idx, meta = (ir.arg(i) for i in range(4))
+    n, row = (ir(f"load i64, ptr {ir.at('i64', meta, i)}") for i in range(2))
     top = ir(f"sub i64 {n}, 1")
-    ir.raw("br label %head")
-    ir.raw("head:")
-    ir.raw("%j = phi i64 [ %start, %entry ], [ %next, %body ]")
-    ir.raw(f"br i1 {ir('icmp slt i64 %j, %end')}, label %body, label %exit")
-    ir.raw("body:")
-    raw = ir(f"load {ity}, ptr {ir(f'getelementptr {ity}, ptr {idx}, i64 %j')}")
-    i = raw if ity == "i64" else ir(f"{'sext' if signed else 'zext'} {ity} {raw} to i64")
-    wrapped = ir(f"select i1 {ir(f'icmp slt i64 {i}, 0')}, i64 {ir(f'add i64 {i}, {n}')}, i64 {i}")
-    low = ir(f"select i1 {ir(f'icmp slt i64 {wrapped}, 0')}, i64 0, i64 {wrapped}")
-    at = ir(f"select i1 {ir(f'icmp sgt i64 {low}, {top}')}, i64 {top}, i64 {low}")
-    src = ir(f"getelementptr i8, ptr {x}, i64 {ir(f'mul i64 {at}, {row}')}")
-    dst = ir(f"getelementptr i8, ptr {out}, i64 {ir(f'mul i64 %j, {row}')}")
-    ir.raw(f"call void @llvm.memcpy.p0.p0.i64(ptr {dst}, ptr {src}, i64 {row}, i1 false)")
-    ir.raw("%next = add i64 %j, 1")
-    ir.raw("br label %head")
-    ir.raw("exit:")
+
+    def copy(j):
+        raw = ir(f"load {ity}, ptr {ir.at(ity, idx, j)}")
+        i = raw if ity == "i64" else ir(f"{'sext' if signed else 'zext'} {ity} {raw} to i64")
+        wrapped = ir(f"select i1 {ir(f'icmp slt i64 {i}, 0')}, i64 {ir(f'add i64 {i}, {n}')}, i64 {i}")
+        low = ir(f"select i1 {ir(f'icmp slt i64 {wrapped}, 0')}, i64 0, i64 {wrapped}")
+        at = ir(f"select i1 {ir(f'icmp sgt i64 {low}, {top}')}, i64 {top}, i64 {low}")
+        src = ir.at("i8", x, ir(f"mul i64 {at}, {row}"))
+        dst = ir.at("i8", out, ir(f"mul i64 {j}, {row}"))
+        ir.raw(f"call void @llvm.memcpy.p0.p0.i64(ptr {dst}, ptr {src}, i64 {row}, i1 false)")
+
+    ir.loop("row", "%start", "%end", copy)
     ir.raw("ret void")
-    body = "\n".join(ir.lines)
     return (f'; mlxarm row gather\ntarget triple = "{triple}"\n\n'
-            "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)\n\n"
-            f"define void @{k.name}(ptr %args, i64 %start, i64 %end) {{\nentry:\n{body}\n}}\n")
+            + ir.module(k.name, ["declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)"]))
