@@ -182,6 +182,25 @@ def test_decode_steps_run_as_a_program_and_match_the_growing_cache(llvm):
         np.testing.assert_allclose(np.array(g), e, rtol=1e-5, atol=1e-5)
 
 
+def test_a_later_generation_reuses_the_decode_step_until_the_weights_change(llvm):
+    """Generations with one model on caches of one shape share the compiled decode step (its program
+    runs from their first step); new weight arrays make a new step, which computes with them."""
+    model = tiny_llama()
+    prompt = [3, 17, 5, 9, 22]
+    first = [t for t, _ in generate_step(prompt, model, max_tokens=6)]
+    ran = llvm.programs_run
+    again = [t for t, _ in generate_step(prompt, model, max_tokens=5)]  # capacity rounds to the same
+    assert again == first[:5]
+    assert llvm.programs_run - ran == 4  # every decode step of it, none traced or captured
+    from mlxarm.utils import tree_flatten, tree_unflatten
+
+    model.update(tree_unflatten([(k, -v if k.endswith("proj.weight") else v)
+                                 for k, v in tree_flatten(model.parameters())]))
+    expected = [t for t, _ in decode_with_growing_cache(model, prompt, 6)]
+    assert expected != first  # the new weights change the continuation
+    assert [t for t, _ in generate_step(prompt, model, max_tokens=6)] == expected
+
+
 def test_slice_update_writes_into_a_dying_buffer_only(llvm):
     """A dynamic slice update donates its input's buffer when nothing else can see it (a KV cache
     step); a buffer the user, another node or a view still reads is copied instead."""

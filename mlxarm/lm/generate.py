@@ -5,6 +5,7 @@ structure from token to token and executors that record plans replay it."""
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Generator, Optional, Union
 
@@ -38,7 +39,9 @@ def generate_step(prompt, model, *, max_tokens: int = 256, sampler: Callable = N
     if tokens.size == 0:
         raise ValueError("the prompt has no tokens")
     if prompt_cache is None:
-        prompt_cache = make_prompt_cache(model, tokens.size + max(max_tokens, 0))
+        # capacity rounded up, so generations of nearby lengths share a compiled decode step
+        need = tokens.size + max(max_tokens, 0)
+        prompt_cache = make_prompt_cache(model, -(-need // _CAPACITY_STEP) * _CAPACITY_STEP)
 
     history = []  # the tokens the logits processors see: prompt, then generated ones
 
@@ -72,38 +75,68 @@ def generate_step(prompt, model, *, max_tokens: int = 256, sampler: Callable = N
             token, logprobs = step(mx.array([value], mx.uint32))
 
 
+# The compiled decode step of the model generated from last, kept for the next generation: (weak
+# reference to the model, its parameter arrays' ids, the caches' shapes and dtypes, the step, the box
+# holding weak references to the caches it runs on). A generation on caches of the same shapes
+# (capacities are rounded, ``_CAPACITY_STEP``) reuses it: no trace, no new program.
+_LAST_STEP: list = []
+_CAPACITY_STEP = 128
+
+
 def _fixed_shape_decode(model, caches: list):
     """A function running the model on one token at the caches' position, compiled so that every
     call records the same graph: the position is an array input (``models.cache``), and the keys
     and values are the caches' whole buffers. The first call traces it (computing its constants,
-    such as float32 copies of quantization scales, once); the executor keeps the plan of the second
-    and every later decode step replays it. None when the caches are not all plain ``KVCache``s."""
+    such as float32 copies of quantization scales, once); from the second call on it runs as the
+    executor's program. The step is kept for the next generation with the same model (the same
+    parameter arrays) and caches of the same shapes. None when the caches are not all plain
+    ``KVCache``s."""
     if not caches or not all(type(c) is KVCache for c in caches):
         return None
-
-    def forward(tokens, position, state):
-        saved = [(c.keys, c.values, c.offset) for c in caches]
-        try:
-            for c, (keys, values) in zip(caches, state):
-                c.keys, c.values, c.offset = keys, values, position
-            logits = model(tokens, cache=caches)[:, -1, :]
-            return logits, [(c.keys, c.values) for c in caches]
-        finally:
-            for c, (keys, values, offset) in zip(caches, saved):
-                c.keys, c.values, c.offset = keys, values, offset
-
-    compiled = mx.compile(forward)
+    found = []  # [the compiled step, the box holding the caches it runs on], at the first call
 
     def decode(chunk):
         offset = caches[0].offset
         if any(c.offset != offset for c in caches) or not all(c.reserve(1) for c in caches):
             return None
-        logits, state = compiled(chunk[None], mx.array(offset, mx.int32), [(c.keys, c.values) for c in caches])
+        if not found:
+            found.extend(_decode_step(model, caches))
+        logits, state = found[0](chunk[None], mx.array(offset, mx.int32), [(c.keys, c.values) for c in caches])
         for c, (keys, values) in zip(caches, state):
             c.keys, c.values, c.offset = keys, values, offset + 1
         return logits
 
     return decode
+
+
+def _decode_step(model, caches: list) -> tuple:
+    """(compiled step, box) for ``model`` on ``caches``: the last generation's when it fits."""
+    from ..utils import tree_flatten
+
+    key = (tuple(id(p) for _, p in tree_flatten(model.parameters())),
+           tuple((c.keys.shape, c.keys.dtype, c.values.shape, c.values.dtype) for c in caches))
+    held = [weakref.ref(c) for c in caches]  # the step keeps no generation's caches alive
+    if _LAST_STEP and _LAST_STEP[0]() is model and _LAST_STEP[1] == key:
+        compiled, box = _LAST_STEP[2], _LAST_STEP[3]
+        box[0] = held
+        return compiled, box
+    box = [held]
+
+    def forward(tokens, position, state):  # runs when the step is traced (for new shapes)
+        current = [ref() for ref in box[0]]
+        saved = [(c.keys, c.values, c.offset) for c in current]
+        try:
+            for c, (keys, values) in zip(current, state):
+                c.keys, c.values, c.offset = keys, values, position
+            logits = model(tokens, cache=current)[:, -1, :]
+            return logits, [(c.keys, c.values) for c in current]
+        finally:
+            for c, (keys, values, offset) in zip(current, saved):
+                c.keys, c.values, c.offset = keys, values, offset
+
+    compiled = mx.compile(forward)
+    _LAST_STEP[:] = [weakref.ref(model), key, compiled, box]
+    return compiled, box
 
 
 def stream_generate(model, tokenizer, prompt: Union[str, list], max_tokens: int = 256,
