@@ -185,6 +185,20 @@ def test_a_new_input_layout_is_captured_again(llvm):
         np.testing.assert_allclose(np.array(got), np.exp(x) + x.sum(), rtol=1e-5)
 
 
+def test_calls_on_ever_new_layouts_stop_capturing(llvm):
+    """A function called on inputs of one shape but a new layout each time keeps a bounded number of
+    programs, then records graphs again, computing right throughout."""
+    fun = ma.compile(lambda a: ma.exp(a) * 2.0)
+    for step in range(1, 13):
+        (v,) = values(step, (16 * step, 4))
+        a = ma.array(v)[::step]  # (16, 4) rows a new stride apart each call
+        got = fun(a)
+        ma.eval(got)
+        np.testing.assert_allclose(np.array(got), np.exp(v[::step]) * 2, rtol=1e-6)
+    (tape,) = fun._cache.values()
+    assert tape.program is False  # it stopped capturing
+
+
 def test_program_nodes_are_expanded_for_an_executor_without_programs(llvm, monkeypatch):
     fun = ma.compile(lambda a, b: (ma.sin(a) * b, ma.sum(a)))
     a, b = values(5, (9, 3), (9, 3))

@@ -72,6 +72,9 @@ _SEEN_KEPT = 4096
 _GROUPS_KEPT = 4096
 # The kinds of a recorded action (LLVMExecutor.action).
 _CALL, _KERNEL, _LOWER, _ROWS = 0, 1, 2, 3
+# Programs a compiled function keeps, one per input layout (``run_program``): a function called on
+# ever new layouts goes back to recording graphs instead of capturing each one.
+_LAYOUTS_KEPT = 8
 # Below this many multiply-adds (M*N*K) a float32 matmul stays on numpy: packing costs more than it saves.
 _GEMM_MIN = 1 << 15
 # The attention kernel keeps a row's scores on the worker's stack; rope and attention unroll their loops
@@ -563,7 +566,9 @@ class LLVMExecutor:
         layout = tuple(x._data.strides for x in inputs)
         program = state.programs.get(layout)
         results = None
-        if program is None:  # captured now; the program then runs on the same inputs (and may
+        if program is None and len(state.programs) >= _LAYOUTS_KEPT:
+            state.tape.program = False  # inputs of ever new layouts: later calls record graphs
+        elif program is None:  # captured now; the program then runs on the same inputs (and may
             results = self.capture_program(state, inputs, build=True, layout=layout)  # donate them)
             program = state.programs[layout]
         if program:
