@@ -2,7 +2,8 @@
 same model, the same machine and the same thread count, in one run.
 
 For every system: prefill tokens/s of a ``--prompt-tokens`` prompt (128), decode tokens/s over
-``--gen-tokens`` greedy steps (64, never stopping at end-of-text), time to first token in a fresh process
+``--gen-tokens`` greedy steps (64, never stopping at end-of-text; measured after a warm-up generation of
+three tokens, ``_measure``), time to first token in a fresh process
 (for mlxarm twice: with an empty kernel cache and with a warm one), and the process's peak RSS. For mlxarm
 on the LLVM executor also the host (Python) time of a decode step: its wall time less the time spent in
 native code (its compiled program and the replayed sampling kernels). Every system runs in its own process, so RSS and first-token times are its own.
@@ -52,12 +53,15 @@ def _emit(result: dict) -> None:
 
 
 def _measure(run, n_prompt: int, options, result: dict) -> dict:
-    """Time to first token from a first ``run(1)`` in the process, then prefill and decode speed from a
-    second run of ``gen_tokens`` more tokens; ``run(n)`` returns its start time and one time stamp per
-    token produced (the first right after the prompt)."""
+    """Time to first token from a first ``run(1)`` in the process, then, after a warm-up run of three
+    tokens (two decode steps: mlxarm traces its compiled decode step and captures its program there,
+    and keeps them for later generations, as a chat's next turn would), prefill and decode speed from a
+    run of ``gen_tokens`` more tokens; ``run(n)`` returns its start time and one time stamp per token
+    produced (the first right after the prompt). Every system gets the same runs."""
     start, stamps = run(1)
     result["ttft_s"] = stamps[0] - start
     if not options.first_token_only:
+        run(3)
         start, stamps = run(options.gen_tokens + 1)
         result["prefill_tps"] = n_prompt / (stamps[0] - start)
         result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
