@@ -412,12 +412,8 @@ class LLVMExecutor:
         when the kernel runs (``take``)."""
         if kernel.reduce_op is not None or not self.free_leaves:
             return None
-        store = kernel.store
         size = math.prod(node._shape) * node._dtype.np_storage.itemsize
-        loads: dict = {}
-        for e in ir.walk(store.value):
-            if isinstance(e, ir.Load):
-                loads[e.buf] = loads.get(e.buf, True) and e.strides == store.strides
+        loads = read_in_place(kernel)
         reads: dict | None = None
         for slot, (i, off) in enumerate(offsets, start=1):
             leaf = leaves[i]
@@ -572,11 +568,9 @@ class LLVMExecutor:
             results = self.capture_program(state, inputs, build=True, layout=layout)  # donate them)
             program = state.programs[layout]
         if program:
-            done = program.run(self, inputs)
-            if done is not None:
-                results = done
-                self.programs_run += 1
-        if results is None:
+            results = program.run(self, inputs)
+            self.programs_run += 1
+        elif results is None:
             results = self.capture_program(state, inputs, build=False, layout=layout)
         for v, o in outs.items():
             buf, counted = results[v]
@@ -621,14 +615,9 @@ class LLVMExecutor:
     def donatable(self, x):
         """``x``'s buffer when an update may write into it: nothing outside the eval holds ``x``, and
         nothing but ``x`` holds the buffer (no view, no device mirror; ``take``'s rule); else None."""
-        buf = x._data
-        if id(x) not in self.free_leaves or not owns(buf) or not buf.flags.writeable \
-                or not buf.flags.c_contiguous or self.keep_graph or sys.getrefcount(buf) != 3 \
-                or counted_alone(buf) is None:
+        if id(x) not in self.free_leaves:
             return None
-        self.interleaved[0] = None  # a copy of the buffer would go stale
-        self.donated += 1
-        return buf
+        return self.take(x, x._data.shape, x._data.dtype)[0]
 
     def run_view(self, node) -> None:
         """A movement primitive on a buffer: its reference makes a numpy view (the numpy executor's
@@ -986,17 +975,24 @@ class LLVMExecutor:
             per_unit *= d
         return per_unit, kernel.width * 4 if kernel.reduce_op is None else 1
 
+    def chunk(self, total: int, per_unit: int, align: int) -> int:
+        """The units per chunk a job of [0, total) units of ``per_unit`` element-steps each is shared
+        out in (a multiple of ``align``), or 0 when it is too small to share (or there are no workers)."""
+        if self.pool is None or total * per_unit < _PARALLEL_MIN or total < 2:
+            return 0
+        chunk = max(-(-total // (self.workers * _CHUNKS_PER_WORKER)), -(-_CHUNK_MIN // max(per_unit, 1)))
+        return -(-chunk // align) * align
+
     def split(self, fn, addresses, total: int, per_unit: int, align: int) -> None:
         """Run ``fn`` over [0, total) units of ``per_unit`` element-steps each, in chunks of a
         multiple of ``align`` units shared out to the workers (``llvm_threads``) when the work is
         big enough. ``addresses`` is a list or a prebuilt ctypes array of them; the caller keeps the
         buffers there alive until this returns."""
         args = addresses if isinstance(addresses, ctypes.Array) else (ctypes.c_void_p * len(addresses))(*addresses)
-        if self.pool is None or total * per_unit < _PARALLEL_MIN or total < 2:
+        chunk = self.chunk(total, per_unit, align)
+        if not chunk:
             fn(args, 0, total)
             return
-        chunk = max(-(-total // (self.workers * _CHUNKS_PER_WORKER)), -(-_CHUNK_MIN // max(per_unit, 1)))
-        chunk = -(-chunk // align) * align
         entry = self.entries.get(id(fn))
         if entry is None:
             if not isinstance(fn, _KERNEL_FN):  # a wrapped function (a profiler's): no address to share
@@ -1005,6 +1001,18 @@ class LLVMExecutor:
             entry = self.entries[id(fn)] = ctypes.cast(fn, ctypes.c_void_p).value
         if not self.pool.run(entry, ctypes.addressof(args), total, chunk, total * per_unit >= _WAKE_MIN):
             fn(args, 0, total)  # another thread's kernel holds the workers
+
+
+def read_in_place(kernel: ir.Kernel) -> dict:
+    """Per buffer argument of elementwise ``kernel``, whether it reads that buffer element for element
+    where it stores its output (every load of it at the store's strides), so an output written into
+    the buffer overwrites each element only after reading it."""
+    store = kernel.store
+    loads: dict = {}
+    for e in ir.walk(store.value):
+        if isinstance(e, ir.Load):
+            loads[e.buf] = loads.get(e.buf, True) and e.strides == store.strides
+    return loads
 
 
 def _private_reads(root, consumers: dict):

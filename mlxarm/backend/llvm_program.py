@@ -32,14 +32,15 @@ from time import perf_counter
 import numpy as np
 
 from ..codegen import ir
+from ..core import dtypes as dt
 from ..core.device import count_buffer as count, reserve_buffer
 from .buffers import empty
 from ..kernels import dequantize as dequantize_template
 from ..kernels import slice_update as update_template
 from ..kernels import take_rows as take_template
 
-# the kinds of a root
-_INPUT, _CONST, _ARENA, _FRESH, _DONATE = "input", "const", "arena", "fresh", "donate"
+# the kinds of a root (a constant of the trace is no root: its address is written into the rows)
+_INPUT, _ARENA, _FRESH, _DONATE = "input", "arena", "fresh", "donate"
 _ALIGN = 64  # bytes: arena regions start on a cache line
 # a table row: function, argument array, units, chunk, mode (0: this thread; 1: shared with the
 # workers that are awake; 2: shared, waking sleeping workers), unused
@@ -101,15 +102,13 @@ exit:
 
 
 class _Root:
-    __slots__ = ("kind", "nbytes", "index", "array", "first", "last", "offset", "alias", "version", "shape",
-                 "dtype")
+    __slots__ = ("kind", "nbytes", "index", "first", "last", "offset", "alias", "shape", "dtype")
 
-    def __init__(self, kind, nbytes, index=None, array=None):
-        self.kind, self.nbytes, self.index, self.array = kind, nbytes, index, array
+    def __init__(self, kind, nbytes, index=None):
+        self.kind, self.nbytes, self.index = kind, nbytes, index  # index: the call's input it is
         self.first = self.last = None  # steps writing it first and reading it last
         self.offset = None  # in the arena
         self.alias = None  # the root whose memory this one shares (an update written in place)
-        self.version = 0  # bumped by each write in place (keys of derived temporaries)
         self.shape = self.dtype = None  # the array a fresh root is made as, when one output is all of it
 
 
@@ -158,7 +157,6 @@ class _Builder:
     def __init__(self, executor, inputs: tuple):
         from .llvm import address
 
-        self.ex = executor
         self.address = address
         self.roots: list = []
         self.known: dict = {}  # id(buffer) -> (root index, byte offset, buffer)
@@ -169,12 +167,9 @@ class _Builder:
         self.updates: list = []  # (step index, x root, y root) of slice updates
         self.donors: list = []  # (step index, input root, output root) of kernels that may write in place
         self.temps: dict = {}
-        self.inputs = []
         for i, x in enumerate(inputs):
             data = x._data
-            hit = self.known.get(id(data))
-            if hit is not None:
-                self.inputs.append(hit[0])
+            if id(data) in self.known:  # an input passed twice
                 continue
             at = address(data)
             lo, hi = _span(data, at)
@@ -183,8 +178,6 @@ class _Builder:
             r = self.root(_Root(_INPUT, hi - lo, index=i))
             self.dynamic.append((lo, hi, r, at))
             self.known[id(data)] = (r, 0, data)
-            self.inputs.append(r)
-        self.strides = tuple(x._data.strides for x in inputs)
 
     def root(self, root: _Root) -> int:
         self.roots.append(root)
@@ -304,7 +297,6 @@ def _template_rows(b: _Builder, rows: list, out: np.ndarray) -> None:
     shares), an argument being a buffer (the output, a root or a constant the program keeps), or a
     temporary ("temp", kernel, bytes, source buffer) that the row listing it first writes: a later
     row with the same kernel and source reads it (q, k and v projections interleave one x once)."""
-    at = len(b.steps)
     placed = False
     for fn, args, units, per_unit, align, shares in rows:
         at = len(b.steps)
@@ -344,25 +336,20 @@ def _donor(b: _Builder, kernel: ir.Kernel, args: list, out: int, at: int) -> Non
     element for element where the output is stored (no reduction, the store's strides, offset 0),
     through one argument only, with the output's size; whether it dies is settled once every step
     is known (``Program``)."""
+    from .llvm import read_in_place
+
     if kernel.reduce_op is not None:
         return
-    store = kernel.store
-    loads: dict = {}
-    for e in ir.walk(store.value):
-        if isinstance(e, ir.Load):
-            loads[e.buf] = loads.get(e.buf, True) and e.strides == store.strides and \
-                ir_size(e.dtype) == ir_size(store.dtype)
+    loads = read_in_place(kernel)
+    size = dt.as_dtype(kernel.store.dtype).size
+    sizes = {e.buf: dt.as_dtype(e.dtype).size for e in ir.walk(kernel.store.value) if isinstance(e, ir.Load)}
     for slot, spec in enumerate(args, start=1):
-        if isinstance(spec, int) or spec[1] or not loads.get(slot):
+        if isinstance(spec, int) or spec[1] or not loads.get(slot) or sizes[slot] != size:
             continue
         if any(j != slot and not isinstance(o, int) and o[0] == spec[0] for j, o in enumerate(args, start=1)):
             continue
         b.donors.append((at, spec[0], out))
         return
-
-
-def ir_size(dtype: str) -> int:
-    return np.dtype(np.uint16 if dtype == "bfloat16" else dtype).itemsize
 
 
 def _update(b: _Builder, entry, executor) -> bool:
@@ -484,11 +471,9 @@ class Program:
     """A captured compiled call, replayed on new inputs of the same layouts (``run``)."""
 
     def __init__(self, executor, b: _Builder, outputs: dict):
-        from .llvm import _CHUNK_MIN, _CHUNKS_PER_WORKER, _PARALLEL_MIN, address
+        from .llvm import address
 
         roots = b.roots
-        self.strides = b.strides
-        self.inputs = b.inputs  # root per input
         self.keep = b.keep
         # where each result is: (root, byte offset, shape, strides, dtype)
         self.results = {}
@@ -536,11 +521,15 @@ class Program:
         reserve_buffer(self.arena)  # cache memory, as MLX's buffer cache: no array's
         base = address(self.arena)
         base += -base % _ALIGN
-        self.base = base
+
+        def resolve(r):
+            while roots[r].alias is not None:
+                r = roots[r].alias
+            return r
+
         at = [0] * len(roots)
-        for i, r in enumerate(roots):
-            while r.alias is not None:
-                r = roots[r.alias]
+        for i in range(len(roots)):
+            r = roots[resolve(i)]
             if r.kind == _ARENA:
                 at[i] = base + r.offset
         self.roots = roots
@@ -548,18 +537,10 @@ class Program:
         self.input_roots = [i for i, r in enumerate(roots) if r.alias is None and r.kind == _INPUT]
         self.fresh = [i for i, r in enumerate(roots) if r.alias is None and r.kind == _FRESH]
         self.at = at
-        pool = executor.pool
-        workers = executor.workers
         self.segments: list = []
         self.patches: list = []  # (argument array, slot, root, offset) filled on each call
         rows: list = []
         self.args: list = []  # the argument arrays, alive as long as the program
-
-        def resolve(r):
-            while roots[r].alias is not None:
-                r = roots[r].alias
-            return r
-
         for step in b.steps:
             if step[0] == "python":
                 if rows:
@@ -580,17 +561,12 @@ class Program:
                 r, off = resolve(a[0]), a[1]
                 if roots[r].kind == _ARENA:
                     array[slot] = at[r] + off
-                elif roots[r].kind == _CONST:
-                    array[slot] = address(roots[r].array) + off
                 else:
                     self.patches.append((array, slot, r, off))
-            mode, chunk = 0, 0
-            if shares and pool is not None and units * per_unit >= _PARALLEL_MIN and units >= 2:
-                chunk = max(-(-units // (workers * _CHUNKS_PER_WORKER)), -(-_CHUNK_MIN // max(per_unit, 1)))
-                chunk = -(-chunk // align) * align
-                # Rows follow each other with no Python between them: a worker woken for one stays
-                # awake (spinning) for the next, so every shared row may ring.
-                mode = 2
+            chunk = executor.chunk(units, per_unit, align) if shares else 0
+            # Rows follow each other with no Python between them: a worker woken for one stays awake
+            # (spinning) for the next, so every shared row may ring (mode 2).
+            mode = 2 if chunk else 0
             rows.append((ctypes.cast(fn, ctypes.c_void_p).value, ctypes.addressof(array), units, chunk, mode, 0))
             self.keep.append(fn)
         if rows:
@@ -599,14 +575,11 @@ class Program:
         self.python_steps = sum(1 for s in self.segments if s[0] == "python")
         self.driver = executor.program_driver()
 
-    def run(self, executor, inputs: tuple):
-        """Run on ``inputs`` (the call's arrays, realized): {tape step index: (buffer, counted)}, or None
-        when an input's layout differs from the capture's (the caller takes the ordinary path)."""
+    def run(self, executor, inputs: tuple) -> dict:
+        """Run on ``inputs`` (the call's arrays, realized, laid out as the capture's: the executor keeps
+        a program per layout): {tape step index: (buffer, counted)}."""
         from .llvm import address
 
-        for x, s in zip(inputs, self.strides):
-            if x._data.strides != s:
-                return None
         roots, at = self.roots, self.at
         buffers: dict = {}
         counted: set = set()
@@ -647,7 +620,7 @@ class Program:
                     driver(table.ctypes.data, len(table), 0, 0, 0)
                 executor.native_seconds += perf_counter() - start
             else:
-                self.call(executor, segment)
+                self.call(segment)
         out = {}
         for v, (r, off, shape, strides, dtype) in self.results.items():
             buf = buffers[r]
@@ -665,7 +638,7 @@ class Program:
                 out[v] = (np.array(view(at[r] + off, shape, strides, dtype)), False)
         return out
 
-    def call(self, executor, segment) -> None:
+    def call(self, segment) -> None:
         """A step run by its reference (or template) on views of the roots, its result copied into
         its root in the capture's layout."""
         from ..core.array import make_node, make_realized
