@@ -177,6 +177,32 @@ def test_custom_function_and_checkpoint():
     _close(ours, theirs)
 
 
+@pytest.mark.mlx
+def test_custom_rules_on_tree_arguments():
+    """Custom jvp and vmap rules receive their primals, tangents and axes as separate trees of the
+    argument's structure (a rule's tangents are not its primals)."""
+    def run(m):
+        @m.custom_function
+        def double(params):
+            return {"out": 2 * params["x"] * params["y"]}
+
+        @double.jvp
+        def double_jvp(primals, tangents):
+            return {"out": 2 * primals["x"] * tangents["y"] + 2 * primals["y"] * tangents["x"] + 1}
+
+        @double.vmap
+        def double_vmap(params, axes):
+            return {"out": params["x"] * 3 + params["y"]}, {"out": axes["x"]}
+
+        outer = lambda a, b: double({"x": a, "y": b})["out"]  # noqa: E731
+        primals, tangents = [m.array(Y), m.array(Y + 1)], [m.array(Y * 2), m.array(Y - 1)]
+        outs, jvps = m.jvp(outer, primals, tangents)
+        mapped = m.vmap(outer)(m.array(X), m.array(X * 2))
+        return [outs, jvps, mapped]
+    ours, theirs = _both(run)
+    _close(ours, theirs)
+
+
 def test_finite_differences_on_random_graph():
     """The gradient of a randomly composed graph agrees with central differences (float64 values)."""
     rng = np.random.default_rng(1)

@@ -147,6 +147,58 @@ def test_shapeless_broadcast_and_matmul():
         np.testing.assert_allclose(np.array(fun(ma.array(a), ma.array(b))), a @ b + 1, rtol=1e-5)
 
 
+SHAPE_DEPENDENT = [
+    ("mean", lambda m, x: m.mean(x, axis=-1, keepdims=True) + m.mean(x)),
+    ("var_std", lambda m, x: m.var(x, axis=0) + m.std(x, axis=-1, ddof=1).sum()),
+    ("zeros_ones_like", lambda m, x: m.zeros_like(x) + m.ones_like(x) * 2 + m.full_like(x, 3.0) * x),
+]
+
+
+@pytest.mark.parametrize("name,build", SHAPE_DEPENDENT, ids=[n for n, _ in SHAPE_DEPENDENT])
+def test_shapeless_shape_dependent_values(name, build):
+    """What depends on an input's shape (a mean's count, a fill like the input) follows the shape
+    of each call of a shapeless compiled function, traced once."""
+    calls = []
+
+    def fun(x):
+        calls.append(1)
+        return build(ma, x)
+
+    compiled = ma.compile(fun, shapeless=True)
+    for shape in [(1, 3), (4, 3), (7, 5), (2, 1)]:
+        x = ma.array(RNG.standard_normal(shape).astype(np.float32))
+        ours, plain = compiled(x), build(ma, x)
+        assert ours.shape == plain.shape
+        np.testing.assert_allclose(np.array(ours), np.array(plain), rtol=1e-6, atol=1e-6)
+    assert len(calls) == 1  # traced once
+
+
+def test_shapeless_mean_after_take():
+    """A mean over indices taken by an input index array: traced on one index, replayed on more."""
+    compiled = ma.compile(lambda buf, idx: ma.mean(ma.take(buf, idx, axis=0)), shapeless=True)
+    buf = ma.array([10.0, 20.0, 30.0, 40.0, 50.0])
+    for n in (1, 2, 3, 5, 1):
+        idx = ma.arange(n)
+        assert compiled(buf, idx).item() == ma.mean(ma.take(buf, idx, axis=0)).item()
+
+
+def test_shapeless_gather_matmuls():
+    """gather_mm and gather_qmm follow new row counts in a shapeless compiled function."""
+    k, n, experts = 64, 32, 4
+    idx = ma.array([0, 1, 2, 3])
+    b = ma.array(RNG.standard_normal((experts, k, n)).astype(np.float32))
+    qw, s, bias = ma.quantize(ma.array(RNG.standard_normal((experts, n, k)).astype(np.float32)))
+    funs = [lambda x: ma.gather_mm(x, b, lhs_indices=idx, rhs_indices=idx),
+            lambda x: ma.gather_qmm(x, qw, s, bias, lhs_indices=idx, rhs_indices=idx, transpose=True)]
+    for fun in funs:
+        compiled = ma.compile(fun, shapeless=True)
+        for rows in (4, 8, 1):
+            x = ma.array(RNG.standard_normal((experts, rows, k)).astype(np.float32))
+            ours, plain = compiled(x), fun(x)
+            assert ours.shape == plain.shape
+            np.testing.assert_allclose(np.array(ours), np.array(plain), rtol=1e-5, atol=1e-5)
+
+
 def test_disable_enable():
     calls = []
 

@@ -210,6 +210,28 @@ def test_setitem_errors(make_idx, make_val):
         ours[make_idx(mx)] = make_val(mx)
 
 
+@pytest.mark.parametrize("mask", [True, False, np.bool_(True)])
+def test_setitem_python_bool_mask(mask):
+    """A scalar bool as a setitem index is a mask of all or nothing, as an array(True) is."""
+    ours, ref = both((3,), "float32")
+    ours[mask] = 5.0
+    ref[mlx.array(bool(mask))] = 5.0
+    assert_same(ours, ref)
+
+
+@pytest.mark.parametrize("index", [lambda: slice(None, 2**32), lambda: 2**32, lambda: slice(-2**31 - 1, None),
+                                   lambda: (0, slice(2**31))])
+def test_index_bounds_are_32_bit(index):
+    """MLX keeps int indices and slice bounds as 32-bit integers: larger ones are a ValueError."""
+    ours, ref = both((3, 4), "float32")
+    with pytest.raises(ValueError):
+        ref[index()]
+    with pytest.raises(ValueError, match="32-bit"):
+        ours[index()]
+    with pytest.raises(ValueError, match="32-bit"):
+        ours[index()] = 1.0
+
+
 def test_masked_setitem_needs_enough_values():
     ours = mx.zeros((3, 4))
     ours[mx.array([[True, False, True, True]] * 3)] = mx.arange(2)
@@ -232,6 +254,7 @@ AT_CASES = [
     ("add", lambda m: slice(None, None, -1), lambda m: m.array([1, 2, 3])),
     ("add", lambda m: Ellipsis, lambda m: 1),
     ("add", lambda m: m.array([-1, 2, -1]), lambda m: m.array([5, 6, 7])),
+    ("add", lambda m: None, lambda m: 1),  # a new axis is an index, not a missing one
 ]
 
 

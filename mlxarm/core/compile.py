@@ -349,7 +349,8 @@ def _value(ref, inputs, values):
     return v
 
 
-def _trace(fun, args, kwargs, inputs, captured_inputs, captured_outputs, num_args, num_kwargs):
+def _trace(fun, args, kwargs, inputs, captured_inputs, captured_outputs, num_args, num_kwargs,
+           shapeless: bool = False):
     token = object()
     placeholders = [trace_input(x._shape, x._dtype, i, token) for i, x in enumerate(inputs)]
     it = iter(placeholders)
@@ -361,7 +362,7 @@ def _trace(fun, args, kwargs, inputs, captured_inputs, captured_outputs, num_arg
     if captured_inputs is not None:
         _fill_state(captured_inputs, iter(state_ph))
     try:
-        with tracing(allow_eval=False):
+        with tracing(allow_eval=False, shapeless=shapeless):
             result = fun(*t_args, **t_kwargs)
         out_arrays: list = []
         structure = _output_structure(result, out_arrays)
@@ -472,7 +473,7 @@ class _Compiled:
             tape = self._cache.get(key)
             if tape is None:
                 tape = _trace(self._fun, args, kwargs, inputs, self._captured_inputs,
-                              self._captured_outputs, num_args, num_kwargs)
+                              self._captured_outputs, num_args, num_kwargs, self._shapeless)
                 self._cache[key] = tape
         outs = None
         if tape.calls and tape.program is not False and tape.steps and not _in_transform() \
@@ -613,6 +614,24 @@ def _gather(ins, params, shape, traced_in):
     return _result_shape(params["index"], ins[1:]), params
 
 
+def _full(ins, params, shape, traced_in):
+    if len(ins) < 2:  # a fill of a fixed shape
+        return shape, params
+    new = broadcast_shapes(ins[1]._shape, ins[0]._shape)  # full_like: the shape of the array it is like
+    return new, dict(params, shape=new)
+
+
+def _gather_mm(ins, params, shape, traced_in):
+    a, b, lhs, rhs = (x._shape for x in ins)
+    return broadcast_shapes(lhs, rhs) + (a[-2], b[-1]), params
+
+
+def _gather_qmm(ins, params, shape, traced_in):
+    x = ins[0]._shape
+    new = broadcast_shapes(ins[-2]._shape, ins[-1]._shape) + (x[-2] if len(x) > 1 else 1, params["n"])
+    return new, dict(params, shape=new)
+
+
 def _take_along_axis(ins, params, shape, traced_in):
     a, idx = ins[0]._shape, ins[1]._shape
     ax = params["axis"]
@@ -626,4 +645,5 @@ _SHAPELESS_KIND = {"unary": _same_as_input, "binary": _broadcasting, "ternary": 
 _SHAPELESS = {"matmul": _matmul, "addmm": _matmul, "transpose": _transpose, "reshape": _reshape,
               "broadcast_to": _broadcast_to, "sort": _same_as_input, "argsort": _same_as_input,
               "contiguous": _same_as_input, "copy": _same_as_input, "gather": _gather,
-              "take_along_axis": _take_along_axis}
+              "take_along_axis": _take_along_axis, "full": _full, "gather_mm": _gather_mm,
+              "gather_qmm": _gather_qmm}

@@ -218,7 +218,7 @@ class FunctionExporter:
                                "signature is not allowed.")
         with tracing(allow_eval=False):  # keeps the trace's constants unfolded (see module doc)
             tape = _trace(self._fun, tuple(pos), {k: kw[k] for k in keys}, inputs, None, None,
-                          len(pos), len(keys))
+                          len(pos), len(keys), self._shapeless)
         _check_outputs(tape.structure)
         steps, outputs = self._flatten(tape)
         signature = (keys, [(x._shape, x._dtype) for x in inputs])

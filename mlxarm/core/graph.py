@@ -27,6 +27,7 @@ class _Transforming(threading.local):
     def __init__(self):
         self.depth = 0  # transforms being traced in this thread
         self.no_eval = 0  # of which forbid evaluation (vmap, compile)
+        self.shapeless = 0  # of which trace a shapeless compiled function
 
 
 _transforming = _Transforming()
@@ -39,17 +40,27 @@ class tracing:
     evaluate their intermediates (vmap, compile), as in MLX.
     """
 
-    def __init__(self, allow_eval: bool = True):
+    def __init__(self, allow_eval: bool = True, shapeless: bool = False):
         self._forbid = 0 if allow_eval else 1
+        self._shapeless = int(shapeless)
 
     def __enter__(self):
         _transforming.depth += 1
         _transforming.no_eval += self._forbid
+        _transforming.shapeless += self._shapeless
 
     def __exit__(self, *exc):
         _transforming.depth -= 1
         _transforming.no_eval -= self._forbid
+        _transforming.shapeless -= self._shapeless
         return False
+
+
+def shapeless_tracing() -> bool:
+    """Whether a shapeless compiled function is being traced in this thread: its graph is replayed
+    on other shapes, so ops record what depends on an input's shape (a mean's count, a
+    ``zeros_like``'s shape) as nodes reading that input, never as constants of the trace."""
+    return _transforming.shapeless > 0
 
 
 def _in_transform() -> bool:

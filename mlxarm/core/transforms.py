@@ -598,15 +598,10 @@ class custom_function:
                 a, kw = rebuild_inputs(primals)
                 if kw:
                     raise ValueError("[custom jvp] Function should only accept positional arguments")
-                have = set(argnums)
-                it = iter(tangents)
-                pos = [0]
-
-                def tan_of(x):
-                    i = pos[0]
-                    pos[0] += 1
-                    return next(it) if i in have else None
-                t = _update(list(a), tan_of)
+                full = [None] * len(primals)  # the tangent of each flat input, None where none is given
+                for i, tangent in zip(argnums, tangents):
+                    full[i] = tangent
+                t = rebuild_inputs(full)[0]  # a structure of its own: the primals' dicts stay as they are
                 res = user_jvp(a[0], t[0]) if len(a) == 1 else user_jvp(tuple(a), tuple(t))
                 return _flat_arrays(res if not isinstance(res, array) else [res])
         if self._vmap is not None:
@@ -616,14 +611,7 @@ class custom_function:
                 a, kw = rebuild_inputs(xs)
                 if kw:
                     raise ValueError("[custom vmap] Function should only accept positional arguments")
-                ax = list(axes)
-                pos = [0]
-
-                def axis_of(x):
-                    i = pos[0]
-                    pos[0] += 1
-                    return None if ax[i] is None or ax[i] < 0 else ax[i]
-                new_axes = _update(list(a), axis_of)
+                new_axes = rebuild_inputs([None if x is None or x < 0 else x for x in axes])[0]
                 res = user_vmap(a[0], new_axes[0]) if len(a) == 1 else user_vmap(tuple(a), tuple(new_axes))
                 if not isinstance(res, tuple) or len(res) != 2:
                     raise ValueError("[custom vmap] Vmap function should return a tuple with 2 items.")

@@ -76,7 +76,7 @@ def _need_array(a, op: str) -> array:
 
 # --- constant fills ------------------------------------------------------------------------------------
 
-def _full_ref(p, v):
+def _full_ref(p, v, like=None):  # ``like``: the array a shapeless trace's ``full_like`` takes its shape from
     return np.broadcast_to(v, p["shape"]).copy()
 
 
@@ -94,7 +94,7 @@ FULL = register(Primitive("full", "movement", _full_ref, compute=False,
                           extra={"cases": _full_cases}))
 
 
-def _filled(shape: tuple, vals: array, stream) -> array:
+def _filled(shape: tuple, vals: array, stream, like: array | None = None) -> array:
     vs = vals._shape
     if len(vs) > len(shape):
         raise ValueError(f"Cannot broadcast array of shape {fmt_shape(vs)} into shape "
@@ -103,7 +103,8 @@ def _filled(shape: tuple, vals: array, stream) -> array:
         if s != t and s != 1:
             raise ValueError(f"[broadcast_shapes] Shapes {fmt_shape(vs)} and {fmt_shape(shape)} "
                              "cannot be broadcast.")
-    return make_node(FULL, (vals,), {"shape": shape}, shape, vals._dtype, resolve_stream(stream))
+    return make_node(FULL, (vals,) if like is None else (vals, like), {"shape": shape}, shape, vals._dtype,
+                     resolve_stream(stream))
 
 
 @api(primitive="full")
@@ -133,7 +134,10 @@ def full_like(a, vals, dtype=None, *, stream=None):
     dtype = _dtype(dtype, a._dtype)
     vals = scalar_array(vals, dtype)
     shape = broadcast_shapes(a._shape, vals._shape)
-    return _filled(shape, cast(vals, dtype, stream), stream)
+    from ..graph import shapeless_tracing
+
+    # in a shapeless compiled function the fill reads ``a``, so a replay takes the shape of its ``a``
+    return _filled(shape, cast(vals, dtype, stream), stream, a if shapeless_tracing() else None)
 
 
 @api(primitive="full")

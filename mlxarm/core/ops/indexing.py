@@ -38,7 +38,15 @@ def _slice_int(v):
         return None
     if isinstance(v, bool) or not isinstance(v, _INT_TYPES):
         raise ValueError("Slice indices must be integers or None.")
-    return int(v)
+    return _int32(v)
+
+
+def _int32(v) -> int:
+    """An int index or slice bound: MLX keeps them as 32-bit integers."""
+    v = int(v)
+    if not -2**31 <= v < 2**31:
+        raise ValueError("Slice indices must be 32-bit integers.")
+    return v
 
 
 def _index_array(entry, op: str) -> array:
@@ -72,7 +80,7 @@ def _parse(a: array, idx, op: str):
         elif isinstance(e, bool):
             raise _invalid_type(in_tuple)
         elif isinstance(e, _INT_TYPES):
-            items.append(int(e))
+            items.append(_int32(e))
         elif isinstance(e, _pyslice):
             items.append(_pyslice(_slice_int(e.start), _slice_int(e.stop), _slice_int(e.step)))
         elif isinstance(e, array) or isinstance(e, list):
@@ -206,7 +214,7 @@ GATHER = register(Primitive(
 def _getitem(a: array, idx):
     if isinstance(idx, _INT_TYPES) and not isinstance(idx, bool) and a.ndim and a._shape[0]:
         n = a._shape[0]
-        if not -n <= idx < n:
+        if not -n <= _int32(idx) < n:
             # MLX reads outside the array for a lone out-of-range int; a clamped read stays defined.
             idx = n - 1 if idx > 0 else 0
     template, arrays, axes = _parse(a, idx, "gather")
@@ -341,6 +349,8 @@ def _bool_mask(idx):
     """``idx`` as a boolean mask array when it is one (setitem only), else None."""
     if isinstance(idx, array):
         return idx if idx._dtype is dt.bool_ else None
+    if isinstance(idx, (bool, np.bool_)):  # a scalar mask: all or nothing
+        return to_array(idx)
     if isinstance(idx, np.ndarray):
         return to_array(idx) if idx.dtype == np.bool_ else None
     if isinstance(idx, list):
@@ -410,9 +420,7 @@ class _AtIndexer:
         return self
 
     def _apply(self, prim, value, transform=None):
-        if self._index is None:
-            raise ValueError("Cannot calculate updates without an index. Use e.g. "
-                             "a.at[idx].add(value).")
+        # ``ArrayAt`` asks for the index first; None here is an index (a new axis), not a missing one
         a = self._array
         if _bool_mask(self._index) is not None:
             raise ValueError("boolean indices are not yet supported")

@@ -288,6 +288,31 @@ def _reciprocal_count(n: int, ddof: int = 0) -> float:
     return 1.0 / denom if denom > 0 else float("inf")
 
 
+def _reciprocal_count_ref(p, x):
+    return np.array(_reciprocal_count(_count(x.shape, p["axes"]), p["ddof"])).astype(x.dtype)
+
+
+RECIPROCAL_COUNT = register(Primitive(
+    "reciprocal_count", "kernel", _reciprocal_count_ref,
+    doc="1 / (the number of elements over some axes of the input, less ddof), as a scalar of the "
+        "input's dtype: a mean's scale in a shapeless compiled function, where the input's shape "
+        "changes from call to call.",
+    extra={"cases": lambda rng, dtype: []}))
+
+
+def _scale_of_count(total: array, a: array, axes: tuple, ddof: int, stream) -> array:
+    """``total`` divided by the count of ``a``'s elements over ``axes`` (less ``ddof``), scaled by the
+    reciprocal as MLX does (it rounds differently from a division). Traced for a shapeless compiled
+    function, the count is a node reading ``a``, so it follows ``a``'s shape in every call."""
+    from ..graph import shapeless_tracing
+
+    if shapeless_tracing():
+        scale = make_node(RECIPROCAL_COUNT, (a,), {"axes": tuple(axes), "ddof": int(ddof)}, (), a._dtype,
+                          resolve_stream(stream))
+        return multiply(total, scale, stream=stream)
+    return multiply(total, _reciprocal_count(_count(a._shape, axes), int(ddof)), stream=stream)
+
+
 @api()
 def mean(a, /, axis=None, keepdims=False, *, stream=None):
     """Mean over the given axes (MLX ``mlx.core.mean``)."""
@@ -297,9 +322,7 @@ def mean(a, /, axis=None, keepdims=False, *, stream=None):
     a = cast(a, _float_dtype(a._dtype), stream)
     if not axes:
         return a
-    total = sum(a, axes, keepdims, stream=stream)
-    # MLX scales by the reciprocal of the count, which rounds differently from a division.
-    return multiply(total, _reciprocal_count(_count(a._shape, axes)), stream=stream)
+    return _scale_of_count(sum(a, axes, keepdims, stream=stream), a, axes, 0, stream)
 
 
 def _var(a, axis, keepdims, ddof, stream):
@@ -311,8 +334,7 @@ def _var(a, axis, keepdims, ddof, stream):
     sq = square(abs_(dev, stream=stream), stream=stream) if a._dtype.kind == "c" else square(dev, stream=stream)
     if not axes:
         return sq
-    total = sum(sq, axes, keepdims, stream=stream)
-    return multiply(total, _reciprocal_count(_count(a._shape, axes), int(ddof)), stream=stream)
+    return _scale_of_count(sum(sq, axes, keepdims, stream=stream), a, axes, ddof, stream)
 
 
 @api()
@@ -449,7 +471,7 @@ def _attach_gradients():
 
     for prim in (MAX, MIN):
         prim.vjp, prim.jvp = extremum_vjp, extremum_jvp
-    for prim in (ALL, ANY, ARGMAX, ARGMIN):
+    for prim in (ALL, ANY, ARGMAX, ARGMIN, RECIPROCAL_COUNT):
         ad.nondifferentiable(prim)
 
 
