@@ -8,8 +8,9 @@ matvec of ``--big`` squared (group 64), and the cost of one eval of 1, 10 and 10
 
 Figures per workload and backend: ``eval_s``, a whole ``mx.eval`` including the download of its
 result; ``device_s`` for single fused kernels and kernel templates (matmul, rows, quantized matvec),
-the kernel alone (``--reps`` launches recorded back to back and submitted once, per launch; for a
-template, the launches one eval of it records, replayed with the same arguments).
+the kernel alone: what a launch adds to a submission (``--reps`` + 1 launches recorded back to back and
+submitted once, less one launch submitted alone, per launch; for a template, the launches one eval of
+it records, replayed with the same arguments). PyTorch's figures are taken the same way.
 Beside them, PyTorch on the same card when it is importable (``vs_torch``: torch's time / ours; torch
 has no 4-bit kernel, so the quantized matvec is compared with its dense float16 matvec). Runs on
 lavapipe/PoCL too (use small ``--n``, ``--m`` and ``--big`` there).
@@ -43,6 +44,21 @@ def best_of(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def per_launch(launch, finish, reps: int) -> float:
+    """Seconds a launch adds: ``reps + 1`` launches then ``finish()``, less one launch then
+    ``finish()``, over ``reps``. The fixed cost of a submission (a command buffer built, submitted
+    and waited for) is the eval's, which ``eval_s`` reports; this is the kernel's own time."""
+    def run(k):
+        def go():
+            for _ in range(k):
+                launch()
+            finish()
+        return go
+    one = best_of(run(1), 3)
+    many = best_of(run(reps + 1), 3)
+    return max(many - one, 0.0) / reps
 
 
 def workloads(mx, n: int, m: int, big: int):
@@ -103,13 +119,11 @@ def template_seconds(mx, device: str, build, reps: int) -> float | None:
     if not calls:
         return None
 
-    def run():
-        for _ in range(reps):
-            for args, kwargs in calls:
-                rt.template(*args, **kwargs)
-        rt.submit([])
+    def launch():
+        for args, kwargs in calls:
+            rt.template(*args, **kwargs)
 
-    seconds = best_of(run, 3) / reps
+    seconds = per_launch(launch, lambda: rt.submit([]), reps)
     del out
     return seconds
 
@@ -133,12 +147,7 @@ def device_seconds(device: str, build, reps: int) -> float | None:
     ex.rt.launch(prog, kernel, bufs, offsets)
     ex.rt.submit([])
 
-    def run():
-        for _ in range(reps):
-            ex.rt.launch(prog, kernel, bufs, offsets)
-        ex.rt.submit([])
-
-    return best_of(run, 3) / reps
+    return per_launch(lambda: ex.rt.launch(prog, kernel, bufs, offsets), lambda: ex.rt.submit([]), reps)
 
 
 def eval_overhead(mx, device: str, kernels: int, repeat: int) -> float:
@@ -187,11 +196,7 @@ def torch_figures(n: int, m: int, big: int, reps: int) -> dict | None:
            "matmul_big_f16": lambda: a_half @ b_half, "qmv_big_q4": lambda: v_half @ w_half.T}
     out = {}
     for name, fn in ops.items():
-        def run():
-            for _ in range(reps):
-                fn()
-            torch.cuda.synchronize()
-        out[name] = best_of(run, 3) / reps
+        out[name] = per_launch(fn, torch.cuda.synchronize, reps)
     small = torch.ones(4, 64, device=dev)
     for k in (1, 10, 100):
         def chain():
