@@ -135,6 +135,27 @@ def test_inplace_shares_with_earlier_results():
 
 
 @pytest.mark.mlx
+def test_repeated_setitem_keeps_every_earlier_result(mlx):
+    """An array written in place step after step (a KV cache) while the nodes recorded on it in
+    earlier steps are still unevaluated: each keeps the value it was recorded with. From the second
+    such update on, the consumers are found through the watch ``make_node`` keeps, not a search."""
+    from mlxarm.core.array import _WATCHED
+
+    def run(m):
+        cache, slices = m.zeros((2, 6)), []
+        for step in range(6):
+            slices.append(cache[:, :step + 1] * 1)  # unevaluated, recorded on the current value
+            holder = [cache]  # a second reference, as a cache object's attribute is
+            cache[:, step] = m.array([step + 1, -step - 1], dtype=m.float32)
+            if m is ma and step:
+                assert id(cache) in _WATCHED
+            del holder
+        return [np.array(s) for s in slices] + [np.array(cache)]
+    for o, t in zip(run(ma), run(mlx)):
+        np.testing.assert_array_equal(o, t)
+
+
+@pytest.mark.mlx
 def test_setitem_visible_through_aliases(mlx):
     o, t = ma.array([1, 2, 3]), mx.array([1, 2, 3])
     oa, ta = o, t

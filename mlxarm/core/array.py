@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import weakref
 
 import numpy as np
 
@@ -204,10 +205,13 @@ class array:
         Consumers are found through the garbage collector's referrer lists rather than back-pointers
         kept on every node, so recording stays cheap and only the rare in-place update pays.
         """
+        watched = _WATCHED.get(id(self))
+        if watched is not None and watched[0]() is self:
+            self._repoint_watched(watched, old)
         # References: the caller's name, the interpreter stack of the statement, the frame of
         # __setitem__ (or the in-place operator), this frame, getrefcount's argument. More than
         # that may be recorded consumers (or just aliases): only then search.
-        if sys.getrefcount(self) > _OVERWRITE_BASE_REFS:
+        elif sys.getrefcount(self) > _OVERWRITE_BASE_REFS:
             self._repoint_consumers(old)
         if self._data is None and self._prim is not None and self._prim.kind == "program":
             from .compile import repoint_output  # a compiled call's result: its program fills in ``old``
@@ -219,11 +223,28 @@ class array:
         return self
 
     def _repoint_consumers(self, old: "array") -> None:
+        """Re-point the nodes recorded on this array at ``old``, found through the garbage
+        collector (a walk over every tracked object). An array that had such consumers is updated
+        in place again and again (a KV cache written a position per step while last step's nodes
+        still read it): from then on ``make_node`` notes its consumers (``_WATCHED``), so its later
+        updates visit those alone."""
+        found = False
         for ref in gc.get_referrers(self):
             if type(ref) is tuple:
                 for holder in gc.get_referrers(ref):
                     if type(holder) is array and holder._inputs is ref:
                         holder._inputs = tuple(old if x is self else x for x in ref)
+                        found = True
+        if found:
+            key = id(self)
+            _WATCHED[key] = [weakref.ref(self, lambda _, key=key: _WATCHED.pop(key, None)), []]
+
+    def _repoint_watched(self, watched: list, old: "array") -> None:
+        consumers, watched[1] = watched[1], []
+        for ref in consumers:
+            holder = ref()
+            if holder is not None and any(x is self for x in holder._inputs):
+                holder._inputs = tuple(old if x is self else x for x in holder._inputs)
 
     def _snapshot(self) -> "array":
         """A new node with this one's current contents (the old value, before an overwrite)."""
@@ -296,7 +317,27 @@ def make_node(prim, inputs, params, shape, dtype, stream) -> array:
     a._dtype = dtype
     a._data = None
     a._stream = stream
+    if _WATCHED:
+        _note_consumer(a, inputs)
     return a
+
+
+# id(array) -> [weak reference to it, weak references to the nodes recorded on it since its last
+# in-place update]: the arrays updated in place while nodes recorded on them were alive (``_overwrite``).
+_WATCHED: dict = {}
+_WATCH_MAX = 4096  # consumers noted between two updates before the array's watch is given up
+
+
+def _note_consumer(node, inputs) -> None:
+    for x in inputs:
+        watched = _WATCHED.get(id(x))
+        if watched is not None and watched[0]() is x:
+            consumers = watched[1]
+            consumers.append(weakref.ref(node))
+            if len(consumers) > _WATCH_MAX:
+                consumers[:] = [r for r in consumers if r() is not None]
+                if len(consumers) > _WATCH_MAX // 2:  # read by many live nodes: back to the search
+                    del _WATCHED[id(x)]
 
 
 def make_realized(data: np.ndarray, dtype: Dtype, stream) -> array:
