@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import weakref
 
 import numpy as np
 
 from . import ir
+from ..core.dtypes import Dtype
 
 # stop_gradient returns its input unchanged, so on a buffer it is a view, as in the numpy executor.
 VIEWS = frozenset({"reshape", "transpose", "broadcast_to", "strided_slice", "flip", "stop_gradient"})
@@ -207,6 +209,45 @@ def _restride(e, strides_of: dict):
     return ir.Op(e.op, tuple(_restride(a, strides_of) for a in e.args), e.dtype)
 
 
+# Params values that are plain data: kept (in keys and in the caches below) as they are.
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, slice, type(Ellipsis), np.generic, np.dtype, Dtype)
+
+
+class _Opaque:
+    """A params value that is not plain data (a custom function's rules, a trace's token): it stands
+    in keys for that very object, without keeping it alive (its rules may hold a whole graph's
+    arrays). Equal to another only while both refer to the same live object, so an id reused after
+    the object died never makes two keys equal."""
+    __slots__ = ("ref", "key")
+
+    def __init__(self, obj):
+        self.ref = weakref.ref(obj)
+        self.key = id(obj)
+
+    def __hash__(self):
+        return self.key
+
+    def __eq__(self, other):
+        if type(other) is not _Opaque:
+            return NotImplemented
+        obj = self.ref()
+        return obj is not None and obj is other.ref()
+
+
+def _plain(v):
+    """``v`` for a key: plain data as it is, tuples item by item, an object that can be referenced
+    weakly as an ``_Opaque`` (None when something in ``v`` is neither, so the caller keeps ``v``)."""
+    if isinstance(v, _PLAIN):
+        return v
+    if type(v) is tuple:
+        items = tuple(_plain(x) for x in v)
+        return None if any(i is None and x is not None for i, x in zip(items, v)) else items
+    try:
+        return _Opaque(v)
+    except TypeError:
+        return None
+
+
 def frozen(params):
     """``params`` as a hashable value (for structural keys)."""
     if params is None:
@@ -215,14 +256,25 @@ def frozen(params):
     if hit is not None and hit[0] is params:
         return hit[1]
     value = tuple(params.items()) if type(params) is dict else params
+    keep = True  # remembered by identity: only params of plain data, which hold nothing large alive
+    if type(params) is dict and not all(isinstance(v, _PLAIN) for v in params.values()):
+        items = tuple((k, _plain(v)) for k, v in value)
+        if all(p is not None or v is None for (_, p), (_, v) in zip(items, value)):
+            value = items
+            keep = not any(type(p) is _Opaque or (type(p) is tuple and _holds_opaque(p)) for _, p in items)
     try:
         hash(value)
     except TypeError:
         return repr(value)
-    if len(_FROZEN) >= 8192:
-        _FROZEN.clear()
-    _FROZEN[id(params)] = (params, value)
+    if keep:
+        if len(_FROZEN) >= 8192:
+            _FROZEN.clear()
+        _FROZEN[id(params)] = (params, value)
     return value
+
+
+def _holds_opaque(t: tuple) -> bool:
+    return any(type(x) is _Opaque or (type(x) is tuple and _holds_opaque(x)) for x in t)
 
 
 _TOKENS: dict = {}  # id(params) -> (params, token): one lookup for a params object seen before
@@ -244,6 +296,8 @@ def params_token(params) -> int:
             _TOKEN_OF.clear()  # later params get fresh tokens: keys built before just stop matching
         token = _TOKEN_OF[value] = _NEXT_TOKEN[0]
         _NEXT_TOKEN[0] += 1
+    if _FROZEN.get(id(params), (None,))[0] is not params:
+        return token  # params ``frozen`` would not keep alive (they hold objects) are not kept here either
     if len(_TOKENS) >= 8192:
         _TOKENS.clear()
     _TOKENS[id(params)] = (params, token)

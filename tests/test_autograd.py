@@ -203,6 +203,36 @@ def test_custom_rules_on_tree_arguments():
     _close(ours, theirs)
 
 
+@pytest.mark.parametrize("device", ["numpy", "llvm"])
+def test_custom_function_arrays_are_freed(device, monkeypatch):
+    """Once the caller lets go, nothing keeps a custom function's arrays alive: its rules (which hold
+    the call's outputs) live in its nodes' params, and the executors' structural keys refer to
+    params objects without holding them."""
+    import gc
+
+    if device == "llvm":
+        pytest.importorskip("llvmlite")
+    monkeypatch.setenv("MLXARM_DEVICE", device)
+    gc.collect()
+    before = mx.get_active_memory()
+
+    @mx.custom_function
+    def double(params):
+        return {"out": 2 * params["x"] * params["y"]}
+
+    @double.jvp
+    def double_jvp(primals, tangents):
+        return {"out": 2 * primals["x"] * tangents["y"] + 2 * primals["y"] * tangents["x"]}
+
+    for _ in range(3):
+        outs, jvps = mx.jvp(lambda a, b: double({"x": a, "y": b})["out"], [mx.array(Y), mx.array(Y + 1)],
+                            [mx.array(Y), mx.array(Y)])
+        mx.eval(outs, jvps)
+    del outs, jvps, double, double_jvp
+    gc.collect()
+    assert mx.get_active_memory() == before
+
+
 def test_finite_differences_on_random_graph():
     """The gradient of a randomly composed graph agrees with central differences (float64 values)."""
     rng = np.random.default_rng(1)

@@ -500,7 +500,7 @@ CUSTOM.extra["vmap"] = _custom_vmap
 class _CustomSpec:
     """The rules of one call of a custom function (over flat lists of arrays)."""
 
-    __slots__ = ("n_inputs", "vjp", "jvp", "vmap")
+    __slots__ = ("n_inputs", "vjp", "jvp", "vmap", "__weakref__")  # weakly in structural keys (codegen.lower)
 
     def __init__(self, n_inputs, vjp_rule, jvp_rule, vmap_rule):
         self.n_inputs, self.vjp, self.jvp, self.vmap = n_inputs, vjp_rule, jvp_rule, vmap_rule
