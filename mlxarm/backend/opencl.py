@@ -1,9 +1,11 @@
 """The OpenCL executor: fused kernels rendered as OpenCL C (``codegen.render_opencl``) and run through
 pyopencl on the first OpenCL device (a GPU when there is one; PoCL gives a CPU device).
 
-One in-order command queue per stream; a launch waits on the events of the kernels that wrote its
-inputs, so work on different streams stays ordered where it must. Program binaries are cached on disk
-(keyed by the source, the device and its driver version) where the platform can load them back.
+One in-order command queue per stream; once there are several, a launch waits on the events of the
+kernels that wrote its inputs, so work on different streams stays ordered where it must (one queue
+keeps its own launches in order, and a launch then waits on nothing: waiting costs host time).
+Program binaries are cached on disk (keyed by the source, the device and its driver version) where
+the platform can load them back.
 A dead array's buffer of ``_LARGE`` bytes (32 MiB) or more goes back to a pool (by size) once the
 submit that may still use it is done, and serves the next upload or kernel output of its size. Only
 large ones: on PoCL a fresh buffer below 32 MiB is memory the allocator recycles, faster than a pooled
@@ -145,6 +147,9 @@ class OpenCLRuntime:
     def alloc(self, nbytes: int):
         return self._pooled(nbytes) or self.cl.Buffer(self.context, self._flags(), max(4, nbytes))
 
+    def begin(self) -> None:
+        """An eval begins (nothing to do here: the Vulkan runtime counts its submissions)."""
+
     def submit(self, jobs: list) -> None:
         """Download (device buffer, host array) pairs once the kernels that wrote them are done: a large
         host-allocated buffer is mapped and copied from, any other read into the host array."""
@@ -173,8 +178,12 @@ class OpenCLRuntime:
                 self.pooled_bytes += buf.size
         self.dying = []
 
-    def _waits(self, bufs) -> list:
-        return [e for e in (self.written.get(id(b)) for b in bufs) if e is not None]
+    def _waits(self, bufs):
+        """The events a launch reading ``bufs`` waits for: those of the kernels that wrote them, where
+        they may have run on another queue (one in-order queue keeps its own launches in order)."""
+        if len(self.queues) < 2:
+            return None
+        return [e for e in (self.written.get(id(b)) for b in bufs) if e is not None] or None
 
     # --- kernels -------------------------------------------------------------------------------------
     def program(self, kernel, debug: int = 0, stage: str | None = None):
@@ -223,7 +232,7 @@ class OpenCLRuntime:
         groups = min(self.max_groups, n if kernel.reduce_op else -(-n // wg))
         self.set_args(fn, bufs, [*offsets, n], np.int64)
         event = self.cl.enqueue_nd_range_kernel(self.queue(stream), fn, (groups * wg,), (wg,),
-                                                wait_for=self._waits(bufs[1:]) or None)
+                                                wait_for=self._waits(bufs[1:]))
         self.written[id(bufs[0])] = event
 
     def launch_two_stage(self, kernel, bufs: list, offsets: list, parts: int, stream=None) -> None:
@@ -236,13 +245,12 @@ class OpenCLRuntime:
         self.set_args(first, [scratch, *bufs[1:]], [0, *offsets[1:], n, parts], np.int64)
         q = self.queue(stream)
         event = self.cl.enqueue_nd_range_kernel(q, first, (min(self.max_groups, n * parts) * wg,), (wg,),
-                                                wait_for=self._waits(bufs[1:]) or None)
+                                                wait_for=self._waits(bufs[1:]))
         second = self.program(kernel, 0, "combine")
         self.set_args(second, [bufs[0], scratch], [offsets[0], n, parts], np.int64)
         self.written[id(bufs[0])] = self.cl.enqueue_nd_range_kernel(
             q, second, (min(self.max_groups, n) * wg,), (wg,), wait_for=[event])
         self.release(scratch)
-
 
     def set_args(self, fn, bufs: list, scalars: list, dtype) -> None:
         """Bind ``bufs`` then the integers ``scalars`` as ``dtype``. The kernel is told its scalar types
@@ -252,15 +260,10 @@ class OpenCLRuntime:
         if self.typed.get(id(fn)) != shape:
             fn.set_scalar_arg_dtypes([None] * len(bufs) + [dtype] * len(scalars))
             self.typed[id(fn)] = shape
-        if dtype is np.int32:  # 32-bit words: bit patterns above 2**31 travel as their negative twins
-            scalars = [(int(v) + 2 ** 31) % 2 ** 32 - 2 ** 31 for v in scalars]
-        fn.set_args(*bufs, *[int(v) for v in scalars])
+        fn.set_args(*bufs, *scalars)
 
-    def template(self, name: str, render, bufs: list, groups: tuple, threads: int, args: list,
-                 debug: int = 0) -> None:
-        """Record kernel template ``name`` (``render("opencl")`` gives its source) over ``groups``
-        workgroups of ``threads`` work items; its arguments are ``bufs`` (the first one written) and
-        the integers ``args`` (as ``int``, as in GLSL)."""
+    def template_kernel(self, name: str, render, debug: int = 0):
+        """Kernel template ``name`` (``render("opencl")`` gives its source), built once."""
         key = ("template", name)
         fn = self.kernels.get(key)
         if fn is None:
@@ -269,10 +272,16 @@ class OpenCLRuntime:
             fn = self.kernels[key] = getattr(self.build(source), name)
         if debug > 1:
             print(self.sources[key], file=sys.stderr)
+        return fn
+
+    def run_template(self, fn, bufs: list, groups: tuple, threads: int, args: list) -> None:
+        """Record template kernel ``fn`` over ``groups`` workgroups of ``threads`` work items; its
+        arguments are ``bufs`` (the first one written) and ``args``, integers that fit 32 bits (as
+        ``int``, as in GLSL)."""
         self.set_args(fn, bufs, args, np.int32)
         size = (groups[0] * threads, groups[1], groups[2])
         self.written[id(bufs[0])] = self.cl.enqueue_nd_range_kernel(self.queue(), fn, size, (threads, 1, 1),
-                                                                    wait_for=self._waits(bufs[1:]) or None)
+                                                                    wait_for=self._waits(bufs[1:]))
 
 
 class OpenCLExecutor(GPUExecutor):

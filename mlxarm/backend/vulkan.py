@@ -100,7 +100,8 @@ class VulkanRuntime:
         self.pipelines_kept = _PIPELINES_EMULATED if is_emulated(self.props["device_name"]) else _PIPELINES
         self.pool: dict = {}  # (words, host-visible) -> free tensors
         self.requests = 0  # tensors asked for since the last submit
-        self.slots: dict = {}  # request number -> the tensor it got last
+        self.submission = 0  # submits since the eval began (``begin``)
+        self.slots: dict = {}  # (submission, request number) -> the tensors it got the last two times
         self.sequence = None
         self.pending_uploads: list = []
         self.dying: list = []
@@ -130,22 +131,29 @@ class VulkanRuntime:
         host-visible while ``unified`` is on, device-local with a staging buffer otherwise.
 
         Pipelines are bound to their tensors, so the n-th tensor a submission asks for is the one the
-        last submission's n-th request got when that one is free again: a replayed decode step then
-        dispatches on the same tensors (or one of two sets, where an output outlives a step) and finds
-        its pipelines built, instead of building hundreds a step on tensors shuffled by the pool."""
-        slot = self.requests
+        last submission's n-th request got when that one is free again, else the one the submission
+        before got (an output that outlives a step): a replayed decode step then dispatches on the
+        same tensors, or on one of two sets, and finds its pipelines built, instead of building
+        hundreds a step on tensors shuffled by the pool. Requests are counted per submission of an
+        eval: an eval that submits twice (a numpy step reads a kernel's output) keeps the first
+        submission's tensors apart from the second's."""
+        slot = (self.submission, self.requests)
         self.requests += 1
         free = self.pool.get((words, self.unified))
+        got = self.slots.get(slot)
         if free:
-            last = self.slots.get(slot)
-            for i in range(len(free) - 1, -1, -1):
-                if free[i] is last:
-                    return free.pop(i)
-            t = free.pop()
+            t = None
+            for wish in got or ():
+                if wish is not None and wish in free:  # kp tensors compare by identity
+                    t = free.pop(free.index(wish))
+                    break
+            if t is None:
+                t = free.pop()
         else:
             kind = self.kp.TensorTypes.host if self.unified else self.kp.TensorTypes.device
             t = self.manager.tensor_t(np.zeros(words, np.uint32) if init is None else init, kind)
-        self.slots[slot] = t
+        if got is None or got[0] is not t:
+            self.slots[slot] = (t, got[0] if got else None)
         return t
 
     def _staged(self, tensor) -> bool:
@@ -174,6 +182,10 @@ class VulkanRuntime:
     def alloc(self, nbytes: int):
         return self._tensor(_words(nbytes))
 
+    def begin(self) -> None:
+        """An eval begins: its submissions count from 0 (``_tensor``)."""
+        self.submission = 0
+
     def _seq(self):
         if self.sequence is None:
             self.sequence = self.manager.sequence()
@@ -197,6 +209,7 @@ class VulkanRuntime:
             self.pool.setdefault((t.size(), not self._staged(t)), []).append(t)
         self.dying = []
         self.requests = 0  # the next submission's requests count from 0 (``_tensor``)
+        self.submission += 1
         self.check_validation()
         for t, host in jobs:
             host.reshape(-1).view(np.uint8)[:] = t.data().view(np.uint8)[:host.nbytes]
@@ -258,8 +271,8 @@ class VulkanRuntime:
         """Record one dispatch of ``groups`` workgroups (an int, or x, y, z) with 32-bit push
         constants (negative integers travel as their two's complement bits)."""
         groups = (groups, 1, 1) if isinstance(groups, int) else tuple(groups)
-        push = np.array([p & 0xFFFFFFFF for p in push], dtype=np.uint32)
-        key = (name, id(spirv), groups, tuple(id(b) for b in bufs))  # spirv: the same kernel, subgroups on or off
+        push = np.array(push, dtype=np.int64).astype(np.uint32)  # the low 32 bits, as two's complement
+        key = (name, id(spirv), groups, tuple(map(id, bufs)))  # spirv: the same kernel, subgroups on or off
         algo = self.pipelines.get(key)
         if algo is None:
             algo = self.manager.algorithm(bufs, spirv, groups, np.zeros(0, np.uint32), push)
@@ -272,11 +285,9 @@ class VulkanRuntime:
         self._seq().record(self.kp.OpAlgoDispatch(algo, push))
         self.dispatches += 1
 
-    def template(self, name: str, render, bufs: list, groups: tuple, threads: int, args: list,
-                 debug: int = 0) -> None:
-        """Record kernel template ``name`` (``render("glsl")`` gives its shader, whose workgroup size
-        is ``threads``) over ``groups`` workgroups; ``bufs`` bind in order, ``args`` are its 32-bit
-        push constants."""
+    def template_kernel(self, name: str, render, debug: int = 0) -> tuple:
+        """Kernel template ``name`` (``render("glsl")`` gives its shader), compiled once: (SPIR-V, its
+        pipelines' key)."""
         key = ("template", name)
         spirv = self.spirv.get(key)
         if spirv is None:
@@ -285,7 +296,12 @@ class VulkanRuntime:
             spirv = self.spirv[key] = self.compile(source)
         if debug > 1:
             print(self.sources[key], file=sys.stderr)
-        self.dispatch(spirv, key, bufs, groups, list(args))
+        return spirv, key
+
+    def run_template(self, kernel: tuple, bufs: list, groups: tuple, threads: int, args: list) -> None:
+        """Record template ``kernel`` (``template_kernel``; its workgroup size is ``threads``) over
+        ``groups`` workgroups; ``bufs`` bind in order, ``args`` are its 32-bit push constants."""
+        self.dispatch(kernel[0], kernel[1], bufs, groups, args)
 
     def check_validation(self) -> None:
         if self.validation_log is None:
