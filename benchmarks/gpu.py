@@ -108,20 +108,20 @@ def template_seconds(mx, device: str, build, reps: int) -> float | None:
 
     def spy(*args, **kwargs):
         calls.append((args, kwargs))
-        return type(rt).template(rt, *args, **kwargs)
+        return type(rt).run_template(rt, *args, **kwargs)
 
-    rt.template = spy
+    rt.run_template = spy
     try:
         out = build()
         mx.eval(out)
     finally:
-        del rt.template
+        del rt.run_template
     if not calls:
         return None
 
     def launch():
         for args, kwargs in calls:
-            rt.template(*args, **kwargs)
+            rt.run_template(*args, **kwargs)
 
     seconds = per_launch(launch, lambda: rt.submit([]), reps)
     del out
