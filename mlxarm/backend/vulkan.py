@@ -20,6 +20,7 @@ that ends each submit is what orders the kernels' writes before the host reads t
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import os
 import shutil
@@ -339,17 +340,28 @@ def _enable_validation() -> str:
                            "(VkLayer_khronos_validation.json) is not installed where the Vulkan loader looks.")
     fd, path = tempfile.mkstemp(prefix="mlxarm-vk-validation-", suffix=".log")
     os.close(fd)
+    folder = tempfile.mkdtemp(prefix="mlxarm-vk-layer-")
+    atexit.register(_remove_validation_files, path, folder)
     layers = os.environ.get("VK_INSTANCE_LAYERS", "")
     if "VK_LAYER_KHRONOS_validation" not in layers:
         os.environ["VK_INSTANCE_LAYERS"] = ":".join(filter(None, [layers, "VK_LAYER_KHRONOS_validation"]))
     settings = {"debug_action": "VK_DBG_LAYER_ACTION_LOG_MSG", "log_filename": path, "report_flags": "error,warn"}
-    folder = tempfile.mkdtemp(prefix="mlxarm-vk-layer-")
     with open(os.path.join(folder, "vk_layer_settings.txt"), "w") as f:
         f.writelines(f"khronos_validation.{k} = {v}\n" for k, v in settings.items())
     os.environ["VK_LAYER_SETTINGS_PATH"] = os.path.join(folder, "vk_layer_settings.txt")
     for k, v in settings.items():
         os.environ[f"VK_KHRONOS_VALIDATION_{k.upper()}"] = v
     return path
+
+
+def _remove_validation_files(log: str, folder: str) -> None:
+    """At exit: the layer's settings, and its log unless it holds a message (kept for inspection)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        if not os.path.getsize(log):
+            os.remove(log)
+    except OSError:
+        pass
 
 
 class VulkanExecutor(GPUExecutor):
