@@ -28,7 +28,9 @@ class Lease:
     __slots__ = ("block", "__array_interface__")
 
     def __del__(self):
-        _put(self.block, _limit)
+        put = _put  # None once the interpreter has torn this module down: the block just goes
+        if put is not None:
+            put(self.block)
 
 
 def owns(buf: np.ndarray) -> bool:
@@ -60,17 +62,17 @@ def empty(shape: tuple, dtype) -> np.ndarray:
     return np.asarray(lease)
 
 
-def _limit() -> int:
-    return _memory.cache_limit
+def _limit(memory=_memory) -> int:
+    return memory.cache_limit
 
 
-def _put(block: np.ndarray, limit=_limit) -> None:
-    # ``limit`` is bound at definition: a lease may die while the interpreter tears modules down
+def _put(block: np.ndarray, limit=_limit, lock=_lock, free=_free, kept=_kept) -> None:
+    # bound at definition: a lease may die while the interpreter tears modules down
     size = block.nbytes
-    with _lock:
-        if _kept[0] + size <= limit():
-            _free.setdefault(size, []).append(block)
-            _kept[0] += size
+    with lock:
+        if kept[0] + size <= limit():
+            free.setdefault(size, []).append(block)
+            kept[0] += size
 
 
 def cached_bytes() -> int:
