@@ -1210,11 +1210,76 @@ def _store(vals: _Values, store, ptrs: dict, j: str) -> None:
     vals.b.raw(f"store {vals.ty(st)} {v}, ptr {p}, align {_SIZE[st]}")
 
 
+# A reduction keeps _ACCUMULATORS independent vector sums per output (one vector add at a time is
+# latency bound). Where neighbouring outputs read the same data (``_grouped``) a kernel reduces _GROUP
+# of them per pass with _GROUP_ACCUMULATORS sums each, and the leftover outputs use the same sums one
+# at a time, so an output's value never depends on where the work was split between threads.
+# Measured on Zen 4 against one output per pass (one thread): a float32 matvec of 1024 x 1024 took
+# 53 us instead of 64 and of 4096 x 4096 the same time (memory bound); a column sum of 2048 x 1024
+# 3.4 ms instead of 12.2. Outputs that share nothing (a row sum, logsumexp) gained nothing or lost
+# up to a fifth, so they keep one output per pass.
 _ACCUMULATORS = 4
+_GROUP = 4
+_GROUP_ACCUMULATORS = 2
+
+
+def _grouped(k: Kernel) -> bool:
+    """Whether neighbouring outputs share their loads: a buffer broadcast along the last output dim
+    but not along the reduction (a matrix-vector product's vector), or one read with a stride along
+    the reduction and contiguous along the outputs (a column sum: the outputs share cache lines)."""
+    if k.out_size < _GROUP or k.n_out == 0:
+        return False
+    for _, strides in _buffers(k).values():
+        out_stride, red_stride = strides[k.n_out - 1], strides[-1]
+        if (out_stride == 0 and red_stride != 0) or (out_stride == 1 and red_stride not in (0, 1)):
+            return True
+    return False
 
 
 def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
     bufs, base, width = _prologue(body, k, lanes)
+    vec = _Lanes(body, lanes)
+    c = _COMPUTE[k.store.value.dtype]
+    o_slot, r_slot, j_slot = _counter(body, "o"), _counter(body, "r"), _counter(body, "j")
+    grouped = _grouped(k)
+    accumulators = _GROUP_ACCUMULATORS if grouped else _ACCUMULATORS
+    vacc = [[f"%vacc{g}_{u}.slot" for u in range(accumulators)] for g in range(_GROUP if grouped else 1)]
+    sacc = [f"%sacc{g}.slot" for g in range(len(vacc))]
+    for slots, scalar in zip(vacc, sacc):
+        for slot in slots:
+            body.raw(f"{slot} = alloca {vec.ty(c)}")
+        body.raw(f"{scalar} = alloca {c}")
+    body.raw(f"store i64 %start, ptr {o_slot}, align 8")
+    if grouped:
+        body.raw("br label %group")
+        body.raw("group:")
+        o = body.emit(f"load i64, ptr {o_slot}, align 8")
+        o_end = body.emit(f"add i64 {o}, {_GROUP}")
+        fits = body.emit(f"icmp sle i64 {o_end}, %end")
+        body.raw(f"br i1 {fits}, label %group.body, label %out")
+        body.raw("group.body:")
+        _reduce_outputs(body, k, lanes, bufs, base, width, o, vacc, sacc, (r_slot, j_slot), "group.")
+        body.raw(f"store i64 {o_end}, ptr {o_slot}, align 8")
+        body.raw("br label %group")
+    else:
+        body.raw("br label %out")
+    body.raw("out:")
+    o = body.emit(f"load i64, ptr {o_slot}, align 8")
+    done = body.emit(f"icmp sge i64 {o}, %end")
+    body.raw(f"br i1 {done}, label %exit, label %outbody")
+    body.raw("outbody:")
+    _reduce_outputs(body, k, lanes, bufs, base, width, o, vacc[:1], sacc[:1], (r_slot, j_slot), "")
+    on = body.emit(f"add i64 {o}, 1")
+    body.raw(f"store i64 {on}, ptr {o_slot}, align 8")
+    body.raw("br label %out")
+    body.raw("exit:")
+    body.raw("ret void")
+
+
+def _reduce_outputs(body: _Body, k: Kernel, lanes, bufs: dict, base: dict, width: str, o: str, vacc: list,
+                    sacc: list, counters: tuple, tag: str) -> None:
+    """Outputs ``o`` to ``o + len(vacc) - 1``, each reduced into its own vector sums ``vacc[g]`` and
+    scalar sum ``sacc[g]`` (alloca slots) and stored; block labels start with ``tag``."""
     store, op, dtype = k.store, k.reduce_op, k.store.value.dtype
     c = _COMPUTE[dtype]
     out_dims, red_dims = k.dims[:k.n_out], k.dims[k.n_out:]
@@ -1225,113 +1290,103 @@ def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
     storage = {b: _STORAGE[d] for b, (d, _) in bufs.items()}
     vec = _Lanes(body, lanes)
     sca = _Lanes(body, None)
-    o_slot, r_slot, j_slot = _counter(body, "o"), _counter(body, "r"), _counter(body, "j")
-    vacc_slot, sacc_slot = "%vacc.slot", "%sacc.slot"
-    body.raw(f"{vacc_slot} = alloca {vec.ty(c)}")
-    # Independent accumulators hide the combine's latency (one vector add at a time is latency bound).
-    extra_slots = [f"%vacc{u}.slot" for u in range(1, _ACCUMULATORS)]
-    for slot in extra_slots:
-        body.raw(f"{slot} = alloca {vec.ty(c)}")
-    body.raw(f"{sacc_slot} = alloca {c}")
-    body.raw(f"store i64 %start, ptr {o_slot}, align 8")
-    body.raw("br label %out")
-    body.raw("out:")
-    o = body.emit(f"load i64, ptr {o_slot}, align 8")
-    done = body.emit(f"icmp sge i64 {o}, %end")
-    body.raw(f"br i1 {done}, label %exit, label %outbody")
-    body.raw("outbody:")
+    r_slot, j_slot = counters
+    unroll = len(vacc[0])
+    outs = [o] + [body.emit(f"add i64 {o}, {g}") for g in range(1, len(vacc))]
     ident = _identity(op, dtype)
-    for slot in [vacc_slot] + extra_slots:
-        body.raw(f"store {vec.ty(c)} {vec.const(c, ident)}, ptr {slot}")
-    body.raw(f"store {c} {sca.const(c, ident)}, ptr {sacc_slot}")
-    out_offsets = _index_terms(body, o, out_dims, {b: s[:k.n_out] for b, (_, s) in bufs.items()})
+    for slots, scalar in zip(vacc, sacc):
+        for slot in slots:
+            body.raw(f"store {vec.ty(c)} {vec.const(c, ident)}, ptr {slot}")
+        body.raw(f"store {c} {sca.const(c, ident)}, ptr {scalar}")
+    out_offsets = [_index_terms(body, og, out_dims, {b: s[:k.n_out] for b, (_, s) in bufs.items()})
+                   for og in outs]
     body.raw(f"store i64 0, ptr {r_slot}, align 8")
-    body.raw("br label %red")
-    body.raw("red:")
+    body.raw(f"br label %{tag}red")
+    body.raw(f"{tag}red:")
     r = body.emit(f"load i64, ptr {r_slot}, align 8")
     rdone = body.emit(f"icmp sge i64 {r}, {rows}")
-    body.raw(f"br i1 {rdone}, label %finish, label %redbody")
-    body.raw("redbody:")
+    body.raw(f"br i1 {rdone}, label %{tag}finish, label %{tag}redbody")
+    body.raw(f"{tag}redbody:")
     red_offsets = _index_terms(body, r, red_dims[:-1], {b: s[k.n_out:-1] for b, (_, s) in bufs.items()})
-    offsets = {}
-    for b in bufs:
-        a, bb = out_offsets[b], red_offsets[b]
-        offsets[b] = a if bb == "0" else bb if a == "0" else body.emit(f"add i64 {a}, {bb}")
-    ptrs = _row_pointers(body, base, offsets, storage)
+    ptrs = []
+    for offs in out_offsets:
+        offsets = {}
+        for b in bufs:
+            a, bb = offs[b], red_offsets[b]
+            offsets[b] = a if bb == "0" else bb if a == "0" else body.emit(f"add i64 {a}, {bb}")
+        ptrs.append(_row_pointers(body, base, offsets, storage))
     inner_strides = [s[-1] for _, s in bufs.values()]
     body.raw(f"store i64 0, ptr {j_slot}, align 8")
-    if (lanes != "vscale" or all(s in (0, 1) for s in inner_strides)) and not _scalar_only(k, lanes):
-        body.raw("br label %uloop")
-        body.raw("uloop:")
-        j = body.emit(f"load i64, ptr {j_slot}, align 8")
-        jn = body.emit(f"add i64 {j}, {body.emit(f'mul i64 {width}, {_ACCUMULATORS}')}")
-        ok = body.emit(f"icmp sle i64 {jn}, {inner}")
-        body.raw(f"br i1 {ok}, label %ubody, label %vloop")
-        body.raw("ubody:")
-        for u, slot in enumerate([vacc_slot] + extra_slots):
-            at = j if u == 0 else body.emit(f"add i64 {j}, {body.emit(f'mul i64 {width}, {u}')}")
-            x = _Values(body, lanes, ptrs, at, width).value(store.value)
+
+    def accumulate(at: str, slots: list) -> None:  # one vector of each output at ``at``
+        for p, slot in zip(ptrs, slots):
+            x = _Values(body, lanes, p, at, width).value(store.value)
             acc = body.emit(f"load {vec.ty(c)}, ptr {slot}")
             body.raw(f"store {vec.ty(c)} {_combine(vec, op, dtype, acc, x)}, ptr {slot}")
+
+    if (lanes != "vscale" or all(s in (0, 1) for s in inner_strides)) and not _scalar_only(k, lanes):
+        body.raw(f"br label %{tag}uloop")
+        body.raw(f"{tag}uloop:")
+        j = body.emit(f"load i64, ptr {j_slot}, align 8")
+        jn = body.emit(f"add i64 {j}, {body.emit(f'mul i64 {width}, {unroll}')}")
+        ok = body.emit(f"icmp sle i64 {jn}, {inner}")
+        body.raw(f"br i1 {ok}, label %{tag}ubody, label %{tag}vloop")
+        body.raw(f"{tag}ubody:")
+        for u in range(unroll):
+            at = j if u == 0 else body.emit(f"add i64 {j}, {body.emit(f'mul i64 {width}, {u}')}")
+            accumulate(at, [slots[u] for slots in vacc])
         body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
-        body.raw("br label %uloop")
-        body.raw("vloop:")
+        body.raw(f"br label %{tag}uloop")
+        body.raw(f"{tag}vloop:")
         j = body.emit(f"load i64, ptr {j_slot}, align 8")
         jn = body.emit(f"add i64 {j}, {width}")
         ok = body.emit(f"icmp sle i64 {jn}, {inner}")
-        body.raw(f"br i1 {ok}, label %vbody, label %sloop")
-        body.raw("vbody:")
-        vv = _Values(body, lanes, ptrs, j, width)
-        x = vv.value(store.value)
-        acc = body.emit(f"load {vec.ty(c)}, ptr {vacc_slot}")
-        body.raw(f"store {vec.ty(c)} {_combine(vec, op, dtype, acc, x)}, ptr {vacc_slot}")
+        body.raw(f"br i1 {ok}, label %{tag}vbody, label %{tag}sloop")
+        body.raw(f"{tag}vbody:")
+        accumulate(j, [slots[0] for slots in vacc])
         body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
-        body.raw("br label %vloop")
+        body.raw(f"br label %{tag}vloop")
     else:
-        body.raw("br label %sloop")
-    body.raw("sloop:")
+        body.raw(f"br label %{tag}sloop")
+    body.raw(f"{tag}sloop:")
     j = body.emit(f"load i64, ptr {j_slot}, align 8")
     ok = body.emit(f"icmp slt i64 {j}, {inner}")
-    body.raw(f"br i1 {ok}, label %sbody, label %redend")
-    body.raw("sbody:")
-    sv = _Values(body, None, ptrs, j, "1")
-    x = sv.value(store.value)
-    acc = body.emit(f"load {c}, ptr {sacc_slot}")
-    body.raw(f"store {c} {_combine(sca, op, dtype, acc, x)}, ptr {sacc_slot}")
+    body.raw(f"br i1 {ok}, label %{tag}sbody, label %{tag}redend")
+    body.raw(f"{tag}sbody:")
+    for p, scalar in zip(ptrs, sacc):
+        x = _Values(body, None, p, j, "1").value(store.value)
+        acc = body.emit(f"load {c}, ptr {scalar}")
+        body.raw(f"store {c} {_combine(sca, op, dtype, acc, x)}, ptr {scalar}")
     jn = body.emit(f"add i64 {j}, 1")
     body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
-    body.raw("br label %sloop")
-    body.raw("redend:")
+    body.raw(f"br label %{tag}sloop")
+    body.raw(f"{tag}redend:")
     rn = body.emit(f"add i64 {r}, 1")
     body.raw(f"store i64 {rn}, ptr {r_slot}, align 8")
-    body.raw("br label %red")
-    body.raw("finish:")
-    vacc = body.emit(f"load {vec.ty(c)}, ptr {vacc_slot}")
-    for slot in extra_slots:
-        vacc = _combine(vec, op, dtype, vacc, body.emit(f"load {vec.ty(c)}, ptr {slot}"))
-    total = _combine(sca, op, dtype, _horizontal(vec, op, dtype, vacc),
-                     body.emit(f"load {c}, ptr {sacc_slot}"))
-    out = _Values(body, None, {}, o, "1")
-    if k.epilogue is None:
-        v = out.stored(out.round(total, store.dtype), store.dtype)
-    else:
-        ebufs = _epilogue_buffers(k)
-        eoffsets = _index_terms(body, o, out_dims, {b: s for b, (_, s) in ebufs.items()})
-        eptrs = _row_pointers(body, base, eoffsets, {b: _STORAGE[d] for b, (d, _) in ebufs.items()})
-        ev = _Values(body, None, eptrs, "0", "1")
-        from .ir import walk
+    body.raw(f"br label %{tag}red")
+    body.raw(f"{tag}finish:")
+    for og, slots, scalar in zip(outs, vacc, sacc):
+        v_acc = body.emit(f"load {vec.ty(c)}, ptr {slots[0]}")
+        for slot in slots[1:]:
+            v_acc = _combine(vec, op, dtype, v_acc, body.emit(f"load {vec.ty(c)}, ptr {slot}"))
+        total = _combine(sca, op, dtype, _horizontal(vec, op, dtype, v_acc),
+                         body.emit(f"load {c}, ptr {scalar}"))
+        out = _Values(body, None, {}, og, "1")
+        if k.epilogue is None:
+            v = out.stored(out.round(total, store.dtype), store.dtype)
+        else:
+            ebufs = _epilogue_buffers(k)
+            eoffsets = _index_terms(body, og, out_dims, {b: s for b, (_, s) in ebufs.items()})
+            eptrs = _row_pointers(body, base, eoffsets, {b: _STORAGE[d] for b, (d, _) in ebufs.items()})
+            ev = _Values(body, None, eptrs, "0", "1")
+            from .ir import walk
 
-        for red in (e for e in walk(k.epilogue) if isinstance(e, Reduced)):
-            ev.memo[red] = out.round(total, red.dtype)
-        v = ev.stored(ev.value(k.epilogue), store.dtype)
-    st = _STORAGE[store.dtype]
-    p = body.emit(f"getelementptr {st}, ptr {base[store.buf]}, i64 {o}")
-    body.raw(f"store {st} {v}, ptr {p}, align {_SIZE[st]}")
-    on = body.emit(f"add i64 {o}, 1")
-    body.raw(f"store i64 {on}, ptr {o_slot}, align 8")
-    body.raw("br label %out")
-    body.raw("exit:")
-    body.raw("ret void")
+            for red in (e for e in walk(k.epilogue) if isinstance(e, Reduced)):
+                ev.memo[red] = out.round(total, red.dtype)
+            v = ev.stored(ev.value(k.epilogue), store.dtype)
+        st = _STORAGE[store.dtype]
+        p = body.emit(f"getelementptr {st}, ptr {base[store.buf]}, i64 {og}")
+        body.raw(f"store {st} {v}, ptr {p}, align {_SIZE[st]}")
 
 
 def _render_argreduce(body: _Body, k: Kernel, lanes) -> None:

@@ -886,7 +886,7 @@ class LLVMExecutor:
         a, b = (i._data for i in node._inputs)
         batch = node._shape[:-2]
         if not batch:
-            return self.gemm(a, b)  # the first M rows of a padded buffer: contiguous, no copy
+            return self.gemm(a, b)
         a = np.broadcast_to(a, batch + a.shape[-2:])
         b = np.broadcast_to(b, batch + b.shape[-2:])
         out = np.empty(node._shape, np.float32)
@@ -906,27 +906,59 @@ class LLVMExecutor:
             if act == "relu":
                 np.maximum(out, 0, out=out)
             return out if residual is None else out + residual
-        lanes = self.target.lanes
-        nr = gemm_template.panel_width(lanes)
-        key = ("gemm", lanes, bias is not None, act, residual is not None)
+        tile = gemm_template.tile(self.target)
+        a, b = gemm_template.rows_contiguous(a), gemm_template.rows_contiguous(b)  # read in place
+        if m <= tile.mr:
+            return self.gemm_few_rows(a, b, bias, act, residual)
+        key = ("gemm", tile, bias is not None, act, residual is not None)
         fn = self.functions.get(key)
         if fn is None:
-            source = gemm_template.render(lanes, bias is not None, act, residual is not None)
+            source = gemm_template.render(tile, bias is not None, act, residual is not None)
             fn = self.functions[key] = self.compiler.load(
-                source, gemm_template.name(lanes, bias is not None, act, residual is not None))
+                source, gemm_template.name(tile, bias is not None, act, residual is not None))
             self.sources[key] = source
-        pa = gemm_template.pack_a(a)
-        pb = gemm_template.pack_b(b, nr)
-        rows_padded = pa.shape[0] * gemm_template.MR
-        c = np.empty((rows_padded, n), np.float32)
+        c = np.empty((m, n), np.float32)
         bias = None if bias is None else np.ascontiguousarray(bias, np.float32)
-        residual = None if residual is None else np.ascontiguousarray(residual, np.float32)
-        meta = np.array([m, n, k, n, n], np.int64)
-        addresses = [c.ctypes.data, pa.ctypes.data, pb.ctypes.data,
+        residual = None if residual is None else gemm_template.rows_contiguous(residual)
+        # Where there are too few column panels to share out, each is cut into row groups of at least
+        # 16 row blocks (each group packs its own B slices).
+        panels, row_blocks = -(-n // tile.nr), -(-m // tile.mr)
+        groups = 1 if self.pool is None else \
+            max(1, min(row_blocks // 16, -(-self.workers * _CHUNKS_PER_WORKER // panels)))
+        meta = np.array([m, n, k, a.strides[0] // 4, b.strides[0] // 4, n,
+                         0 if residual is None else residual.strides[0] // 4, groups], np.int64)
+        addresses = [c.ctypes.data, a.ctypes.data, b.ctypes.data,
                      0 if bias is None else bias.ctypes.data, 0 if residual is None else residual.ctypes.data,
                      meta.ctypes.data]
-        self.split(fn, addresses, pb.shape[0], 2 * m * k * nr, 1)
-        return c[:m]
+        self.split(fn, addresses, panels * groups, -(-2 * m * k * tile.nr // groups), 1)
+        return c
+
+    def gemm_few_rows(self, a: np.ndarray, b: np.ndarray, bias, act, residual) -> np.ndarray:
+        """``gemm`` for a few rows of ``a`` (one row block at most): B streamed in row order by the
+        few-rows kernel (``kernels.matmul.render_few_rows``), each unit (at least 64 rows of B) into
+        its own partial sums, added up here with the epilogue."""
+        (m, k), n = a.shape, b.shape[1]
+        lanes = self.target.lanes
+        key = ("gemm_few_rows", lanes)
+        fn = self.functions.get(key)
+        if fn is None:
+            source = gemm_template.render_few_rows(lanes)
+            fn = self.functions[key] = self.compiler.load(source, gemm_template.few_rows_name(lanes))
+            self.sources[key] = source
+        units = max(1, min(self.workers * _CHUNKS_PER_WORKER, k // 64))
+        ldp = -(-n // lanes) * lanes
+        partial = np.empty((units, m, ldp), np.float32)
+        meta = np.array([m, n, k, a.strides[0] // 4, b.strides[0] // 4, ldp, units], np.int64)
+        self.split(fn, [partial.ctypes.data, a.ctypes.data, b.ctypes.data, meta.ctypes.data], units,
+                   -(-2 * m * k * n // units), 1)
+        c = partial[:, :, :n].sum(axis=0) if units > 1 else partial[0, :, :n].copy()
+        if bias is not None:
+            c += bias
+        if act == "relu":
+            np.maximum(c, 0, out=c)  # maximum keeps a NaN, as the template's epilogue does
+        if residual is not None:
+            c += residual
+        return c
 
     def lowered(self, node) -> tuple:
         """(kernel, its summary, function, input addresses, what must stay alive while it runs, the
