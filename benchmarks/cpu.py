@@ -1,5 +1,5 @@
 """CPU throughput and host overhead of mlxarm's LLVM executor against numpy, MLX and PyTorch (those
-two when importable), all on 2 threads.
+two when importable, timed in a process of their own started by the run), all on 2 threads.
 
 Workloads: the fused chain ``tanh(a * b + c) * 0.5`` and a full ``sum`` over 16M float32 elements,
 row softmax of 4096x4096, matmul 1024^3, matvec 4096x4096, the cost of one eval of 1/10/100/1000
@@ -85,20 +85,27 @@ def _peers():
 
 
 def workloads(ma, n: int) -> dict:
+    """name -> {system: function}: numpy and mlxarm (``ma``), or numpy and the peers (``ma`` None)."""
     rng = np.random.default_rng(0)
     a, b, c = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
     s = rng.standard_normal((4096, 4096)).astype(np.float32)
     m1, m2 = (rng.standard_normal((1024, 1024)).astype(np.float32) for _ in range(2))
     v = rng.standard_normal(4096).astype(np.float32)
-    xa, xb, xc, xs, x1, x2, xv = (ma.array(t) for t in (a, b, c, s, m1, m2, v))
     runs = {
-        "chain": {"numpy": lambda: np.tanh(a * b + c) * np.float32(0.5),
-                  "mlxarm-llvm": lambda: ma.eval(ma.tanh(xa * xb + xc) * 0.5)},
-        "sum": {"numpy": lambda: a.sum(), "mlxarm-llvm": lambda: ma.eval(ma.sum(xa))},
-        "softmax": {"numpy": lambda: _softmax_np(s), "mlxarm-llvm": lambda: ma.eval(ma.softmax(xs, axis=-1))},
-        "matmul": {"numpy": lambda: m1 @ m2, "mlxarm-llvm": lambda: ma.eval(x1 @ x2)},
-        "matvec": {"numpy": lambda: s @ v, "mlxarm-llvm": lambda: ma.eval(xs @ xv)},
+        "chain": {"numpy": lambda: np.tanh(a * b + c) * np.float32(0.5)},
+        "sum": {"numpy": lambda: a.sum()},
+        "softmax": {"numpy": lambda: _softmax_np(s)},
+        "matmul": {"numpy": lambda: m1 @ m2},
+        "matvec": {"numpy": lambda: s @ v},
     }
+    if ma is not None:
+        xa, xb, xc, xs, x1, x2, xv = (ma.array(t) for t in (a, b, c, s, m1, m2, v))
+        runs["chain"]["mlxarm-llvm"] = lambda: ma.eval(ma.tanh(xa * xb + xc) * 0.5)
+        runs["sum"]["mlxarm-llvm"] = lambda: ma.eval(ma.sum(xa))
+        runs["softmax"]["mlxarm-llvm"] = lambda: ma.eval(ma.softmax(xs, axis=-1))
+        runs["matmul"]["mlxarm-llvm"] = lambda: ma.eval(x1 @ x2)
+        runs["matvec"]["mlxarm-llvm"] = lambda: ma.eval(xs @ xv)
+        return runs
     peers = _peers()
     if "mlx" in peers:
         mx = peers["mlx"]
@@ -179,11 +186,42 @@ def plot(results: dict, path: str) -> bool:
     return True
 
 
+def time_systems(impls: dict, repeat: int, skip=("numpy",)) -> dict:
+    times = {}
+    for name, fn in impls.items():
+        if name in skip:
+            continue
+        # A BLAS's worker threads spin for a while after its last call: each system is timed
+        # after they have gone to sleep, not while they share the cores with it.
+        time.sleep(0.3)
+        times[name] = best_of(fn, repeat)
+    return times
+
+
+def peer_times(n: int, repeat: int) -> dict:
+    """The peers' seconds per workload, measured in a process of their own (``--peers``): in one
+    process, a peer's runtime slows the others' memory-bound kernels (a matvec here runs a quarter
+    slower once MLX is imported), so each side runs where the other is not loaded."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, os.path.abspath(__file__), "--peers", "--n", str(n), "--repeat",
+                          str(repeat)], capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"peers: not measured ({res.stderr.strip()[-300:]})")
+        return {}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1 << 24)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--peers", action="store_true", help="time the peers only (a JSON line); used by the run itself")
     args = ap.parse_args()
+    if args.peers:
+        print(json.dumps({work: time_systems(impls, args.repeat) for work, impls in workloads(None, args.n).items()}))
+        return
+    others = peer_times(args.n, args.repeat)
     os.environ["MLXARM_DEVICE"] = "llvm"
     import mlxarm.core as ma
     from mlxarm.backend import executor
@@ -196,11 +234,8 @@ def main() -> None:
     for work, impls in workloads(ma, args.n).items():
         base = best_of(impls["numpy"], args.repeat)
         row = {}
-        for name, fn in impls.items():
-            # A BLAS's worker threads spin for a while after its last call: each system is timed
-            # after they have gone to sleep, not while they share the cores with it.
-            time.sleep(0.3)
-            t = base if name == "numpy" else best_of(fn, args.repeat)
+        times = {"numpy": base, **time_systems(impls, args.repeat), **others.get(work, {})}
+        for name, t in times.items():
             row[name] = {"seconds": t, "speedup_vs_numpy": base / t}
             share = ""
             if work in moved:
