@@ -114,6 +114,23 @@ def signature(nodes: list, held_by_caller: int = 0) -> tuple:
     return tuple(key), leaves, (refs, repeats, observed, leaf_refs, free)
 
 
+class Structure:
+    """A ``signature`` key with its hash computed once, as executors keep recorded evals under it:
+    hashing a decode step's key (a thousand nested tuples) costs about a millisecond, and a dict looks
+    it up, then stores it again as the most recently used."""
+    __slots__ = ("key", "hash")
+
+    def __init__(self, key: tuple):
+        self.key = key
+        self.hash = hash(key)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other) -> bool:
+        return self.hash == other.hash and self.key == other.key
+
+
 def uses(nodes: list, counted: tuple) -> tuple:
     """What ``plan`` reads besides the nodes, from ``signature``'s third result (per position, as
     a replay never needs it): (distinct consumers per node id, ids of observed nodes)."""

@@ -73,6 +73,19 @@ def name(t: Tile, bias: bool, act: str | None, residual: bool) -> str:
         + ("_res" if residual else "")
 
 
+
+def _load_arguments(pointers: list, meta: list) -> list:
+    """IR lines loading the kernel's pointer arguments (``%<name>``, in order from ``%args``) and the
+    int64 fields of its ``%meta`` array (``%<field>``)."""
+    lines = []
+    for i, arg in enumerate(pointers):
+        lines += [f"  %slot.{arg} = getelementptr ptr, ptr %args, i64 {i}",
+                  f"  %{arg} = load ptr, ptr %slot.{arg}, align 8"]
+    for i, field in enumerate(meta):
+        lines += [f"  %q{field} = getelementptr i64, ptr %meta, i64 {i}",
+                  f"  %{field} = load i64, ptr %q{field}, align 8"]
+    return lines
+
 def render(t: Tile, bias: bool = False, act: str | None = None, residual: bool = False) -> str:
     """The module holding the driver ``name(...)`` and its micro-kernel."""
     assert act in ACTIVATIONS
@@ -182,12 +195,7 @@ def render(t: Tile, bias: bool = False, act: str | None = None, residual: bool =
         "entry:",
         f"  %pack = alloca [{kc_max * nr} x float], align 64",
     ]
-    for i, arg in enumerate(["c", "A", "B", "bias", "res", "meta"]):
-        lines += [f"  %slot.{arg} = getelementptr ptr, ptr %args, i64 {i}",
-                  f"  %{arg} = load ptr, ptr %slot.{arg}, align 8"]
-    for i, field in enumerate(meta):
-        lines += [f"  %q{field} = getelementptr i64, ptr %meta, i64 {i}",
-                  f"  %{field} = load i64, ptr %q{field}, align 8"]
+    lines += _load_arguments(["c", "A", "B", "bias", "res", "meta"], meta)
     lines += [
         f"  %mp1 = add i64 %M, {mr - 1}",
         f"  %mpan = udiv i64 %mp1, {mr}",
@@ -325,12 +333,7 @@ def render_few_rows(lanes: int) -> str:
         f"define void @{fn}(ptr noalias nocapture readonly %args, i64 %start, i64 %end) {{",
         "entry:",
     ]
-    for i, arg in enumerate(["S", "A", "B", "meta"]):
-        lines += [f"  %slot.{arg} = getelementptr ptr, ptr %args, i64 {i}",
-                  f"  %{arg} = load ptr, ptr %slot.{arg}, align 8"]
-    for i, field in enumerate(meta):
-        lines += [f"  %q{field} = getelementptr i64, ptr %meta, i64 {i}",
-                  f"  %{field} = load i64, ptr %q{field}, align 8"]
+    lines += _load_arguments(["S", "A", "B", "meta"], meta)
     lines += [
         f"  %nfull = and i64 %N, {-w}",  # columns in whole vectors
         "  %anyfull = icmp ne i64 %nfull, 0",

@@ -156,22 +156,6 @@ _FRESH, _NUMPY, _VIEW, _FUSED, _TEMPLATE = range(5)
 OUT = -1  # a template launch's buffer: the node's output
 
 
-class _Structure:
-    """An eval's structural key (``fuse.signature``) with its hash computed once: a decode step's key is
-    a thousand nested tuples, looked up, then stored again as the most recently used."""
-    __slots__ = ("key", "hash")
-
-    def __init__(self, key: tuple):
-        self.key = key
-        self.hash = hash(key)
-
-    def __hash__(self) -> int:
-        return self.hash
-
-    def __eq__(self, other) -> bool:
-        return self.hash == other.hash and self.key == other.key
-
-
 class _Located(weakref.ref):
     """A weak reference to an eval leaf's host array holding where ``locate`` found it (``key``: the
     array's id, under which ``GPUExecutor.located`` keeps it while the array lives)."""
@@ -366,7 +350,7 @@ class GPUExecutor:
             # an unrealized input that ``nodes`` lacks (a caller that hands over the roots only): the
             # plan fuses it in, and the eval is not kept
             key, leaves, counted = None, [], None
-        key = _Structure(key)
+        key = fuse.Structure(key)
         self.leaves, self.leaf_ids = leaves, None
         recorded = self.evals.pop(key, None) if counted is not None else None
         try:

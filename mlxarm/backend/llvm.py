@@ -180,23 +180,6 @@ class Compiler:
         return addr
 
 
-class _Structure:
-    """An eval's structural key (``fuse.signature``) with its hash computed once: hashing the key of
-    a decode step (a thousand nested tuples) costs about a millisecond, and a dict looks it up, then
-    stores it again as the most recently used."""
-    __slots__ = ("key", "hash")
-
-    def __init__(self, key: tuple):
-        self.key = key
-        self.hash = hash(key)
-
-    def __hash__(self) -> int:
-        return self.hash
-
-    def __eq__(self, other) -> bool:
-        return self.hash == other.hash and self.key == other.key
-
-
 class LLVMExecutor:
     name = "llvm"
     address = staticmethod(address)  # a buffer's data address, for the templates' modules
@@ -271,7 +254,7 @@ class LLVMExecutor:
         # asked once per eval: it cannot change during one (a capture keeps every buffer apart)
         self.keep_graph = _keeps_graph() or capture is not None
         key, leaves, counted = fuse.signature(nodes)
-        key = _Structure(key)
+        key = fuse.Structure(key)
         # leaf id -> references from the graph, for leaves nothing outside the graph holds
         self.free_leaves = {id(leaves[i]): counted[3][i] for i in counted[4]}
         recorded = self.evals.pop(key, None) if capture is None else None
