@@ -155,6 +155,27 @@ def test_repeated_setitem_keeps_every_earlier_result(mlx):
         np.testing.assert_array_equal(o, t)
 
 
+def test_item_updates_in_place_on_a_watched_array():
+    """``a[i] += d`` reads ``a[i]`` (a node on ``a``), updates that node in place, then writes it back
+    into ``a``: the snapshot of the read must still read the old ``a``, or ``a`` would depend on itself.
+    Repeated while earlier results on ``a`` are unevaluated (so ``a`` is watched)."""
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    a = ma.array(base)
+    keep = [a * 2]  # a consumer alive at the first update: from then on ``a`` is watched
+    sums, expected = [], base.copy()
+    for i, d in [((0, 1), 0.5), ((2, 3), -1.0), ((0, 1), 0.25)]:
+        a[i] += d
+        expected[i] += d
+        sums.append((a.sum(), float(expected.sum())))
+        a[i] -= 2 * d
+        expected[i] -= 2 * d
+        sums.append((a.sum(), float(expected.sum())))
+    np.testing.assert_array_equal(np.array(a), expected)
+    for got, want in sums:
+        assert got.item() == want
+    np.testing.assert_array_equal(np.array(keep[0]), base * 2)
+
+
 @pytest.mark.mlx
 def test_setitem_visible_through_aliases(mlx):
     o, t = ma.array([1, 2, 3]), mx.array([1, 2, 3])

@@ -47,6 +47,7 @@ class array:
         self._stream = src._stream
         if src._data is None:  # built from lazy arrays (a list of them): keep the graph
             self._prim, self._inputs, self._params = src._prim, src._inputs, src._params
+            note_inputs(self)
 
     # --- metadata (no evaluation) ------------------------------------------------------------
     @property
@@ -220,6 +221,7 @@ class array:
         self._prim, self._inputs, self._params = other._prim, other._inputs, other._params
         self._shape, self._dtype = other._shape, other._dtype
         self._data, self._stream = other._data, other._stream
+        note_inputs(self)  # this object now reads what ``other`` reads
         return self
 
     def _repoint_consumers(self, old: "array") -> None:
@@ -251,6 +253,7 @@ class array:
         out = _new(array)
         out._prim, out._inputs, out._params = self._prim, self._inputs, self._params
         out._shape, out._dtype, out._data, out._stream = self._shape, self._dtype, self._data, self._stream
+        note_inputs(out)  # a node reading what this one reads
         return out
 
     def __getitem__(self, idx):
@@ -326,6 +329,13 @@ def make_node(prim, inputs, params, shape, dtype, stream) -> array:
 # in-place update]: the arrays updated in place while nodes recorded on them were alive (``_overwrite``).
 _WATCHED: dict = {}
 _WATCH_MAX = 4096  # consumers noted between two updates before the array's watch is given up
+
+
+def note_inputs(node) -> None:
+    """Note ``node`` as a consumer of its watched inputs: for a node given its inputs other than by
+    ``make_node`` (a snapshot, an overwritten array, an expanded program's output)."""
+    if _WATCHED:
+        _note_consumer(node, node._inputs)
 
 
 def _note_consumer(node, inputs) -> None:

@@ -30,7 +30,7 @@ import weakref
 import numpy as np
 
 from . import dtypes as _dt
-from .array import array, make_node
+from .array import array, make_node, note_inputs
 from .registry import Primitive, api, register
 from .graph import _in_transform, _transforming, array_leaves, eval_arrays, tracing
 from .vmap import TRACE_INPUT, trace_input, placeholder_slot, in_tracing
@@ -336,6 +336,7 @@ def expand_programs(order: list) -> bool:
         for v, o in outs.items():
             step = values[v]
             o._prim, o._inputs, o._params = step._prim, step._inputs, step._params
+            note_inputs(o)
         finish_program(node)
     return found
 
