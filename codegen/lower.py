@@ -191,7 +191,8 @@ def _coalesce(dims: tuple, strides: list, n_out: int, reducing: bool = False) ->
     return new_dims, new_strides, len(out)
 
 
-def _contiguous_strides(shape: tuple) -> tuple:
+def contiguous_strides(shape: tuple) -> tuple:
+    """The element strides of a C-contiguous array of ``shape``."""
     out, acc = [], 1
     for s in reversed(shape):
         out.append(acc)
@@ -354,7 +355,7 @@ def lower(root, width: int, sources: list | None = None):
         group = _Group((), arrays, slots if epilogue is not None else None, sources)
         value, dims, n_out = _matvec(group, reduction)
         axes = (n_out,)  # the reduced dim's position, for the epilogue's keepdims rule
-        out_strides = _contiguous_strides(dims[:n_out]) + (0,)
+        out_strides = contiguous_strides(dims[:n_out]) + (0,)
         reduce_op = "sum"
     elif reduction is not None:
         src = reduction._inputs[0]
@@ -367,12 +368,12 @@ def lower(root, width: int, sources: list | None = None):
             value = ir.Cast(value, "bool")
         dims = tuple(src._shape[d] for d in perm)
         n_out = len(kept)
-        out_strides = _contiguous_strides(tuple(src._shape[d] for d in kept)) + (0,) * len(axes)
+        out_strides = contiguous_strides(tuple(src._shape[d] for d in kept)) + (0,) * len(axes)
         reduce_op = _REDUCTIONS[reduction._prim.name]
     else:
         dims = root._shape
         n_out = len(dims)
-        out_strides = _contiguous_strides(dims)
+        out_strides = contiguous_strides(dims)
         reduce_op = None
     by_buf = {l.buf: l.strides for l in ir.walk(value) if isinstance(l, ir.Load)}
     tail = {}

@@ -924,7 +924,8 @@ class GPUExecutor:
             vx, _ = self.bind(t, node, 0, x)
             vu, _ = self.bind(t, node, 1, upd)
             self._launch_update(t, "copy", size, [OUT, vx, vu], pad + x.shape, begin, u_shape, t.offset(vu),
-                                u_strides, t.offset(vx), x_strides, zeros + _contiguous(x.shape), x.size)
+                                u_strides, t.offset(vx), x_strides, zeros + lower.contiguous_strides(x.shape),
+                                x.size)
         del x, upd, start
         return self.fire(node, t, debug, self.window(node, axes, zeros))
 
@@ -948,17 +949,6 @@ class GPUExecutor:
                       file=sys.stderr)
         self.numpy_steps += len(nodes)
         self.numpy.run([weakref.ref(n) for n in nodes])
-
-
-def _contiguous(shape: tuple) -> tuple:
-    """The element strides of a C-contiguous array of ``shape``."""
-    strides, n = [], 1
-    for d in reversed(shape):
-        strides.append(n)
-        n *= d
-    return tuple(reversed(strides))
-
-
 
 
 def _rows_view(arr: np.ndarray, n: int):
