@@ -84,6 +84,14 @@ def _peers():
     return found
 
 
+def _mlx_shaped(m, data) -> dict:
+    """The workloads written once against MLX's API, for ``mlxarm.core`` and ``mlx.core`` alike."""
+    xa, xb, xc, xs, x1, x2, xv = (m.array(t) for t in data)
+    return {"chain": lambda: m.eval(m.tanh(xa * xb + xc) * 0.5), "sum": lambda: m.eval(m.sum(xa)),
+            "softmax": lambda: m.eval(m.softmax(xs, axis=-1)), "matmul": lambda: m.eval(x1 @ x2),
+            "matvec": lambda: m.eval(xs @ xv)}
+
+
 def workloads(ma, n: int) -> dict:
     """name -> {system: function}: numpy and mlxarm (``ma``), or numpy and the peers (``ma`` None)."""
     rng = np.random.default_rng(0)
@@ -99,22 +107,13 @@ def workloads(ma, n: int) -> dict:
         "matvec": {"numpy": lambda: s @ v},
     }
     if ma is not None:
-        xa, xb, xc, xs, x1, x2, xv = (ma.array(t) for t in (a, b, c, s, m1, m2, v))
-        runs["chain"]["mlxarm-llvm"] = lambda: ma.eval(ma.tanh(xa * xb + xc) * 0.5)
-        runs["sum"]["mlxarm-llvm"] = lambda: ma.eval(ma.sum(xa))
-        runs["softmax"]["mlxarm-llvm"] = lambda: ma.eval(ma.softmax(xs, axis=-1))
-        runs["matmul"]["mlxarm-llvm"] = lambda: ma.eval(x1 @ x2)
-        runs["matvec"]["mlxarm-llvm"] = lambda: ma.eval(xs @ xv)
+        for work, fn in _mlx_shaped(ma, (a, b, c, s, m1, m2, v)).items():
+            runs[work]["mlxarm-llvm"] = fn
         return runs
     peers = _peers()
     if "mlx" in peers:
-        mx = peers["mlx"]
-        ya, yb, yc, ys, y1, y2, yv = (mx.array(t) for t in (a, b, c, s, m1, m2, v))
-        runs["chain"]["mlx"] = lambda: mx.eval(mx.tanh(ya * yb + yc) * 0.5)
-        runs["sum"]["mlx"] = lambda: mx.eval(mx.sum(ya))
-        runs["softmax"]["mlx"] = lambda: mx.eval(mx.softmax(ys, axis=-1))
-        runs["matmul"]["mlx"] = lambda: mx.eval(y1 @ y2)
-        runs["matvec"]["mlx"] = lambda: mx.eval(ys @ yv)
+        for work, fn in _mlx_shaped(peers["mlx"], (a, b, c, s, m1, m2, v)).items():
+            runs[work]["mlx"] = fn
     if "torch" in peers:
         torch = peers["torch"]
         ta, tb, tc, ts, t1, t2, tv = (torch.from_numpy(t) for t in (a, b, c, s, m1, m2, v))
