@@ -166,11 +166,20 @@ def test_runs_under_qemu(tmp_path, target, name):
 def run_under_qemu(tmp_path, kernel, target, bases, out):
     """``kernel`` compiled for ``target``, linked into the static harness and run on an emulated
     aarch64 CPU (qemu's "max" for SVE) over the input arrays ``bases``: its output, shaped as ``out``."""
-    _, obj = _compile(render_llvm.render(kernel, target), target)
+    return run_source_under_qemu(tmp_path, render_llvm.render(kernel, target), kernel.name, target,
+                                 kernel.out_size, bases, out)
+
+
+def run_source_under_qemu(tmp_path, source, name, target, units, bases, out):
+    """The function ``name`` of LLVM IR ``source`` (the kernels' calling convention) compiled for
+    ``target``, linked into the static harness and run on an emulated aarch64 CPU (qemu's "max" for
+    SVE) over [0, ``units``), its arguments the output then the arrays ``bases``: the output, shaped as
+    ``out`` (an array of its shape and dtype)."""
+    _, obj = _compile(source, target)
     (tmp_path / "kernel.o").write_bytes(obj)
     (tmp_path / "harness.c").write_text(HARNESS)
-    exe = tmp_path / f"run_{kernel.name}"
-    subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={kernel.name}", "harness.c",
+    exe = tmp_path / f"run_{name}"
+    subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={name}", "harness.c",
                     "kernel.o", "-o", str(exe)], cwd=tmp_path, check=True, capture_output=True)
     inputs = []
     for i, base in enumerate(bases):
@@ -179,7 +188,7 @@ def run_under_qemu(tmp_path, kernel, target, bases, out):
         inputs.append(str(path))
     out_path = tmp_path / "out.bin"
     cpu = "max" if target.scalable else "cortex-a72"
-    subprocess.run(["qemu-aarch64-static", "-cpu", cpu, str(exe), str(kernel.out_size), str(out_path),
+    subprocess.run(["qemu-aarch64-static", "-cpu", cpu, str(exe), str(units), str(out_path),
                     str(out.nbytes)] + inputs, check=True, capture_output=True, timeout=120)
     return np.frombuffer(out_path.read_bytes(), dtype=out.dtype).reshape(out.shape)
 

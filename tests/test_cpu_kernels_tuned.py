@@ -9,7 +9,6 @@ on how the outputs are split between calls."""
 import ctypes
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -156,17 +155,10 @@ def test_executor_runs_few_rows_with_the_epilogue(m):
 @pytest.mark.parametrize("groups", [1, 3])
 def test_neon_block_runs_under_qemu(tmp_path, groups):
     """One row group per panel, and three (of two row blocks, two and none: an empty unit)."""
-    from test_aarch64 import HARNESS, _compile
+    from test_aarch64 import run_source_under_qemu
 
     target = TARGETS["neon"]
     t = gemm.tile(target)
-    fn = gemm.name(t, True, "relu", True)
-    _, obj = _compile(gemm.render(t, True, "relu", True), target)
-    (tmp_path / "kernel.o").write_bytes(obj)
-    (tmp_path / "harness.c").write_text(HARNESS)
-    exe = tmp_path / "run_gemm"
-    subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={fn}", "harness.c", "kernel.o",
-                    "-o", str(exe)], cwd=tmp_path, check=True, capture_output=True)
     rng = np.random.default_rng(11)
     m, n, k = 3 * t.mr + 2, 2 * t.nr + 1, t.kc + 3  # four row blocks
     a = rng.standard_normal((m, k)).astype(np.float32)
@@ -174,16 +166,9 @@ def test_neon_block_runs_under_qemu(tmp_path, groups):
     bias = rng.standard_normal(n).astype(np.float32)
     residual = rng.standard_normal((m, n)).astype(np.float32)
     meta = np.array([m, n, k, k, n, n, n, groups], np.int64)
-    paths = []
-    for i, x in enumerate((a, b, bias, residual, meta)):
-        path = tmp_path / f"in{i}.bin"
-        path.write_bytes(x.tobytes())
-        paths.append(str(path))
-    out = tmp_path / "out.bin"
-    units = -(-n // t.nr) * groups
-    subprocess.run(["qemu-aarch64-static", "-cpu", "cortex-a72", str(exe), str(units), str(out), str(4 * m * n)]
-                   + paths, check=True, capture_output=True, timeout=120)
-    got = np.frombuffer(out.read_bytes(), np.float32).reshape(m, n)
+    got = run_source_under_qemu(tmp_path, gemm.render(t, True, "relu", True), gemm.name(t, True, "relu", True),
+                                target, -(-n // t.nr) * groups, (a, b, bias, residual, meta),
+                                np.empty((m, n), np.float32))
     np.testing.assert_allclose(got, _reference(a, b, bias, residual, "relu"), rtol=1e-4, atol=1e-4 * np.sqrt(k))
 
 
@@ -231,30 +216,16 @@ def test_grouped_reductions_match_numpy_however_split(name):
 @pytest.mark.skipif(any(shutil.which(t) is None for t in ("aarch64-linux-gnu-gcc", "qemu-aarch64-static")),
                     reason="needs Debian packages gcc-aarch64-linux-gnu and qemu-user-static")
 def test_neon_few_rows_kernel_runs_under_qemu(tmp_path):
-    from test_aarch64 import HARNESS, _compile
+    from test_aarch64 import run_source_under_qemu
 
     target = TARGETS["neon"]
     lanes = target.lanes
-    fn = gemm.few_rows_name(lanes)
-    _, obj = _compile(gemm.render_few_rows(lanes), target)
-    (tmp_path / "kernel.o").write_bytes(obj)
-    (tmp_path / "harness.c").write_text(HARNESS)
-    exe = tmp_path / "run_few_rows"
-    subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={fn}", "harness.c", "kernel.o",
-                    "-o", str(exe)], cwd=tmp_path, check=True, capture_output=True)
     rng = np.random.default_rng(13)
     m, n, k, units = 3, 4 * lanes + 3, 67, 4
     ldp = -(-n // lanes) * lanes
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     meta = np.array([m, n, k, k, n, ldp, units], np.int64)
-    paths = []
-    for i, x in enumerate((a, b, meta)):
-        path = tmp_path / f"in{i}.bin"
-        path.write_bytes(x.tobytes())
-        paths.append(str(path))
-    out = tmp_path / "out.bin"
-    subprocess.run(["qemu-aarch64-static", "-cpu", "cortex-a72", str(exe), str(units), str(out),
-                    str(4 * units * m * ldp)] + paths, check=True, capture_output=True, timeout=120)
-    partial = np.frombuffer(out.read_bytes(), np.float32).reshape(units, m, ldp)
+    partial = run_source_under_qemu(tmp_path, gemm.render_few_rows(lanes), gemm.few_rows_name(lanes), target, units,
+                                    (a, b, meta), np.empty((units, m, ldp), np.float32))
     np.testing.assert_allclose(partial[:, :, :n].sum(0), a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
