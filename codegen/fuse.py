@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from .lower import EPILOGUES, PORTABLE, classify
+from .lower import EPILOGUES, PORTABLE, classify, params_token
 
 
 MAX_DEPTH = 128
@@ -47,7 +47,23 @@ def _observed(nodes, refs: dict, held_by_caller: int) -> set:
     return {id(n) for n in nodes if sys.getrefcount(n) - base > refs.get(id(n), 0)}
 
 
-def signature(nodes: list, held_by_caller: int = 0) -> tuple:
+# Primitives a *loose* key describes by their kind, dtype, rank and inputs alone, leaving out their params
+# and shape: the slices an uncompiled decode step takes of a growing KV cache (``cache[..., :n, :]``) and
+# its update at the position (``cache[..., n - 1:n, :] = kv``) change every step and nothing else does.
+# An executor replays a plan recorded under a loose key only where every step touching such a node reads
+# its params and shapes when it runs (``LLVMExecutor``'s dynamic calls).
+LOOSE = frozenset({"strided_slice", "slice_update"})
+
+
+def loosened(key: tuple, swaps: list) -> tuple:
+    """``key`` (a ``signature`` key) with the loose entries ``swaps`` (from ``signature``) in place."""
+    out = list(key)
+    for at, entry in swaps:
+        out[at] = entry
+    return tuple(out)
+
+
+def signature(nodes: list, held_by_caller: int = 0, swaps: list | None = None) -> tuple:
     """(key, leaves, counted) of one eval's ``nodes`` (topologically ordered, all unrealized).
 
     ``key`` is hashable and equal for two evals exactly when ``plan`` and lowering treat them
@@ -60,9 +76,9 @@ def signature(nodes: list, held_by_caller: int = 0) -> tuple:
     it into what ``plan`` needs besides the nodes, and an executor may donate a free leaf's buffer
     to the last kernel reading it (as MLX donates a dying input's buffer).
     ``held_by_caller`` counts the caller's own references to each node besides ``nodes``.
+    ``swaps``, when a list, receives (position in ``key``, loose entry) per node of a ``LOOSE``
+    primitive: ``loosened(key, swaps)`` is the eval's loose key.
     It runs on every eval, so it walks the graph once and counts per position, not per id."""
-    from .lower import params_token
-
     position: dict = {}
     first: dict = {}
     leaves: list = []
@@ -90,7 +106,10 @@ def signature(nodes: list, held_by_caller: int = 0) -> tuple:
         if len(ins) > 1 and (ins[0] == ins[1] if len(ins) == 2 else len(set(ins)) < len(ins)):
             repeats.extend(j for j in set(ins) if j >= 0 for _ in range(ins.count(j) - 1))
         position[id(n)] = i
-        add((n._prim.name, params_token(n._params), n._shape, n._dtype.name, tuple(ins)))
+        name = n._prim.name
+        if swaps is not None and name in LOOSE:
+            swaps.append((len(key), (name, None, len(n._shape), n._dtype.name, tuple(ins))))
+        add((name, params_token(n._params), n._shape, n._dtype.name, tuple(ins)))
     n = x = None  # the loop variables would count as references from outside
     base = 3 + held_by_caller  # as in _observed: the list, the loop variable, getrefcount's argument
     observed = []

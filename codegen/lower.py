@@ -249,6 +249,13 @@ def _plain(v):
         return None
 
 
+def _plain_data(v) -> bool:
+    """Whether ``v`` is plain data or tuples of it (shapes, axes, index tuples): a key holds it as it is."""
+    if isinstance(v, _PLAIN):
+        return True
+    return type(v) is tuple and all(isinstance(x, _PLAIN) or _plain_data(x) for x in v)
+
+
 def frozen(params):
     """``params`` as a hashable value (for structural keys)."""
     if params is None:
@@ -258,7 +265,7 @@ def frozen(params):
         return hit[1]
     value = tuple(params.items()) if type(params) is dict else params
     keep = True  # remembered by identity: only params of plain data, which hold nothing large alive
-    if type(params) is dict and not all(isinstance(v, _PLAIN) for v in params.values()):
+    if type(params) is dict and not all(_plain_data(v) for v in params.values()):
         items = tuple((k, _plain(v)) for k, v in value)
         if all(p is not None or v is None for (_, p), (_, v) in zip(items, value)):
             value = items
@@ -266,12 +273,24 @@ def frozen(params):
     try:
         hash(value)
     except TypeError:
-        return repr(value)
+        try:  # slices (an index's) are hashable from Python 3.12 on; before, as their fields
+            value = _slices_as_tuples(value)
+            hash(value)
+        except TypeError:
+            return repr(value)
     if keep:
         if len(_FROZEN) >= 8192:
             _FROZEN.clear()
         _FROZEN[id(params)] = (params, value)
     return value
+
+
+def _slices_as_tuples(v):
+    if type(v) is slice:
+        return (slice, v.start, v.stop, v.step)
+    if type(v) is tuple:
+        return tuple(_slices_as_tuples(x) for x in v)
+    return v
 
 
 def _holds_opaque(t: tuple) -> bool:

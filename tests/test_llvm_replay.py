@@ -300,3 +300,54 @@ def test_quantized_products_of_other_bits_on_one_x(llvm):
     for _ in range(3):  # recorded, kept, replayed
         for g, r in zip(run(step, [x0]), numpy_reference(step, [x0])):
             np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5)
+
+
+def _numpy_attention(q, k, v, scale):
+    s = (q @ np.swapaxes(k, -1, -2)) * scale
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def test_uncompiled_steps_on_a_growing_cache_replay_one_plan(llvm):
+    """A decode step written as mlx-lm writes it (the cache updated at the position by ``cache[...,
+    n:n+1, :] = kv`` and attention over ``cache[..., :n+1, :]``) differs from the last step only in
+    those slices' bounds and shapes: from the third step on it replays one plan, and every step
+    computes what numpy computes on the same cache."""
+    rng = np.random.default_rng(7)
+    heads, dims, capacity = 2, 8, 16
+    keys = ma.zeros((1, heads, capacity, dims))
+    values = ma.zeros((1, heads, capacity, dims))
+    ref_k = np.zeros((1, heads, capacity, dims), np.float32)
+    ref_v = np.zeros_like(ref_k)
+    replays = []
+    for n in range(8):
+        q, k, v = (rng.standard_normal((1, heads, 1, dims)).astype(np.float32) for _ in range(3))
+        ref_k[..., n:n + 1, :], ref_v[..., n:n + 1, :] = k, v
+        keys[..., n:n + 1, :] = ma.array(k)
+        values[..., n:n + 1, :] = ma.array(v)
+        out = ma.fast.scaled_dot_product_attention(ma.array(q) * 1.0, keys[..., :n + 1, :], values[..., :n + 1, :],
+                                                   scale=0.5)
+        before = llvm.replays
+        ma.eval(out)
+        replays.append(llvm.replays - before)
+        np.testing.assert_allclose(np.array(out), _numpy_attention(q, ref_k[..., :n + 1, :], ref_v[..., :n + 1, :], 0.5),
+                                   rtol=1e-5, atol=1e-6)
+    assert replays[3:] == [1] * 5
+
+
+def test_slices_a_kernel_reads_are_part_of_the_replayed_structure(llvm):
+    """Slices of other bounds but one shape: folded into a kernel, or realized and read by one, the
+    kernel was made for their offsets and layout, so each eval computes its own slice."""
+    x = np.arange(64, dtype=np.float32)
+    a = ma.array(x)
+    for start in range(0, 40, 5):
+        folded = ma.sum(a[start:start + 8] * 2.0)  # the slice is an index expression of the kernel
+        assert float(folded) == float((x[start:start + 8] * 2).sum())
+    for start in range(0, 40, 5):
+        view = a[start:start + 8:2]
+        scaled = view * 3.0  # reads the realized view
+        ma.eval(view, scaled)
+        np.testing.assert_array_equal(np.array(scaled), x[start:start + 8:2] * 3)
+    for n in range(1, 9):
+        grown = a[:n] + 1.0  # another shape: another kernel
+        np.testing.assert_array_equal(np.array(grown), x[:n] + 1)

@@ -201,6 +201,8 @@ class LLVMExecutor:
         # fuse.signature key -> (recorded actions, their last_plan), least recently used first
         self.evals: dict = {}
         self.seen: set = set()  # hashes of the structures planned once and not kept
+        # loose key (``fuse.LOOSE``) -> which of its loose nodes a plan recorded under it left loose
+        self.loosenings: dict = {}
         self.replays = 0
         self.donated = 0  # updates written into their input's buffer (run_in_place)
         self.keep_graph = False  # realized nodes keep their inputs (a transform is tracing)
@@ -253,11 +255,24 @@ class LLVMExecutor:
         capture = self.capture
         # asked once per eval: it cannot change during one (a capture keeps every buffer apart)
         self.keep_graph = _keeps_graph() or capture is not None
-        key, leaves, counted = fuse.signature(nodes)
+        swaps: list = []
+        key, leaves, counted = fuse.signature(nodes, swaps=swaps)
         key = fuse.Structure(key)
         # leaf id -> references from the graph, for leaves nothing outside the graph holds
         self.free_leaves = {id(leaves[i]): counted[3][i] for i in counted[4]}
         recorded = self.evals.pop(key, None) if capture is None else None
+        loose = None
+        if recorded is None and swaps and capture is None:
+            # Another eval's plan may hold for this one: the same graph on other slices of the same
+            # buffers (``loose_step``). Which loose nodes it left loose (the others, folded into a
+            # kernel, keep their params in the key) is kept under the fully loose key.
+            loose = fuse.Structure(fuse.loosened(key.key, swaps))
+            kept = self.loosenings.get(loose)
+            if kept is not None:
+                partial = fuse.Structure(fuse.loosened(key.key, [swaps[j] for j in kept]))
+                recorded = self.evals.pop(partial, None)
+                if recorded is not None:
+                    key = partial
         if recorded is not None:
             self.evals[key] = recorded  # now the most recently used
             actions, self.last_plan = recorded
@@ -269,6 +284,11 @@ class LLVMExecutor:
                 print(f"[mlxarm] replay {len(actions)} recorded steps", file=sys.stderr)
             self.replay(actions, targets, leaves)
             return
+        # The nodes a loose key leaves the params and shapes of; the plan is kept under that key only
+        # if it holds for any (``loose_step``): None once it does not.
+        loose_ids = {id(n): j for j, n in enumerate(n for n in nodes if n._prim.name in fuse.LOOSE)} \
+            if loose is not None else None  # node id -> its index in ``swaps``
+        loose_actions: dict = {}  # index of an action realizing a loose node -> the node's in ``swaps``
         uses = fuse.uses(nodes, counted)
         self.consumers = uses[0]  # for ``donor``
         steps = fuse.plan(nodes, caps=lower.EVERYTHING, uses_=uses)
@@ -289,6 +309,8 @@ class LLVMExecutor:
             step, steps[index] = steps[index], None
             node = step.node
             if node._data is not None or id(node) in folded:
+                if loose_ids and id(node) in loose_ids:
+                    loose_ids = None  # realized by another node's step (which reads its params)
                 if node._prim is PROGRAM_OUTPUT and node._data is not None and capture is None:
                     # realized by its program's step: later kernels read it as that step's output
                     sources[id(node)] = (1, len(actions))
@@ -300,6 +322,9 @@ class LLVMExecutor:
                 (_CALL, position[id(node)], functools.partial(self.run_gemm_epilogue, form=epilogue),
                  f"gemm+{'+'.join(epilogue[2:])}")
             numpy = action[0] == _CALL and action[2] in (self.run_numpy, self.run_view, self.run_in_place)
+            if loose_ids is not None and not self.loose_step(action, node, numpy, loose_ids, loose_actions,
+                                                              len(actions)):
+                loose_ids = None
             self.last_plan.append(("numpy" if numpy else "kernel", action[3]))
             if debug:
                 print(f"[mlxarm] {self.last_plan[-1][0]:6} {action[3]} {node._shape} {node._dtype.name}",
@@ -322,8 +347,16 @@ class LLVMExecutor:
         if capture is not None:
             capture.leaves = leaves
             return
-        # A structure is kept on its second sighting: a graph seen once (an uncompiled decode step
-        # whose cache slices grow) costs a hash, not a recorded plan.
+        if loose_ids is not None and loose_actions:
+            # The plan holds whatever the params and shapes of the loose nodes a dynamic step realized;
+            # the others were folded into kernels, which read them as the key says.
+            kept = tuple(sorted(loose_actions.values()))
+            if len(self.loosenings) >= _SEEN_KEPT:
+                self.loosenings.clear()
+            self.loosenings[loose] = kept
+            key = fuse.Structure(fuse.loosened(key.key, [swaps[j] for j in kept]))
+        # A structure is kept on its second sighting: a graph seen once costs a hash, not a recorded
+        # plan.
         sighting = key.hash
         if sighting not in self.seen:
             if len(self.seen) >= _SEEN_KEPT:
@@ -383,6 +416,28 @@ class LLVMExecutor:
                        if where in numpy_made)
         return (_KERNEL, pos, kernel, summary, fn, reads, checks, (ctypes.c_void_p * (1 + len(offsets)))(), split,
                 donor)
+
+    @staticmethod
+    def loose_step(action: tuple, node, numpy: bool, loose_ids: dict, loose_actions: dict, index: int) -> bool:
+        """Whether recorded ``action`` (the ``index``-th) realizes ``node`` right whatever the params and
+        shapes of the eval's loose nodes (``fuse.LOOSE``, ids ``loose_ids``) that steps realize: a step
+        realizing or reading one must be a call that reads the node when it runs (the numpy reference,
+        a view, an update in place, or a bound template marked ``dynamic``), as a kernel bakes its
+        inputs' shapes in. A loose node folded into a kernel has no step: the key keeps its params
+        (``_run``). Steps realizing loose nodes are noted in ``loose_actions``."""
+        dynamic = action[0] == _CALL and (numpy or getattr(action[2], "dynamic", False))
+        if action[0] in (_KERNEL, _ROWS):
+            reads = action[5]
+            if any(where[0] == 1 and where[1] in loose_actions for where, _ in reads):
+                return False
+        elif not dynamic and any(id(i) in loose_ids for i in node._inputs):
+            return False
+        j = loose_ids.get(id(node))
+        if j is not None:
+            if not dynamic:
+                return False
+            loose_actions[index] = j
+        return True
 
     def donor(self, node, kernel: ir.Kernel, offsets: tuple, leaves: list, sources: dict):
         """(argument slot, group leaf index, eval leaf index) of an input whose buffer the kernel may
@@ -810,6 +865,7 @@ class LLVMExecutor:
         layout = [None]  # the strides in ``meta``
         shape = node._shape
         units, per_unit = B * hq * L, S * (D + dv)
+        work = [per_unit]  # per unit of this call's number of keys
         contiguous, split, realized = np.ascontiguousarray, self.split, self.realized
 
         def rows_of(a):  # a buffer whose last axis is contiguous (the kernel takes the others' strides)
@@ -817,6 +873,16 @@ class LLVMExecutor:
 
         def run_attention(node, keep=(meta, scale)):
             ins = node._inputs
+            s = ins[1]._shape[2]
+            if s != meta[4]:
+                # A replay of a plan whose keys were loose (``fuse.LOOSE``: a growing cache's slice)
+                # with another number of keys: the kernel takes any within its limit.
+                if ins[1]._shape != (B, hk, s, D) or ins[2]._shape != (B, hk, s, dv) or not 0 < s <= _ATTENTION_KEYS_MAX \
+                        or (len(ins) > 3 and ins[3]._shape[-1] != s):
+                    self.run_numpy(node)
+                    return
+                meta[4] = s
+                work[0] = s * (D + dv)
             q, k, v = contiguous(ins[0]._data), rows_of(ins[1]._data), rows_of(ins[2]._data)
             m = ins[3]._data if len(ins) > 3 else None
             strides = (k.strides, v.strides, None if m is None else m.strides)
@@ -828,16 +894,17 @@ class LLVMExecutor:
             out = np.empty(shape, np.float32)
             args[0], args[1], args[2], args[3] = address(out), address(q), address(k), address(v)
             args[4] = 0 if m is None else address(m)
-            split(fn, args, units, per_unit, 1)
+            split(fn, args, units, work[0], 1)
             del q, k, v, m
             realized(node, out)
 
         def native(ins, out):  # a compiled program's row (``llvm_program``): its strides fixed
             q, k, v = ins[:3]
             m = ins[3] if len(ins) > 3 else None
-            if not q.flags.c_contiguous or rows_of(k) is not k or rows_of(v) is not v:
+            if not q.flags.c_contiguous or rows_of(k) is not k or rows_of(v) is not v or k.shape[2] != S:
                 return None
             fixed = meta.copy()
+            fixed[4] = S
             fixed[5:11] = [s // 4 for s in k.strides[:3] + v.strides[:3]]
             if m is not None:
                 fixed[11:] = [s // m.itemsize for s in m.strides]
@@ -845,6 +912,7 @@ class LLVMExecutor:
                      units, per_unit, 1, True)]
 
         run_attention.native = native
+        run_attention.dynamic = True  # reads its number of keys from the node (``loose_step``)
         return run_attention
 
     def run_rows(self, node, kernel: rows.RowKernel) -> None:
