@@ -593,6 +593,50 @@ class _Lanes:
                            self.fcmp("oeq", self.fcall("fabs", y), self.fk(math.inf)))  # (-1) ** inf is 1
         return self.fsel(self.op("or", "i1", one, unit_inf), self.fk(1.0), r)
 
+    # --- dtype conversions (storage <-> float32 compute) ------------------------------------
+    def to_compute_scalar_or_vector(self, raw: str, dtype: str, scalar: bool) -> str:
+        saved = self.lanes
+        if scalar:
+            self.lanes = None
+        try:
+            if dtype == "float16":
+                return self.conv("fpext", "half", raw, "float")
+            if dtype == "bfloat16":
+                wide = self.conv("zext", "i16", raw, "i32")
+                return self.from_bits(self.iop("shl", wide, self.const("i32", 16)))
+            if dtype == "bool":
+                return self.cmp("icmp", "ne", "i8", raw, self.const("i8", 0))
+            return raw
+        finally:
+            self.lanes = saved
+
+    def stored(self, v: str, dtype: str) -> str:
+        """A computed value in its dtype's storage form."""
+        if dtype == "float16":
+            return self.conv("fptrunc", "float", v, "half")
+        if dtype == "bfloat16":
+            return self.conv("trunc", "i32", self.iop("lshr", self.bf16_bits(v), self.const("i32", 16)), "i16")
+        if dtype == "bool":
+            return self.conv("zext", "i1", v, "i8")
+        return v
+
+    def bf16_bits(self, v: str) -> str:
+        """float32 -> bfloat16 in the high half of an i32: round to nearest even, NaN stays NaN."""
+        u = self.bits(v)
+        lsb = self.iop("and", self.iop("lshr", u, self.const("i32", 16)), self.const("i32", 1))
+        r = self.iop("add", u, self.iop("add", lsb, self.const("i32", 0x7FFF)))
+        r = self.iop("and", r, self.const("i32", -65536))
+        nan = self.iop("or", self.iop("and", u, self.const("i32", -65536)), self.const("i32", 0x400000))
+        return self.select(self.fcmp("uno", v, v), "i32", nan, r)
+
+    def round(self, v: str, dtype: str) -> str:
+        """Half-precision results are rounded at every node, as the numpy reference does."""
+        if dtype == "float16":
+            return self.conv("fpext", "half", self.conv("fptrunc", "float", v, "half"), "float")
+        if dtype == "bfloat16":
+            return self.from_bits(self.bf16_bits(v))
+        return v
+
 
 class _Values(_Lanes):
     """Emits kernel-IR expressions at a loop index, for one lane shape."""
@@ -656,48 +700,6 @@ class _Values(_Lanes):
                               f"{self.ty('i1')} {self.const('i1', 1)}, {self.ty(st)} poison)")
         return self.to_compute_scalar_or_vector(raw, e.dtype, scalar=False)
 
-    def to_compute_scalar_or_vector(self, raw: str, dtype: str, scalar: bool) -> str:
-        saved = self.lanes
-        if scalar:
-            self.lanes = None
-        try:
-            if dtype == "float16":
-                return self.conv("fpext", "half", raw, "float")
-            if dtype == "bfloat16":
-                wide = self.conv("zext", "i16", raw, "i32")
-                return self.from_bits(self.iop("shl", wide, self.const("i32", 16)))
-            if dtype == "bool":
-                return self.cmp("icmp", "ne", "i8", raw, self.const("i8", 0))
-            return raw
-        finally:
-            self.lanes = saved
-
-    def stored(self, v: str, dtype: str) -> str:
-        """A computed value in its dtype's storage form."""
-        if dtype == "float16":
-            return self.conv("fptrunc", "float", v, "half")
-        if dtype == "bfloat16":
-            return self.conv("trunc", "i32", self.iop("lshr", self.bf16_bits(v), self.const("i32", 16)), "i16")
-        if dtype == "bool":
-            return self.conv("zext", "i1", v, "i8")
-        return v
-
-    def bf16_bits(self, v: str) -> str:
-        """float32 -> bfloat16 in the high half of an i32: round to nearest even, NaN stays NaN."""
-        u = self.bits(v)
-        lsb = self.iop("and", self.iop("lshr", u, self.const("i32", 16)), self.const("i32", 1))
-        r = self.iop("add", u, self.iop("add", lsb, self.const("i32", 0x7FFF)))
-        r = self.iop("and", r, self.const("i32", -65536))
-        nan = self.iop("or", self.iop("and", u, self.const("i32", -65536)), self.const("i32", 0x400000))
-        return self.select(self.fcmp("uno", v, v), "i32", nan, r)
-
-    def round(self, v: str, dtype: str) -> str:
-        """Half-precision results are rounded at every node, as the numpy reference does."""
-        if dtype == "float16":
-            return self.conv("fpext", "half", self.conv("fptrunc", "float", v, "half"), "float")
-        if dtype == "bfloat16":
-            return self.from_bits(self.bf16_bits(v))
-        return v
 
     # --- casts ----------------------------------------------------------------------------------
     def cast(self, v: str, src: str, dst: str) -> str:
@@ -956,7 +958,6 @@ class _Values(_Lanes):
         if name == "isfinite":
             return self.const("i1", 1)
         raise NotImplementedError(f"integer op {name}")
-
 
     def int_division(self, name: str, x: str, y: str, c: str, unsigned: bool) -> str:
         """Floor division and remainder with MLX's answers where the hardware's are undefined:

@@ -6,14 +6,17 @@ kernel).
 A ``RowKernel`` names the operation, the row length and its options; ``render`` gives LLVM IR text
 with the same calling convention as every kernel, ``void @name(ptr %args, i64 %start, i64 %end)``:
 ``args`` holds the output, the input, then the optional weight and bias; [start, end) are rows.
-Arithmetic is float32 throughout, as the numpy references compute it.
+Arithmetic is float32 throughout, as the numpy references compute it. The norms also take float16 and
+bfloat16 rows (input, weight, bias and output all of one dtype, as the API casts them): widened as they
+are loaded, rounded once as they are stored, as the reference's float32 result is cast. Softmax stays
+float32 (it keeps its exponentials in the output between passes).
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
 
-from .render_llvm import _Body, _Lanes
+from .render_llvm import _STORAGE, _Body, _Lanes
 from .target import Target
 
 OPS = ("softmax", "rms_norm", "layer_norm")
@@ -27,11 +30,16 @@ class RowKernel:
     weight: bool = False
     bias: bool = False
     width: int = 8  # vector lanes
+    dtype: str = "float32"  # of the rows in memory (NORM_DTYPES for the norms)
 
     @property
     def name(self) -> str:
         eps = "%016x" % struct.unpack("<Q", struct.pack("<d", self.eps))[0]
-        return f"row_{self.op}_{self.n}_{eps}_{int(self.weight)}{int(self.bias)}_{self.width}"
+        kind = "" if self.dtype == "float32" else f"_{self.dtype}"
+        return f"row_{self.op}_{self.n}_{eps}_{int(self.weight)}{int(self.bias)}_{self.width}{kind}"
+
+
+NORM_DTYPES = ("float32", "float16", "bfloat16")
 
 
 class _Row:
@@ -70,12 +78,17 @@ class _Row:
         b.raw(f"{tag}.end:")
 
     def load(self, lanes: _Lanes, ptr: str, j: str) -> str:
-        p = self.b.emit(f"getelementptr float, ptr {ptr}, i64 {j}")
-        return self.b.emit(f"load {lanes.ty('float')}, ptr {p}, align 4")
+        """Elements j.. of a row, as float32."""
+        st = _STORAGE[self.k.dtype]
+        p = self.b.emit(f"getelementptr {st}, ptr {ptr}, i64 {j}")
+        raw = self.b.emit(f"load {lanes.ty(st)}, ptr {p}, align {2 if st != 'float' else 4}")
+        return lanes.to_compute_scalar_or_vector(raw, self.k.dtype, scalar=False)
 
     def store(self, lanes: _Lanes, ptr: str, j: str, v: str) -> None:
-        p = self.b.emit(f"getelementptr float, ptr {ptr}, i64 {j}")
-        self.b.raw(f"store {lanes.ty('float')} {v}, ptr {p}, align 4")
+        """Store float32 ``v`` at elements j.. of a row, rounded to the row's dtype."""
+        st = _STORAGE[self.k.dtype]
+        p = self.b.emit(f"getelementptr {st}, ptr {ptr}, i64 {j}")
+        self.b.raw(f"store {lanes.ty(st)} {lanes.stored(v, self.k.dtype)}, ptr {p}, align {2 if st != 'float' else 4}")
 
 
 def _accumulate(row: _Row, acc: str, x_of, combine) -> str:
@@ -99,6 +112,7 @@ def _accumulate(row: _Row, acc: str, x_of, combine) -> str:
 
 
 def render(k: RowKernel, target: Target) -> str:
+    assert k.dtype == "float32" or (k.op != "softmax" and k.dtype in NORM_DTYPES)
     b = _Body(set())
     row = _Row(b, k)
     vec, sca = row.vec, row.sca
@@ -121,8 +135,8 @@ def render(k: RowKernel, target: Target) -> str:
     b.raw(f"br i1 {b.emit('icmp sge i64 ' + r + ', %end')}, label %exit, label %rowbody")
     b.raw("rowbody:")
     off = b.emit(f"mul i64 {r}, {k.n}")
-    x = b.emit(f"getelementptr float, ptr {base['x']}, i64 {off}")
-    out = b.emit(f"getelementptr float, ptr {base['out']}, i64 {off}")
+    x = b.emit(f"getelementptr {_STORAGE[k.dtype]}, ptr {base['x']}, i64 {off}")
+    out = b.emit(f"getelementptr {_STORAGE[k.dtype]}, ptr {base['out']}, i64 {off}")
 
     def reset(acc, value):
         b.raw(f"store {vec.ty('float')} {vec.fk(value)}, ptr %{acc}.v")
@@ -182,14 +196,15 @@ def render(k: RowKernel, target: Target) -> str:
     return head + "\n".join(b.lines) + "\n}\n\n" + "\n".join(sorted(b.declares)) + "\n"
 
 
-def match(node, width: int) -> RowKernel | None:
+def match(node, width: int, dtypes: tuple = NORM_DTYPES) -> RowKernel | None:
     """The row kernel, of ``width`` lanes, that computes ``node`` (a float32 softmax over the last
-    axis, rms_norm or layer_norm), or None."""
+    axis, or an rms_norm or layer_norm of one of ``dtypes``), or None."""
     prim = node._prim
     name = prim.name if prim is not None else None
-    if name not in OPS or node._dtype.name != "float32" or not node._shape or node._shape[-1] == 0:
+    dtype = node._dtype.name
+    if name not in OPS or dtype not in dtypes or not node._shape or node._shape[-1] == 0:
         return None
-    if any(i._dtype.name != "float32" for i in node._inputs):
+    if (name == "softmax" and dtype != "float32") or any(i._dtype.name != dtype for i in node._inputs):
         return None
     p = node._params
     n = node._shape[-1]
@@ -198,5 +213,5 @@ def match(node, width: int) -> RowKernel | None:
             return None
         return RowKernel("softmax", n, width=width)
     if name == "rms_norm":
-        return RowKernel("rms_norm", n, p["eps"], weight=len(node._inputs) > 1, width=width)
-    return RowKernel("layer_norm", n, p["eps"], weight=p["weight"], bias=p["bias"], width=width)
+        return RowKernel("rms_norm", n, p["eps"], weight=len(node._inputs) > 1, width=width, dtype=dtype)
+    return RowKernel("layer_norm", n, p["eps"], weight=p["weight"], bias=p["bias"], width=width, dtype=dtype)

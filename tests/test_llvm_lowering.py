@@ -203,6 +203,19 @@ def test_row_kernels(name, shape):
     assert executor("llvm").last_plan[-1][1].startswith(f"row_{name.split('_u')[0].split('_p')[0]}")
 
 
+@pytest.mark.parametrize("d", [ma.float16, ma.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(3, 7), (2, 3, 64), (1, 1, 576)], ids=str)
+@pytest.mark.parametrize("name", [n for n in ROWS if n != "softmax"])
+def test_half_precision_norms_are_row_kernels(name, shape, d):
+    """Norms of float16 and bfloat16 rows (mlx-lm's half-precision models) load and store their dtype
+    and compute in float32, as the reference does before its one rounding."""
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    w, b = rng.standard_normal((2, shape[-1])).astype(np.float32)
+    agree(lambda: ROWS[name](ma.array(x, dtype=d), ma.array(w, dtype=d), ma.array(b, dtype=d)))
+    assert executor("llvm").last_plan[-1][1].endswith(f"_{d.name}")
+
+
 def test_row_kernels_leave_other_softmaxes_to_numpy():
     x = np.random.default_rng(10).standard_normal((4, 6)).astype(np.float32)
     agree(lambda: ma.softmax(ma.array(x), axis=0), kernels=False)  # not the last axis

@@ -695,7 +695,7 @@ class GPUExecutor:
         return self.fire(node, t, debug)
 
     def run_rows(self, node, debug: int):
-        rk = rows.match(node, 1)
+        rk = rows.match(node, 1, ("float32",))  # the GPU row templates are float32
         if rk is None:
             return False
         x = _rows_view(node._inputs[0]._data, rk.n)

@@ -918,7 +918,7 @@ class LLVMExecutor:
     def run_rows(self, node, kernel: rows.RowKernel) -> None:
         """softmax / rms_norm / layer_norm over the last axis: one row kernel."""
         arrays = [np.ascontiguousarray(i._data) for i in node._inputs]
-        out = buffers.empty(node._shape, np.float32)
+        out = buffers.empty(node._shape, node._dtype.np_storage)
         if out.size:
             self.split(self.row_function(kernel), [a.ctypes.data for a in [out] + arrays],
                        out.size // kernel.n, kernel.n, 1)
