@@ -1,5 +1,7 @@
 """Rotary embedding and attention as LLVM IR: ``fast.rope`` and ``fast.scaled_dot_product_attention``
-for float32 data, a query row per unit of work, as the LLVM executor runs them in a decode step.
+for float32, float16 or bfloat16 data (``DTYPES``: loaded and widened to float32, the result rounded
+once as it is stored, which is what the references compute: float32 arithmetic, one cast at the end), a
+query row per unit of work, as the LLVM executor runs them in a decode step.
 
 Both follow the numpy references in ``mlxarm.core.fast`` operation for operation in float32: rope's
 angle is ``(position + offset) * scale * inv_freq`` and its rotation ``a cos - b sin``, ``a sin + b cos``
@@ -25,9 +27,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ir_text import IrText
+from .ir_text import IrText, Values
 
-MASKS = ("none", "causal", "bool", "float")
+MASKS = ("none", "causal", "bool", "float")  # a float mask is float32
+DTYPES = ("float32", "float16", "bfloat16")
 LOWEST = "0xC7EFFFFFE0000000"  # the lowest finite float32, as LLVM writes a float constant
 
 
@@ -37,10 +40,12 @@ class Rope:
     dims: int  # features rotated (even, <= d)
     traditional: bool
     offset_bits: int  # 32 or 64
+    dtype: str = "float32"  # of x and the output (DTYPES)
 
     @property
     def name(self) -> str:
-        return f"rope_{self.d}_{self.dims}_{int(self.traditional)}_i{self.offset_bits}"
+        kind = "" if self.dtype == "float32" else f"_{self.dtype}"
+        return f"rope_{self.d}_{self.dims}_{int(self.traditional)}_i{self.offset_bits}{kind}"
 
 
 @dataclass(frozen=True)
@@ -49,10 +54,12 @@ class Attention:
     dv: int  # v head dimension
     mask: str  # one of MASKS
     width: int  # float32 vector lanes
+    dtype: str = "float32"  # of q, k, v and the output (DTYPES)
 
     @property
     def name(self) -> str:
-        return f"sdpa_{self.d}_{self.dv}_{self.mask}_{self.width}"
+        kind = "" if self.dtype == "float32" else f"_{self.dtype}"
+        return f"sdpa_{self.d}_{self.dv}_{self.mask}_{self.width}{kind}"
 
 
 class _Ir(IrText):
@@ -98,6 +105,7 @@ def _hsum(ir: _Ir, v: str, lanes: int) -> str:
 
 def render_rope(k: Rope, triple: str) -> str:
     ir = _Ir()
+    data = Values(k.dtype)
     half = k.dims // 2
     out, x, offsets, inv_freq, meta = (ir.arg(i) for i in range(5))
     scale = ir("load float, ptr " + ir.arg(5) + ", align 4")
@@ -126,19 +134,19 @@ def render_rope(k: Rope, triple: str) -> str:
         ir.raw("br label %rotate")
         ir.raw("rotate:")
         base = ir(f"mul i64 {r}, {k.d}")
-        src = ir.at("float", x, base)
-        dst = ir.at("float", out, base)
+        src = ir.at(data.element, x, base)
+        dst = ir.at(data.element, out, base)
         for i in range(half):
             ia, ib = (2 * i, 2 * i + 1) if k.traditional else (i, i + half)
-            a, b_ = ir.load(src, ia), ir.load(src, ib)
+            a, b_ = (data.load(ir, ir.at(data.element, src, j)) for j in (ia, ib))
             c, s = ir.load(cos, i), ir.load(sin, i)
             ra = ir(f"fsub float {ir(f'fmul float {a}, {c}')}, {ir(f'fmul float {b_}, {s}')}")
             rb = ir(f"fadd float {ir(f'fmul float {a}, {s}')}, {ir(f'fmul float {b_}, {c}')}")
-            ir.raw(f"store float {ra}, ptr {ir.at('float', dst, ia)}, align 4")
-            ir.raw(f"store float {rb}, ptr {ir.at('float', dst, ib)}, align 4")
+            data.store(ir, ra, ir.at(data.element, dst, ia))
+            data.store(ir, rb, ir.at(data.element, dst, ib))
         if k.d > k.dims:  # the features past dims pass through
-            ir.raw(f"call void @llvm.memcpy.p0.p0.i64(ptr {ir.at('float', dst, k.dims)}, "
-                   f"ptr {ir.at('float', src, k.dims)}, i64 {4 * (k.d - k.dims)}, i1 false)")
+            ir.raw(f"call void @llvm.memcpy.p0.p0.i64(ptr {ir.at(data.element, dst, k.dims)}, "
+                   f"ptr {ir.at(data.element, src, k.dims)}, i64 {data.size * (k.d - k.dims)}, i1 false)")
 
     ir.loop("row", "%start", "%end", row)
     ir.raw("ret void")
@@ -150,6 +158,11 @@ def render_rope(k: Rope, triple: str) -> str:
 def render_attention(k: Attention, triple: str) -> str:
     ir = _Ir()
     w = k.width
+    data = Values(k.dtype)
+    el = data.element
+
+    def load(base, j, n):  # n elements of q, k or v from base[j], as float32
+        return data.load(ir, ir.at(el, base, j), None if n == 1 else n)
     out, q, keys, values, mask, meta = (ir.arg(i) for i in range(6))
     scale = ir("load float, ptr " + ir.arg(6) + ", align 4")
     (_, hq, hk, length, s_len, kb, kh, ks, vb, vh, vs, mb, mh, ml, ms) = (
@@ -167,13 +180,13 @@ def render_attention(k: Attention, triple: str) -> str:
         h = ir(f"srem i64 {bh}, {hq}")
         b = ir(f"sdiv i64 {bh}, {hq}")
         g = ir(f"sdiv i64 {h}, {group}")
-        kbase = ir.at("float", keys, ir(f"add i64 {ir(f'mul i64 {b}, {kb}')}, {ir(f'mul i64 {g}, {kh}')}"))
-        vbase = ir.at("float", values, ir(f"add i64 {ir(f'mul i64 {b}, {vb}')}, {ir(f'mul i64 {g}, {vh}')}"))
-        qrow = ir.at("float", q, ir(f"mul i64 {r}, {k.d}"))
-        orow = ir.at("float", out, ir(f"mul i64 {r}, {k.dv}"))
+        kbase = ir.at(el, keys, ir(f"add i64 {ir(f'mul i64 {b}, {kb}')}, {ir(f'mul i64 {g}, {kh}')}"))
+        vbase = ir.at(el, values, ir(f"add i64 {ir(f'mul i64 {b}, {vb}')}, {ir(f'mul i64 {g}, {vh}')}"))
+        qrow = ir.at(el, q, ir(f"mul i64 {r}, {k.d}"))
+        orow = ir.at(el, out, ir(f"mul i64 {r}, {k.dv}"))
         qs = []
         for j, n in _chunks(k.d, w):  # q * scale, held in registers for every key
-            v = ir(f"load {_vty(n)}, ptr {ir.at('float', qrow, j)}, align 4")
+            v = load(qrow, j, n)
             qs.append((j, n, ir(f"fmul {_vty(n)} {v}, {_splat(ir, scale, n)}")))
         if k.mask == "causal":
             last = ir(f"add i64 {l_}, {ir(f'sub i64 {s_len}, {length}')}")
@@ -183,11 +196,11 @@ def render_attention(k: Attention, triple: str) -> str:
         ir.raw(f"store float 0xFFF0000000000000, ptr {top_slot}")
 
         def score(s):
-            krow = ir.at("float", kbase, ir(f"mul i64 {s}, {ks}"))
+            krow = ir.at(el, kbase, ir(f"mul i64 {s}, {ks}"))
             parts = []
             tail = []
             for j, n, qv in qs:
-                kv = ir(f"load {_vty(n)}, ptr {ir.at('float', krow, j)}, align 4")
+                kv = load(krow, j, n)
                 (parts if n > 1 else tail).append(ir(f"fmul {_vty(n)} {qv}, {kv}"))
             while len(parts) > 1:  # a tree of adds: the vector products are independent
                 parts = [ir(f"fadd {_vty(w)} {a}, {c}") for a, c in zip(parts[::2], parts[1::2])] + \
@@ -228,16 +241,16 @@ def render_attention(k: Attention, triple: str) -> str:
         def accumulate(s):
             score = ir.at("float", "%scores", s)
             p = ir(f"fdiv float {ir(f'load float, ptr {score}')}, {total}")
-            vrow = ir.at("float", vbase, ir(f"mul i64 {s}, {vs}"))
+            vrow = ir.at(el, vbase, ir(f"mul i64 {s}, {vs}"))
             for j, n, slot in acc_slots:
-                vv = ir(f"load {_vty(n)}, ptr {ir.at('float', vrow, j)}, align 4")
+                vv = load(vrow, j, n)
                 t = ir(f"fmul {_vty(n)} {_splat(ir, p, n)}, {vv}")
                 acc = ir(f"fadd {_vty(n)} {ir(f'load {_vty(n)}, ptr {slot}')}, {t}")
                 ir.raw(f"store {_vty(n)} {acc}, ptr {slot}")
 
         ir.loop("acc", "0", s_len, accumulate)
         for j, n, slot in acc_slots:
-            ir.raw(f"store {_vty(n)} {ir(f'load {_vty(n)}, ptr {slot}')}, ptr {ir.at('float', orow, j)}, align 4")
+            data.store(ir, ir(f"load {_vty(n)}, ptr {slot}"), ir.at(el, orow, j), None if n == 1 else n)
 
     ir.loop("row", "%start", "%end", row)
     ir.raw("ret void")

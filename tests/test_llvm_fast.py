@@ -140,3 +140,30 @@ def test_replayed_step_uses_new_buffers(monkeypatch):
         ma.eval(got)
         np.testing.assert_allclose(np.array(got), want, rtol=RTOL, atol=ATOL)
     assert ex.replays > replays
+
+
+@pytest.mark.parametrize("dtype", [ma.float16, ma.bfloat16], ids=str)
+def test_half_precision_rope_and_attention_are_kernels(dtype):
+    """mlx-lm's float16 and bfloat16 models: rope and attention load their dtype, compute in float32
+    and round once as they store, as the references' float32 results are cast once."""
+    from _matrix import tolerance
+
+    rtol, atol = tolerance(dtype)
+    rng = np.random.default_rng(6)
+    x = _rand(rng, 1, 9, 1, 64)
+    for traditional, dims in ((False, 64), (True, 48)):
+        got, want = _both(lambda: ma.fast.rope(ma.array(x, dtype=dtype), dims, traditional=traditional,
+                                               base=10000.0, scale=1.0, offset=37).astype(ma.float32))
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+        _plan_has("kernel", "rope")
+    q, kc, vc = _rand(rng, 1, 9, 1, 64), _rand(rng, 1, 3, 40, 64), _rand(rng, 1, 3, 40, 64)
+    for mask in (None, "causal"):
+        def graph(mask=mask):
+            k = ma.array(kc, dtype=dtype)[:, :, :29, :]  # the filled part of a cache
+            v = ma.array(vc, dtype=dtype)[:, :, :29, :]
+            out = ma.fast.scaled_dot_product_attention(ma.array(q, dtype=dtype), k, v, scale=0.125, mask=mask)
+            return out.astype(ma.float32)
+
+        got, want = _both(graph)
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+        _plan_has("kernel", "scaled_dot_product_attention")

@@ -787,7 +787,7 @@ class LLVMExecutor:
         self.realized(node, out)
 
     def bind_fast(self, node):
-        """For float32 ``fast.rope`` (base frequencies) and ``fast.scaled_dot_product_attention``
+        """For float32, float16 or bfloat16 ``fast.rope`` (base frequencies) and ``fast.scaled_dot_product_attention``
         (no sinks), a function realizing any node shaped as ``node`` by its kernel
         (``kernels.attention``), its function, constants and argument array found once; else None."""
         name = node._prim.name if node._prim is not None else None
@@ -809,14 +809,16 @@ class LLVMExecutor:
         p = node._params
         x, offset = node._inputs[:2]
         shape = node._shape
-        if p["freqs"] or node._dtype.name != "float32" or x._dtype.name != "float32" \
+        dtype = node._dtype.name
+        if p["freqs"] or dtype not in attention_template.DTYPES or x._dtype.name != dtype \
                 or offset._dtype.name not in ("int32", "int64") or shape[-1] > _HEAD_MAX \
                 or not math.prod(shape):
             return None
         dims, d = p["dims"], shape[-1]
         bits = 32 if offset._dtype.name == "int32" else 64
-        fn = self.template_function(attention_template.Rope(d, dims, p["traditional"], bits),
+        fn = self.template_function(attention_template.Rope(d, dims, p["traditional"], bits, dtype),
                                     attention_template.render_rope)
+        storage = node._dtype.np_storage
         inv_freq = rope_inv_freq(p["base"], dims)  # the reference's
         by_batch = int(len(offset._shape) == 1 and offset._shape[0] > 1)
         meta = np.array([shape[-2], math.prod(shape[1:-1]), by_batch], np.int64)
@@ -827,7 +829,7 @@ class LLVMExecutor:
 
         def run_rope(node, keep=(inv_freq, meta, scale)):
             x, off = (contiguous(i._data) for i in node._inputs)
-            out = np.empty(shape, np.float32)
+            out = np.empty(shape, storage)
             args[0], args[1], args[2] = address(out), address(x), address(off)
             split(fn, args, rows_, d, 1)
             del x, off
@@ -848,7 +850,8 @@ class LLVMExecutor:
         mask = node._inputs[3] if p["mask"] == "array" else None
         B, hq, L, D = q._shape
         hk, S, dv = k._shape[1], k._shape[2], v._shape[3]
-        if p["sinks"] or any(a._dtype.name != "float32" for a in (node, q, k, v)) \
+        dtype = node._dtype.name
+        if p["sinks"] or dtype not in attention_template.DTYPES or any(a._dtype.name != dtype for a in (q, k, v)) \
                 or (mask is not None and mask._dtype.name not in ("bool", "float32")) \
                 or not (B and hq and L and S and D and dv) or S > _ATTENTION_KEYS_MAX \
                 or max(D, dv) > _HEAD_MAX:
@@ -856,8 +859,9 @@ class LLVMExecutor:
         kind = p["mask"] or "none"
         if kind == "array":
             kind = "bool" if mask._dtype.name == "bool" else "float"
-        fn = self.template_function(attention_template.Attention(D, dv, kind, self.target.lanes),
+        fn = self.template_function(attention_template.Attention(D, dv, kind, self.target.lanes, dtype),
                                     attention_template.render_attention)
+        storage = node._dtype.np_storage
         meta = np.zeros(15, np.int64)
         meta[:5] = (B, hq, hk, L, S)
         scale = np.array([p["scale"]], np.float32)
@@ -887,11 +891,11 @@ class LLVMExecutor:
             m = ins[3]._data if len(ins) > 3 else None
             strides = (k.strides, v.strides, None if m is None else m.strides)
             if strides != layout[0]:
-                meta[5:11] = [s // 4 for s in k.strides[:3] + v.strides[:3]]
+                meta[5:11] = [s // k.itemsize for s in k.strides[:3] + v.strides[:3]]
                 if m is not None:
                     meta[11:] = [s // m.itemsize for s in m.strides]
                 layout[0] = strides
-            out = np.empty(shape, np.float32)
+            out = np.empty(shape, storage)
             args[0], args[1], args[2], args[3] = address(out), address(q), address(k), address(v)
             args[4] = 0 if m is None else address(m)
             split(fn, args, units, work[0], 1)
@@ -905,7 +909,7 @@ class LLVMExecutor:
                 return None
             fixed = meta.copy()
             fixed[4] = S
-            fixed[5:11] = [s // 4 for s in k.strides[:3] + v.strides[:3]]
+            fixed[5:11] = [s // k.itemsize for s in k.strides[:3] + v.strides[:3]]
             if m is not None:
                 fixed[11:] = [s // m.itemsize for s in m.strides]
             return [(fn, [out, q, k, v, m, fixed, scale],
