@@ -330,8 +330,8 @@ def test_uncompiled_steps_on_a_growing_cache_replay_one_plan(llvm):
         before = llvm.replays
         ma.eval(out)
         replays.append(llvm.replays - before)
-        np.testing.assert_allclose(np.array(out), _numpy_attention(q, ref_k[..., :n + 1, :], ref_v[..., :n + 1, :], 0.5),
-                                   rtol=1e-5, atol=1e-6)
+        want = _numpy_attention(q, ref_k[..., :n + 1, :], ref_v[..., :n + 1, :], 0.5)
+        np.testing.assert_allclose(np.array(out), want, rtol=1e-5, atol=1e-6)
     assert replays[3:] == [1] * 5
 
 

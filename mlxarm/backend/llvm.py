@@ -881,8 +881,8 @@ class LLVMExecutor:
             if s != meta[4]:
                 # A replay of a plan whose keys were loose (``fuse.LOOSE``: a growing cache's slice)
                 # with another number of keys: the kernel takes any within its limit.
-                if ins[1]._shape != (B, hk, s, D) or ins[2]._shape != (B, hk, s, dv) or not 0 < s <= _ATTENTION_KEYS_MAX \
-                        or (len(ins) > 3 and ins[3]._shape[-1] != s):
+                if ins[1]._shape != (B, hk, s, D) or ins[2]._shape != (B, hk, s, dv) \
+                        or not 0 < s <= _ATTENTION_KEYS_MAX or (len(ins) > 3 and ins[3]._shape[-1] != s):
                     self.run_numpy(node)
                     return
                 meta[4] = s
