@@ -147,6 +147,20 @@ def test_shapeless_broadcast_and_matmul():
         np.testing.assert_allclose(np.array(fun(ma.array(a), ma.array(b))), a @ b + 1, rtol=1e-5)
 
 
+def test_shapeless_gradients_follow_new_shapes():
+    """The gradient of a reduction broadcasts the cotangent back over the input: in a shapeless
+    compiled gradient, over each call's input (a batched matmul's operands may swap their batch
+    shapes between calls)."""
+    grad = ma.compile(ma.grad(lambda args: (args[0] @ args[1]).sum() + args[0].max()), shapeless=True)
+    plain = ma.grad(lambda args: (args[0] @ args[1]).sum() + args[0].max())
+    for sa, sb in [((2, 1, 4, 2), (3, 2, 5)), ((3, 1, 4, 2), (2, 2, 5)), ((1, 1, 3, 2), (4, 2, 6))]:
+        args = (ma.array(RNG.standard_normal(sa).astype(np.float32)),
+                ma.array(RNG.standard_normal(sb).astype(np.float32)))
+        for ours, want in zip(grad(args), plain(args)):
+            assert ours.shape == want.shape
+            np.testing.assert_allclose(np.array(ours), np.array(want), rtol=1e-5, atol=1e-5)
+
+
 SHAPE_DEPENDENT = [
     ("mean", lambda m, x: m.mean(x, axis=-1, keepdims=True) + m.mean(x)),
     ("var_std", lambda m, x: m.var(x, axis=0) + m.std(x, axis=-1, ddof=1).sum()),

@@ -419,6 +419,12 @@ def _attach_gradients():
         shape = node._inputs[0]._shape
         if not p["keepdims"]:
             g = O.reshape(g, _reduced_shape(shape, p["axes"], True))
+        from ..graph import shapeless_tracing
+
+        if shapeless_tracing():
+            # A broadcast_to records the traced shape; times ones like the input, a replay on inputs
+            # of other shapes broadcasts to theirs (as MLX broadcasts the cotangent against the input).
+            return O.multiply(g, O.ones_like(node._inputs[0], dtype=g._dtype))
         return O.broadcast_to(g, shape)
 
     SUM.vjp = lambda node, cot, argnums: [expand(node, cot)]
