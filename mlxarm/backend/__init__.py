@@ -137,6 +137,9 @@ def cpu_backend() -> str:
     return _CPU[0]
 
 
+_DEFAULT_DEVICE: list = []  # core.device.default_device, imported at the first call (the core imports this)
+
+
 def executor_for(device):
     """The executor for work on ``device`` (None: the default device): ``MLXARM_DEVICE`` when set,
     else the GPU backend for ``mx.gpu`` and ``cpu_backend`` for ``mx.cpu``."""
@@ -144,9 +147,11 @@ def executor_for(device):
     if forced:
         return executor(forced)
     if device is None:
-        from ..core.device import default_device
+        if not _DEFAULT_DEVICE:
+            from ..core.device import default_device
 
-        device = default_device()
+            _DEFAULT_DEVICE.append(default_device)
+        device = _DEFAULT_DEVICE[0]()
     if getattr(getattr(device, "type", None), "name", None) == "gpu":
         name = available_gpu_backend()
         if name is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from contextlib import contextmanager
 
 _NAMES = (("openblas_set_num_threads", "openblas_get_num_threads"),
           ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
@@ -52,27 +51,37 @@ def _openblas():
     return _found[0]
 
 
-@contextmanager
-def single_threaded():
+class _SingleThreaded:
+    """The context manager ``single_threaded`` returns: one object for every block (an executor enters
+    one per eval, so it costs a lock and two counters, not a generator)."""
+
+    def __enter__(self):
+        blas = _found[0] if _found else _openblas()
+        if blas is not None:
+            with _lock:
+                if _depth[0] == 0:
+                    _depth[1] = blas[1]()
+                    if _depth[1] != 1:
+                        blas[0](1)
+                _depth[0] += 1
+        return self
+
+    def __exit__(self, *exc):
+        blas = _found[0]
+        if blas is not None:
+            with _lock:
+                _depth[0] -= 1
+                if _depth[0] == 0 and _depth[1] != 1:
+                    blas[0](_depth[1])
+        return False
+
+
+_SINGLE = _SingleThreaded()
+
+
+def single_threaded() -> _SingleThreaded:
     """numpy's BLAS on one thread inside the block (nested blocks and threads share one setting)."""
-    blas = _openblas()
-    if blas is None:
-        yield
-        return
-    setter, getter = blas
-    with _lock:
-        if _depth[0] == 0:
-            _depth[1] = getter()
-            if _depth[1] != 1:
-                setter(1)
-        _depth[0] += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth[0] -= 1
-            if _depth[0] == 0 and _depth[1] != 1:
-                setter(_depth[1])
+    return _SINGLE
 
 
 def threads() -> int | None:

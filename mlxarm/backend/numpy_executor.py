@@ -16,11 +16,16 @@ from ..core.device import count_buffer
 _ELEMENTWISE = frozenset(("unary", "binary", "ternary"))
 
 
+_TRANSFORMS: list = []  # core.transforms, imported at the first call (it imports the executors' callers)
+
+
 def _keeps_graph() -> bool:
     """While a transform traces a function, realized nodes keep their inputs for the walk after."""
-    from ..core import transforms
+    if not _TRANSFORMS:
+        from ..core import transforms
 
-    return transforms.tracing_depth > 0
+        _TRANSFORMS.append(transforms)
+    return _TRANSFORMS[0].tracing_depth > 0
 
 
 class NumpyExecutor:

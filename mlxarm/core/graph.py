@@ -98,15 +98,22 @@ def _check_streams(order) -> None:
             last = s
 
 
-def _run(outputs) -> None:
-    from ..backend import run_order
+# (backend.run_order, compile.PENDING, compile.expand_programs): imported at the first eval (those modules
+# import this one); PENDING is a dict, changed in place only
+_LATE: list = []
 
+
+def _run(outputs) -> None:
+    if not _LATE:
+        from ..backend import run_order
+        from .compile import PENDING, expand_programs
+
+        _LATE.extend((run_order, PENDING, expand_programs))
+    run_order, pending, expand_programs = _LATE
     order = toposort(outputs)
     if not order:
         return
-    from .compile import PENDING, expand_programs
-
-    if PENDING and not getattr(_executor(), "runs_programs", False) and expand_programs(order):
+    if pending and not getattr(_executor(), "runs_programs", False) and expand_programs(order):
         order = toposort(outputs)  # the program nodes' graphs are in place of them now
     _check_streams(order)
     # Only the outputs are held strongly: an intermediate lives while a consumer that is not yet
