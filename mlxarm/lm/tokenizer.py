@@ -42,12 +42,21 @@ _ASSIGNED = (range(0x40000), range(0xE0000, 0xF0000))
 
 @lru_cache(maxsize=2)
 def _categories(everything: bool = False) -> dict:
-    """General category (two letters) -> sorted code points."""
-    table = {}
+    """General category (two letters) -> its code points as sorted runs (first, last): a few thousand
+    pairs, where a list of every code point would keep about 10 MB alive."""
+    table: dict = {}
     category = unicodedata.category
     for block in ((range(sys.maxunicode + 1),) if everything else _ASSIGNED):
+        run, first, last = None, 0, 0
         for cp in block:
-            table.setdefault(category(chr(cp)), []).append(cp)
+            cat = category(chr(cp))
+            if cat != run:
+                if run is not None:
+                    table.setdefault(run, []).append((first, last))
+                run, first = cat, cp
+            last = cp
+        if run is not None:
+            table.setdefault(run, []).append((first, last))
     return table
 
 
@@ -55,18 +64,16 @@ def _categories(everything: bool = False) -> dict:
 def _class_body(prop: str) -> str:
     """Character-class body (no brackets) of a Unicode general category such as L, N, Lu or M."""
     table = _categories(everything=prop.startswith("C"))
-    points = sorted(cp for cat, cps in table.items() if cat == prop or cat[0] == prop for cp in cps)
-    if not points:
+    runs = sorted(r for cat, rs in table.items() if cat == prop or cat[0] == prop for r in rs)
+    if not runs:
         raise TokenizerError(f"pre-tokenizer pattern uses the unknown Unicode property \\p{{{prop}}}")
-    parts, start, prev = [], points[0], points[0]
-    for cp in points[1:] + [None]:
-        if cp is not None and cp == prev + 1:
-            prev = cp
-            continue
-        parts.append(_escape(start) if start == prev else f"{_escape(start)}-{_escape(prev)}")
-        if cp is not None:
-            start = prev = cp
-    return "".join(parts)
+    merged = [list(runs[0])]
+    for first, last in runs[1:]:
+        if first == merged[-1][1] + 1:  # adjacent runs of two categories of ``prop``
+            merged[-1][1] = last
+        else:
+            merged.append([first, last])
+    return "".join(_escape(a) if a == b else f"{_escape(a)}-{_escape(b)}" for a, b in merged)
 
 
 def _escape(cp: int) -> str:
