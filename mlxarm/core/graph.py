@@ -103,14 +103,16 @@ def _check_streams(order) -> None:
 _LATE: list = []
 
 
-def _run(outputs) -> None:
+def _run(outputs, order: list | None = None) -> None:
+    """Evaluate ``outputs``; ``order``, when given, is their ``toposort`` taken earlier (``async_eval``'s:
+    nodes realized since then are passed over)."""
     if not _LATE:
         from ..backend import run_order
         from .compile import PENDING, expand_programs
 
         _LATE.extend((run_order, PENDING, expand_programs))
     run_order, pending, expand_programs = _LATE
-    order = toposort(outputs)
+    order = toposort(outputs) if order is None else [n for n in order if n._data is None]
     if not order:
         return
     if pending and not getattr(_executor(), "runs_programs", False) and expand_programs(order):
@@ -160,7 +162,6 @@ def async_eval(*args) -> None:
     # Checked here, in the caller's thread: the worker thread owns no streams.
     _check_streams(order)
     stream = arrs[0]._stream
-    del order
     with _LOCK:
         if _async_pool is None:
             _async_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlxarm-async")
@@ -171,10 +172,12 @@ def async_eval(*args) -> None:
         with _LOCK:
             started.set()
             try:
-                _run(arrs)
+                _run(arrs, box.pop())  # the order walked once, here (an LLM step's graph is large)
             except Exception as e:  # noqa: BLE001 - kept for synchronize, as MLX keeps it on the stream
                 _async_errors.setdefault(stream, str(e))
 
+    box = [order]  # handed over: ``_run`` lets the intermediates go as they are used up
+    del order
     _async_pool.submit(work)
     started.wait()
 
