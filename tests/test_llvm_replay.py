@@ -351,3 +351,29 @@ def test_slices_a_kernel_reads_are_part_of_the_replayed_structure(llvm):
     for n in range(1, 9):
         grown = a[:n] + 1.0  # another shape: another kernel
         np.testing.assert_array_equal(np.array(grown), x[:n] + 1)
+
+
+def test_setitem_writes_into_a_dying_buffer_only(llvm):
+    """``cache[..., n:n+1, :] = kv`` (mlx-lm's KV cache update) writes into the cache's buffer when nothing
+    else can see it, and copies it when a view of the old cache is still held."""
+    base = np.arange(2 * 6 * 4, dtype=np.float32).reshape(2, 6, 4)
+    update = np.full((2, 1, 4), -1.0, np.float32)
+    cache = ma.array(base)
+    ma.eval(cache)
+    expected = base.copy()
+    donated = llvm.donated
+    for n in range(3):
+        cache[:, n:n + 1, :] = ma.array(update * (n + 1))
+        expected[:, n:n + 1, :] = update * (n + 1)
+        ma.eval(cache)
+        np.testing.assert_array_equal(np.array(cache), expected)
+    assert llvm.donated - donated == 3
+    old = cache[:, :2, :]  # a view of the buffer the next update would write into
+    ma.eval(old)
+    seen = np.array(old).copy()
+    cache[:, 1:2, :] = ma.array(update * 7)
+    expected[:, 1:2, :] = update * 7
+    ma.eval(cache)
+    np.testing.assert_array_equal(np.array(old), seen)
+    np.testing.assert_array_equal(np.array(cache), expected)
+    assert llvm.donated - donated == 3

@@ -676,11 +676,14 @@ class LLVMExecutor:
         runs (on a copy)."""
         x = node._inputs[0]
         buf = x._data
-        # x is referenced by node._inputs, this frame, getrefcount's argument and the eval's list of
-        # its leaves or steps; buf by x, this frame and getrefcount's argument. One more of either
-        # is a user, another node, or a view that would see the write.
-        if sys.getrefcount(x) > 4 or sys.getrefcount(buf) > 3 or not owns(buf) \
-                or not buf.flags.writeable or self.keep_graph:
+        # x must be a leaf of the eval that nothing outside the graph holds and only this node reads
+        # (an array computed earlier in the eval may have consumers still to run, and a count of
+        # references cannot tell them from the eval's own); then x is referenced by node._inputs, this
+        # frame, getrefcount's argument and the eval's list of its leaves, and buf by x, this frame
+        # and getrefcount's argument. One more of either is a user, another node, or a view that
+        # would see the write.
+        if self.free_leaves.get(id(x)) != 1 or sys.getrefcount(x) > 4 or sys.getrefcount(buf) > 3 \
+                or not owns(buf) or not buf.flags.writeable or self.keep_graph:
             del x, buf
             self.run_numpy(node)
             return

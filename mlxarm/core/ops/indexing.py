@@ -267,14 +267,20 @@ def _scatter_ref(ufunc):
 
 
 def _slice_update_ref(p, x, update):
-    out = x.copy()
-    out[p["index"]] = update
-    return out
+    return _slice_update_into(p, x.copy(), update)
+
+
+def _slice_update_into(p, x, update):
+    """The update written into ``x`` itself: for an executor that donates a dying input's buffer (a KV
+    cache written at its position with ``cache[..., n:n+1, :] = kv``)."""
+    x[p["index"]] = update
+    return x
 
 
 SLICE_UPDATE = register(Primitive(
     "slice_update", "index", _slice_update_ref, compute=False,
-    doc="Overwrite a basic-indexed region (ints, slices, None) with an update."))
+    doc="Overwrite a basic-indexed region (ints, slices, None) with an update.",
+    extra={"in_place": _slice_update_into}))
 
 SCATTER = register(Primitive(
     "scatter", "index", _scatter_ref(None), compute=False,
