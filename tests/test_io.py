@@ -95,6 +95,39 @@ def test_safetensors_roundtrip(tmp_path, name):
     assert is_mapped(out["x"])
 
 
+def test_safetensors_tensors_load_aligned(tmp_path):
+    """MLX writes tensors back to back after a header of any length, so a tensor can start off its
+    dtype's alignment: such a tensor loads as an aligned copy (kernels and device buffers need it), the
+    others stay mapped. What mx.save_safetensors writes is aligned throughout (widest dtypes first, the
+    header padded with spaces), so all of it stays mapped."""
+    import json
+    import struct
+
+    values = {"a": np.arange(5, dtype=np.uint32), "b": np.array([1.5, -2.0, 3.25], np.float16),
+              "c": np.array([7], np.int8)}
+    header = {"c": {"dtype": "I8", "shape": [1], "data_offsets": [0, 1]},
+              "a": {"dtype": "U32", "shape": [5], "data_offsets": [1, 21]},
+              "b": {"dtype": "F16", "shape": [3], "data_offsets": [21, 27]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-aligned: "a" at byte 1 of it is misaligned
+    with open(tmp_path / "m.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + values["c"].tobytes() + values["a"].tobytes()
+                + values["b"].tobytes())
+    out = mx.load(str(tmp_path / "m.safetensors"))
+    for k, v in values.items():
+        np.testing.assert_array_equal(np.array(out[k]), v)
+        assert out[k]._data.__array_interface__["data"][0] % v.itemsize == 0, k
+    assert not is_mapped(out["a"]) and is_mapped(out["c"])
+
+    mx.save_safetensors(str(tmp_path / "ours"), {k: mx.array(v) for k, v in values.items()})
+    blob = (tmp_path / "ours.safetensors").read_bytes()
+    assert struct.unpack("<Q", blob[:8])[0] % 8 == 0
+    out = mx.load(str(tmp_path / "ours.safetensors"))
+    for k, v in values.items():
+        np.testing.assert_array_equal(np.array(out[k]), v)
+        assert is_mapped(out[k]) and out[k]._data.__array_interface__["data"][0] % v.itemsize == 0, k
+
+
 @pytest.mark.parametrize("name", GGUF)
 def test_gguf_roundtrip(tmp_path, name):
     arrs = {"t.weight": ours(name, (2, 3, 4)), "v": ours(name, (7,), 1)}

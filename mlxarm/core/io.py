@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import mmap
 import os
 import re
 import zipfile
@@ -357,14 +358,41 @@ def _load_safetensors(buf: np.ndarray, label: str, stream):
         if base + end > len(buf):
             r.fail(f"Tensor '{key}' invalid data offsets ({begin}, {end}) exceeding the size of "
                    f"the file")
-        data = _canonical(buf[base + begin:base + end].view(dtype.np_storage))
+        raw = buf[base + begin:base + end]
+        if raw.__array_interface__["data"][0] % dtype.size:
+            # MLX writes tensors back to back after a header of any length, so a tensor may start off
+            # its dtype's alignment, which kernels and device buffers need (a misaligned view would
+            # be copied at each use). Such a tensor is copied once, and the mapped file pages behind
+            # it let go, so memory stays near the file's size.
+            data = np.empty(nbytes // dtype.size, dtype.np_storage)
+            data.view(np.uint8)[:] = raw
+            _release_pages(buf, base + begin, base + end)
+        else:
+            data = raw.view(dtype.np_storage)
+        del raw
+        data = _canonical(data)
         count_buffer(data)
         arrays[key] = make_realized(data.reshape(shape), dtype, stream)
     return arrays, metadata
 
 
+def _release_pages(buf: np.ndarray, begin: int, end: int) -> None:
+    """Drop the pages wholly inside bytes [begin, end) of a mapped file (``_map_file``) from this
+    process's memory (they are read again from the file if touched; nothing writes them)."""
+    mapped = buf.base
+    while mapped is not None and not isinstance(mapped, mmap.mmap):
+        mapped = getattr(mapped, "base", None)
+    if mapped is None or not hasattr(mapped, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    first, last = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
 def _safetensors_write(f, arrays: dict, metadata: dict) -> None:
-    names = sorted(arrays)
+    # Widest dtypes first and the header padded with spaces to 8 bytes (as the format allows), so every
+    # tensor starts on its dtype's alignment and loads without a copy (``_load_safetensors``).
+    names = sorted(arrays, key=lambda k: (-arrays[k].dtype.size, k))
     header = {"__metadata__": metadata}
     datas, offset = [], 0
     for k in names:
@@ -377,6 +405,7 @@ def _safetensors_write(f, arrays: dict, metadata: dict) -> None:
         offset += a.nbytes
     text = json.dumps(header, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
     raw = text.encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
     f.write(len(raw).to_bytes(8, "little"))
     f.write(raw)
     for d in datas:
