@@ -13,13 +13,6 @@ Arguments: out, x (``copy`` only), update, then ``ARGS``: the iteration space ``
 shape for ``into``, the output's for ``copy``), the window's clamped start ``b0..b3`` and shape
 ``u0..u3``, the update's element offset and strides, the input's (``copy``), the output's strides and
 the number of work items.
-
-``indexed`` kernels read the window's start on the device instead (a runtime that submits a replayed
-step's recorded launches again cannot take a new position as an argument): a last buffer holds the
-start indices as 32-bit words (an int64 index by its low word), ``b0..b3`` are the word of each axis'
-index after the first index's word ``sbase`` (-1: the axis starts at 0), and ``INDEXED_ARGS`` add
-``sbase``, each axis' length and the largest start that keeps the window inside; a negative index counts
-from the end, as ``window_start`` computes it.
 """
 from __future__ import annotations
 
@@ -30,20 +23,8 @@ ARGS = ("n0", "n1", "n2", "n3", "b0", "b1", "b2", "b3", "u0", "u1", "u2", "u3", 
         "ox", "sx0", "sx1", "sx2", "sx3", "so0", "so1", "so2", "so3", "total")
 
 
-INDEXED_ARGS = ("sbase", "len0", "len1", "len2", "len3", "lim0", "lim1", "lim2", "lim3")
-
-
-def name(mode: str, bits: int, threads: int, indexed: bool = False) -> str:
-    return f"slice_update_{mode}_b{bits}_{threads}{'_at' if indexed else ''}"
-
-
-def _starts() -> list:
-    """The window's start per axis, read from the start buffer (``indexed``)."""
-    lines = []
-    for d in range(RANK):
-        lines += [f"int s{d} = w{d} < 0 ? 0 : START(w{d});",
-                  f"int b{d} = w{d} < 0 ? 0 : clamp(s{d} < 0 ? s{d} + len{d} : s{d}, 0, lim{d});"]
-    return lines
+def name(mode: str, bits: int, threads: int) -> str:
+    return f"slice_update_{mode}_b{bits}_{threads}"
 
 
 def _body(mode: str) -> list:
@@ -66,24 +47,18 @@ def _body(mode: str) -> list:
     return lines + ["}"]
 
 
-def source(dialect: str, mode: str, bits: int, threads: int, indexed: bool = False) -> str:
-    fn = name(mode, bits, threads, indexed)
+def source(dialect: str, mode: str, bits: int, threads: int) -> str:
+    fn = name(mode, bits, threads)
     names = ["out_"] + (["x_"] if mode == "copy" else []) + ["u_"]
-    # indexed: b0..b3 arrive as the words of the start indices (w0..w3), the starts computed from them
-    args = [("w" + a[1:] if indexed and a[0] == "b" and a[1:].isdigit() else a) for a in ARGS] + \
-        (list(INDEXED_ARGS) if indexed else [])
-    starts = _starts() if indexed else []
     if dialect == "opencl":
         ty = {8: "uchar", 16: "ushort", 32: "uint"}[bits]
         params = [f"__global {ty}* restrict out_"] + [f"__global const {ty}* restrict {nm}" for nm in names[1:]]
-        params += ["__global const int* restrict start_"] if indexed else []
-        params += [f"int {a}" for a in args]
+        params += [f"int {a}" for a in ARGS]
         return "\n".join([
             "#define GID ((int)get_global_id(0))", "#define GSIZE ((int)get_global_size(0))",
             "#define STORE(i, v) out_[i] = (v)", "#define UPD(i) u_[i]", "#define X(i) x_[i]",
-            "#define START(i) start_[sbase + (i)]",
             f"__kernel __attribute__((reqd_work_group_size({threads}, 1, 1))) void {fn}({', '.join(params)}) {{",
-            *("  " + ln for ln in starts + _body(mode)), "}", ""])
+            *("  " + ln for ln in _body(mode)), "}", ""])
     if bits == 32:
         macros = ["#define STORE(i, v) out_[i] = (v)", "#define UPD(i) u_[i]", "#define X(i) x_[i]"]
     else:
@@ -94,13 +69,10 @@ def source(dialect: str, mode: str, bits: int, threads: int, indexed: bool = Fal
                   f"atomicAnd(out_[w_], ~({mask}u << s_)); atomicOr(out_[w_], (v) << s_); }}"]
     access = ["" if bits < 32 else "writeonly "] + ["readonly "] * (len(names) - 1)
     bufs = [f"{acc}buffer B{i} {{ uint {nm}[]; }};" for i, (acc, nm) in enumerate(zip(access, names))]
-    if indexed:
-        bufs.append(f"readonly buffer B{len(bufs)} {{ int start_[]; }};")
-        macros = macros + ["#define START(i) start_[sbase + (i)]"]
     return "\n".join([
         "#version 450", f"layout(local_size_x = {threads}) in;",
         *(f"layout(std430, set = 0, binding = {i}) {b}" for i, b in enumerate(bufs)),
-        f"layout(push_constant) uniform Push {{ {' '.join(f'int p_{a};' for a in args)} }} pc;",
-        *(f"#define {a} pc.p_{a}" for a in args),
+        f"layout(push_constant) uniform Push {{ {' '.join(f'int p_{a};' for a in ARGS)} }} pc;",
+        *(f"#define {a} pc.p_{a}" for a in ARGS),
         "#define GID int(gl_GlobalInvocationID.x)", f"#define GSIZE (int(gl_NumWorkGroups.x) * {threads})",
-        *macros, "void main() {", *("  " + ln for ln in starts + _body(mode)), "}", ""])
+        *macros, "void main() {", *("  " + ln for ln in _body(mode)), "}", ""])

@@ -182,25 +182,3 @@ def test_replay_does_not_write_into_a_buffer_still_seen(device):
     assert ex.replays == replays + 1 and ex.fallbacks == fallbacks + 1
     np.testing.assert_array_equal(np.array(out), want)
     np.testing.assert_array_equal(np.array(seen), before)
-
-
-@pytest.mark.skipif(bool(skip_reason("vulkan")), reason=f"vulkan unavailable: {skip_reason('vulkan')}")
-def test_vulkan_submits_a_replayed_steps_sequence_again():
-    """A replayed eval whose dispatches are those of an earlier eval (the same pipelines on the same
-    tensors with the same push constants) submits that eval's recorded sequence again instead of
-    recording a new one; the new inputs' values are uploaded into the same tensors, so each result is
-    this eval's. A graph fed from numpy steps (cumsum) submits twice an eval, each reused alike."""
-    rng = np.random.default_rng(9)
-    w, b, gain = _rand(rng, 32, 24), _rand(rng, 24), _rand(rng, 32)
-    ex = executor("vulkan")
-    resubmits = []
-    for _ in range(6):
-        x = _rand(rng, 3, 32)
-
-        def step():
-            return _mlp(ma.array(x), ma.array(w), ma.array(b), ma.array(gain))
-
-        before = ex.rt.resubmits
-        np.testing.assert_allclose(np.array(on("vulkan", step)), np.array(on("numpy", step)), rtol=RTOL, atol=ATOL)
-        resubmits.append(ex.rt.resubmits - before)
-    assert resubmits[-1] > 0, resubmits

@@ -774,10 +774,8 @@ class GPUExecutor:
 
     def host_offset(self, off: np.ndarray):
         """Rope's offset as an argument: one value on the host that fits 32 bits; None where the
-        kernel reads it from its buffer (offsets per batch element, or computed on the device, or on a
-        runtime that resubmits a replayed step's recorded launches, ``static_launches``: there a
-        position read on the host would make every step's launch differ)."""
-        if off.size != 1 or id(root_of(off)) in self.resident.stale or getattr(self.rt, "static_launches", False):
+        kernel reads it from its buffer (offsets per batch element, or computed on the device)."""
+        if off.size != 1 or id(root_of(off)) in self.resident.stale:
             return None
         value = int(off.reshape(-1)[0])
         return value if -_INT32 <= value < _INT32 else None
@@ -892,9 +890,8 @@ class GPUExecutor:
 
     def run_slice_update(self, node, debug: int):
         """``dynamic_slice_update`` (a KV cache's write) written into the input's own device buffer
-        when nothing else can see it (``donates``), else into a fresh output. The start indices (the
-        caller's position) are read on the host, or by the kernel where launches must not change
-        between replays (``static_launches``)."""
+        when nothing else can see it (``donates``), else into a fresh output. The start indices are
+        read on the host: they are the caller's position."""
         donate = self.donates(node)  # first: it counts the references to the input
         x, upd, start = (i._data for i in node._inputs)
         size = x.itemsize
@@ -907,63 +904,37 @@ class GPUExecutor:
         u_shape = pad + upd.shape
         u_strides = zeros + tuple(st // size for st in upd.strides)
         x_strides = zeros + tuple(st // size for st in x.strides)
-        # The window's start: read on the host per launch, or (``static_launches``) by the kernel from
-        # the start indices' buffer, so that a replayed step's launch is the same at every position.
-        indexed = getattr(self.rt, "static_launches", False) and start.dtype.kind in "iu" \
-            and start.itemsize in (4, 8) and start.ndim <= 1 and start.flags.c_contiguous
         t = _Template(node, f"slice_update_{'into' if donate else 'copy'} {node._shape}")
 
         def guard(node, donate=donate):  # the same decision on this replay's buffers, and the window
             if self.donates(node) != donate:
                 return None
-            return () if indexed else self.window(node, axes, zeros)
+            return self.window(node, axes, zeros)
 
         t.guard = guard
-        if indexed:
-            words = start.itemsize // 4
-            which = {ax + len(zeros): j for j, ax in enumerate(axes)}
-            begin = [which[d] * words if d in which else -1 for d in range(gpu_update.RANK)]
-            x_dims = pad + x.shape
-            u_dims = pad + upd.shape
-            extra = [None] + list(x_dims) + [n - k for n, k in zip(x_dims, u_dims)]
-        else:
-            begin = [t.value(d) for d in range(gpu_update.RANK)]  # the window's start, read per launch
-            extra = None
+        begin = [t.value(d) for d in range(gpu_update.RANK)]  # the window's start, read per launch
         if donate:
             vx, _ = self.bind(t, node, 0, x)
             t.into = vx
             if upd.size:
                 vu, _ = self.bind(t, node, 1, upd)
-                bufs = [vx, vu]
-                if indexed:
-                    vs, _ = self.bind(t, node, 2, start)
-                    bufs.append(vs)
-                    extra[0] = t.offset(vs, words)
-                self._launch_update(t, "into", size, bufs, u_shape, begin, u_shape, t.offset(vu), u_strides,
-                                    0, (0,) * 4, x_strides, upd.size, extra)
+                self._launch_update(t, "into", size, [vx, vu], u_shape, begin, u_shape, t.offset(vu), u_strides,
+                                    0, (0,) * 4, x_strides, upd.size)
         elif x.size:
             vx, _ = self.bind(t, node, 0, x)
             vu, _ = self.bind(t, node, 1, upd)
-            bufs = [OUT, vx, vu]
-            if indexed:
-                vs, _ = self.bind(t, node, 2, start)
-                bufs.append(vs)
-                extra[0] = t.offset(vs, words)
-            self._launch_update(t, "copy", size, bufs, pad + x.shape, begin, u_shape, t.offset(vu),
+            self._launch_update(t, "copy", size, [OUT, vx, vu], pad + x.shape, begin, u_shape, t.offset(vu),
                                 u_strides, t.offset(vx), x_strides, zeros + lower.contiguous_strides(x.shape),
-                                x.size, extra)
+                                x.size)
         del x, upd, start
-        return self.fire(node, t, debug, () if indexed else self.window(node, axes, zeros))
+        return self.fire(node, t, debug, self.window(node, axes, zeros))
 
     def _launch_update(self, t: _Template, mode, size, bufs, space, begin, u_shape, uoff, u_strides, xoff, x_strides,
-                       o_strides, total, extra=None) -> None:
-        """``extra``: the arguments of an ``indexed`` kernel (``kernels.gpu_update``), or None."""
+                       o_strides, total) -> None:
         threads = self.rt.workgroup
         bits = 8 * size
-        indexed = extra is not None
-        args = [*space, *begin, *u_shape, uoff, *u_strides, xoff, *x_strides, *o_strides, total, *(extra or ())]
-        t.launch(gpu_update.name(mode, bits, threads, indexed),
-                 lambda dialect: gpu_update.source(dialect, mode, bits, threads, indexed),
+        args = [*space, *begin, *u_shape, uoff, *u_strides, xoff, *x_strides, *o_strides, total]
+        t.launch(gpu_update.name(mode, bits, threads), lambda dialect: gpu_update.source(dialect, mode, bits, threads),
                  bufs, (min(-(-total // threads), self.rt.max_groups), 1, 1), threads, args)
 
     def run_numpy(self, nodes: list, debug: int) -> None:

@@ -3,8 +3,7 @@ compiled to SPIR-V by ``glslangValidator -V`` (cached on disk) and run through K
 
 All work of one eval is recorded into one Kompute sequence (uploads, every dispatch, downloads) and
 submitted once: Kompute puts a buffer barrier before each dispatch, so dependent dispatches are
-ordered. An eval whose operations are those of an earlier one (a replayed step on the same tensors and
-push constants) submits that sequence again instead of recording it. Device buffers are 32-bit word tensors holding any dtype's bytes; they stay on the device
+ordered. Device buffers are 32-bit word tensors holding any dtype's bytes; they stay on the device
 across evals and go back to a pool (by size) when their host array dies, so repeated evals reuse both
 buffers and the pipelines bound to them.
 
@@ -50,11 +49,8 @@ class VulkanValidationError(RuntimeError):
 
 
 # Dispatch operations kept per pipeline, one per distinct set of push constants (a rope's position changes
-# every step: the oldest are dropped); upload and download operations kept; recorded sequences kept (a few
-# structures of steps, each on one of two sets of tensors).
+# every step: the oldest are dropped).
 _OPS_PER_PIPELINE = 8
-_SYNC_OPS = 256
-_SEQUENCES = 16
 
 
 def _push_words(push) -> np.ndarray:
@@ -117,14 +113,7 @@ class VulkanRuntime:
         self.requests = 0  # tensors asked for since the last submit
         self.submission = 0  # submits since the eval began (``begin``)
         self.slots: dict = {}  # (submission, request number) -> the tensors it got the last two times
-        # The operations of the submission being built (uploads, dispatches, downloads), recorded into a
-        # sequence when it is submitted; an earlier sequence of the very same operations is submitted
-        # again instead (a replayed step's, when its launches are all alike: ``sequences``).
-        self.ops: list = []
-        self.sequences: collections.OrderedDict = collections.OrderedDict()  # op ids -> (sequence, ops)
-        self.sync_ops: dict = {}  # (direction, tensor ids) -> (the sync operation, its tensors)
-        self.resubmits = 0
-        self.static_launches = True  # templates read per-step values (rope's position) from buffers
+        self.sequence = None
         self.pending_uploads: list = []
         self.dying: list = []
         self.compiled = 0
@@ -208,50 +197,25 @@ class VulkanRuntime:
         """An eval begins: its submissions count from 0 (``_tensor``)."""
         self.submission = 0
 
-    def _sync(self, kind, tensors: list):
-        """The ``kind`` (OpTensorSyncDevice or OpTensorSyncLocal) operation on ``tensors``, made once per
-        set of tensors (a replayed step uploads its inputs into the same tensors)."""
-        key = (kind,) + tuple(map(id, tensors))
-        hit = self.sync_ops.get(key)
-        if hit is None:
-            if len(self.sync_ops) >= _SYNC_OPS:
-                self.sync_ops.clear()
-            hit = self.sync_ops[key] = (kind(tensors), list(tensors))  # the tensors kept: their ids stay theirs
-        return hit[0]
-
-    def _flush_uploads(self) -> None:
+    def _seq(self):
+        if self.sequence is None:
+            self.sequence = self.manager.sequence()
         if self.pending_uploads:
-            self.ops.append(self._sync(self.kp.OpTensorSyncDevice, self.pending_uploads))
+            self.sequence.record(self.kp.OpTensorSyncDevice(self.pending_uploads))
             self.pending_uploads = []
+        return self.sequence
 
     def submit(self, jobs: list) -> None:
         """Run everything recorded, then copy (device tensor, host array) pairs to the host (from the
         tensor's mapped memory: its staging buffer, filled by the submit, or the host-visible tensor)."""
         staged = [t for t, _ in jobs if self._staged(t)]
-        self._flush_uploads()
-        if staged:
-            self.ops.append(self._sync(self.kp.OpTensorSyncLocal, staged))
-        if self.ops:
-            # Recording costs tens of microseconds a dispatch on the H100 (a barrier per tensor, push
-            # constants, the dispatch): a submission of the same operations as an earlier one, in the
-            # same order, submits that one's sequence again. The operations hold their pipelines,
-            # tensors and push constants, and the cached sequence holds them (so their ids stay theirs).
-            key = tuple(map(id, self.ops))
-            hit = self.sequences.get(key)
-            if hit is None:
-                seq = self.manager.sequence()
-                for op in self.ops:
-                    seq.record(op)
-                self.sequences[key] = (seq, self.ops)
-                if len(self.sequences) > _SEQUENCES:
-                    self.sequences.popitem(last=False)
-            else:
-                self.sequences.move_to_end(key)
-                seq = hit[0]
-                self.resubmits += 1
-            self.ops = []
+        if self.sequence is not None or self.pending_uploads or staged:
+            seq = self._seq()
+            if staged:
+                seq.record(self.kp.OpTensorSyncLocal(staged))
             seq.eval()
             self.submits += 1
+            self.sequence = None
         for t in self.dying:
             self.pool.setdefault((t.size(), not self._staged(t)), []).append(t)
         self.dying = []
@@ -337,8 +301,7 @@ class VulkanRuntime:
             if len(ops) >= _OPS_PER_PIPELINE:
                 ops.clear()
             op = ops[values] = self.kp.OpAlgoDispatch(entry[0], _push_words(push))
-        self._flush_uploads()  # recorded before the dispatches that read them
-        self.ops.append(op)
+        self._seq().record(op)
         self.dispatches += 1
 
     def template_kernel(self, name: str, render, debug: int = 0) -> tuple:
