@@ -87,7 +87,7 @@ float mx_round_f16(float x) { return mx_f16_to_f32(mx_f32_to_f16(x)); }
 float mx_round_bf16(float x) { return mx_bf16_to_f32(mx_f32_to_bf16(x)); }
 float mx_max(float a, float b) { return (a > b || ISNAN(a)) ? a : b; }
 float mx_min(float a, float b) { return (a < b || ISNAN(a)) ? a : b; }
-float mx_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
+float mx_sign(float x) { return TO_F(x > 0.0f) - TO_F(x < 0.0f); }
 float mx_expm1(float x) {
   if (FABS(x) > 0.5f) return exp(x) - 1.0f;
   float u = exp(x);
@@ -299,6 +299,14 @@ class CRenderer:
             if src == "bool" and name not in ("equal", "not_equal"):
                 x, y = self.to("int", x), self.to("int", y)
             return self.emit(ct, f"({x} {self._CMP[name]} {y})")
+        if src in ("float16", "bfloat16") and name in ("rsqrt", "sigmoid"):
+            # MLX's half kernels round the root, or exp(|x|), to the half type (ops.elementwise._rsqrt)
+            x = a[0]
+            if name == "rsqrt":
+                return self.emit(ct, f"(1.0f / {self.round_to(self.emit('float', f'sqrt({x})'), src)})")
+            e = self.round_to(self.emit("float", f"exp(FABS({x}))"), src)
+            y = self.emit("float", f"(1.0f / (1.0f + {e}))")
+            return self.emit(ct, f"({x} < 0.0f ? {y} : 1.0f - {y})")
         if src in FLOATS:
             return self.emit(ct, self.float_op(name, a))
         if src == "bool":

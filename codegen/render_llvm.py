@@ -755,11 +755,22 @@ class _Values(_Lanes):
             return self.op("and" if name == "logical_and" else "or", "i1", a, b)
         if name == "logical_not":
             return self.op("xor", "i1", self.as_bool(args[0], src), self.const("i1", 1))
+        if src in ("float16", "bfloat16") and name in ("rsqrt", "sigmoid"):
+            return self._half_stepwise(name, args[0], src)
         if c == "float":
             return self._float_op(name, args)
         if c == "double":
             return self._double_op(name, args)
         return self._int_op(name, args, c, _is_unsigned(src))
+
+    def _half_stepwise(self, name: str, x: str, dtype: str) -> str:
+        """rsqrt and sigmoid of half-precision values as MLX's half kernels round them (and the
+        references, ``ops.elementwise._rsqrt``/``_sigmoid``): the root, or exp(|x|), in the half type."""
+        if name == "rsqrt":
+            return self.fdiv(self.fk(1.0), self.round(self.fcall("sqrt", x), dtype))
+        e = self.round(self.exp(self.fcall("fabs", x)), dtype)
+        y = self.fdiv(self.fk(1.0), self.fadd(self.fk(1.0), e))
+        return self.fsel(self.fcmp("olt", x, self.fk(0.0)), y, self.fsub(self.fk(1.0), y))
 
     _FCMP = {"equal": "oeq", "not_equal": "une", "less": "olt", "less_equal": "ole", "greater": "ogt",
              "greater_equal": "oge"}
@@ -784,7 +795,7 @@ class _Values(_Lanes):
         if name == "square":
             return self.fmul(x, x)
         if name == "sign":
-            pos = self.fsel(self.fcmp("ogt", x, self.fk(0.0)), self.fk(1.0), x)
+            pos = self.fsel(self.fcmp("ogt", x, self.fk(0.0)), self.fk(1.0), self.fk(0.0))  # NaN, -0 -> +0 as MLX
             return self.fsel(self.fcmp("olt", x, self.fk(0.0)), self.fk(-1.0), pos)
         if name == "reciprocal":
             return self.fdiv(self.fk(1.0), x)

@@ -61,6 +61,32 @@ def test_norms_broadcast_batches(dtype):
     check("fast.rms_norm", (x, rnd((8,), dtype), 1e-6), dtype=dtype)  # wrong weight size
 
 
+@pytest.mark.parametrize("xd,wd", [("bfloat16", "float16"), ("float16", "float32"), ("bfloat16", "float32"),
+                                   ("float32", "float16"), ("int32", "float32"), ("int32", "int32")])
+def test_norms_promote_x_with_weight(xd, wd):
+    """A norm's output dtype is x's promoted with its weight (an mxfp4 model's bfloat16 embeddings
+    under float16 norm weights compute in float32); a bias alone leaves x's dtype."""
+    x, w, b = rnd((3, 16), xd, 5, scale=3.0), rnd((16,), wd, 6), rnd((16,), wd, 7)
+
+    def run(lib, fn, *args):
+        args = [None if a is None else lib.array(a[0], dtype=getattr(lib, a[1])) for a in args]
+        return getattr(lib.fast, fn)(*args, 1e-5)
+
+    for fn, args in (("rms_norm", [(x, xd), (w, wd)]), ("layer_norm", [(x, xd), (w, wd), (b, wd)]),
+                     ("layer_norm", [(x, xd), (w, wd), None]), ("layer_norm", [(x, xd), None, (b, wd)])):
+        try:
+            theirs = run(mx, fn, *args)
+        except ValueError:
+            with pytest.raises(ValueError):
+                run(ma, fn, *args)
+            continue
+        ours = run(ma, fn, *args)
+        assert str(ours.dtype) == str(theirs.dtype), (fn, ours.dtype, theirs.dtype)
+        half = "float16" in (xd, wd) or "bfloat16" in (xd, wd)
+        np.testing.assert_allclose(np.array(ours.astype(ma.float32)), np.array(theirs.astype(mx.float32)),
+                                   rtol=3e-2 if half else 1e-5, atol=3e-2 if half else 1e-5)
+
+
 @pytest.mark.parametrize("traditional", [False, True])
 @pytest.mark.parametrize("dims,shape", [(8, (2, 3, 5, 8)), (4, (1, 6, 8)), (8, (4, 8))])
 def test_rope(traditional, dims, shape):

@@ -210,8 +210,8 @@ class array:
         if watched is not None and watched[0]() is self:
             self._repoint_watched(watched, old)
         # References: the caller's name, the interpreter stack of the statement, the frame of
-        # __setitem__ (or the in-place operator), this frame, getrefcount's argument. More than
-        # that may be recorded consumers (or just aliases): only then search.
+        # __setitem__ (or the in-place operator), that of _update_in_place, this frame, getrefcount's
+        # argument. More than that may be recorded consumers (or just aliases): only then search.
         elif sys.getrefcount(self) > _OVERWRITE_BASE_REFS:
             self._repoint_consumers(old)
         if self._data is None and self._prim is not None and self._prim.kind == "program":
@@ -260,8 +260,18 @@ class array:
         return _ops._getitem(self, idx)
 
     def __setitem__(self, idx, value):
-        old = self._snapshot()
-        self._overwrite(_ops._setitem(old, idx, value), old)
+        self._update_in_place(lambda old: _ops._setitem(old, idx, value))
+
+    def _update_in_place(self, compute) -> "array":
+        """Make this object ``compute(old)``, ``old`` a snapshot of its current value, under the graph
+        lock: an ``async_eval`` in flight may be evaluating this very node, and its worker must not
+        realize (or release the inputs of) an object rebound under it. (In MLX the Python object only
+        points at an immutable node, so an evaluation in flight keeps the old one.)"""
+        from .graph import _LOCK
+
+        with _LOCK:
+            old = self._snapshot()
+            return self._overwrite(compute(old), old)
 
     @property
     def at(self):
@@ -307,7 +317,7 @@ class array:
 
 
 _new = object.__new__
-_OVERWRITE_BASE_REFS = 5
+_OVERWRITE_BASE_REFS = 6
 
 
 def make_node(prim, inputs, params, shape, dtype, stream) -> array:
@@ -479,8 +489,7 @@ def _inplace(name, desc, dunder):
             raise _reject(f"inplace {desc}", dunder, other)
         if name == "divide" and self._dtype.kind not in "fc":
             raise ValueError("In place division cannot cast to non-floating point type.")
-        old = self._snapshot()
-        return self._overwrite(getattr(_ops, name)(old, other), old)
+        return self._update_in_place(lambda old: getattr(_ops, name)(old, other))
     op.__name__ = dunder
     return op
 
@@ -516,8 +525,7 @@ def _matmul(self, other):
 
 
 def _imatmul(self, other):
-    old = self._snapshot()
-    return self._overwrite(_matmul(old, other), old)
+    return self._update_in_place(lambda old: _matmul(old, other))
 
 
 def _eq(self, other):

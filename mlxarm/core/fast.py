@@ -1,7 +1,8 @@
 """``mlx.core.fast``: fused kernels (rms_norm, layer_norm, rope, scaled_dot_product_attention).
 
 Each is one primitive whose numpy reference computes in float32 for half types (as MLX's kernels
-accumulate) and rounds once into the input's dtype.
+accumulate) and rounds once into the output dtype (a norm's is x's promoted with its weight, as in MLX;
+a float16/bfloat16 norm then applies its weight and bias as separate rounded steps, as MLX does).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .ops._base import (DtypeError, Primitive, api, broadcast_shapes, cast, fmt_
 from .ops.linalg import sample as _sample
 
 _FLOATS = (dt.float16, dt.bfloat16, dt.float32, dt.float64)
+_HALF = (dt.float16, dt.bfloat16)
 
 
 def _f32(x):
@@ -27,6 +29,17 @@ def _check_float(op, *xs):
     for x in xs:
         if x is not None and x._dtype not in _FLOATS:
             raise DtypeError(f"[{op}] Received unsupported type {x._dtype.name}.")
+
+
+def _norm_dtype(op, x, *params):
+    """A norm's output dtype, as MLX computes it: x's dtype promoted with its weight (and the bias,
+    for layer_norm, when a weight is given too); x and those parameters are cast to it."""
+    out = x._dtype
+    for t in params:
+        out = dt.promote_types(out, t._dtype)
+    if out not in _FLOATS:
+        raise DtypeError(f"[{op}] Received unsupported type {out.name}.")
+    return out
 
 
 # --- normalization -----------------------------------------------------------------------------------
@@ -47,8 +60,6 @@ RMS_NORM = register(Primitive(
 @api(primitive="rms_norm", module="fast")
 def rms_norm(x, weight, eps: float, *, stream=None):
     x = to_array(x)
-    ins = (x,)
-    _check_float("rms_norm", x)
     if weight is not None:
         weight = to_array(weight)
         if weight.ndim != 1:
@@ -56,11 +67,15 @@ def rms_norm(x, weight, eps: float, *, stream=None):
         if weight._shape[0] != x._shape[-1]:
             raise ValueError(f"[rms_norm] weight must have the same size as the last dimension of x but "
                              f"has {weight._shape[0]} elements.")
-        ins += (cast(weight, x._dtype, stream),)
+    out = _norm_dtype("rms_norm", x, *(() if weight is None else (weight,)))
     if x.ndim == 0:
         raise ValueError(f"[rms_norm] Input must have at least 1 dimension but got input with "
                          f"{x.ndim} dimensions.")
-    return make_node(RMS_NORM, ins, {"eps": float(eps)}, x._shape, x._dtype, resolve_stream(stream))
+    if weight is not None and out in _HALF:
+        return _scale_rounded(make_node(RMS_NORM, (cast(x, out, stream),), {"eps": float(eps)}, x._shape, out,
+                                        resolve_stream(stream)), weight, None, out, stream)
+    ins = (cast(x, out, stream),) + (() if weight is None else (cast(weight, out, stream),))
+    return make_node(RMS_NORM, ins, {"eps": float(eps)}, x._shape, out, resolve_stream(stream))
 
 
 def _layer_norm_ref(p, x, *wb):
@@ -88,11 +103,10 @@ LAYER_NORM = register(Primitive(
 @api(primitive="layer_norm", module="fast")
 def layer_norm(x, weight, bias, eps: float, *, stream=None):
     x = to_array(x)
-    _check_float("layer_norm", x)
     if x.ndim == 0:
         raise ValueError(f"[layer_norm] Input must have at least 1 dimension but got input with "
                          f"{x.ndim} dimensions.")
-    ins = (x,)
+    given = []
     for name, t in (("weight", weight), ("bias", bias)):
         if t is None:
             continue
@@ -102,9 +116,29 @@ def layer_norm(x, weight, bias, eps: float, *, stream=None):
         if t._shape[0] != x._shape[-1]:
             raise ValueError(f"[layer_norm] {name} must have the same size as the last dimension of x "
                              f"but has {t._shape[0]} elements.")
-        ins += (cast(t, x._dtype, stream),)
+        given.append(t)
+    # a bias alone does not take part in the promotion (MLX: result_type(x, weight[, bias]) or x's dtype)
+    out = _norm_dtype("layer_norm", x, *(given if weight is not None else ()))
+    if given and out in _HALF:
+        normed = make_node(LAYER_NORM, (cast(x, out, stream),), {"eps": float(eps), "weight": False, "bias": False},
+                           x._shape, out, resolve_stream(stream))
+        return _scale_rounded(normed, weight, bias, out, stream)
+    ins = tuple(cast(t, out, stream) for t in [x] + given)
     params = {"eps": float(eps), "weight": weight is not None, "bias": bias is not None}
-    return make_node(LAYER_NORM, ins, params, x._shape, x._dtype, resolve_stream(stream))
+    return make_node(LAYER_NORM, ins, params, x._shape, out, resolve_stream(stream))
+
+
+def _scale_rounded(normed, weight, bias, out, stream):
+    """``normed * weight + bias`` for a half-precision norm, each step rounded to ``out``: MLX normalizes in
+    float32, rounds to the output dtype and only then applies the weight and bias in that dtype, so a
+    float16/bfloat16 norm with parameters is not one rounding of the float32 result."""
+    from .ops.elementwise import add, multiply
+
+    if weight is not None:
+        normed = multiply(normed, cast(to_array(weight), out, stream), stream=stream)
+    if bias is not None:
+        normed = add(normed, cast(to_array(bias), out, stream), stream=stream)
+    return normed
 
 
 # --- rotary embeddings -----------------------------------------------------------------------------
@@ -496,7 +530,7 @@ def _attach_gradients():
             keep = np.arange(keys)[None, :] <= np.arange(length)[:, None] + (keys - length)
             scores = O.where(to_array(keep), scores, lowest)
         elif p["mask"] == "array":
-            m = O.stop_gradient(mask[0])
+            m = mask[0]  # an additive mask is differentiable, as in MLX's CPU composition (learned biases)
             scores = O.where(m, scores, lowest) if m._dtype is dt.bool_ else scores + m
         if sinks is not None:
             column = O.broadcast_to(O.reshape(sinks, (-1, 1, 1)), scores._shape[:-1] + (1,))

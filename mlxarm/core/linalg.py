@@ -534,6 +534,33 @@ def slogdet(a, *, stream=None):
             _record(SLOGDET, (a,), {"out": "logdet"}, a._shape[:-2], a._dtype, stream))
 
 
+def _slogdet_composite(p, a):
+    """A small determinant as MLX composes it from ops (the cofactor formula up to 3x3), which is what its
+    gradient follows; a larger one goes through an LU factorization, which has no gradient in MLX."""
+    from .ops._autodiff import O
+
+    n = a._shape[-1]
+    if n > _SMALL_DET:
+        raise ValueError("[lu_factor] Primitive's vjp not implemented.")
+
+    def e(i, j):
+        return a[..., i, j]
+
+    if n == 0:
+        raw = O.ones(a._shape[:-2], a._dtype)
+    elif n == 1:
+        raw = e(0, 0)
+    elif n == 2:
+        raw = e(0, 0) * e(1, 1) - e(0, 1) * e(1, 0)
+    else:
+        raw = (e(0, 0) * (e(1, 1) * e(2, 2) - e(1, 2) * e(2, 1))
+               - e(0, 1) * (e(1, 0) * e(2, 2) - e(1, 2) * e(2, 0))
+               + e(0, 2) * (e(1, 0) * e(2, 1) - e(1, 1) * e(2, 0)))
+    if p["out"] == "det":
+        return raw
+    return O.sign(raw) if p["out"] == "sign" else O.log(O.abs(raw))
+
+
 # --- cross product ------------------------------------------------------------------------------------
 
 def _cross_ref(p, a, b):
@@ -593,6 +620,13 @@ def _norm_ref(p, x):
     if x.dtype.kind in "biu":
         x = x.astype(np.float32)
     ord_, axes = p["ord"], p["axes"]
+    half = p.get("half")
+    if half and (ord_ in (None, "fro") or (ord_ == 2.0 and len(axes) == 1)):
+        # MLX's sqrt(sum(square(x))) in the half type: the squares and their sum are rounded to it too.
+        def rnd(v):
+            return v.astype(np.float16).astype(np.float32) if half == "float16" else dt.bf16_to_f32(dt.f32_to_bf16(v))
+
+        return np.sqrt(rnd(np.sum(rnd(x * x), axis=axes, keepdims=p["keepdims"])))
     if ord_ is None:
         r = np.sqrt(np.sum(np.abs(x) ** 2, axis=axes, keepdims=p["keepdims"]))
     else:
@@ -617,6 +651,70 @@ def _norm_cases(rng, d):
 
 NORM = register(Primitive("norm", "reduce", _norm_ref, doc="Vector and matrix norms.",
                           extra={"cases": _norm_cases}))
+
+
+def _norm_composite(p, x):
+    """The norm as MLX composes it from ops (mlx/linalg.cpp), which is what its gradient follows."""
+    from .ops._autodiff import O
+
+    ord_, axes, keep = p["ord"], p["axes"], p["keepdims"]
+    out = dt.float32 if x._dtype.kind in "biu" else x._dtype
+    mag = O.abs(x)
+    if ord_ is None or ord_ == "fro" or (ord_ == 2.0 and len(axes) == 1):
+        squares = mag * mag if x._dtype.kind == "c" else O.square(x)
+        return O.sqrt(O.sum(squares, axis=axes, keepdims=keep))
+    if len(axes) == 1:
+        if ord_ == 0.0:
+            r = O.sum(O.not_equal(x, 0), axis=axes, keepdims=keep)
+        elif ord_ == 1.0:
+            r = O.sum(mag, axis=axes, keepdims=keep)
+        elif ord_ in (float("inf"), float("-inf")):
+            r = (O.max if ord_ > 0 else O.min)(mag, axis=axes, keepdims=keep)
+        else:
+            r = O.power(O.sum(O.power(mag, O.full((), ord_, out)), axis=axes, keepdims=keep),
+                        O.full((), 1.0 / ord_, out))
+        return O.astype(r, out)
+    row, col = axes
+    if ord_ in ("nuc", 2.0, -2.0):
+        m = O.moveaxis(O.moveaxis(x, row, -1), col, -1) if row > col else \
+            O.moveaxis(O.moveaxis(x, col, -1), row, -2)
+        sv = svd(m, compute_uv=False)
+        r = O.sum(sv, axis=-1) if ord_ == "nuc" else (O.max if ord_ > 0 else O.min)(sv, axis=-1)
+        return O.astype(O.expand_dims(r, sorted(axes)) if keep else r, out)
+    # Induced 1 / inf norms: sum |x| over one axis, then the max (min for -1 / -inf) over the other.
+    inner, outer = (row, col) if abs(ord_) == 1.0 else (col, row)
+    r = (O.max if ord_ > 0 else O.min)(O.sum(mag, axis=inner, keepdims=True), axis=outer, keepdims=True)
+    return O.astype(r if keep else O.squeeze(r, axis=axes), out)
+
+
+def _cross_composite(p, a, b):
+    """The cross product as MLX composes it from ops (a 2-vector's third component is zero)."""
+    from .ops._autodiff import O
+
+    ax = p["axis"]
+    sa = O.split(a, a._shape[ax], axis=ax)
+    sb = O.split(b, b._shape[ax], axis=ax)
+    if len(sa) == 2 and len(sb) == 2:
+        zero = O.zeros_like(sa[0])
+        parts = [zero, zero, sa[0] * sb[1] - sa[1] * sb[0]]
+    elif len(sb) == 2:
+        parts = [-(sa[2] * sb[1]), sa[2] * sb[0], sa[0] * sb[1] - sa[1] * sb[0]]
+    elif len(sa) == 2:
+        parts = [sa[1] * sb[2], -(sa[0] * sb[2]), sa[0] * sb[1] - sa[1] * sb[0]]
+    else:
+        parts = [sa[1] * sb[2] - sa[2] * sb[1], sa[2] * sb[0] - sa[0] * sb[2], sa[0] * sb[1] - sa[1] * sb[0]]
+    return O.concatenate(parts, axis=ax)
+
+
+def _attach_gradients():
+    from .ops import _autodiff as ad
+
+    ad.composite(NORM, _norm_composite)
+    ad.composite(CROSS, _cross_composite)
+    ad.composite(SLOGDET, _slogdet_composite)
+
+
+_attach_gradients()
 
 _MATRIX_ORDS = {"fro", "nuc", 1, -1, 2, -2, float("inf"), float("-inf")}
 
@@ -657,5 +755,6 @@ def norm(a, /, ord=None, axis=None, keepdims: bool = False, *, stream=None):
     out = dt.float32 if d.kind in "biu" or (d is dt.complex64 and real_result) else d
     shape = tuple(1 if i in axes else n for i, n in enumerate(a._shape)) if keepdims else \
         tuple(n for i, n in enumerate(a._shape) if i not in axes)
-    params = {"ord": ord, "axes": axes, "keepdims": bool(keepdims)}
+    params = {"ord": ord, "axes": axes, "keepdims": bool(keepdims),
+              "half": d.name if d in (dt.float16, dt.bfloat16) else None}
     return _record(NORM, (a,), params, shape, out, stream)

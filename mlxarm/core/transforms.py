@@ -345,6 +345,9 @@ def _value_and_grad(fun, argnums, argnames, tag: str, scalar_only: bool):
             collect(a, i in num_set)
         for k, v in kwargs.items():
             collect(v, k in name_set)
+        if not grad_idx:
+            # MLX's core value_and_grad refuses an empty set of arrays (so both transforms say "[grad]").
+            raise ValueError("[grad] Must specify at least one argument.")
         offsets = [0]
         for c in counts[1:]:
             offsets.append(offsets[-1] + c)

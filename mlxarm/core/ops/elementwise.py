@@ -111,6 +111,9 @@ def _sign_ref(p, x):
     if x.dtype.kind == "c":
         mag = np.abs(x)
         return np.where(mag == 0, 0, x / np.where(mag == 0, 1, mag)).astype(x.dtype)
+    if x.dtype.kind == "f":
+        # MLX's (x > 0) - (x < 0): NaN and -0.0 give +0.0 (np.sign keeps NaN and the zero's sign).
+        return ((x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)).astype(x.dtype)
     return np.sign(x)
 
 
@@ -134,13 +137,28 @@ def _float_test(p, fn):
     return ref
 
 
+def _round_half(x, half: str):
+    """float32 values rounded to the half type ``half`` and widened back."""
+    if half == "float16":
+        return x.astype(np.float16).astype(np.float32)
+    return dt.bf16_to_f32(dt.f32_to_bf16(x))
+
+
 def _sigmoid(p, x):
+    if p:
+        # MLX's half kernel rounds exp(|x|) to the half type, then takes y = 1 / (1 + e) in float32
+        # and 1 - y for x >= 0 (the executor rounds the result once more).
+        w = x.astype(np.float32)
+        y = 1 / (1 + _round_half(np.exp(np.abs(w)), p["half"]))
+        return np.where(w < 0, y, 1 - y)
     # float16 computes in float32 so that sigmoid(8) stays below 1 before rounding, as in MLX.
     wide = x.astype(np.float32) if x.dtype == np.float16 else x
     return (1 / (1 + np.exp(-wide))).astype(x.dtype)
 
 
 def _rsqrt(p, x):
+    if p:  # MLX's half kernel rounds the root to the half type before taking its reciprocal
+        return 1 / _round_half(np.sqrt(x.astype(np.float32)), p["half"])
     return (1 / np.sqrt(x)).astype(x.dtype)
 
 
@@ -218,11 +236,17 @@ def _unary_out_dtype(rule, d):
     return dt.float32 if d.kind in "biu" else d
 
 
+# Unary ops whose half-precision result MLX rounds at an intermediate step too (their references
+# and renderers follow it); their half nodes carry {"half": dtype name}.
+_HALF_STEPWISE = frozenset({"rsqrt", "sigmoid"})
+
+
 def _make_unary(name, ref, rule, dtypes, domain):
     prim = register(Primitive(name, "unary", ref, dtypes=dtypes, domain=domain,
                               extra={"out": rule}))
     allowed = frozenset(dtypes)
     float_in = rule == "float"
+    stepwise = name in _HALF_STEPWISE
 
     def op(a, /, *, stream=None):
         if not isinstance(a, array):
@@ -232,7 +256,8 @@ def _make_unary(name, ref, rule, dtypes, domain):
             raise _dtype_error(name, a)
         if float_in and d.kind in "biu":
             a = astype(a, dt.float32, stream=stream)
-        return make_node(prim, (a,), None, a._shape, _unary_out_dtype(rule, d), resolve_stream(stream))
+        params = {"half": d.name} if stepwise and d in (dt.float16, dt.bfloat16) else None
+        return make_node(prim, (a,), params, a._shape, _unary_out_dtype(rule, d), resolve_stream(stream))
 
     op.__name__ = op.__qualname__ = name
     op.__doc__ = f"Elementwise {name} (MLX ``mlx.core.{name}``)."
@@ -635,11 +660,13 @@ def _attach_gradients():
     def pow_dx(x, y, out):
         return y * power(x, y - 1)  # noqa: F821
 
+    # At a tie the gradient goes to the second argument, as in MLX: relu(x) = maximum(x, 0) has
+    # gradient 0 at x = 0, and leaky_relu's maximum(slope * x, x) gradient 1.
     def max_mask(x, y, first):
-        return greater_equal(x, y) if first else less(x, y)  # noqa: F821
+        return greater(x, y) if first else less_equal(x, y)  # noqa: F821
 
     def min_mask(x, y, first):
-        return less_equal(x, y) if first else greater(x, y)  # noqa: F821
+        return less(x, y) if first else greater_equal(x, y)  # noqa: F821
 
     def atan2_den(x, y):
         return x * x + y * y

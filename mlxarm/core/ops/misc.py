@@ -39,7 +39,12 @@ def _softmax_ref(p, x):
     x = x.astype(np.float32)
     m = np.max(x, axis=axes, keepdims=True)
     e = _round_half(np.exp(_round_half(x - m, half)), half)
-    s = _round_half(np.sum(e, axis=axes, keepdims=True), half)
+    if p["fused"] and half == "float16":
+        # MLX's kernel adds the row's exponentials one at a time in float16 (numpy's float16 accumulate
+        # rounds each step the same way); bfloat16 has no such numpy loop: its sum is rounded once.
+        s = np.add.accumulate(e.astype(np.float16), axis=-1)[..., -1:].astype(np.float32)
+    else:
+        s = _round_half(np.sum(e, axis=axes, keepdims=True), half)
     if p["fused"]:
         return _round_half(e * _round_half(1 / s, half), half)
     return _round_half(e / s, half)

@@ -542,12 +542,13 @@ def _group_grads(p, dw, w, argnums, scales_at, biases_at):
 
 
 def _check_grad_args(p, argnums, tag, n_inputs):
+    # MLX's error types: RuntimeError for the packed weights and the indices, ValueError for the scales.
     if 1 in argnums:
-        raise ValueError(f"[{tag}::vjp] no gradient wrt the quantized weights.")
+        raise RuntimeError(f"[{tag}::vjp] no gradient wrt the quantized weights.")
     if p["mode"] != "affine" and 2 in argnums:
-        raise ValueError(f"[{tag}::vjp] no gradient wrt scales with {p['mode']} quantization.")
+        raise ValueError(f"[{tag}::vjp] no gradient wrt scales in {p['mode']} quantization.")
     if any(i >= n_inputs for i in argnums):
-        raise ValueError(f"[{tag}::vjp] cannot compute the gradient wrt the indices.")
+        raise RuntimeError(f"[{tag}::vjp] cannot compute the gradient wrt the indices.")
 
 
 def _quantized_matmul_vjp(node, cot, argnums):

@@ -363,8 +363,12 @@ def logsumexp(a, /, axis=None, keepdims=False, *, stream=None):
     if not axes:
         return cast(a, _float_dtype(a._dtype), stream)
     if axes == (a.ndim - 1,):
-        # MLX reduces the last axis alone in floating point throughout.
-        a = cast(a, _float_dtype(a._dtype), stream)
+        # MLX reduces the last axis alone in floating point throughout: a half-precision row in float32,
+        # rounded once at the end.
+        out_dtype = _float_dtype(a._dtype)
+        if out_dtype in (dt.float16, dt.bfloat16):
+            return cast(logsumexp(cast(a, dt.float32, stream), axes, keepdims, stream=stream), out_dtype, stream)
+        a = cast(a, out_dtype, stream)
     # Otherwise MLX shifts by the peak in the input's own dtype (unsigned and bool inputs wrap there).
     peak = stop_gradient(max(a, axes, True, stream=stream), stream=stream)
     total = sum(exp(subtract(a, peak, stream=stream), stream=stream), axes, keepdims, stream=stream)

@@ -691,7 +691,9 @@ ROLL = register(Primitive("roll", "movement",
 
 
 @api(primitive="roll")
-def roll(a, shift, /, axis=None, *, stream=None):
+def roll(a, /, shift, axis=None, *, stream=None):
+    # MLX documents ``(a, shift, axis=None, /)`` but binds shift and axis by name: mlx-lm's
+    # rotating caches call ``mx.roll(mask, shift=...)``.
     a = to_array(a)
     if axis is None:
         total = int(shift) if _is_int(shift) else sum(int(s) for s in shift)
@@ -922,9 +924,17 @@ def _attach_gradients():
 
     def pad_vjp(node, cot, argnums):
         p = node._params
-        if p["mode"] != "constant":
-            raise ValueError(f"[pad] vjp not implemented for mode {p['mode']!r}.")
         x = node._inputs[0]
+        if p["mode"] != "constant":
+            # Edge, reflect and symmetric padding read every output position from one input position
+            # (np.pad's index map, axis by axis): the cotangent is summed back onto the positions read.
+            g = cot if x.size else O.zeros_like(x)
+            for ax, ((lo, hi), n) in enumerate(zip(p["widths"], x._shape)):
+                if (lo or hi) and x.size:
+                    index = to_array(np.pad(np.arange(n, dtype=np.int32), (lo, hi), mode=p["mode"]))
+                    moved = moveaxis(g, ax, 0)
+                    g = moveaxis(O.zeros((n,) + moved._shape[1:], cot._dtype).at[index].add(moved), 0, ax)
+            return [g if i == 0 else O.zeros_like(node._inputs[1]) for i in argnums]
         inner = cot[tuple(slice(lo, lo + n) for (lo, _), n in zip(p["widths"], x._shape))]
         out = []
         for i in argnums:
