@@ -571,6 +571,13 @@ class Program:
             self.keep.append(fn)
         if rows:
             self.segments.append(("native", np.array(rows, np.int64)))
+        # The patches grouped by root: a call writes a root's slots only when its address moved since the
+        # last call (a decode step's KV caches, written in place, keep theirs: 300 writes a step saved).
+        groups: dict = {}
+        for array, slot, r, off in self.patches:
+            groups.setdefault(r, []).append((array, slot, off))
+        self.patch_groups = list(groups.items())
+        self.patched: dict = {}  # root -> the address its slots hold
         self.native_rows = sum(len(s[1]) for s in self.segments if s[0] == "native")
         self.python_steps = sum(1 for s in self.segments if s[0] == "python")
         self.driver = executor.program_driver()
@@ -604,8 +611,13 @@ class Program:
                 empty((root.nbytes,), np.uint8)
             at[r] = address(buf)
         buf = None
-        for array, slot, r, off in self.patches:
-            array[slot] = at[r] + off
+        patched = self.patched
+        for r, group in self.patch_groups:
+            a = at[r]
+            if patched.get(r) != a:
+                for array, slot, off in group:
+                    array[slot] = a + off
+                patched[r] = a
         driver, pool = self.driver, executor.pool
         for segment in self.segments:
             if segment[0] == "native":
