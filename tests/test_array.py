@@ -265,3 +265,37 @@ def test_repr_of_lazy_results(mlx):
     x = np.linspace(-3, 3, 9, dtype=np.float32).reshape(3, 3)
     assert repr(ma.exp(ma.array(x)) * 2) == repr(mx.exp(mx.array(x)) * 2)
     assert repr(ma.array(x).T) == repr(mx.array(x).T)
+
+
+@pytest.mark.parametrize("dtype", ["bool_", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32",
+                                   "int64", "float16", "float32", "complex64"])
+def test_buffer_protocol_shares_memory_like_numpy(dtype):
+    """``memoryview(a)`` (PEP 688's ``__buffer__``, Python 3.12 on; called directly before that): numpy's
+    shape, strides and format (but ``q``/``Q`` for 64-bit integers, as MLX), writeable, the same values, for
+    the array and its transpose."""
+    import sys
+
+    values = (np.arange(12).reshape(3, 4) % 7).astype(getattr(np, dtype))
+    a = ma.array(values)
+    for f in (lambda x: x, lambda x: x.T):
+        view = memoryview(f(a)) if sys.version_info >= (3, 12) else f(a).__buffer__(0)
+        want = memoryview(f(values))
+        fmt = {"int64": "q", "uint64": "Q"}.get(dtype, want.format)
+        assert (view.shape, view.strides, view.format, view.readonly) == (want.shape, want.strides, fmt, False)
+        np.testing.assert_array_equal(np.asarray(view), f(values))
+
+
+def test_buffer_protocol_keeps_the_array_alive():
+    import gc
+    import weakref
+
+    a = ma.arange(3)
+    ref = weakref.ref(a)
+    view = a.__buffer__(0)
+    a = None
+    gc.collect()
+    assert ref() is not None and np.asarray(view).tolist() == [0, 1, 2]
+    view.release()
+    view = None
+    gc.collect()
+    assert ref() is None

@@ -118,6 +118,17 @@ class array:
             kwargs.update(max_version=max_version, dl_device=dl_device, copy=copy)
         return view.__dlpack__(**kwargs)
 
+    def __buffer__(self, flags: int) -> memoryview:
+        """The buffer protocol from Python (PEP 688, Python 3.12 on): ``memoryview(a)`` shares this
+        array's memory, writeable, with numpy's shape, strides and format, and keeps the array alive
+        while it lives (as MLX's arrays do). bfloat16 is shown as its 16-bit patterns (format ``H``):
+        Python's formats have no bfloat16. 64-bit integers are ``q``/``Q`` (long long), as MLX gives them,
+        where numpy says ``l``/``L``."""
+        data = np.asarray(_BufferOwner(self, self._realized()))
+        if data.dtype.kind in "iu" and data.itemsize == 8:
+            data = data.view(np.longlong if data.dtype.kind == "i" else np.ulonglong)
+        return memoryview(data)
+
     def __dlpack_device__(self):
         return (1, 0)  # kDLCPU, device 0: the buffers live in host memory
 
