@@ -1178,31 +1178,9 @@ def _render_elementwise(body: _Body, k: Kernel, lanes) -> None:
     body.raw(f"store i64 0, ptr {j_slot}, align 8")
     vector_ok = (lanes != "vscale" or all(s in (0, 1) for s in inner_strides.values())) \
         and not _scalar_only(k, lanes)
-    if vector_ok:
-        body.raw("br label %vloop")
-        body.raw("vloop:")
-        j = body.emit(f"load i64, ptr {j_slot}, align 8")
-        jn = body.emit(f"add i64 {j}, {width}")
-        ok = body.emit(f"icmp sle i64 {jn}, {n}")
-        body.raw(f"br i1 {ok}, label %vbody, label %sloop")
-        body.raw("vbody:")
-        vec = _Values(body, lanes, ptrs, j, width)
-        _store(vec, store, ptrs, j)
-        body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
-        body.raw("br label %vloop")
-    else:
-        body.raw("br label %sloop")
-    body.raw("sloop:")
-    j = body.emit(f"load i64, ptr {j_slot}, align 8")
-    ok = body.emit(f"icmp slt i64 {j}, {n}")
-    body.raw(f"br i1 {ok}, label %sbody, label %rowend")
-    body.raw("sbody:")
-    sca = _Values(body, None, ptrs, j, "1")
-    _store(sca, store, ptrs, j)
-    jn = body.emit(f"add i64 {j}, 1")
-    body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
-    body.raw("br label %sloop")
-    body.raw("rowend:")
+    wide_then_tail(body, j_slot, n, width if vector_ok else None, ("vloop", "vbody", "sloop", "sbody", "rowend"),
+                   lambda j: _store(_Values(body, lanes, ptrs, j, width), store, ptrs, j),
+                   lambda j: _store(_Values(body, None, ptrs, j, "1"), store, ptrs, j))
     nxt = body.emit(f"add i64 {i}, {n}")
     body.raw(f"store i64 {nxt}, ptr {i_slot}, align 8")
     body.raw("br label %row")
@@ -1248,6 +1226,37 @@ def _grouped(k: Kernel) -> bool:
     return False
 
 
+def wide_then_tail(body: _Body, slot: str, bound: str, step, labels: tuple, wide, tail) -> None:
+    """``for (; i + step <= bound; i += step) wide(i)`` (no such loop when ``step`` is None), then
+    ``for (; i < bound; i += 1) tail(i)``: a vector loop and its scalar remainder, or groups of outputs and
+    the ones left. The counter ``i`` lives in the alloca ``slot``, which the caller sets first; ``labels``
+    are the wide loop's head and body, the tail loop's head and body, and where both end."""
+    wide_head, wide_body, tail_head, tail_body, after = labels
+    if step is not None:
+        body.raw(f"br label %{wide_head}")
+        body.raw(f"{wide_head}:")
+        i = body.emit(f"load i64, ptr {slot}, align 8")
+        nxt = body.emit(f"add i64 {i}, {step}")
+        fits = body.emit(f"icmp sle i64 {nxt}, {bound}")
+        body.raw(f"br i1 {fits}, label %{wide_body}, label %{tail_head}")
+        body.raw(f"{wide_body}:")
+        wide(i)
+        body.raw(f"store i64 {nxt}, ptr {slot}, align 8")
+        body.raw(f"br label %{wide_head}")
+    else:
+        body.raw(f"br label %{tail_head}")
+    body.raw(f"{tail_head}:")
+    i = body.emit(f"load i64, ptr {slot}, align 8")
+    more = body.emit(f"icmp slt i64 {i}, {bound}")
+    body.raw(f"br i1 {more}, label %{tail_body}, label %{after}")
+    body.raw(f"{tail_body}:")
+    tail(i)
+    nxt = body.emit(f"add i64 {i}, 1")
+    body.raw(f"store i64 {nxt}, ptr {slot}, align 8")
+    body.raw(f"br label %{tail_head}")
+    body.raw(f"{after}:")
+
+
 def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
     bufs, base, width = _prologue(body, k, lanes)
     vec = _Lanes(body, lanes)
@@ -1262,29 +1271,12 @@ def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
             body.raw(f"{slot} = alloca {vec.ty(c)}")
         body.raw(f"{scalar} = alloca {c}")
     body.raw(f"store i64 %start, ptr {o_slot}, align 8")
-    if grouped:
-        body.raw("br label %group")
-        body.raw("group:")
-        o = body.emit(f"load i64, ptr {o_slot}, align 8")
-        o_end = body.emit(f"add i64 {o}, {_GROUP}")
-        fits = body.emit(f"icmp sle i64 {o_end}, %end")
-        body.raw(f"br i1 {fits}, label %group.body, label %out")
-        body.raw("group.body:")
-        _reduce_outputs(body, k, lanes, bufs, base, width, o, vacc, sacc, (r_slot, j_slot), "group.")
-        body.raw(f"store i64 {o_end}, ptr {o_slot}, align 8")
-        body.raw("br label %group")
-    else:
-        body.raw("br label %out")
-    body.raw("out:")
-    o = body.emit(f"load i64, ptr {o_slot}, align 8")
-    done = body.emit(f"icmp sge i64 {o}, %end")
-    body.raw(f"br i1 {done}, label %exit, label %outbody")
-    body.raw("outbody:")
-    _reduce_outputs(body, k, lanes, bufs, base, width, o, vacc[:1], sacc[:1], (r_slot, j_slot), "")
-    on = body.emit(f"add i64 {o}, 1")
-    body.raw(f"store i64 {on}, ptr {o_slot}, align 8")
-    body.raw("br label %out")
-    body.raw("exit:")
+    # groups of _GROUP outputs reduced in one pass, then the outputs left one at a time
+    wide_then_tail(body, o_slot, "%end", _GROUP if grouped else None, ("group", "group.body", "out", "outbody", "exit"),
+                   lambda o: _reduce_outputs(body, k, lanes, bufs, base, width, o, vacc, sacc, (r_slot, j_slot),
+                                             "group."),
+                   lambda o: _reduce_outputs(body, k, lanes, bufs, base, width, o, vacc[:1], sacc[:1],
+                                             (r_slot, j_slot), ""))
     body.raw("ret void")
 
 

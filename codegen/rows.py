@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .render_llvm import _STORAGE, _Body, _Lanes
+from .render_llvm import _STORAGE, _Body, _Lanes, wide_then_tail
 from .target import Target
 
 OPS = ("softmax", "rms_norm", "layer_norm")
@@ -54,28 +54,13 @@ class _Row:
 
     def loop(self, emit) -> None:
         """``emit(lanes, j)`` once for the vector body and once for the scalar tail."""
-        b, n, w = self.b, self.k.n, self.k.width
         self.loops += 1
         tag = f"L{self.loops}"
         slot = f"%{tag}.j"
-        b.raw(f"store i64 0, ptr {slot}, align 8")
-        b.raw(f"br label %{tag}.v")
-        b.raw(f"{tag}.v:")
-        j = b.emit(f"load i64, ptr {slot}, align 8")
-        jn = b.emit(f"add i64 {j}, {w}")
-        b.raw(f"br i1 {b.emit(f'icmp sle i64 {jn}, {n}')}, label %{tag}.vb, label %{tag}.s")
-        b.raw(f"{tag}.vb:")
-        emit(self.vec, j)
-        b.raw(f"store i64 {jn}, ptr {slot}, align 8")
-        b.raw(f"br label %{tag}.v")
-        b.raw(f"{tag}.s:")
-        j = b.emit(f"load i64, ptr {slot}, align 8")
-        b.raw(f"br i1 {b.emit(f'icmp slt i64 {j}, {n}')}, label %{tag}.sb, label %{tag}.end")
-        b.raw(f"{tag}.sb:")
-        emit(self.sca, j)
-        b.raw(f"store i64 {b.emit(f'add i64 {j}, 1')}, ptr {slot}, align 8")
-        b.raw(f"br label %{tag}.s")
-        b.raw(f"{tag}.end:")
+        self.b.raw(f"store i64 0, ptr {slot}, align 8")
+        wide_then_tail(self.b, slot, self.k.n, self.k.width,
+                       (f"{tag}.v", f"{tag}.vb", f"{tag}.s", f"{tag}.sb", f"{tag}.end"),
+                       lambda j: emit(self.vec, j), lambda j: emit(self.sca, j))
 
     def load(self, lanes: _Lanes, ptr: str, j: str) -> str:
         """Elements j.. of a row, as float32."""
