@@ -1178,9 +1178,10 @@ def _render_elementwise(body: _Body, k: Kernel, lanes) -> None:
     body.raw(f"store i64 0, ptr {j_slot}, align 8")
     vector_ok = (lanes != "vscale" or all(s in (0, 1) for s in inner_strides.values())) \
         and not _scalar_only(k, lanes)
-    wide_then_tail(body, j_slot, n, width if vector_ok else None, ("vloop", "vbody", "sloop", "sbody", "rowend"),
-                   lambda j: _store(_Values(body, lanes, ptrs, j, width), store, ptrs, j),
-                   lambda j: _store(_Values(body, None, ptrs, j, "1"), store, ptrs, j))
+    vectors = [(width, "vloop", "vbody", lambda j: _store(_Values(body, lanes, ptrs, j, width), store, ptrs, j))]
+    counted_loops(body, j_slot, n, (vectors if vector_ok else [])
+                  + [(1, "sloop", "sbody", lambda j: _store(_Values(body, None, ptrs, j, "1"), store, ptrs, j))],
+                  "rowend")
     nxt = body.emit(f"add i64 {i}, {n}")
     body.raw(f"store i64 {nxt}, ptr {i_slot}, align 8")
     body.raw("br label %row")
@@ -1226,34 +1227,33 @@ def _grouped(k: Kernel) -> bool:
     return False
 
 
-def wide_then_tail(body: _Body, slot: str, bound: str, step, labels: tuple, wide, tail) -> None:
-    """``for (; i + step <= bound; i += step) wide(i)`` (no such loop when ``step`` is None), then
-    ``for (; i < bound; i += 1) tail(i)``: a vector loop and its scalar remainder, or groups of outputs and
-    the ones left. The counter ``i`` lives in the alloca ``slot``, which the caller sets first; ``labels``
-    are the wide loop's head and body, the tail loop's head and body, and where both end."""
-    wide_head, wide_body, tail_head, tail_body, after = labels
-    if step is not None:
-        body.raw(f"br label %{wide_head}")
-        body.raw(f"{wide_head}:")
+def counted_loops(body: _Body, slot: str, bound: str, stages: list, after: str) -> None:
+    """Loops over one counter, each taking up where the one before stopped: for each stage (step, head
+    label, body label, ``emit``) but the last, ``for (; i + step <= bound; i += step) emit(i)``; the last
+    (step 1) ``for (; i < bound; i += 1) emit(i)``. Unrolled vectors, then vectors, then the scalar
+    remainder; or groups of outputs, then the ones left. The counter ``i`` lives in the alloca ``slot``,
+    which the caller sets first; the loops end at label ``after``."""
+    assert stages and stages[-1][0] == 1
+    body.raw(f"br label %{stages[0][1]}")
+    for n, (step, head, at, emit) in enumerate(stages):
+        last = n == len(stages) - 1
+        exit_to = after if last else stages[n + 1][1]
+        body.raw(f"{head}:")
         i = body.emit(f"load i64, ptr {slot}, align 8")
-        nxt = body.emit(f"add i64 {i}, {step}")
-        fits = body.emit(f"icmp sle i64 {nxt}, {bound}")
-        body.raw(f"br i1 {fits}, label %{wide_body}, label %{tail_head}")
-        body.raw(f"{wide_body}:")
-        wide(i)
+        if last:
+            more = body.emit(f"icmp slt i64 {i}, {bound}")
+            body.raw(f"br i1 {more}, label %{at}, label %{exit_to}")
+            body.raw(f"{at}:")
+            emit(i)
+            nxt = body.emit(f"add i64 {i}, 1")
+        else:
+            nxt = body.emit(f"add i64 {i}, {step}")
+            fits = body.emit(f"icmp sle i64 {nxt}, {bound}")
+            body.raw(f"br i1 {fits}, label %{at}, label %{exit_to}")
+            body.raw(f"{at}:")
+            emit(i)
         body.raw(f"store i64 {nxt}, ptr {slot}, align 8")
-        body.raw(f"br label %{wide_head}")
-    else:
-        body.raw(f"br label %{tail_head}")
-    body.raw(f"{tail_head}:")
-    i = body.emit(f"load i64, ptr {slot}, align 8")
-    more = body.emit(f"icmp slt i64 {i}, {bound}")
-    body.raw(f"br i1 {more}, label %{tail_body}, label %{after}")
-    body.raw(f"{tail_body}:")
-    tail(i)
-    nxt = body.emit(f"add i64 {i}, 1")
-    body.raw(f"store i64 {nxt}, ptr {slot}, align 8")
-    body.raw(f"br label %{tail_head}")
+        body.raw(f"br label %{head}")
     body.raw(f"{after}:")
 
 
@@ -1272,11 +1272,12 @@ def _render_reduce(body: _Body, k: Kernel, lanes) -> None:
         body.raw(f"{scalar} = alloca {c}")
     body.raw(f"store i64 %start, ptr {o_slot}, align 8")
     # groups of _GROUP outputs reduced in one pass, then the outputs left one at a time
-    wide_then_tail(body, o_slot, "%end", _GROUP if grouped else None, ("group", "group.body", "out", "outbody", "exit"),
-                   lambda o: _reduce_outputs(body, k, lanes, bufs, base, width, o, vacc, sacc, (r_slot, j_slot),
-                                             "group."),
-                   lambda o: _reduce_outputs(body, k, lanes, bufs, base, width, o, vacc[:1], sacc[:1],
-                                             (r_slot, j_slot), ""))
+    groups = [(_GROUP, "group", "group.body",
+               lambda o: _reduce_outputs(body, k, lanes, bufs, base, width, o, vacc, sacc, (r_slot, j_slot), "group."))]
+    counted_loops(body, o_slot, "%end", (groups if grouped else []) + [
+        (1, "out", "outbody",
+         lambda o: _reduce_outputs(body, k, lanes, bufs, base, width, o, vacc[:1], sacc[:1], (r_slot, j_slot), ""))],
+        "exit")
     body.raw("ret void")
 
 
@@ -1328,43 +1329,23 @@ def _reduce_outputs(body: _Body, k: Kernel, lanes, bufs: dict, base: dict, width
             acc = body.emit(f"load {vec.ty(c)}, ptr {slot}")
             body.raw(f"store {vec.ty(c)} {_combine(vec, op, dtype, acc, x)}, ptr {slot}")
 
-    if (lanes != "vscale" or all(s in (0, 1) for s in inner_strides)) and not _scalar_only(k, lanes):
-        body.raw(f"br label %{tag}uloop")
-        body.raw(f"{tag}uloop:")
-        j = body.emit(f"load i64, ptr {j_slot}, align 8")
-        jn = body.emit(f"add i64 {j}, {body.emit(f'mul i64 {width}, {unroll}')}")
-        ok = body.emit(f"icmp sle i64 {jn}, {inner}")
-        body.raw(f"br i1 {ok}, label %{tag}ubody, label %{tag}vloop")
-        body.raw(f"{tag}ubody:")
+    def unrolled(j: str) -> None:  # ``unroll`` vectors of each output, one accumulator each
         for u in range(unroll):
             at = j if u == 0 else body.emit(f"add i64 {j}, {body.emit(f'mul i64 {width}, {u}')}")
             accumulate(at, [slots[u] for slots in vacc])
-        body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
-        body.raw(f"br label %{tag}uloop")
-        body.raw(f"{tag}vloop:")
-        j = body.emit(f"load i64, ptr {j_slot}, align 8")
-        jn = body.emit(f"add i64 {j}, {width}")
-        ok = body.emit(f"icmp sle i64 {jn}, {inner}")
-        body.raw(f"br i1 {ok}, label %{tag}vbody, label %{tag}sloop")
-        body.raw(f"{tag}vbody:")
-        accumulate(j, [slots[0] for slots in vacc])
-        body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
-        body.raw(f"br label %{tag}vloop")
-    else:
-        body.raw(f"br label %{tag}sloop")
-    body.raw(f"{tag}sloop:")
-    j = body.emit(f"load i64, ptr {j_slot}, align 8")
-    ok = body.emit(f"icmp slt i64 {j}, {inner}")
-    body.raw(f"br i1 {ok}, label %{tag}sbody, label %{tag}redend")
-    body.raw(f"{tag}sbody:")
-    for p, scalar in zip(ptrs, sacc):
-        x = _Values(body, None, p, j, "1").value(store.value)
-        acc = body.emit(f"load {c}, ptr {scalar}")
-        body.raw(f"store {c} {_combine(sca, op, dtype, acc, x)}, ptr {scalar}")
-    jn = body.emit(f"add i64 {j}, 1")
-    body.raw(f"store i64 {jn}, ptr {j_slot}, align 8")
-    body.raw(f"br label %{tag}sloop")
-    body.raw(f"{tag}redend:")
+
+    def scalar(j: str) -> None:
+        for p, slot in zip(ptrs, sacc):
+            x = _Values(body, None, p, j, "1").value(store.value)
+            acc = body.emit(f"load {c}, ptr {slot}")
+            body.raw(f"store {c} {_combine(sca, op, dtype, acc, x)}, ptr {slot}")
+
+    stages = [(1, f"{tag}sloop", f"{tag}sbody", scalar)]
+    if (lanes != "vscale" or all(s in (0, 1) for s in inner_strides)) and not _scalar_only(k, lanes):
+        step = body.emit(f"mul i64 {width}, {unroll}")
+        stages[:0] = [(step, f"{tag}uloop", f"{tag}ubody", unrolled),
+                      (width, f"{tag}vloop", f"{tag}vbody", lambda j: accumulate(j, [slots[0] for slots in vacc]))]
+    counted_loops(body, j_slot, inner, stages, f"{tag}redend")
     rn = body.emit(f"add i64 {r}, 1")
     body.raw(f"store i64 {rn}, ptr {r_slot}, align 8")
     body.raw(f"br label %{tag}red")

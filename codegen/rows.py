@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .render_llvm import _STORAGE, _Body, _Lanes, wide_then_tail
+from .render_llvm import _STORAGE, _Body, _Lanes, counted_loops
 from .target import Target
 
 OPS = ("softmax", "rms_norm", "layer_norm")
@@ -58,9 +58,8 @@ class _Row:
         tag = f"L{self.loops}"
         slot = f"%{tag}.j"
         self.b.raw(f"store i64 0, ptr {slot}, align 8")
-        wide_then_tail(self.b, slot, self.k.n, self.k.width,
-                       (f"{tag}.v", f"{tag}.vb", f"{tag}.s", f"{tag}.sb", f"{tag}.end"),
-                       lambda j: emit(self.vec, j), lambda j: emit(self.sca, j))
+        counted_loops(self.b, slot, self.k.n, [(self.k.width, f"{tag}.v", f"{tag}.vb", lambda j: emit(self.vec, j)),
+                                               (1, f"{tag}.s", f"{tag}.sb", lambda j: emit(self.sca, j))], f"{tag}.end")
 
     def load(self, lanes: _Lanes, ptr: str, j: str) -> str:
         """Elements j.. of a row, as float32."""
