@@ -538,7 +538,10 @@ class Program:
         self.fresh = [i for i, r in enumerate(roots) if r.alias is None and r.kind == _FRESH]
         self.at = at
         self.segments: list = []
-        self.patches: list = []  # (argument array, slot, root, offset) filled on each call
+        # root -> (argument array, slot, offset) of each slot holding an address in it, filled on a call
+        # where the root's address moved since the last one (a decode step's KV caches, written in place,
+        # keep theirs: 300 writes a step saved)
+        groups: dict = {}
         rows: list = []
         self.args: list = []  # the argument arrays, alive as long as the program
         for step in b.steps:
@@ -562,7 +565,7 @@ class Program:
                 if roots[r].kind == _ARENA:
                     array[slot] = at[r] + off
                 else:
-                    self.patches.append((array, slot, r, off))
+                    groups.setdefault(r, []).append((array, slot, off))
             chunk = executor.chunk(units, per_unit, align) if shares else 0
             # Rows follow each other with no Python between them: a worker woken for one stays awake
             # (spinning) for the next, so every shared row may ring (mode 2).
@@ -571,11 +574,6 @@ class Program:
             self.keep.append(fn)
         if rows:
             self.segments.append(("native", np.array(rows, np.int64)))
-        # The patches grouped by root: a call writes a root's slots only when its address moved since the
-        # last call (a decode step's KV caches, written in place, keep theirs: 300 writes a step saved).
-        groups: dict = {}
-        for array, slot, r, off in self.patches:
-            groups.setdefault(r, []).append((array, slot, off))
         self.patch_groups = list(groups.items())
         self.patched: dict = {}  # root -> the address its slots hold
         self.native_rows = sum(len(s[1]) for s in self.segments if s[0] == "native")
