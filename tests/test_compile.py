@@ -196,6 +196,36 @@ def test_shapeless_mean_after_take():
         assert compiled(buf, idx).item() == ma.mean(ma.take(buf, idx, axis=0)).item()
 
 
+SLICES = [
+    # mlx-lm's MoE aggregation: a whole-axis index with a new axis is an expand_dims, traced on two tokens
+    ("new_axis", lambda x: (x * x[..., 0][..., None]).sum(axis=-2)),
+    ("whole_slices", lambda x: x[:, :, ::-1] + x[..., None][..., 0]),
+    ("partial_slice_of_kept_axis", lambda x: x[..., 1:3] * 2),
+]
+
+
+@pytest.mark.parametrize("name,fun", SLICES, ids=[n for n, _ in SLICES])
+def test_shapeless_slices_follow_new_shapes(name, fun):
+    """A slice over a whole axis takes the whole of the new axis on a shapeless replay (as MLX, where such
+    a slice is the array itself); a partial slice of an axis that kept its size keeps its bounds."""
+    compiled = ma.compile(fun, shapeless=True)
+    for shape in [(1, 2, 2, 4), (1, 1, 2, 4), (3, 5, 4, 4), (2, 4, 1, 4)]:
+        x = ma.array(RNG.standard_normal(shape).astype(np.float32))
+        ours, plain = compiled(x), fun(x)
+        assert ours.shape == plain.shape
+        np.testing.assert_array_equal(np.array(ours), np.array(plain))
+
+
+@pytest.mark.parametrize("fun", [lambda x: x[:, 1:3], lambda x: x[:, 1]], ids=["slice", "index"])
+def test_shapeless_partial_slice_of_a_resized_axis_raises(fun):
+    """Where the sliced axis changed size the traced bounds mean nothing: an error, as MLX's."""
+    compiled = ma.compile(fun, shapeless=True)
+    compiled(ma.zeros((2, 4)))
+    with pytest.raises(ValueError, match="Slice cannot infer output shapes"):
+        compiled(ma.zeros((2, 6)))
+    assert compiled(ma.ones((3, 4))).shape == fun(ma.ones((3, 4))).shape
+
+
 def test_shapeless_gather_matmuls():
     """gather_mm and gather_qmm follow new row counts in a shapeless compiled function."""
     k, n, experts = 64, 32, 4

@@ -61,7 +61,8 @@ ARCHITECTURES = {
     "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_ctx=128, n_positions=128,
                  vocab_size=VOCAB, layer_norm_epsilon=1e-5),
 }
-# MLX's CPU gather_mm takes float32 only (mlxarm raises the same error), so MoE has no float16 case.
+# MLX's CPU gather_mm takes float32 only (mlxarm takes every float, as MLX's GPUs), so against the CPU oracle
+# MoE has no float16 case.
 CASES = [(arch, dtype) for arch in ARCHITECTURES for dtype in ("float32", "float16", "q4")
          if not (arch == "qwen3_moe" and dtype == "float16")]
 CASES += [("llama", "mxfp4"), ("qwen3_moe", "mxfp4")]

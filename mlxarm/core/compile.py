@@ -609,6 +609,31 @@ def _broadcast_to(ins, params, shape, traced_in):
     return shape, params
 
 
+def _strided_slice(ins, params, shape, traced_in):
+    """A slice that took a whole axis when traced takes the whole new axis (MLX's slice of a whole axis
+    is the array itself, so ``x[..., None]`` is an expand_dims there). A partial slice or an index of an
+    axis whose size changed cannot follow it: MLX's Slice cannot infer its shape either."""
+    new_in, old_in = ins[0]._shape, traced_in[0]
+    index, new, ax = [], [], 0
+    for e in params["index"]:
+        if e is None:
+            new.append(1)
+        else:
+            n, old = new_in[ax], old_in[ax]
+            if n != old:
+                if isinstance(e, slice) and e.step > 0 and e.start == 0 and e.stop >= old:
+                    e = slice(0, n, e.step)
+                elif isinstance(e, slice) and e.step < 0 and e.start >= old - 1 and e.stop is None:
+                    e = slice(n - 1, None, e.step)
+                else:
+                    raise ValueError("[Primitive::output_shapes] Slice cannot infer output shapes.")
+            if isinstance(e, slice):
+                new.append(len(range(n)[e]))
+            ax += 1
+        index.append(e)
+    return tuple(new) + new_in[ax:], dict(params, index=tuple(index))
+
+
 def _gather(ins, params, shape, traced_in):
     from .ops.indexing import _result_shape
 
@@ -644,7 +669,7 @@ _SHAPELESS_KIND = {"unary": _same_as_input, "binary": _broadcasting, "ternary": 
                    "reduce": _reduced, "scan": _same_as_input,
                    "index": _same_as_input}  # updates (scatter, slice_update) keep their target's shape
 _SHAPELESS = {"matmul": _matmul, "addmm": _matmul, "transpose": _transpose, "reshape": _reshape,
-              "broadcast_to": _broadcast_to, "sort": _same_as_input, "argsort": _same_as_input,
+              "broadcast_to": _broadcast_to, "strided_slice": _strided_slice, "sort": _same_as_input, "argsort": _same_as_input,
               "contiguous": _same_as_input, "copy": _same_as_input, "gather": _gather,
               "take_along_axis": _take_along_axis, "full": _full, "gather_mm": _gather_mm,
               "gather_qmm": _gather_qmm}

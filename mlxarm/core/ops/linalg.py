@@ -161,7 +161,7 @@ def _gather_mm_ref(p, a, b, lhs, rhs):
 
 
 def _gather_mm_cases(rng, d):
-    if d is not dt.float32:  # MLX's CPU GatherMM computes in float32 only
+    if d.kind != "f":
         return []
     idx = lambda *shape, hi: rng.integers(0, hi, size=shape).astype(np.uint32)  # noqa: E731
     return [
@@ -174,7 +174,8 @@ def _gather_mm_cases(rng, d):
     ]
 
 
-GATHER_MM = register(Primitive("gather_mm", "linalg", _gather_mm_ref, dtypes=(dt.float32,),
+GATHER_MM = register(Primitive("gather_mm", "linalg", _gather_mm_ref,
+                               dtypes=tuple(d for d in INEXACT if d.kind == "f"),
                                doc="Matrix products of operand matrices picked by index (batch gather).",
                                extra={"cases": _gather_mm_cases}))
 
@@ -240,8 +241,6 @@ def gather_mm(a, b, /, lhs_indices=None, rhs_indices=None, *, sorted_indices: bo
                          f"second to last dimension of second input with shape {fmt_shape(mb)}.")
     d = dt.promote_types(a._dtype, b._dtype)
     _real_float_check("gather_mm", a, b, d)
-    if d is not dt.float32:
-        raise RuntimeError("[GatherMM::eval] Currently only supports float32.")
     lhs = _batch_index(lhs_indices, ma[:-2], "gather_mm", stream)
     rhs = _batch_index(rhs_indices, mb[:-2], "gather_mm", stream)
     idx_shape = broadcast_shapes(lhs._shape, rhs._shape)
