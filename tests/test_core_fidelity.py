@@ -2,6 +2,8 @@
 operands MLX refuses, weak scalars and numpy data beside arrays, list construction, print options,
 finfo/iinfo/result_type/can_cast, and the elementwise names and dtype rules MLX has."""
 import copy
+import decimal
+import fractions
 import operator
 import pickle
 import weakref
@@ -66,6 +68,34 @@ def test_operators_with_non_array_operands(op, other):
     same(f"_f(mx.array([1, 2, 3]), {other})", _f=lambda lib: getattr(operator, op))
     if op in ("add", "sub", "lt", "ge", "eq"):
         same(f"_f({other}, mx.array([1, 2, 3]))", _f=lambda lib: getattr(operator, op))
+
+
+class _Number:
+    """A number type of a user's own: Python makes a complex (so MLX an operand) of what ``__float__`` gives."""
+
+    def __float__(self):
+        return 2.5
+
+
+def _wrapper(lib):
+    """An object that gives an array through ``__mlx_array__``."""
+    return type("Wrapper", (), {"__mlx_array__": lambda self: lib.array([1.0, 2.0])})()
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "truediv", "lt", "eq", "ne"])
+@pytest.mark.parametrize("other", ["fractions.Fraction(1, 2)", "decimal.Decimal('1.5')", "Number()", "wrapper"])
+def test_operators_with_number_like_and_mlx_array_operands(op, other):
+    env = dict(_f=lambda lib: getattr(operator, op), fractions=fractions, decimal=decimal,
+               Number=lambda lib: _Number, wrapper=_wrapper)
+    same(f"_f(mx.array([1.0, 2.0]), {other})", **env)
+    same(f"_f({other}, mx.array([1.0, 2.0]))", **env)
+
+
+@pytest.mark.parametrize("expr", ["mx.array(wrapper)", "mx.exp(wrapper)", "mx.exp(fractions.Fraction(1, 2))",
+                                  "mx.array(fractions.Fraction(1, 2))", "mx.array([Number()])",
+                                  "mx.exp(None)", "mx.add(1, None)", "mx.where(None, 1, 2)"])
+def test_op_arguments_beyond_numbers_and_arrays(expr):
+    same(expr, rtol=1e-6, fractions=fractions, Number=lambda lib: _Number, wrapper=_wrapper)
 
 
 def test_divmod_and_round_are_not_defined():

@@ -467,9 +467,28 @@ class ArrayAt:
 _OPERAND_FAST = frozenset((array, int, float, bool))
 
 
-def _is_operand(x) -> bool:
-    return (type(x) in _OPERAND_FAST or isinstance(x, (int, float, complex, np.ndarray, np.generic))
-            or hasattr(x, "__dlpack__"))
+_NOT_OPERAND = object()
+_NOT_SCALARS = (str, bytes, bytearray, list, tuple, dict, set, frozenset)
+
+
+def coerce_operand(x):
+    """``x`` as an operand of an array's operators (or an op's scalar-or-array argument), else
+    ``_NOT_OPERAND``. As MLX: arrays, numbers, numpy and DLPack arrays; an object's ``__mlx_array__``;
+    and any other object Python can make a complex number of (a Fraction, a Decimal: MLX's operand
+    caster tries ``complex`` last), as a complex64 scalar."""
+    if type(x) in _OPERAND_FAST or isinstance(x, (int, float, complex, np.ndarray, np.generic)) \
+            or hasattr(x, "__dlpack__"):
+        return x
+    to_mlx = getattr(type(x), "__mlx_array__", None)
+    if to_mlx is not None:
+        return to_mlx(x)
+    if x is not None and not isinstance(x, _NOT_SCALARS) and (
+            hasattr(x, "__complex__") or hasattr(x, "__float__") or hasattr(x, "__index__")):
+        try:
+            return complex(x)
+        except (TypeError, ValueError, OverflowError):
+            return _NOT_OPERAND
+    return _NOT_OPERAND
 
 
 def _reject(desc, dunder, other):
@@ -482,13 +501,19 @@ def _reject(desc, dunder, other):
 def _binary(name, desc, dunder, reflected=False):
     if reflected:
         def op(self, other):
-            if type(other) not in _OPERAND_FAST and not _is_operand(other):
-                raise _reject(desc, dunder, other)
+            if type(other) not in _OPERAND_FAST:
+                value = coerce_operand(other)
+                if value is _NOT_OPERAND:
+                    raise _reject(desc, dunder, other)
+                other = value
             return getattr(_ops, name)(other, self)
     else:
         def op(self, other):
-            if type(other) not in _OPERAND_FAST and not _is_operand(other):
-                raise _reject(desc, dunder, other)
+            if type(other) not in _OPERAND_FAST:
+                value = coerce_operand(other)
+                if value is _NOT_OPERAND:
+                    raise _reject(desc, dunder, other)
+                other = value
             return getattr(_ops, name)(self, other)
     op.__name__ = dunder
     return op
@@ -496,8 +521,11 @@ def _binary(name, desc, dunder, reflected=False):
 
 def _inplace(name, desc, dunder):
     def op(self, other):
-        if type(other) not in _OPERAND_FAST and not _is_operand(other):
-            raise _reject(f"inplace {desc}", dunder, other)
+        if type(other) not in _OPERAND_FAST:
+            value = coerce_operand(other)
+            if value is _NOT_OPERAND:
+                raise _reject(f"inplace {desc}", dunder, other)
+            other = value
         if name == "divide" and self._dtype.kind not in "fc":
             raise ValueError("In place division cannot cast to non-floating point type.")
         return self._update_in_place(lambda old: getattr(_ops, name)(old, other))
@@ -540,18 +568,24 @@ def _imatmul(self, other):
 
 
 def _eq(self, other):
-    if type(other) not in _OPERAND_FAST and not _is_operand(other):
-        if other is None:
-            raise _reject("equal", "__eq__", other)
-        return False
+    if type(other) not in _OPERAND_FAST:
+        value = coerce_operand(other)
+        if value is _NOT_OPERAND:
+            if other is None:
+                raise _reject("equal", "__eq__", other)
+            return False
+        other = value
     return _ops.equal(self, other)
 
 
 def _ne(self, other):
-    if type(other) not in _OPERAND_FAST and not _is_operand(other):
-        if other is None:
-            raise _reject("not equal", "__ne__", other)
-        return True
+    if type(other) not in _OPERAND_FAST:
+        value = coerce_operand(other)
+        if value is _NOT_OPERAND:
+            if other is None:
+                raise _reject("not equal", "__ne__", other)
+            return True
+        other = value
     return _ops.not_equal(self, other)
 
 

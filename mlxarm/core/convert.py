@@ -6,7 +6,7 @@ import numbers
 import numpy as np
 
 from . import dtypes as dt
-from .array import array, make_realized
+from .array import _NOT_OPERAND, array, coerce_operand, make_realized
 from .device import current_stream
 from .errors import DtypeError
 from .registry import api
@@ -23,7 +23,10 @@ def _bad_cast():
 
 
 def _invalid_type(v):
-    return ValueError(f"Invalid type {type(v).__name__} received in array initialization.")
+    t = type(v)  # a class defined in Python is named with its module (a heap type), a built-in type plainly
+    heap = t.__flags__ & (1 << 9) and t.__module__ != "builtins"
+    name = f"{t.__module__}.{t.__qualname__}" if heap else t.__name__
+    return ValueError(f"Invalid type {name} received in array initialization.")
 
 
 # --- nested lists -----------------------------------------------------------------------------
@@ -243,6 +246,9 @@ def realized_from_value(val, dtype=None) -> array:
         return _from_numpy(val, dtype)
     if hasattr(val, "__dlpack__") and hasattr(val, "__dlpack_device__"):
         return _from_numpy(np.from_dlpack(val), dtype)
+    to_mlx = getattr(type(val), "__mlx_array__", None)
+    if to_mlx is not None:
+        return realized_from_value(to_mlx(val), dtype)
     if hasattr(val, "__array__") or hasattr(val, "__array_interface__"):
         return _from_numpy(np.asarray(val), dtype)
     try:
@@ -285,7 +291,15 @@ def to_array(v, dtype=None) -> array:
     """An op's array argument: arrays pass through, anything else becomes a realized array."""
     if isinstance(v, array):
         return v
-    return realized_from_value(v, dtype)
+    try:
+        return realized_from_value(v, dtype)
+    except ValueError:
+        value = coerce_operand(v)  # __mlx_array__, or a number type Python makes a complex of
+        if value is _NOT_OPERAND:
+            if v is None:
+                raise _none_argument() from None
+            raise
+        return value if isinstance(value, array) else realized_from_value(value, dtype)
 
 
 _SCALAR_CACHE: dict = {}
@@ -333,9 +347,17 @@ def beside(v, like: "dt.Dtype") -> array:
     return operand(v)
 
 
+def _none_argument():
+    # no overload of an MLX op takes None for an array
+    return TypeError("incompatible function arguments: an array argument must be a scalar or an array-like, "
+                     "not None.")
+
+
 def operand(v) -> array:
     """An op's array argument where MLX takes a scalar or an array, never a list."""
-    if isinstance(v, (list, tuple, str)) or v is None:
+    if v is None:
+        raise _none_argument()
+    if isinstance(v, (list, tuple, str)):
         raise _invalid_type(v)
     return to_array(v)
 
