@@ -302,3 +302,25 @@ def test_errors_match_mlx(name, call):
     with pytest.raises(ValueError) as ours:
         call(ma)
     assert str(ours.value) == str(theirs.value)
+
+
+def test_traces_are_kept_per_stream():
+    """A trace records its steps on the default stream: a function first called in a thread with a stream
+    of its own (a server's generation thread) is traced again where it is called next, as MLX does,
+    rather than replayed onto a stream that thread cannot use."""
+    import threading
+
+    fun = ma.compile(lambda x: x * 2 + 1)
+    done = {}
+
+    def worker():
+        with ma.stream(ma.new_stream(ma.cpu)):
+            done["value"] = fun(ma.array([1.0])).item()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert done["value"] == 3.0
+    assert fun(ma.array([3.0])).item() == 7.0
+    with ma.stream(ma.new_stream(ma.cpu)):
+        assert fun(ma.array([4.0])).item() == 9.0

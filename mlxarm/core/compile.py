@@ -31,6 +31,7 @@ import numpy as np
 
 from . import dtypes as _dt
 from .array import array, make_node, note_inputs
+from .device import current_stream
 from .registry import Primitive, api, register
 from .graph import _in_transform, _transforming, array_leaves, eval_arrays, tracing
 from .vmap import TRACE_INPUT, trace_input, placeholder_slot, in_tracing
@@ -469,6 +470,9 @@ class _Compiled:
             key.extend((x.ndim, x._dtype) for x in inputs)
         else:
             key.extend((x._shape, x._dtype) for x in inputs)
+        # a trace records its steps on the default stream, so one traced in another thread or under
+        # another stream (or device) is not replayed here (MLX keys its cache the same way)
+        key.append(current_stream())
         key = tuple(key)
         with self._lock:
             tape = self._cache.get(key)
