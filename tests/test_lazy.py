@@ -75,6 +75,17 @@ def test_async_eval_then_use():
     ma.synchronize(ma.default_stream(ma.cpu))
 
 
+def test_async_eval_on_a_stream_of_this_thread():
+    """Work on a stream this thread made (an LLM server's generation stream) is evaluated in the
+    background without error: the streams are this thread's, whichever thread computes them."""
+    s = ma.new_stream(ma.cpu)
+    with ma.stream(s):
+        y = ma.arange(4) * 2
+    ma.async_eval(y)
+    ma.synchronize(s)  # raises the background evaluation's error, if it met one
+    assert y.tolist() == [0, 2, 4, 6]
+
+
 # --- devices and streams ----------------------------------------------------------------------------------
 
 STREAM_API = ["Device", "DeviceType", "Stream", "StreamContext", "cpu", "gpu", "default_device",

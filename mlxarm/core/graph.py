@@ -105,19 +105,22 @@ _LATE: list = []
 
 def _run(outputs, order: list | None = None) -> None:
     """Evaluate ``outputs``; ``order``, when given, is their ``toposort`` taken earlier (``async_eval``'s:
-    nodes realized since then are passed over)."""
+    nodes realized since then are passed over; its streams were checked in the caller's thread, as the
+    worker running it owns none)."""
     if not _LATE:
         from ..backend import run_order
         from .compile import PENDING, expand_programs
 
         _LATE.extend((run_order, PENDING, expand_programs))
     run_order, pending, expand_programs = _LATE
-    order = toposort(outputs) if order is None else [n for n in order if n._data is None]
+    check = order is None
+    order = toposort(outputs) if check else [n for n in order if n._data is None]
     if not order:
         return
     if pending and not getattr(_executor(), "runs_programs", False) and expand_programs(order):
         order = toposort(outputs)  # the program nodes' graphs are in place of them now
-    _check_streams(order)
+    if check:
+        _check_streams(order)
     # Only the outputs are held strongly: an intermediate lives while a consumer that is not yet
     # computed (or the user) refers to it, so buffers die as soon as they are used up.
     keep = [o for o in outputs if o._data is None]
