@@ -154,8 +154,8 @@ def test_active_memory_follows_live_buffers():
 def test_peak_memory_and_reset():
     gc.collect()
     ma.reset_peak_memory()
-    start = ma.get_peak_memory()
-    assert start == ma.get_active_memory()
+    assert ma.get_peak_memory() == 0  # as MLX's: zero, whatever arrays live (an earlier test's model)
+    start = ma.get_active_memory()
     a = ma.array(np.ones((1024, 512), np.float32)) + 1
     ma.eval(a)
     peak = ma.get_peak_memory()

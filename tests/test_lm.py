@@ -183,6 +183,19 @@ def test_kv_cache_at_an_array_position_writes_in_place_and_masks():
     np.testing.assert_array_equal(np.array(by_array), [np.array(by_int).tolist()[0] + [False]])
 
 
+def test_greedy_sampling_in_the_compiled_step_matches_sampling_after_it(loaded):
+    """The stock greedy sampler runs inside the compiled decode step (one program gives the token and
+    the log-probabilities); any other sampler runs after it: both give the same tokens and logprobs."""
+    model, _ = loaded
+    prompt = REFERENCE["prompts"][1]["prompt_ids"]
+    inside = list(lm.generate_step(prompt, model, max_tokens=6))
+    after = list(lm.generate_step(prompt, model, max_tokens=6, sampler=lambda lp: mx.argmax(lp, axis=-1)))
+    assert [t for t, _ in inside] == [t for t, _ in after]
+    for (_, a), (_, b) in zip(inside, after):
+        assert a.shape == b.shape and a.ndim == 1
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-6)
+
+
 def test_fixed_shape_decode_matches_growing_cache(loaded):
     """generate_step's compiled decode (array position, whole-buffer attention under a mask)
     gives the tokens and log-probabilities of mlx-lm's plain loop over a cache that grows."""

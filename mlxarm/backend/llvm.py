@@ -240,6 +240,40 @@ class LLVMExecutor:
             self.sources[kernel] = source
         return fn
 
+    def program_only(self, nodes: list) -> bool:
+        """Run an eval that is one compiled call and its outputs (an LLM decode step that samples
+        in the step) by its program directly, without a signature or a plan: True when done. The
+        call's inputs that nothing outside holds are the eval's free leaves (``donatable``)."""
+        views = 0  # views of realized arrays first (the call's ``tokens[None]``), made as numpy views
+        for n in nodes:
+            if n._prim is PROGRAM:
+                break
+            if n._prim.name not in lower.VIEWS or n._prim.compute or any(x._data is None for x in n._inputs):
+                return False
+            views += 1
+        else:
+            return False
+        prog = nodes[views]
+        for n in nodes[views + 1:]:
+            if n._prim is not PROGRAM_OUTPUT or n._inputs[0] is not prog:
+                return False
+        n = None
+        uses: dict = {}
+        for x in prog._inputs:
+            uses[id(x)] = uses.get(id(x), 0) + 1
+        free = {}
+        for x in prog._inputs:  # held by the input tuple (``uses`` times), x and getrefcount's argument
+            k = uses[id(x)]
+            if sys.getrefcount(x) - 2 == k:
+                free[id(x)] = k
+        x = None
+        self.free_leaves, self.consumers, self.last_plan = free, {}, [("kernel", "program")]
+        for n in nodes[:views]:
+            self.run_view(n)
+        del nodes, n
+        self.run_program(prog)
+        return True
+
     def run(self, refs) -> None:
         """Realize the nodes behind ``refs`` (topologically ordered). An eval whose graph has the
         structure of one kept before (``fuse.signature``) replays that eval's recorded actions on
@@ -255,6 +289,8 @@ class LLVMExecutor:
         capture = self.capture
         # asked once per eval: it cannot change during one (a capture keeps every buffer apart)
         self.keep_graph = _keeps_graph() or capture is not None
+        if capture is None and self.program_only(nodes):
+            return
         swaps: list = []
         key, leaves, counted = fuse.signature(nodes, swaps=swaps)
         key = fuse.Structure(key)

@@ -12,7 +12,7 @@ from typing import Callable, Generator, Optional, Union
 import mlxarm.core as mx
 
 from .models.cache import KVCache, make_prompt_cache
-from .sample import make_sampler
+from .sample import greedy, make_sampler
 
 
 @dataclass
@@ -45,10 +45,16 @@ def generate_step(prompt, model, *, max_tokens: int = 256, sampler: Callable = N
 
     history = []  # the tokens the logits processors see: prompt, then generated ones
 
-    decode = _fixed_shape_decode(model, prompt_cache)
+    # Greedy sampling (a function of the logits alone) is part of the compiled decode step: one
+    # program computes the token and its log-probabilities.
+    folded = sampler is greedy and not logits_processors
+    decode = _fixed_shape_decode(model, prompt_cache, sample=folded)
 
     def step(chunk):
-        logits = decode(chunk) if chunk.size == 1 and decode is not None else None
+        out = decode(chunk) if chunk.size == 1 and decode is not None else None
+        if out is not None and folded:
+            return out
+        logits = out
         if logits is None:
             logits = model(chunk[None], cache=prompt_cache)[:, -1, :]
         if logits_processors:
@@ -83,14 +89,15 @@ _LAST_STEP: list = []
 _CAPACITY_STEP = 128
 
 
-def _fixed_shape_decode(model, caches: list):
+def _fixed_shape_decode(model, caches: list, sample: bool = False):
     """A function running the model on one token at the caches' position, compiled so that every
     call records the same graph: the position is an array input (``models.cache``), and the keys
-    and values are the caches' whole buffers. The first call traces it (computing its constants,
-    such as float32 copies of quantization scales, once); from the second call on it runs as the
-    executor's program. The step is kept for the next generation with the same model (the same
-    parameter arrays) and caches of the same shapes. None when the caches are not all plain
-    ``KVCache``s."""
+    and values are the caches' whole buffers. It returns the last position's logits, or with
+    ``sample`` (greedy sampling) the token and the log-probabilities. The first call traces it
+    (computing its constants, such as float32 copies of quantization scales, once); from the second
+    call on it runs as the executor's program. The step is kept for the next generation with the
+    same model (the same parameter arrays) and caches of the same shapes. None when the caches are
+    not all plain ``KVCache``s."""
     if not caches or not all(type(c) is KVCache for c in caches):
         return None
     found = []  # [the compiled step, the box holding the caches it runs on], at the first call
@@ -100,21 +107,21 @@ def _fixed_shape_decode(model, caches: list):
         if any(c.offset != offset for c in caches) or not all(c.reserve(1) for c in caches):
             return None
         if not found:
-            found.extend(_decode_step(model, caches))
-        logits, state = found[0](chunk[None], mx.array(offset, mx.int32), [(c.keys, c.values) for c in caches])
+            found.extend(_decode_step(model, caches, sample))
+        out, state = found[0](chunk[None], mx.array(offset, mx.int32), [(c.keys, c.values) for c in caches])
         for c, (keys, values) in zip(caches, state):
             c.keys, c.values, c.offset = keys, values, offset + 1
-        return logits
+        return out
 
     return decode
 
 
-def _decode_step(model, caches: list) -> tuple:
+def _decode_step(model, caches: list, sample: bool) -> tuple:
     """(compiled step, box) for ``model`` on ``caches``: the last generation's when it fits."""
     from ..utils import tree_flatten
 
     key = (tuple(id(p) for _, p in tree_flatten(model.parameters())),
-           tuple((c.keys.shape, c.keys.dtype, c.values.shape, c.values.dtype) for c in caches))
+           tuple((c.keys.shape, c.keys.dtype, c.values.shape, c.values.dtype) for c in caches), sample)
     held = [weakref.ref(c) for c in caches]  # the step keeps no generation's caches alive
     if _LAST_STEP and _LAST_STEP[0]() is model and _LAST_STEP[1] == key:
         compiled, box = _LAST_STEP[2], _LAST_STEP[3]
@@ -129,6 +136,9 @@ def _decode_step(model, caches: list) -> tuple:
             for c, (keys, values) in zip(current, state):
                 c.keys, c.values, c.offset = keys, values, position
             logits = model(tokens, cache=current)[:, -1, :]
+            if sample:
+                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+                logits = (greedy(logprobs), logprobs[0])
             return logits, [(c.keys, c.values) for c in current]
         finally:
             for c, (keys, values, offset) in zip(current, saved):

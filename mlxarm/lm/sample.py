@@ -37,11 +37,17 @@ def apply_min_p(logprobs, min_p: float, min_tokens_to_keep: int = 1):
     return mx.where(keep, logprobs, -math.inf)
 
 
+def greedy(logprobs):
+    """The most likely token: a function of the log-probabilities alone (no random state), so the
+    compiled decode step computes it (``generate_step``)."""
+    return mx.argmax(logprobs, axis=-1)
+
+
 def make_sampler(temp: float = 0.0, top_p: float = 0.0, min_p: float = 0.0,
                  min_tokens_to_keep: int = 1, top_k: int = 0):
     """A function from log-probabilities (..., vocab) to sampled token ids (...)."""
     if temp == 0:
-        return lambda logprobs: mx.argmax(logprobs, axis=-1)
+        return greedy
 
     def sampler(logprobs):
         logprobs = apply_top_k(logprobs, top_k)
