@@ -229,3 +229,27 @@ def test_deep_chain_printed_and_dropped_unevaluated():
         w = w + 1
     del w  # freeing a long unevaluated chain must not overflow the C stack
     gc.collect()
+
+
+@pytest.mark.parametrize("form", ["matmul", "addmm", "quantized_matmul"])
+def test_rows_picked_from_a_product_compute_only_those_rows(form):
+    """``(x @ w)[:, -1, :]`` (a language model's last logits) is the product of the picked rows: the
+    same values as slicing the whole product, without ever allocating it."""
+    rng = np.random.default_rng(0)
+    x = ma.array(rng.standard_normal((2, 1024, 64)).astype(np.float32))
+    w = ma.array(rng.standard_normal((64, 2048)).astype(np.float32))
+    bias = ma.array(rng.standard_normal((2048,)).astype(np.float32))
+    qw, scales, biases = ma.quantize(w.T)
+    product = {"matmul": lambda: x @ w, "addmm": lambda: ma.addmm(bias, x, w),
+               "quantized_matmul": lambda: ma.quantized_matmul(x, qw, scales, biases)}[form]
+    ma.eval(x, w, bias, qw, scales, biases)
+    gc.collect()
+    before = ma.get_active_memory()
+    ma.reset_peak_memory()
+    last = product()[:, -1, :]
+    some = product()[1, 3:9:2]
+    ma.eval(last, some)
+    assert ma.get_peak_memory() - before < 2 * 1024 * 2048 * 4 // 4  # the whole product: 16 MiB
+    whole = np.array(product())
+    np.testing.assert_allclose(np.array(last), whole[:, -1, :], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.array(some), whole[1, 3:9:2], rtol=1e-5, atol=1e-4)

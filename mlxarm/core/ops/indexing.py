@@ -224,9 +224,41 @@ def _getitem(a: array, idx):
     stream = resolve_stream(None)
     shape = _result_shape(template, arrays)
     if not arrays:
+        if a._data is None and a._prim is not None and a._prim.name in _ROW_PRODUCTS:
+            rows = _rows_of_product(a, tuple(template), stream)
+            if rows is not None:
+                return rows
         return make_node(STRIDED_SLICE, (a,), {"index": tuple(template)}, shape, a._dtype, stream)
     return make_node(GATHER, (a, *arrays), {"index": tuple(template), "axes": axes}, shape,
                      a._dtype, stream)
+
+
+# Products whose every output row comes from one row of the first operand (the other operands shared):
+# name -> position of that operand.
+_ROW_PRODUCTS = {"matmul": 0, "quantized_matmul": 0, "addmm": 1}
+
+
+def _rows_of_product(a: array, template: tuple, stream):
+    """``a[template]`` for an unrealized product ``a`` (``x @ w``) whose last axis the index keeps whole:
+    the product of the picked rows, ``x[template] @ w``. A language model's logits of its last position
+    (``model(x)[:, -1, :]``) then never compute the other positions' rows (a prompt's worth of
+    vocabulary-wide rows). The full product stays in the graph for any other reader. None where the
+    index is not of that form (new axes, a partial last axis, batched weights)."""
+    pos = _ROW_PRODUCTS[a._prim.name]
+    ins = a._inputs
+    x = ins[pos]
+    n = a._shape[-1] if a._shape else 0
+    last = template[-1] if template else None
+    if len(template) != a.ndim or x.ndim != a.ndim or a.ndim < 2 or not isinstance(last, _pyslice) \
+            or (last.start, last.stop, last.step) != (0, n, 1) or any(e is None for e in template) \
+            or any(i != pos and v.ndim > (1 if a._prim.name == "addmm" and i == 0 else 2)
+                   for i, v in enumerate(ins[:pos + 2])):
+        return None
+    rows_index = template[:-1] + (_pyslice(0, x._shape[-1], 1),)
+    rows = make_node(STRIDED_SLICE, (x,), {"index": rows_index}, _result_shape(rows_index, ()), x._dtype, stream)
+    new = list(ins)
+    new[pos] = rows
+    return make_node(a._prim, tuple(new), a._params, rows._shape[:-1] + (n,), a._dtype, a._stream)
 
 
 # --- scatter (writing) --------------------------------------------------------------------------
