@@ -177,7 +177,9 @@ def _gather_mm_cases(rng, d):
 GATHER_MM = register(Primitive("gather_mm", "linalg", _gather_mm_ref,
                                dtypes=tuple(d for d in INEXACT if d.kind == "f"),
                                doc="Matrix products of operand matrices picked by index (batch gather).",
-                               extra={"cases": _gather_mm_cases}))
+                               # MLX's CPU computes it in float32 only; its GPUs take half precision
+                               extra={"cases": _gather_mm_cases,
+                                      "beyond_mlx_cpu": ("float16", "bfloat16", "float64")}))
 
 
 def _gather_mm_as_ops(p, a, b, lhs, rhs):
