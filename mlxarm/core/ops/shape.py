@@ -608,6 +608,8 @@ def pad(a, pad_width, mode: str = "constant", constant_values=0, *, stream=None)
     from .creation import scalar_array
 
     a = to_array(a)
+    if not isinstance(mode, str):
+        raise TypeError(f"pad(): incompatible function arguments: mode must be a str, not {type(mode).__name__}.")
     widths = _pad_widths(pad_width, a.ndim)
     for i, (lo, hi) in enumerate(widths):
         if lo < 0:
