@@ -240,16 +240,20 @@ def test_rows_picked_from_a_product_compute_only_those_rows(form):
     w = ma.array(rng.standard_normal((64, 2048)).astype(np.float32))
     bias = ma.array(rng.standard_normal((2048,)).astype(np.float32))
     qw, scales, biases = ma.quantize(w.T)
-    product = {"matmul": lambda: x @ w, "addmm": lambda: ma.addmm(bias, x, w),
-               "quantized_matmul": lambda: ma.quantized_matmul(x, qw, scales, biases)}[form]
-    ma.eval(x, w, bias, qw, scales, biases)
+    product = {"matmul": lambda x: x @ w, "addmm": lambda x: ma.addmm(bias, x, w),
+               "quantized_matmul": lambda x: ma.quantized_matmul(x, qw, scales, biases)}[form]
+    rows = x[1]  # a 2-D operand: an int picks a single row (a vector)
+    ma.eval(x, rows, w, bias, qw, scales, biases)
     gc.collect()
     before = ma.get_active_memory()
     ma.reset_peak_memory()
-    last = product()[:, -1, :]
-    some = product()[1, 3:9:2]
-    ma.eval(last, some)
+    last = product(x)[:, -1, :]
+    some = product(x)[1, 3:9:2]
+    one = product(rows)[-1]
+    ma.eval(last, some, one)
     assert ma.get_peak_memory() - before < 2 * 1024 * 2048 * 4 // 4  # the whole product: 16 MiB
-    whole = np.array(product())
+    whole = np.array(product(x))
     np.testing.assert_allclose(np.array(last), whole[:, -1, :], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.array(some), whole[1, 3:9:2], rtol=1e-5, atol=1e-4)
+    assert one.shape == (2048,)
+    np.testing.assert_allclose(np.array(one), whole[1, -1], rtol=1e-5, atol=1e-4)

@@ -254,11 +254,19 @@ def _rows_of_product(a: array, template: tuple, stream):
             or any(i != pos and v.ndim > (1 if a._prim.name == "addmm" and i == 0 else 2)
                    for i, v in enumerate(ins[:pos + 2])):
         return None
-    rows_index = template[:-1] + (_pyslice(0, x._shape[-1], 1),)
+    # an int keeps its axis (length 1) here, so the operand keeps the product's rank; a reshape drops it
+    rows_index = tuple(_pyslice(e, e + 1, 1) if isinstance(e, int) else e for e in template[:-1]) \
+        + (_pyslice(0, x._shape[-1], 1),)
     rows = make_node(STRIDED_SLICE, (x,), {"index": rows_index}, _result_shape(rows_index, ()), x._dtype, stream)
     new = list(ins)
     new[pos] = rows
-    return make_node(a._prim, tuple(new), a._params, rows._shape[:-1] + (n,), a._dtype, a._stream)
+    out = make_node(a._prim, tuple(new), a._params, rows._shape[:-1] + (n,), a._dtype, a._stream)
+    shape = _result_shape(template, ())
+    if shape == out._shape:
+        return out
+    from .shape import reshape
+
+    return reshape(out, shape, stream=stream)
 
 
 # --- scatter (writing) --------------------------------------------------------------------------
