@@ -312,9 +312,12 @@ def test_uncompiled_steps_on_a_growing_cache_replay_one_plan(llvm):
     """A decode step written as mlx-lm writes it (the cache updated at the position by ``cache[...,
     n:n+1, :] = kv`` and attention over ``cache[..., :n+1, :]``) differs from the last step only in
     those slices' bounds and shapes: from the third step on it replays one plan, and every step
-    computes what numpy computes on the same cache."""
+    computes what numpy computes on the same cache (through the output projection and the last
+    position's row of a quantized projection, ``quantized_matmul(h, w, ...)[:, -1, :]``)."""
     rng = np.random.default_rng(7)
-    heads, dims, capacity = 2, 8, 16
+    heads, dims, capacity = 2, 16, 16
+    qw, scales, biases = ma.quantize(ma.array(rng.standard_normal((40, heads * dims)).astype(np.float32)), 32)
+    w = np.array(ma.dequantize(qw, scales, biases, 32)).T
     keys = ma.zeros((1, heads, capacity, dims))
     values = ma.zeros((1, heads, capacity, dims))
     ref_k = np.zeros((1, heads, capacity, dims), np.float32)
@@ -327,11 +330,12 @@ def test_uncompiled_steps_on_a_growing_cache_replay_one_plan(llvm):
         values[..., n:n + 1, :] = ma.array(v)
         out = ma.fast.scaled_dot_product_attention(ma.array(q) * 1.0, keys[..., :n + 1, :], values[..., :n + 1, :],
                                                    scale=0.5)
+        logits = ma.quantized_matmul(out.reshape(1, 1, heads * dims), qw, scales, biases, group_size=32)[:, -1, :]
         before = llvm.replays
-        ma.eval(out)
+        ma.eval(logits)
         replays.append(llvm.replays - before)
         want = _numpy_attention(q, ref_k[..., :n + 1, :], ref_v[..., :n + 1, :], 0.5)
-        np.testing.assert_allclose(np.array(out), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.array(logits), want.reshape(1, heads * dims) @ w, rtol=1e-5, atol=1e-5)
     assert replays[3:] == [1] * 5
 
 

@@ -12,6 +12,7 @@ through out-of-range indices are dropped, as MLX's scatter does for out-of-range
 from __future__ import annotations
 
 import builtins
+import math
 
 import numpy as np
 
@@ -243,7 +244,8 @@ def _rows_of_product(a: array, template: tuple, stream):
     the product of the picked rows, ``x[template] @ w``. A language model's logits of its last position
     (``model(x)[:, -1, :]``) then never compute the other positions' rows (a prompt's worth of
     vocabulary-wide rows). The full product stays in the graph for any other reader. None where the
-    index is not of that form (new axes, a partial last axis, batched weights)."""
+    index is not of that form (new axes, a partial last axis, batched weights) or picks every row: a
+    decode step's graph then keeps the shape whose plan replays from step to step."""
     pos = _ROW_PRODUCTS[a._prim.name]
     ins = a._inputs
     x = ins[pos]
@@ -254,6 +256,9 @@ def _rows_of_product(a: array, template: tuple, stream):
             or any(i != pos and v.ndim > (1 if a._prim.name == "addmm" and i == 0 else 2)
                    for i, v in enumerate(ins[:pos + 2])):
         return None
+    shape = _result_shape(template, ())
+    if math.prod(shape) == math.prod(a._shape):
+        return None  # every row picked (a decode step's one position): nothing to save
     # an int keeps its axis (length 1) here, so the operand keeps the product's rank; a reshape drops it
     rows_index = tuple(_pyslice(e, e + 1, 1) if isinstance(e, int) else e for e in template[:-1]) \
         + (_pyslice(0, x._shape[-1], 1),)
@@ -261,7 +266,6 @@ def _rows_of_product(a: array, template: tuple, stream):
     new = list(ins)
     new[pos] = rows
     out = make_node(a._prim, tuple(new), a._params, rows._shape[:-1] + (n,), a._dtype, a._stream)
-    shape = _result_shape(template, ())
     if shape == out._shape:
         return out
     from .shape import reshape
