@@ -498,22 +498,24 @@ def _reject(desc, dunder, other):
     return ValueError(f"Cannot perform {desc} on an mlx.core.array and {type(other).__name__}")
 
 
+def _operand(other, desc, dunder):
+    """``other`` as an operator's operand (``coerce_operand``), or MLX's error for it."""
+    value = coerce_operand(other)
+    if value is _NOT_OPERAND:
+        raise _reject(desc, dunder, other)
+    return value
+
+
 def _binary(name, desc, dunder, reflected=False):
     if reflected:
         def op(self, other):
             if type(other) not in _OPERAND_FAST:
-                value = coerce_operand(other)
-                if value is _NOT_OPERAND:
-                    raise _reject(desc, dunder, other)
-                other = value
+                other = _operand(other, desc, dunder)
             return getattr(_ops, name)(other, self)
     else:
         def op(self, other):
             if type(other) not in _OPERAND_FAST:
-                value = coerce_operand(other)
-                if value is _NOT_OPERAND:
-                    raise _reject(desc, dunder, other)
-                other = value
+                other = _operand(other, desc, dunder)
             return getattr(_ops, name)(self, other)
     op.__name__ = dunder
     return op
@@ -522,10 +524,7 @@ def _binary(name, desc, dunder, reflected=False):
 def _inplace(name, desc, dunder):
     def op(self, other):
         if type(other) not in _OPERAND_FAST:
-            value = coerce_operand(other)
-            if value is _NOT_OPERAND:
-                raise _reject(f"inplace {desc}", dunder, other)
-            other = value
+            other = _operand(other, f"inplace {desc}", dunder)
         if name == "divide" and self._dtype.kind not in "fc":
             raise ValueError("In place division cannot cast to non-floating point type.")
         return self._update_in_place(lambda old: getattr(_ops, name)(old, other))
@@ -567,32 +566,25 @@ def _imatmul(self, other):
     return self._update_in_place(lambda old: _matmul(old, other))
 
 
-def _eq(self, other):
-    if type(other) not in _OPERAND_FAST:
-        value = coerce_operand(other)
-        if value is _NOT_OPERAND:
-            if other is None:
-                raise _reject("equal", "__eq__", other)
-            return False
-        other = value
-    return _ops.equal(self, other)
-
-
-def _ne(self, other):
-    if type(other) not in _OPERAND_FAST:
-        value = coerce_operand(other)
-        if value is _NOT_OPERAND:
-            if other is None:
-                raise _reject("not equal", "__ne__", other)
-            return True
-        other = value
-    return _ops.not_equal(self, other)
+def _equality(name, desc, dunder, unlike):
+    """``==`` / ``!=``: what is no operand compares unequal (``unlike``), None raises, as MLX."""
+    def op(self, other):
+        if type(other) not in _OPERAND_FAST:
+            value = coerce_operand(other)
+            if value is _NOT_OPERAND:
+                if other is None:
+                    raise _reject(desc, dunder, other)
+                return unlike
+            other = value
+        return getattr(_ops, name)(self, other)
+    op.__name__ = dunder
+    return op
 
 
 array.__matmul__ = _matmul
 array.__imatmul__ = _imatmul
-array.__eq__ = _eq
-array.__ne__ = _ne
+array.__eq__ = _equality("equal", "equal", "__eq__", False)
+array.__ne__ = _equality("not_equal", "not equal", "__ne__", True)
 array.__neg__ = lambda self: _ops.negative(self)
 array.__pos__ = lambda self: self
 array.__abs__ = lambda self: _ops.abs(self)
