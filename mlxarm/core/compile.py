@@ -673,7 +673,7 @@ _SHAPELESS_KIND = {"unary": _same_as_input, "binary": _broadcasting, "ternary": 
                    "reduce": _reduced, "scan": _same_as_input,
                    "index": _same_as_input}  # updates (scatter, slice_update) keep their target's shape
 _SHAPELESS = {"matmul": _matmul, "addmm": _matmul, "transpose": _transpose, "reshape": _reshape,
-              "broadcast_to": _broadcast_to, "strided_slice": _strided_slice, "sort": _same_as_input, "argsort": _same_as_input,
-              "contiguous": _same_as_input, "copy": _same_as_input, "gather": _gather,
+              "broadcast_to": _broadcast_to, "strided_slice": _strided_slice, "sort": _same_as_input,
+              "argsort": _same_as_input, "contiguous": _same_as_input, "copy": _same_as_input, "gather": _gather,
               "take_along_axis": _take_along_axis, "full": _full, "gather_mm": _gather_mm,
               "gather_qmm": _gather_qmm}
