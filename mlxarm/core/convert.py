@@ -294,12 +294,12 @@ def to_array(v, dtype=None) -> array:
     try:
         return realized_from_value(v, dtype)
     except ValueError:
-        value = coerce_operand(v)  # __mlx_array__, or a number type Python makes a complex of
+        value = coerce_operand(v)  # a number type Python makes a complex of (``__mlx_array__`` took above)
         if value is _NOT_OPERAND:
             if v is None:
                 raise _none_argument() from None
             raise
-        return value if isinstance(value, array) else realized_from_value(value, dtype)
+        return realized_from_value(value, dtype)
 
 
 _SCALAR_CACHE: dict = {}

@@ -300,6 +300,14 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     return rounded
 
 
+def round_half(x: np.ndarray, half: str) -> np.ndarray:
+    """float32 values rounded to the half type named ``half`` ("float16" or "bfloat16"), widened back:
+    an intermediate step of MLX's half-precision kernels, as the references follow them."""
+    if half == "float16":
+        return x.astype(np.float16).astype(np.float32)
+    return bf16_to_f32(f32_to_bf16(x))
+
+
 def to_compute(data: np.ndarray, dtype: Dtype) -> np.ndarray:
     """Storage -> the numpy array the reference computes on."""
     return bf16_to_f32(data) if dtype is bfloat16 else data

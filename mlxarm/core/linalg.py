@@ -623,10 +623,8 @@ def _norm_ref(p, x):
     half = p.get("half")
     if half and (ord_ in (None, "fro") or (ord_ == 2.0 and len(axes) == 1)):
         # MLX's sqrt(sum(square(x))) in the half type: the squares and their sum are rounded to it too.
-        def rnd(v):
-            return v.astype(np.float16).astype(np.float32) if half == "float16" else dt.bf16_to_f32(dt.f32_to_bf16(v))
-
-        return np.sqrt(rnd(np.sum(rnd(x * x), axis=axes, keepdims=p["keepdims"])))
+        squares = dt.round_half(x * x, half)
+        return np.sqrt(dt.round_half(np.sum(squares, axis=axes, keepdims=p["keepdims"]), half))
     if ord_ is None:
         r = np.sqrt(np.sum(np.abs(x) ** 2, axis=axes, keepdims=p["keepdims"]))
     else:

@@ -137,19 +137,12 @@ def _float_test(p, fn):
     return ref
 
 
-def _round_half(x, half: str):
-    """float32 values rounded to the half type ``half`` and widened back."""
-    if half == "float16":
-        return x.astype(np.float16).astype(np.float32)
-    return dt.bf16_to_f32(dt.f32_to_bf16(x))
-
-
 def _sigmoid(p, x):
     if p:
         # MLX's half kernel rounds exp(|x|) to the half type, then takes y = 1 / (1 + e) in float32
         # and 1 - y for x >= 0 (the executor rounds the result once more).
         w = x.astype(np.float32)
-        y = 1 / (1 + _round_half(np.exp(np.abs(w)), p["half"]))
+        y = 1 / (1 + dt.round_half(np.exp(np.abs(w)), p["half"]))
         return np.where(w < 0, y, 1 - y)
     # float16 computes in float32 so that sigmoid(8) stays below 1 before rounding, as in MLX.
     wide = x.astype(np.float32) if x.dtype == np.float16 else x
@@ -158,7 +151,7 @@ def _sigmoid(p, x):
 
 def _rsqrt(p, x):
     if p:  # MLX's half kernel rounds the root to the half type before taking its reciprocal
-        return 1 / _round_half(np.sqrt(x.astype(np.float32)), p["half"])
+        return 1 / dt.round_half(np.sqrt(x.astype(np.float32)), p["half"])
     return (1 / np.sqrt(x)).astype(x.dtype)
 
 

@@ -226,7 +226,7 @@ def _getitem(a: array, idx):
     shape = _result_shape(template, arrays)
     if not arrays:
         if a._data is None and a._prim is not None and a._prim.name in _ROW_PRODUCTS:
-            rows = _rows_of_product(a, tuple(template), stream)
+            rows = _rows_of_product(a, tuple(template), shape, stream)
             if rows is not None:
                 return rows
         return make_node(STRIDED_SLICE, (a,), {"index": tuple(template)}, shape, a._dtype, stream)
@@ -239,9 +239,9 @@ def _getitem(a: array, idx):
 _ROW_PRODUCTS = {"matmul": 0, "quantized_matmul": 0, "addmm": 1}
 
 
-def _rows_of_product(a: array, template: tuple, stream):
-    """``a[template]`` for an unrealized product ``a`` (``x @ w``) whose last axis the index keeps whole:
-    the product of the picked rows, ``x[template] @ w``. A language model's logits of its last position
+def _rows_of_product(a: array, template: tuple, shape: tuple, stream):
+    """``a[template]`` (of ``shape``) for an unrealized product ``a`` (``x @ w``) whose last axis the index
+    keeps whole: the product of the picked rows, ``x[template] @ w``. A language model's logits of its last position
     (``model(x)[:, -1, :]``) then never compute the other positions' rows (a prompt's worth of
     vocabulary-wide rows). The full product stays in the graph for any other reader. None where the
     index is not of that form (new axes, a partial last axis, batched weights) or picks every row: a
@@ -256,7 +256,6 @@ def _rows_of_product(a: array, template: tuple, stream):
             or any(i != pos and v.ndim > (1 if a._prim.name == "addmm" and i == 0 else 2)
                    for i, v in enumerate(ins[:pos + 2])):
         return None
-    shape = _result_shape(template, ())
     if math.prod(shape) == math.prod(a._shape):
         return None  # every row picked (a decode step's one position): nothing to save
     # an int keeps its axis (length 1) here, so the operand keeps the product's rank; a reshape drops it

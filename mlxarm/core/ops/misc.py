@@ -16,12 +16,6 @@ from ..errors import AxisError
 _HALF = (dt.float16, dt.bfloat16)
 
 
-def _round_half(x: np.ndarray, half: str) -> np.ndarray:
-    if half == "float16":
-        return x.astype(np.float16).astype(np.float32)
-    return dt.bf16_to_f32(dt.f32_to_bf16(x))
-
-
 def _softmax_ref(p, x):
     axes, half = p["axes"], p["half"]
     if x.size == 0:
@@ -38,16 +32,16 @@ def _softmax_ref(p, x):
     # Half precision throughout, as MLX's half kernels do (x arrives widened to float32).
     x = x.astype(np.float32)
     m = np.max(x, axis=axes, keepdims=True)
-    e = _round_half(np.exp(_round_half(x - m, half)), half)
+    e = dt.round_half(np.exp(dt.round_half(x - m, half)), half)
     if p["fused"] and half == "float16":
         # MLX's kernel adds the row's exponentials one at a time in float16 (numpy's float16 accumulate
         # rounds each step the same way); bfloat16 has no such numpy loop: its sum is rounded once.
         s = np.add.accumulate(e.astype(np.float16), axis=-1)[..., -1:].astype(np.float32)
     else:
-        s = _round_half(np.sum(e, axis=axes, keepdims=True), half)
+        s = dt.round_half(np.sum(e, axis=axes, keepdims=True), half)
     if p["fused"]:
-        return _round_half(e * _round_half(1 / s, half), half)
-    return _round_half(e / s, half)
+        return dt.round_half(e * dt.round_half(1 / s, half), half)
+    return dt.round_half(e / s, half)
 
 
 def _complex_max(x, axes):
