@@ -6,8 +6,8 @@ a row softmax composed of three kernels and the row-kernel softmax of 4096 x 409
 (``--m``) and float32/float16 matmul of ``--big`` cubed (torch with TF32 off), a 4-bit quantized
 matvec of ``--big`` squared (group 64), and the cost of one eval of 1, 10 and 100 small kernels.
 
-Figures per workload and backend: ``eval_s``, a whole ``mx.eval`` including the download of its
-result; ``device_s`` for single fused kernels and kernel templates (matmul, rows, quantized matvec),
+Figures per workload and backend: ``eval_s``, a whole ``mx.eval`` (its result stays on the device,
+as PyTorch's does); ``device_s`` for single fused kernels and kernel templates (matmul, rows, quantized matvec),
 the kernel alone: what a launch adds to a submission (``--reps`` + 1 launches recorded back to back and
 submitted once, less one launch submitted alone, per launch; for a template, the launches one eval of
 it records, replayed with the same arguments). PyTorch's figures are taken the same way.
@@ -161,7 +161,8 @@ def device_seconds(device: str, build, reps: int) -> float | None:
 
 
 def eval_overhead(mx, device: str, kernels: int, repeat: int) -> float:
-    """Seconds for one eval of ``kernels`` dependent small reductions (each its own kernel)."""
+    """Seconds for one eval of ``kernels`` dependent small reductions (each its own kernel), with the
+    result read on the host."""
     x = mx.array(np.ones((4, 64), np.float32))
 
     def graph():
@@ -170,8 +171,8 @@ def eval_overhead(mx, device: str, kernels: int, repeat: int) -> float:
             y = mx.sum(y, axis=1, keepdims=True) * 0.01 + x
         return y
 
-    def once():
-        mx.eval(graph())
+    def once():  # read on the host, as PyTorch's chain is (``.cpu()``)
+        np.asarray(graph())
 
     os.environ["MLXARM_DEVICE"] = device
     return best_of(once, repeat)

@@ -226,3 +226,35 @@ def test_environment_switch():
     for d in devices:
         assert seen["0"][d][0] is False
         assert seen[None][d][0] is seen[None][d][1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_outputs_stay_on_the_device_until_the_host_reads_them(device):
+    """A chain of evals moves no output back to the host: each eval's kernels read the last one's
+    output on the device. Reading an output writes its host buffer (once); an eval on another
+    executor first writes every output still on the device only."""
+    rt = executor(device).rt
+    x = ma.array(_DATA)
+    start = rt.downloads
+    ys = [on(device, lambda: [ma.exp(x * 0.25) + 1])[0]]
+    for k in range(3):
+        ys.append(on(device, lambda: [ys[-1] * 0.5 - k])[0])
+    assert rt.downloads == start, "an eval downloaded its outputs before the host read them"
+    ref = np.exp(_DATA * np.float32(0.25)) + 1
+    for k in range(3):
+        ref = ref * np.float32(0.5) - k
+    np.testing.assert_allclose(np.array(ys[-1]), ref, rtol=2e-5, atol=1e-6)
+    assert rt.downloads == start + 1, "reading one output downloaded more or less than that output"
+    np.testing.assert_allclose(ys[-1].tolist(), ref, rtol=2e-5, atol=1e-6)
+    assert rt.downloads == start + 1, "an output read twice was downloaded twice"
+    # An array read before it is evaluated is written to the host by its eval's own submission.
+    submits = getattr(rt, "submits", None)
+    w = ys[-1] + 1
+    np.testing.assert_allclose(on(device, lambda: np.array(w)), ref + 1, rtol=2e-5, atol=1e-6)
+    assert rt.downloads == start + 2
+    if submits is not None:  # Vulkan counts its submissions
+        assert rt.submits == submits + 1, "the read took a submission of its own"
+    # A numpy eval reads the first output: the three still on the device only are written first.
+    z = on("numpy", lambda: [ys[0] + 0])[0]
+    assert rt.downloads == start + 5
+    np.testing.assert_allclose(np.array(z), np.exp(_DATA * np.float32(0.25)) + 1, rtol=2e-5, atol=1e-6)

@@ -14,6 +14,10 @@ from __future__ import annotations
 import os
 
 _EXECUTORS: dict = {}
+# Executors whose kernels may leave an output's current contents on the device only (the GPU
+# executors): a host read of a realized array asks each of them to write its host buffer first
+# (``core.graph.host_data``), and an eval on another executor has them write all of theirs.
+device_writers: list = []
 KNOWN = ("numpy", "llvm", "opencl", "vulkan")
 
 
@@ -159,7 +163,15 @@ def executor_for(device):
     return executor(cpu_backend())
 
 
-def run_order(refs) -> None:
-    """Realize weak references to nodes in order, each with its stream's executor."""
+def run_order(refs, read=()) -> None:
+    """Realize weak references to nodes in order, each with its stream's executor. Outputs another
+    executor left on the device are written to their host buffers first. ``read``: nodes the host
+    reads next, which a GPU executor writes to their host buffers in the eval's own submission."""
     ex = executor_for(None)
-    ex.run(refs)
+    for other in device_writers:
+        if other is not ex and other.resident.stale:
+            other.sync_host()
+    if read and ex in device_writers:
+        ex.run(refs, read)
+    else:
+        ex.run(refs)

@@ -7,7 +7,9 @@ download). Every array a kernel reads or writes has a device buffer that lives a
 host buffer (``Resident``): an input already on the device is not uploaded again, and a kernel output
 stays on the device for the kernels of later evals. A node is given its host buffer (uninitialised)
 as soon as its kernel is recorded, so later groups can be lowered against it; the recorded work is
-submitted once, and outputs are downloaded when the eval ends or before a numpy step needs them.
+submitted once when the eval ends. An output stays on the device only (``Resident.stale``) until the
+host reads it (``to_host``, through ``core.graph.host_data``), a numpy step reads it, or
+another executor runs an eval (``backend.run_order``): a chain of evals moves no data back to the host.
 
 A reduction into few outputs runs in two stages (``reduction_parts``): many workgroups per output
 write partial results, a second kernel combines them. Matmul, softmax/rms_norm/layer_norm over the
@@ -44,6 +46,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..codegen import fuse, ir, lower, rows, schedule
 from ..core.device import count_buffer
+from . import device_writers
 from ..core.fast import rope_inv_freq
 from ..core.ops.indexing import window_start
 from ..kernels import gpu_attention, gpu_matmul, gpu_qmv, gpu_rows, gpu_update
@@ -253,6 +256,7 @@ class GPUExecutor:
         self.leaves = None  # the eval's leaves (fuse.signature) while it runs
         self.leaf_ids = None
         self.located: dict = {}  # id(array) -> _Located, for eval leaves (weights live across evals)
+        device_writers.append(self)
 
     def info(self) -> dict:
         return {"backend": self.name, **self.rt.info()}
@@ -320,10 +324,17 @@ class GPUExecutor:
         if hit is not None and self.resident.on_drop is not None:
             self.resident.on_drop(hit[1])
 
-    def sync_host(self) -> None:
-        """Submit what is recorded and write every pending output into its host buffer."""
-        pending = self.resident.stale
-        self.resident.stale = {}
+    def sync_host(self, keys=None, final: bool = False) -> None:
+        """Submit what is recorded and write pending outputs into their host buffers: those of the host
+        buffers whose ids are in ``keys``, or every one (None). With ``keys`` and none of them pending,
+        it submits only when ``final`` (the eval's end)."""
+        stale = self.resident.stale
+        if keys is None:
+            pending, self.resident.stale = stale, {}
+        else:
+            pending = {k: stale.pop(k) for k in keys if k in stale}
+            if not pending and not final:
+                return  # nothing of these is on the device only: no need to wait for the recorded work
         jobs = []
         for ref, buf in pending.values():
             root = ref()
@@ -331,14 +342,24 @@ class GPUExecutor:
                 jobs.append((buf, root))
         self.rt.submit(jobs)
 
+    def to_host(self, data: np.ndarray) -> None:
+        """Write ``data``'s host buffer where its contents are on the device only (``core.graph.host_data``)."""
+        stale = self.resident.stale
+        if stale:
+            key = id(root_of(data))
+            if key in stale:
+                self.sync_host((key,))
+
     # --- one eval ------------------------------------------------------------------------------------
     def supports(self, kernel: ir.Kernel) -> bool:
         return True
 
-    def run(self, refs) -> None:
+    def run(self, refs, read=()) -> None:
         """Realize the nodes behind ``refs`` (topologically ordered): an eval whose graph has the
         structure of one kept before replays its recorded steps; any other is planned, lowered and
-        recorded, and kept when its structure comes the second time."""
+        recorded, and kept when its structure comes the second time. The outputs stay on the device,
+        but for the nodes in ``read`` (the host reads them next), written to the host in the same
+        submission."""
         nodes = [n for n in (r() for r in refs) if n is not None and n._data is None]
         if not nodes:
             return
@@ -371,7 +392,8 @@ class GPUExecutor:
         finally:
             self.leaves = self.leaf_ids = None
             self.where = {}
-            self.sync_host()
+            # outputs stay on the device until the host reads them (``to_host``)
+            self.sync_host({id(root_of(n._data)) for n in read if n._data is not None}, final=True)
         # A structure is kept on its second sighting: a graph seen once costs a hash, not a recording.
         if counted is None:
             return
@@ -442,7 +464,7 @@ class GPUExecutor:
         if stale:
             leaves = {id(root_of(leaf._data)) for leaf in _leaves(node)}
             if leaves & stale.keys() and any(id(root_of(a)) not in leaves for a in arrays):
-                self.sync_host()
+                self.sync_host(leaves)
                 if sources is not None:
                     sources.clear()
                 kernel, arrays, out = lower.lower(node, 1, sources)
@@ -939,9 +961,8 @@ class GPUExecutor:
 
     def run_numpy(self, nodes: list, debug: int) -> None:
         stale = self.resident.stale
-        if stale and any(id(root_of(i._data)) in stale for n in nodes for i in n._inputs
-                         if i._data is not None):
-            self.sync_host()
+        if stale:
+            self.sync_host({id(root_of(i._data)) for n in nodes for i in n._inputs if i._data is not None})
         for n in nodes:
             self.last_plan.append(("numpy", n._prim.name if n._prim else "?"))
             if debug:

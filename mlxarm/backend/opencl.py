@@ -65,6 +65,7 @@ class OpenCLRuntime:
         self.pool_limit = self.device.global_mem_size // 8
         self.compiled = 0
         self.uploads = 0
+        self.downloads = 0  # device buffers written to their host arrays
         self.matmul_tiling = gpu_matmul.choose(self.device.max_work_group_size, self.device.local_mem_size,
                                                cpu=not gpus)
         self.max_batch = 1 << 30
@@ -155,6 +156,7 @@ class OpenCLRuntime:
         host-allocated buffer is mapped and copied from, any other read into the host array."""
         cl = self.cl
         q = self.queue()
+        self.downloads += len(jobs)
         maps, events = [], []
         for buf, host in jobs:
             waits = self._waits([buf])

@@ -118,6 +118,7 @@ class VulkanRuntime:
         self.dying: list = []
         self.compiled = 0
         self.uploads = 0
+        self.downloads = 0  # device buffers written to their host arrays
         self.submits = 0
         self.dispatches = 0
 
@@ -208,6 +209,7 @@ class VulkanRuntime:
     def submit(self, jobs: list) -> None:
         """Run everything recorded, then copy (device tensor, host array) pairs to the host (from the
         tensor's mapped memory: its staging buffer, filled by the submit, or the host-visible tensor)."""
+        self.downloads += len(jobs)
         staged = [t for t, _ in jobs if self._staged(t)]
         if self.sequence is not None or self.pending_uploads or staged:
             seq = self._seq()

@@ -14,6 +14,7 @@ import weakref
 import numpy as np
 
 from . import dtypes as dt
+from ..backend import device_writers as _device_writers
 from .dtypes import Dtype
 from .errors import DtypeError
 
@@ -84,11 +85,16 @@ class array:
 
     # --- realization ---------------------------------------------------------------------------
     def _realized(self) -> np.ndarray:
-        """The storage buffer as a numpy array (evaluates first)."""
+        """The storage buffer as a numpy array (evaluates first, and has a GPU executor write it where
+        its contents are still on the device only)."""
         if self._data is None:
             from .graph import eval_arrays
 
-            eval_arrays((self,))
+            eval_arrays((self,), read=True)
+        if _device_writers:
+            from .graph import host_data
+
+            host_data(self._data)
         return self._data
 
     def _numpy(self) -> np.ndarray:

@@ -12,6 +12,7 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+from ..backend import device_writers
 from ..codegen.schedule import toposort
 from .array import array
 from .device import check_stream_usable, resolve_stream
@@ -103,10 +104,11 @@ def _check_streams(order) -> None:
 _LATE: list = []
 
 
-def _run(outputs, order: list | None = None) -> None:
+def _run(outputs, order: list | None = None, read: bool = False) -> None:
     """Evaluate ``outputs``; ``order``, when given, is their ``toposort`` taken earlier (``async_eval``'s:
     nodes realized since then are passed over; its streams were checked in the caller's thread, as the
-    worker running it owns none)."""
+    worker running it owns none). ``read``: the host reads the outputs next (a GPU executor writes
+    them to their host buffers in the eval's own submission)."""
     if not _LATE:
         from ..backend import run_order
         from .compile import PENDING, expand_programs
@@ -126,7 +128,7 @@ def _run(outputs, order: list | None = None) -> None:
     keep = [o for o in outputs if o._data is None]
     refs = [weakref.ref(n) for n in order]
     del order
-    run_order(refs)
+    run_order(refs, keep if read else ())
     del keep
 
 
@@ -136,10 +138,18 @@ def _executor():
     return executor_for(None)
 
 
-def eval_arrays(outputs) -> None:
-    """Realize ``outputs`` and everything unrealized they depend on."""
+def eval_arrays(outputs, read: bool = False) -> None:
+    """Realize ``outputs`` and everything unrealized they depend on (``read``: as ``_run``)."""
     with _LOCK:
-        _run(outputs)
+        _run(outputs, read=read)
+
+
+def host_data(data) -> None:
+    """Have the executors that may hold ``data``'s current contents on the device only (GPU outputs
+    stay there until the host reads them) write its host buffer."""
+    with _LOCK:
+        for ex in device_writers:
+            ex.to_host(data)
 
 
 def eval(*args) -> None:
