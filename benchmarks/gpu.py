@@ -254,6 +254,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--backends", default="opencl,vulkan")
+    ap.add_argument("--workloads", default="", help="comma-separated workload names (default: all)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
 
@@ -272,7 +273,9 @@ def main() -> None:
         figures = {"info": mx.device_info()}
         print(f"{device}: {figures['info'].get('device_name')}")
         loads = workloads(mx, args.n, args.m, args.big)
-        warm_up(lambda: mx.eval(loads["matmul_big_f32"][0]()))
+        warm_up(lambda: mx.eval(loads["matmul_big_f32"][0]()))  # the heaviest: the device reaches full clocks
+        if args.workloads:
+            loads = {k: v for k, v in loads.items() if k in args.workloads.split(",")}
         for name, (build, nbytes, flops, kind) in loads.items():
             entry = {"eval_s": best_of(lambda: mx.eval(build()), args.repeat)}
             if kind == "kernel":
@@ -310,6 +313,7 @@ def main() -> None:
               "matmul_big_f16", "qmv_big_q4"]
     series = list(results["backends"])
     unit = {g: "GFLOP/s" if g.startswith("matmul") else "GB/s" for g in groups}
+    groups = [g for g in groups if all(g in results["backends"][s] for s in series)]
     values = {(g, s): results["backends"][s][g][unit[g]] for g in groups for s in series}
     if torch is not None and series:  # PyTorch's bar beside ours: the same work over its time
         first = results["backends"][series[0]]

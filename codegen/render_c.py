@@ -6,7 +6,9 @@ shared here: index arithmetic from a linear id through the affine strides, expre
 semantics (half precision computed in float32 and rounded at every node, NaN-propagating
 maximum/minimum, saturating float-to-integer casts), and both kernel shapes:
 
-* elementwise: one work item per output element, a grid-stride loop over the output space;
+* elementwise: a grid-stride loop over the output space, each step of a work item computing
+  ``ELEMENTWISE`` elements one grid apart (all loads first, then the stores), so that enough loads are in
+  flight to reach the device's bandwidth;
 * reduce: one workgroup per output element; each work item folds a strided share of the reduced
   space, then a tree in shared memory combines the work items' partial results (or, where the device
   has subgroup arithmetic and the dialect a subgroup reduction for the op and type, each subgroup
@@ -28,6 +30,7 @@ from .ir import Cast, Const, Kernel, Load, Op, walk
 
 FLOATS = frozenset({"float16", "float32", "bfloat16"})
 UNROLL = 4  # reduced elements a work item folds per step of a reduction's main loop
+ELEMENTWISE = 2  # output elements a work item of an elementwise kernel computes per step of its loop
 _BITS = {"bool": 8, "uint8": 8, "int8": 8, "uint16": 16, "int16": 16, "uint32": 32, "int32": 32,
          "uint64": 64, "int64": 64, "float16": 16, "bfloat16": 16, "float32": 32}
 
@@ -443,15 +446,28 @@ class CRenderer:
         return out
 
     # --- kernel bodies ---------------------------------------------------------------------------------
-    def elementwise_body(self, linear: str) -> list:
-        """Statements computing and storing output element ``linear``."""
+    def elementwise_body(self, linear: str, step: str = "", count: int = 1) -> list:
+        """Statements computing output elements ``linear + u * step`` for ``u`` below ``count``, then
+        storing them: all their loads come before any store, so a work item has ``count`` independent
+        loads of each input in flight. An element past the end (``n``) is computed at element
+        ``n - 1`` and not stored."""
         k = self.k
-        self.lines = []
+        it = self.index_type
+        lines = []
         strides = self.strides_of(0, len(k.dims))
         strides[k.store.buf] = k.store.strides
-        offs = self.offsets(linear, k.dims, strides, {b: f"o{b}" for b in strides})
-        v = self.value(k.store.value, offs, {})
-        self.store_raw(k.store.buf, k.store.dtype, offs[k.store.buf], self.stored_bits(v, k.store.dtype))
+        stores = []
+        for u in range(count):
+            self.lines = []
+            at = linear if u == 0 else self.emit(it, f"min({linear} + {u} * {step}, n - {self.to(it, '1')})")
+            offs = self.offsets(at, k.dims, strides, {b: f"o{b}" for b in strides})
+            v = self.value(k.store.value, offs, {})
+            lines += self.lines
+            self.lines = []
+            self.store_raw(k.store.buf, k.store.dtype, offs[k.store.buf], self.stored_bits(v, k.store.dtype))
+            stores.append(self.lines if u == 0 else
+                          [f"if ({linear} + {u} * {step} < n) {{", *("  " + ln for ln in self.lines), "}"])
+        self.lines = lines + [ln for block in stores for ln in block]
         return self.lines
 
     def reduce_parts(self, out_index: str, red_indices) -> tuple:

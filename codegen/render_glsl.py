@@ -12,7 +12,7 @@ with subgroup operations (``render(..., subgroups=True)``; ``render_c.subgroup_t
 from __future__ import annotations
 
 from .ir import Cast, Kernel, Load, Op, walk
-from .render_c import FLOATS, HALF_HELPERS, CRenderer, bits, unsigned
+from .render_c import ELEMENTWISE, FLOATS, HALF_HELPERS, CRenderer, bits, unsigned
 
 SUPPORTED = frozenset({"bool", "uint8", "uint16", "uint32", "int8", "int16", "int32", "float16", "float32",
                        "bfloat16"})
@@ -145,10 +145,10 @@ class GLSLRenderer(CRenderer):
     def render(self, stage: str | None = None) -> str:
         k = self.k
         if k.reduce_op is None:
-            body = self.elementwise_body("i")
+            body = self.elementwise_body("i", "stride", ELEMENTWISE)
             lines = self.header() + ["void main() {", *self.offsets_from_push(),
                                      f"  int stride = int(gl_NumWorkGroups.x) * {self.workgroup};",
-                                     "  for (int i = int(gl_GlobalInvocationID.x); i < n; i += stride) {",
+                                     f"  for (int i = int(gl_GlobalInvocationID.x); i < n; i += {ELEMENTWISE} * stride) {{",
                                      *("    " + ln for ln in body), "  }", "}"]
             return PRELUDE + "\n" + "\n".join(lines) + "\n"
         wg = self.workgroup

@@ -11,7 +11,7 @@ sources enable cl_khr_subgroups and build with the OpenCL C version ``subgroup_s
 from __future__ import annotations
 
 from .ir import Kernel
-from .render_c import FLOATS, HALF_HELPERS, CRenderer, combine_name
+from .render_c import ELEMENTWISE, FLOATS, HALF_HELPERS, CRenderer, combine_name
 
 _CTYPE = {"bool": "bool", "uint8": "uchar", "int8": "char", "uint16": "ushort", "int16": "short",
           "uint32": "uint", "int32": "int", "uint64": "ulong", "int64": "long", "float16": "float",
@@ -114,9 +114,9 @@ class OpenCLRenderer(CRenderer):
     def render(self, stage: str | None = None) -> str:
         k = self.k
         if k.reduce_op is None:
-            body = self.elementwise_body("i")
-            lines = [self.signature() + " {",
-                     "  for (long i = get_global_id(0); i < n; i += get_global_size(0)) {",
+            body = self.elementwise_body("i", "g", ELEMENTWISE)
+            lines = [self.signature() + " {", "  long g = get_global_size(0);",
+                     f"  for (long i = get_global_id(0); i < n; i += {ELEMENTWISE} * g) {{",
                      *("    " + ln for ln in body), "  }", "}"]
             return PRELUDE + "\n" + "\n".join(lines) + "\n"
         wg = self.workgroup

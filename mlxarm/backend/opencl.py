@@ -30,7 +30,7 @@ import sys
 import numpy as np
 
 from .. import __version__
-from ..codegen import render_opencl
+from ..codegen import render_c, render_opencl
 from ..codegen.render_c import combine_name
 from ..kernels import gpu_matmul
 from .cache import ObjectCache, default_dir
@@ -231,7 +231,7 @@ class OpenCLRuntime:
         if parts > 1:
             self.launch_two_stage(kernel, bufs, offsets, parts, stream)
             return
-        groups = min(self.max_groups, n if kernel.reduce_op else -(-n // wg))
+        groups = min(self.max_groups, n if kernel.reduce_op else -(-n // (wg * render_c.ELEMENTWISE)))
         self.set_args(fn, bufs, [*offsets, n], np.int64)
         event = self.cl.enqueue_nd_range_kernel(self.queue(stream), fn, (groups * wg,), (wg,),
                                                 wait_for=self._waits(bufs[1:]))
