@@ -297,6 +297,42 @@ def _holds_opaque(t: tuple) -> bool:
     return any(type(x) is _Opaque or (type(x) is tuple and _holds_opaque(x)) for x in t)
 
 
+_SIMPLE = frozenset({type(None), bool, int, float, str})
+_INDEX_ITEMS = frozenset({int, type(None), type(Ellipsis)})
+_BOUNDS = frozenset({int, type(None)})
+
+
+def _simple_values(params: dict):
+    """Whether every value of ``params`` is a number, string, None or a tuple of ints, slices of ints,
+    None and Ellipsis (most ops' params: shapes, axes, flags, index tuples), so that its items are a
+    key as they are (the common case, made fresh by every op call of an uncompiled graph, kept by no
+    cache): None when not, else whether a slice is among them."""
+    slices = False
+    for v in params.values():
+        t = type(v)
+        if t in _SIMPLE:
+            continue
+        if t is not tuple:
+            return None
+        for x in v:
+            tx = type(x)
+            if tx in _INDEX_ITEMS:
+                continue
+            if tx is not slice or type(x.start) not in _BOUNDS or type(x.stop) not in _BOUNDS \
+                    or type(x.step) not in _BOUNDS:
+                return None
+            slices = True
+    return slices
+
+
+def _new_token(value) -> int:
+    if len(_TOKEN_OF) >= 1 << 16:
+        _TOKEN_OF.clear()  # later params get fresh tokens: keys built before just stop matching
+    token = _TOKEN_OF[value] = _NEXT_TOKEN[0]
+    _NEXT_TOKEN[0] += 1
+    return token
+
+
 _TOKENS: dict = {}  # id(params) -> (params, token): one lookup for a params object seen before
 _TOKEN_OF: dict = {}  # frozen params -> token
 _NEXT_TOKEN = [0]
@@ -309,13 +345,21 @@ def params_token(params) -> int:
     hit = _TOKENS.get(id(params))
     if hit is not None and hit[0] is params:
         return hit[1]
+    simple = _simple_values(params) if type(params) is dict else None
+    if simple is not None:
+        # its items as they are (slices as their fields, hashable before Python 3.12), without
+        # ``frozen``'s checks: params of one form always take the same path, so tokens stay consistent
+        value = tuple(params.items()) if simple is False else \
+            tuple([(k, tuple([(slice, x.start, x.stop, x.step) if type(x) is slice else x for x in v])
+                    if type(v) is tuple else v) for k, v in params.items()])
+        token = _TOKEN_OF.get(value)
+        if token is None:
+            token = _new_token(value)
+        return token
     value = frozen(params)
     token = _TOKEN_OF.get(value)
     if token is None:
-        if len(_TOKEN_OF) >= 1 << 16:
-            _TOKEN_OF.clear()  # later params get fresh tokens: keys built before just stop matching
-        token = _TOKEN_OF[value] = _NEXT_TOKEN[0]
-        _NEXT_TOKEN[0] += 1
+        token = _new_token(value)
     if _FROZEN.get(id(params), (None,))[0] is not params:
         return token  # params ``frozen`` would not keep alive (they hold objects) are not kept here either
     if len(_TOKENS) >= 8192:

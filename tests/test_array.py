@@ -155,6 +155,26 @@ def test_repeated_setitem_keeps_every_earlier_result(mlx):
         np.testing.assert_array_equal(o, t)
 
 
+def test_aliased_array_updated_with_nothing_reading_it_is_watched_from_then_on():
+    """A cache object's array written in place once a step, each step's reads evaluated before the
+    next write (mlx-lm's decode loop): the first update finds no consumer but starts the watch, so
+    later updates do not search the heap again; the reads recorded after it keep their values."""
+    from mlxarm.core.array import _WATCHED
+
+    holder = {"keys": ma.zeros((2, 5))}
+    cache = holder["keys"]
+    cache[:, 0] = ma.array([1.0, -1.0])
+    assert id(cache) in _WATCHED
+    outs = []
+    for step in range(1, 5):
+        outs.append(cache[:, :step] * 2)  # recorded on the current value, then overwritten
+        cache[:, step] = ma.array([step + 1.0, -step - 1.0])
+    for step, out in enumerate(outs, start=1):
+        want = np.array([[k + 1.0 for k in range(step)], [-k - 1.0 for k in range(step)]]) * 2
+        np.testing.assert_array_equal(np.array(out), want)
+    assert holder["keys"] is cache
+
+
 def test_item_updates_in_place_on_a_watched_array():
     """``a[i] += d`` reads ``a[i]`` (a node on ``a``), updates that node in place, then writes it back
     into ``a``: the snapshot of the read must still read the old ``a``, or ``a`` would depend on itself.

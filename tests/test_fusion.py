@@ -219,3 +219,25 @@ def test_matmul_epilogue_keeps_what_others_see(llvm):
     ma.eval(z)
     assert not any(name.startswith("gemm+") for _, name in llvm.last_plan)
     np.testing.assert_allclose(np.array(z), 2 * (np.array(a) @ np.array(w)) + np.array(b), rtol=1e-4, atol=1e-4)
+
+
+def test_params_tokens_tell_params_apart_by_value():
+    """A node's params stand in structural keys as small tokens: params of equal value (made afresh
+    by each op call, as an uncompiled graph's are) share one, any difference in a value (a shape, a
+    flag, a slice's bounds, where an Ellipsis or None stands) gives another, and params the fast path
+    leaves to ``frozen`` (other value types) are told apart the same way."""
+    from mlxarm.codegen.lower import params_token
+
+    forms = [
+        {"shape": (1, 8, 192)}, {"shape": (1, 8, 193)}, {"shape": (8, 1, 192)},
+        {"axes": (3,), "keepdims": True}, {"axes": (3,), "keepdims": False}, {"axes": (2,), "keepdims": True},
+        {"index": (slice(0, 1, 1), slice(2, 4, 1))}, {"index": (slice(0, 1, 1), slice(2, 5, 1))},
+        {"index": (slice(0, 1, 1), slice(2, 4, None))}, {"index": (slice(None, 1, 1), slice(2, 4, 1))},
+        {"index": (Ellipsis, None, 3)}, {"index": (None, Ellipsis, 3)}, {"index": (Ellipsis, None, 4)},
+        {"dtype": ma.float16, "axes": (1,)}, {"dtype": ma.float32, "axes": (1,)},
+        {"values": (1.5, 2.0)}, {"values": (1.5, 2.5)}, {"eps": 1e-5}, {"eps": 1e-6}, None,
+    ]
+    tokens = [params_token(dict(p) if p is not None else p) for p in forms]
+    assert len(set(tokens)) == len(forms), "two different params share a token"
+    again = [params_token(dict(p) if p is not None else p) for p in forms]
+    assert again == tokens, "equal params made afresh got another token"

@@ -243,20 +243,17 @@ class array:
 
     def _repoint_consumers(self, old: "array") -> None:
         """Re-point the nodes recorded on this array at ``old``, found through the garbage
-        collector (a walk over every tracked object). An array that had such consumers is updated
-        in place again and again (a KV cache written a position per step while last step's nodes
-        still read it): from then on ``make_node`` notes its consumers (``_WATCHED``), so its later
-        updates visit those alone."""
-        found = False
+        collector (a walk over every tracked object). An array updated in place while other names
+        refer to it is updated again and again (a KV cache written a position per step, whose last
+        step's nodes may still read it): from then on ``make_node`` notes its consumers
+        (``_WATCHED``), so its later updates visit those alone instead of walking the heap."""
         for ref in gc.get_referrers(self):
             if type(ref) is tuple:
                 for holder in gc.get_referrers(ref):
                     if type(holder) is array and holder._inputs is ref:
                         holder._inputs = tuple(old if x is self else x for x in ref)
-                        found = True
-        if found:
-            key = id(self)
-            _WATCHED[key] = [weakref.ref(self, lambda _, key=key: _WATCHED.pop(key, None)), []]
+        key = id(self)
+        _WATCHED[key] = [weakref.ref(self, lambda _, key=key: _WATCHED.pop(key, None)), []]
 
     def _repoint_watched(self, watched: list, old: "array") -> None:
         consumers, watched[1] = watched[1], []
