@@ -240,3 +240,29 @@ def test_slice_update_in_place_only_when_unseen(device):
     out = on(device, lambda: write(False))
     assert ("kernel", "slice_update_into (1, 2, 8, 4)") in executor(device).last_plan
     np.testing.assert_array_equal(np.array(out), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", ["argmax", "argmin"])
+@pytest.mark.parametrize("shape,axis", [((5, 1000), -1), ((3, 4, 37), 2), ((49152,), None), ((2, 300), 1),
+                                        ((6, 3), -1), ((300, 1), -1)])
+def test_argmax_rows_match_numpy(device, op, shape, axis):
+    """argmax/argmin of float32 over the last axis run as a row template (an LLM's greedy token): the
+    first index of the extreme value, of the first NaN where a row has one, ties and all-infinite rows
+    included; a transposed input is read through its strides."""
+    rng = np.random.default_rng(3)
+    a = _rand(rng, *shape)
+    flat = a.reshape(-1)
+    flat[::97] = a.max() if op == "argmax" else a.min()  # ties, first one wins
+    if a.ndim > 1 and shape[-1] > 9:
+        a[1, ..., 5] = a[1, ..., 9] = np.nan
+        a[0, ...] = -np.inf if op == "argmax" else np.inf
+    ref = getattr(np, op)
+    got = np.array(on(device, lambda: getattr(ma, op)(ma.array(a), axis=axis)))
+    np.testing.assert_array_equal(got, ref(a, axis=axis))
+    assert ("kernel", f"{op} rows of {shape[-1]}") in executor(device).last_plan
+    assert not _numpy_steps(device)
+    t = np.ascontiguousarray(_rand(rng, 40, 8))
+    got = np.array(on(device, lambda: getattr(ma, op)(ma.array(t).T, axis=-1)))
+    np.testing.assert_array_equal(got, ref(t.T, axis=-1))
+    assert not _numpy_steps(device)

@@ -77,3 +77,33 @@ def test_cached_decode_matches_numpy(model, numpy_decode, device):
     got = np.array(on(device, lambda: mx.array(_decode(model, DECODE_CASE["prompt_ids"], DECODE_TOKENS))))
     assert got.argmax(-1).tolist() == DECODE_CASE["greedy_ids"][:4]
     np.testing.assert_allclose(got, numpy_decode, atol=LOGIT_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("device", [_device(d) for d in ("opencl", "vulkan")])
+def test_gpu_decode_step_is_one_submission(model, device):
+    """``generate_step`` on a GPU executor: the greedy token is taken on the device (the argmax
+    template, no numpy step after the first kernel) and comes back in the step's own submission, so a
+    decode step waits for the device once. The tokens are the reference's."""
+    from mlxarm.backend import executor
+    from mlxarm.lm.generate import generate_step
+
+    rt = executor(device).rt
+    case = REFERENCE["prompts"][0]
+    old = os.environ.get("MLXARM_DEVICE")
+    os.environ["MLXARM_DEVICE"] = device
+    try:
+        tokens, marks = [], []
+        for token, _ in generate_step(case["prompt_ids"], model, max_tokens=4):
+            tokens.append(token)
+            marks.append((getattr(rt, "submits", None), rt.downloads))
+            assert ("numpy", "argmax") not in executor(device).last_plan
+    finally:
+        if old is None:
+            del os.environ["MLXARM_DEVICE"]
+        else:
+            os.environ["MLXARM_DEVICE"] = old
+    assert tokens == case["greedy_ids"][:4]
+    for (s0, d0), (s1, d1) in zip(marks[1:], marks[2:]):
+        assert d1 - d0 == 1, "a step downloaded more than its token"
+        if s0 is not None:  # Vulkan counts its submissions
+            assert s1 - s0 == 1, "a decode step waited for the device more than once"

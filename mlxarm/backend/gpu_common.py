@@ -13,9 +13,10 @@ another executor runs an eval (``backend.run_order``): a chain of evals moves no
 
 A reduction into few outputs runs in two stages (``reduction_parts``): many workgroups per output
 write partial results, a second kernel combines them. Matmul, softmax/rms_norm/layer_norm over the
-last axis, affine quantized matvec, rope, attention and the KV cache's slice_update, which fusion
-cannot make fast, run as kernel templates (``kernels.gpu_matmul``, ``gpu_rows``, ``gpu_qmv``,
-``gpu_attention``, ``gpu_update``) through the runtime's template launch. Views (reshape,
+last axis, argmax/argmin over the last axis, affine quantized matvec, rope, attention and the KV
+cache's slice_update, which fusion cannot make fast, run as kernel templates (``kernels.gpu_matmul``,
+``gpu_rows``, ``gpu_argmax``, ``gpu_qmv``, ``gpu_attention``, ``gpu_update``) through the runtime's
+template launch. Views (reshape,
 transpose, ...) of buffers still on the device stay views, read by kernels through the same buffer.
 
 Nodes and kernels the runtime cannot run (a dtype it lacks, a primitive no kernel covers) run on the
@@ -49,12 +50,12 @@ from ..core.device import count_buffer
 from . import device_writers
 from ..core.fast import rope_inv_freq
 from ..core.ops.indexing import window_start
-from ..kernels import gpu_attention, gpu_matmul, gpu_qmv, gpu_rows, gpu_update
+from ..kernels import gpu_argmax, gpu_attention, gpu_matmul, gpu_qmv, gpu_rows, gpu_update
 from .numpy_executor import NumpyExecutor
 
 
 # Primitives a kernel template (``kernels.gpu_*``) may run.
-_TEMPLATES = frozenset({"matmul", "quantized_matmul", *rows.OPS, *lower.VIEWS, "rope",
+_TEMPLATES = frozenset({"matmul", "quantized_matmul", *rows.OPS, *gpu_argmax.OPS, *lower.VIEWS, "rope",
                         "scaled_dot_product_attention", "dynamic_slice_update"})
 # What the C-style renderers cover: the portable ops and reductions, and all/any (min/max over bools).
 CAPS = (lower.PORTABLE[0] | {"all", "any"}, lower.PORTABLE[1])
@@ -579,7 +580,8 @@ class GPUExecutor:
     # --- kernel templates --------------------------------------------------------------------------
     def run_template(self, node, debug: int):
         """Record ``node`` as a hand-written kernel (``kernels.gpu_*``) when one covers it: matmul
-        (float32, float16, bfloat16), float32 softmax/rms_norm/layer_norm over the last axis, affine
+        (float32, float16, bfloat16), float32 softmax/rms_norm/layer_norm and argmax/argmin over the
+        last axis, affine
         quantized matvec, rope and attention (float32, float16), slice_update at array positions
         (1-, 2- or 4-byte elements). Returns False when none covers it, else its ``_Template`` for
         replays (True where a replay must run it afresh)."""
@@ -594,6 +596,8 @@ class GPUExecutor:
             return self.run_matmul(node, debug)
         if name in rows.OPS:
             return self.run_rows(node, debug)
+        if name in gpu_argmax.OPS:
+            return self.run_argmax(node, debug)
         if name == "quantized_matmul":
             return self.run_qmv(node, debug)
         if name == "rope":
@@ -745,6 +749,29 @@ class GPUExecutor:
                      bufs, (min(x.shape[0], self.rt.max_groups), 1, 1), threads,
                      [x.shape[0], rk.n, t.offset(vx), x.strides[0] // 4, x.strides[1] // 4, *args, eps_bits])
         del x
+        return self.fire(node, t, debug)
+
+    def run_argmax(self, node, debug: int):
+        """argmax/argmin of float32 data over its last axis (one row per output element)."""
+        op = node._prim.name
+        src = node._inputs[0]
+        x = src._data
+        axes = node._params["axes"]
+        if src._dtype.name != "float32" or node._dtype.name != "uint32" or x.ndim == 0 or len(axes) != 1 \
+                or axes[0] % x.ndim != x.ndim - 1 or x.shape[-1] == 0:
+            return False
+        n = x.shape[-1]
+        xr = _rows_view(x, n)
+        if xr is None:
+            return False
+        threads = self.rt.workgroup
+        t = _Template(node, f"{op} rows of {n}")
+        if xr.size:
+            vx, _ = self.bind(t, node, 0, xr)
+            t.launch(gpu_argmax.name(op, threads), lambda dialect: gpu_argmax.source(dialect, op, threads),
+                     [OUT, vx], (min(xr.shape[0], self.rt.max_groups), 1, 1), threads,
+                     [xr.shape[0], n, t.offset(vx), xr.strides[0] // 4, xr.strides[1] // 4])
+        del x, xr
         return self.fire(node, t, debug)
 
     def run_qmv(self, node, debug: int):

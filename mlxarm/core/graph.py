@@ -104,11 +104,11 @@ def _check_streams(order) -> None:
 _LATE: list = []
 
 
-def _run(outputs, order: list | None = None, read: bool = False) -> None:
+def _run(outputs, order: list | None = None, read=False) -> None:
     """Evaluate ``outputs``; ``order``, when given, is their ``toposort`` taken earlier (``async_eval``'s:
     nodes realized since then are passed over; its streams were checked in the caller's thread, as the
-    worker running it owns none). ``read``: the host reads the outputs next (a GPU executor writes
-    them to their host buffers in the eval's own submission)."""
+    worker running it owns none). ``read``: the outputs the host reads next (True: all of them), which
+    a GPU executor writes to their host buffers in the eval's own submission."""
     if not _LATE:
         from ..backend import run_order
         from .compile import PENDING, expand_programs
@@ -128,7 +128,7 @@ def _run(outputs, order: list | None = None, read: bool = False) -> None:
     keep = [o for o in outputs if o._data is None]
     refs = [weakref.ref(n) for n in order]
     del order
-    run_order(refs, keep if read else ())
+    run_order(refs, keep if read is True else [o for o in read if o._data is None] if read else ())
     del keep
 
 
@@ -138,7 +138,7 @@ def _executor():
     return executor_for(None)
 
 
-def eval_arrays(outputs, read: bool = False) -> None:
+def eval_arrays(outputs, read=False) -> None:
     """Realize ``outputs`` and everything unrealized they depend on (``read``: as ``_run``)."""
     with _LOCK:
         _run(outputs, read=read)

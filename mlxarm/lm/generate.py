@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Generator, Optional, Union
 
 import mlxarm.core as mx
+from mlxarm.core.graph import eval_arrays
 
 from .models.cache import KVCache, make_prompt_cache
 from .sample import greedy, make_sampler
@@ -74,7 +75,7 @@ def generate_step(prompt, model, *, max_tokens: int = 256, sampler: Callable = N
         tokens = tokens[prefill_step_size:]
     token, logprobs = step(tokens)
     for n in range(max_tokens):
-        mx.eval(token, logprobs)
+        eval_arrays((token, logprobs), read=(token,))  # a GPU executor sends the token back in the same submission
         value = token.item()
         yield value, logprobs
         if n + 1 < max_tokens:
