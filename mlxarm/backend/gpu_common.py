@@ -8,16 +8,17 @@ host buffer (``Resident``): an input already on the device is not uploaded again
 stays on the device for the kernels of later evals. A node is given its host buffer (uninitialised)
 as soon as its kernel is recorded, so later groups can be lowered against it; the recorded work is
 submitted once when the eval ends. An output stays on the device only (``Resident.stale``) until the
-host reads it (``to_host``, through ``core.graph.host_data``), a numpy step reads it, or
-another executor runs an eval (``backend.run_order``): a chain of evals moves no data back to the host.
+host reads it (``to_host``, through ``core.graph.host_data``), a numpy step reads it, or another
+executor runs an eval (``backend.run_order``): a chain of evals moves no data back to the host. The
+outputs an eval is told the host reads next (``run``'s ``read``) come back in its own submission.
 
 A reduction into few outputs runs in two stages (``reduction_parts``): many workgroups per output
-write partial results, a second kernel combines them. Matmul, softmax/rms_norm/layer_norm over the
-last axis, argmax/argmin over the last axis, affine quantized matvec, rope, attention and the KV
-cache's slice_update, which fusion cannot make fast, run as kernel templates (``kernels.gpu_matmul``,
+write partial results, a second kernel combines them. Matmul, softmax/rms_norm/layer_norm and
+argmax/argmin over the last axis, affine quantized matvec, rope, attention and the KV cache's
+slice_update, which fusion cannot make fast, run as kernel templates (``kernels.gpu_matmul``,
 ``gpu_rows``, ``gpu_argmax``, ``gpu_qmv``, ``gpu_attention``, ``gpu_update``) through the runtime's
-template launch. Views (reshape,
-transpose, ...) of buffers still on the device stay views, read by kernels through the same buffer.
+template launch. Views (reshape, transpose, ...) of buffers still on the device stay views, read by
+kernels through the same buffer.
 
 Nodes and kernels the runtime cannot run (a dtype it lacks, a primitive no kernel covers) run on the
 numpy executor: their inputs are downloaded first, their outputs uploaded lazily when a kernel reads them.
@@ -47,10 +48,10 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..codegen import fuse, ir, lower, rows, schedule
 from ..core.device import count_buffer
-from . import device_writers
 from ..core.fast import rope_inv_freq
 from ..core.ops.indexing import window_start
 from ..kernels import gpu_argmax, gpu_attention, gpu_matmul, gpu_qmv, gpu_rows, gpu_update
+from . import device_writers
 from .numpy_executor import NumpyExecutor
 
 
@@ -581,9 +582,8 @@ class GPUExecutor:
     def run_template(self, node, debug: int):
         """Record ``node`` as a hand-written kernel (``kernels.gpu_*``) when one covers it: matmul
         (float32, float16, bfloat16), float32 softmax/rms_norm/layer_norm and argmax/argmin over the
-        last axis, affine
-        quantized matvec, rope and attention (float32, float16), slice_update at array positions
-        (1-, 2- or 4-byte elements). Returns False when none covers it, else its ``_Template`` for
+        last axis, affine quantized matvec, rope and attention (float32, float16), slice_update at
+        array positions (1-, 2- or 4-byte elements). Returns False when none covers it, else its ``_Template`` for
         replays (True where a replay must run it afresh)."""
         name = node._prim.name if node._prim is not None else None
         if name not in _TEMPLATES or name in lower.VIEWS:
