@@ -724,13 +724,12 @@ class GPUExecutor:
         rk = rows.match(node, 1, ("float32",))  # the GPU row templates are float32
         if rk is None:
             return False
-        x = _rows_view(node._inputs[0]._data, rk.n)
-        if x is None:
+        got = self._row_template(node, rk.n, f"{rk.op} rows of {rk.n}")
+        if got is None:
             return False
+        t, x, vx = got
         threads = self.rt.workgroup
-        t = _Template(node, f"{rk.op} rows of {rk.n}")
-        if x.size:
-            vx, _ = self.bind(t, node, 0, x)
+        if vx is not None:
             bufs, args = [OUT, vx], []
             index = 1
             for present in (rk.weight, rk.bias):  # (offset, stride) of the weight, then of the bias
@@ -744,12 +743,28 @@ class GPUExecutor:
                     args += [0, 0]
             eps_bits = int(np.array(rk.eps, np.float32).view(np.uint32))
             sg = getattr(self.rt, "subgroups", False)
+            groups, lead = self._row_grid(t, x, vx)
             t.launch(gpu_rows.name(rk.op, rk.weight, rk.bias, threads, sg),
                      lambda dialect: gpu_rows.source(dialect, rk.op, rk.weight, rk.bias, threads, sg),
-                     bufs, (min(x.shape[0], self.rt.max_groups), 1, 1), threads,
-                     [x.shape[0], rk.n, t.offset(vx), x.strides[0] // 4, x.strides[1] // 4, *args, eps_bits])
+                     bufs, groups, threads, [*lead, *args, eps_bits])
         del x
         return self.fire(node, t, debug)
+
+    def _row_template(self, node, n: int, label: str):
+        """(template, ``node``'s input 0 viewed as rows of ``n``, its view number in the template or None
+        when it is empty), or None where numpy cannot view the input as rows without copying."""
+        x = _rows_view(node._inputs[0]._data, n)
+        if x is None:
+            return None
+        t = _Template(node, label)
+        return t, x, (self.bind(t, node, 0, x)[0] if x.size else None)
+
+    def _row_grid(self, t: _Template, x: np.ndarray, vx) -> tuple:
+        """(workgroups, leading arguments) of a row template over float32 rows ``x`` (rows, n), bound
+        as view ``vx``: a workgroup per row up to the device's limit; rows, n, x's offset and its row
+        and column strides."""
+        return (min(x.shape[0], self.rt.max_groups), 1, 1), \
+            [x.shape[0], x.shape[1], t.offset(vx), x.strides[0] // 4, x.strides[1] // 4]
 
     def run_argmax(self, node, debug: int):
         """argmax/argmin of float32 data over its last axis (one row per output element)."""
@@ -761,17 +776,17 @@ class GPUExecutor:
                 or axes[0] % x.ndim != x.ndim - 1 or x.shape[-1] == 0:
             return False
         n = x.shape[-1]
-        xr = _rows_view(x, n)
-        if xr is None:
+        del x
+        got = self._row_template(node, n, f"{op} rows of {n}")
+        if got is None:
             return False
-        threads = self.rt.workgroup
-        t = _Template(node, f"{op} rows of {n}")
-        if xr.size:
-            vx, _ = self.bind(t, node, 0, xr)
+        t, xr, vx = got
+        if vx is not None:
+            threads = self.rt.workgroup
+            groups, lead = self._row_grid(t, xr, vx)
             t.launch(gpu_argmax.name(op, threads), lambda dialect: gpu_argmax.source(dialect, op, threads),
-                     [OUT, vx], (min(xr.shape[0], self.rt.max_groups), 1, 1), threads,
-                     [xr.shape[0], n, t.offset(vx), xr.strides[0] // 4, xr.strides[1] // 4])
-        del x, xr
+                     [OUT, vx], groups, threads, lead)
+        del xr
         return self.fire(node, t, debug)
 
     def run_qmv(self, node, debug: int):
