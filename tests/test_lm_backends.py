@@ -89,19 +89,15 @@ def test_gpu_decode_step_is_one_submission(model, device):
 
     rt = executor(device).rt
     case = REFERENCE["prompts"][0]
-    old = os.environ.get("MLXARM_DEVICE")
-    os.environ["MLXARM_DEVICE"] = device
-    try:
-        tokens, marks = [], []
+    tokens, marks = [], []
+
+    def generate():
         for token, _ in generate_step(case["prompt_ids"], model, max_tokens=4):
             tokens.append(token)
             marks.append((getattr(rt, "submits", None), rt.downloads))
             assert ("numpy", "argmax") not in executor(device).last_plan
-    finally:
-        if old is None:
-            del os.environ["MLXARM_DEVICE"]
-        else:
-            os.environ["MLXARM_DEVICE"] = old
+
+    on(device, generate)
     assert tokens == case["greedy_ids"][:4]
     for (s0, d0), (s1, d1) in zip(marks[1:], marks[2:]):
         assert d1 - d0 == 1, "a step downloaded more than its token"

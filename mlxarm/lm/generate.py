@@ -64,8 +64,7 @@ def generate_step(prompt, model, *, max_tokens: int = 256, sampler: Callable = N
             history[:] = [seen]
             for processor in logits_processors:
                 logits = processor(seen, logits)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        return sampler(logprobs), logprobs[0]
+        return _sampled(logits, sampler)
 
     while tokens.size > prefill_step_size:
         mx.eval([c.state for c in prompt_cache])
@@ -80,6 +79,13 @@ def generate_step(prompt, model, *, max_tokens: int = 256, sampler: Callable = N
         yield value, logprobs
         if n + 1 < max_tokens:
             token, logprobs = step(mx.array([value], mx.uint32))
+
+
+def _sampled(logits, sampler) -> tuple:
+    """(the token ``sampler`` picks, the log-probabilities of the first row) for last-position
+    ``logits`` (1, vocab)."""
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return sampler(logprobs), logprobs[0]
 
 
 # The compiled decode step of the model generated from last, kept for the next generation: (weak
@@ -138,8 +144,7 @@ def _decode_step(model, caches: list, sample: bool) -> tuple:
                 c.keys, c.values, c.offset = keys, values, position
             logits = model(tokens, cache=current)[:, -1, :]
             if sample:
-                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-                logits = (greedy(logprobs), logprobs[0])
+                logits = _sampled(logits, greedy)
             return logits, [(c.keys, c.values) for c in current]
         finally:
             for c, (keys, values, offset) in zip(current, saved):
