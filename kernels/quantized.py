@@ -9,7 +9,8 @@ dtype as MLX rounds them, so every dequantized weight is bit-identical to the nu
 the order of the float32 accumulation differs.
 
 x, the scales and biases (one dtype for both) and the output are each float32, float16 or bfloat16
-(``DTYPES``; bfloat16 arrives as its uint16 bit patterns). Everything is widened to float32 as it is
+(``DTYPES``; bfloat16 arrives as its uint16 bit patterns). Scales and biases stored as float16 or
+bfloat16 may be rounded to (computed in) float32 instead: a fourth dtype names it. Everything is widened to float32 as it is
 loaded (bfloat16 is the top half of a float32, float16 goes through ``fpext``), products are summed
 in float32, and the output is rounded to nearest even when it is stored (``_Values``).
 
@@ -115,8 +116,11 @@ def supported(transpose: bool, n: int, k: int, bits: int, group_size: int) -> bo
 
 
 def name(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dtypes: tuple = F32) -> str:
-    """The function's name; ``dtypes`` is (x, scales and biases, out), named when any is not float32."""
-    tail = "" if dtypes == F32 else "_" + "_".join(_SHORT[d] for d in dtypes)
+    """The function's name; ``dtypes`` is (x, scales and biases, out), named when any is not float32,
+    and the dtype products round to when it is not the scales' (``render``)."""
+    tail = "" if dtypes == F32 else "_" + "_".join(_SHORT[d] for d in dtypes[:3])
+    if len(dtypes) > 3:
+        tail += "_r" + _SHORT[dtypes[3]]
     return f"qmm_{'t' if transpose else 'n'}_b{bits}_g{group_size}_l{lanes}_m{mr}{tail}"
 
 
@@ -218,11 +222,13 @@ def _loop(ir: _Ir, tag: str, count: str, step: int, body) -> None:
 def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dtypes: tuple = F32,
            permute: bool = False) -> str:
     """The module holding ``name(transpose, bits, group_size, lanes, mr, dtypes)``; ``dtypes`` is
-    (x, scales and biases, out); ``permute``: the target has AVX-512's 16-lane ``vpermps`` (see
-    ``looked_up``)."""
+    (x, scales and biases, out), and optionally the dtype dequantized weights are rounded to when it is
+    not the scales' (float32 for float16 scales of a float32 product); ``permute``: the target has
+    AVX-512's 16-lane ``vpermps`` (see ``looked_up``)."""
     assert bits in BITS and group_size in GROUP_SIZES and 1 <= mr
-    xv, sv, ov = (_Values(d) for d in dtypes)
-    s = _Shape(bits, group_size, lanes, interleaved(transpose, bits, group_size, lanes), sv,
+    xv, sv, ov = (_Values(d) for d in dtypes[:3])
+    rounding = _Values(dtypes[3] if len(dtypes) > 3 else dtypes[1])
+    s = _Shape(bits, group_size, lanes, interleaved(transpose, bits, group_size, lanes), rounding,
                looked_up(transpose, bits, lanes, permute))
     w, vt = lanes, s.vt
     fn = name(transpose, bits, group_size, lanes, mr, dtypes)

@@ -166,7 +166,8 @@ def test_matches_mlx_exactly(dtype, bits, gs, transpose):
 
 
 @pytest.mark.mlx
-@pytest.mark.parametrize("x_dtype,s_dtype", [("bfloat16", "float16"), ("float32", "bfloat16"), ("float16", "float32")])
+@pytest.mark.parametrize("x_dtype,s_dtype", [("bfloat16", "float16"), ("float32", "bfloat16"), ("float16", "float32"),
+                                            ("float32", "float16")])
 def test_mixed_dtypes_match_mlx_exactly(x_dtype, s_dtype):
     """x and scales of different dtypes: promoted as MLX promotes them (here to float32), then the
     template; one nonzero per row of x, as in test_matches_mlx_exactly."""

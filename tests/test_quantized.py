@@ -139,6 +139,54 @@ def test_vjp_matches_mlx():
         _same(a, b, exact=False, tol=1e-3)
 
 
+@pytest.mark.parametrize("device", ["numpy", "llvm", "vulkan", "opencl"])
+def test_float16_scales_of_a_float32_product_are_widened_by_the_kernel(device):
+    """A float32 x with float16 scales and biases (a float16 GGUF model run in float32): MLX casts the
+    scales and biases to float32 first. Here the product reads the float16 arrays themselves (no
+    float32 copy in the graph, so none is kept) and widens them as it loads them: the result is the
+    one the cast gives, bit for bit, on each backend, and MLX's; the packed-weight kernel ran it."""
+    from _backends import require
+    from _matrix import on
+    from mlxarm.backend import executor
+
+    require(device)
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((40, 256)).astype(np.float32)
+    for bits, gs in ((4, 32), (8, 64), (2, 128)):
+        o = [a.astype(mx.float16) if i else a for i, a in enumerate(mx.quantize(mx.array(w), gs, bits))]
+        wq, s16, b16 = (ma.array(np.array(a)) for a in o)
+        for rows in ((1, 256), (3, 256)):
+            x = rng.standard_normal(rows).astype(np.float32)
+            got = ma.quantized_matmul(ma.array(x), wq, s16, b16, group_size=gs, bits=bits)
+            assert got._inputs[2] is s16 and got._inputs[3] is b16
+            on(device, lambda: got)
+            if device != "numpy":
+                assert any(kind == "kernel" and name.startswith(("qmm_", "qmv_"))
+                           for kind, name in executor(device).last_plan), executor(device).last_plan
+            cast = on(device, lambda: ma.quantized_matmul(ma.array(x), wq, s16.astype(ma.float32),
+                                                         b16.astype(ma.float32), group_size=gs, bits=bits))
+            assert got.dtype == ma.float32
+            np.testing.assert_array_equal(np.array(got), np.array(cast))
+            _same(mx.quantized_matmul(mx.array(x), *o, True, gs, bits), got, exact=False, tol=1e-4)
+
+
+def test_vjp_wrt_float16_scales_of_a_float32_product_matches_mlx():
+    """The scales' and biases' gradients come in their own dtype (float16), as MLX's cast gives them."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((64, 128)).astype(np.float32)
+    x = rng.standard_normal((3, 128)).astype(np.float32)
+    c = rng.standard_normal((3, 64)).astype(np.float32)
+
+    def run(lib):
+        wq, s, b = lib.quantize(lib.array(w))
+        s, b = s.astype(lib.float16), b.astype(lib.float16)
+        _, g = lib.vjp(lambda x, s, b: lib.quantized_matmul(x, wq, s, b), [lib.array(x), s, b], [lib.array(c)])
+        return g
+
+    for a, b in zip(run(mx), run(ma)):
+        _same(a, b, exact=False, tol=1e-2)
+
+
 def _error(lib, fn):
     try:
         fn(lib)

@@ -795,7 +795,9 @@ class GPUExecutor:
                 or len(node._inputs) != 4 or node._dtype.name != "float32":
             return False
         x, w, scales, biases = (i._data for i in node._inputs)
-        if w.ndim != 2 or x.dtype != np.float32 or scales.dtype != np.float32 or biases.dtype != np.float32:
+        # float32 scales and biases, or float16 ones the product widens (``quantized_matmul``)
+        half = scales.dtype == biases.dtype == np.float16 and p["sdtype"] == p["bdtype"] == "float32"
+        if w.ndim != 2 or x.dtype != np.float32 or not (half or scales.dtype == biases.dtype == np.float32):
             return False
         k = x.shape[-1]
         x2 = _rows_view(x, k)
@@ -813,7 +815,7 @@ class GPUExecutor:
                 bufs.append(view)
                 args += [t.offset(view), v.strides[0] // v.itemsize, v.strides[1] // v.itemsize]
             bits = p["bits"]
-            t.launch(gpu_qmv.name(bits, threads), lambda dialect: gpu_qmv.source(dialect, bits, threads),
+            t.launch(gpu_qmv.name(bits, threads, half), lambda dialect: gpu_qmv.source(dialect, bits, threads, half),
                      bufs, (-(-n // per_group), x2.shape[0], 1), threads, args)
         del x, w, scales, biases, x2
         return self.fire(node, t, debug)

@@ -3,7 +3,8 @@
 eval to repeat, ``matmul`` runs one product on numpy buffers.
 
 A node fits when it is affine, with x, the result and the scales and biases (one dtype for both,
-the one the node rounds dequantized weights to) each float32, float16 or bfloat16, one 2-D packed
+the one the node rounds dequantized weights to, or float16 ones a float32 node widens as it loads
+them) each float32, float16 or bfloat16, one 2-D packed
 matrix, bits and group size the template knows, and a panel buffer small enough for a worker's stack.
 Batched x (..., M, K) is one product with M = the product of the leading dimensions. Everything else
 stays on the numpy reference.
@@ -37,9 +38,10 @@ def fits(node, target) -> bool:
     if w.ndim != 2 or w._dtype.name != "uint32" or x._dtype.name not in template.DTYPES:
         return False
     # The reference rounds code * scale to p["sdtype"] and adding the bias to p["bdtype"]: the
-    # template rounds both to the scales' dtype.
-    if not (scales._dtype.name == biases._dtype.name == p.get("sdtype") == p.get("bdtype")
-            and scales._dtype.name in template.DTYPES):
+    # template rounds both to one dtype, the scales' or float32 (float16 scales of a float32 product).
+    stored, rounded = scales._dtype.name, p.get("sdtype")
+    if not (stored == biases._dtype.name and rounded == p.get("bdtype") and stored in template.DTYPES
+            and rounded in (stored, "float32")):
         return False
     bits, gs, transpose = p["bits"], p["group_size"], p["transpose"]
     k = x._shape[-1]
@@ -52,8 +54,10 @@ def fits(node, target) -> bool:
 
 
 def dtypes(node) -> tuple:
-    """(x, scales and biases, out): the dtype names the template is rendered for."""
-    return node._inputs[0]._dtype.name, node._inputs[2]._dtype.name, node._dtype.name
+    """(x, scales and biases, out[, rounding]): the dtype names the template is rendered for."""
+    found = node._inputs[0]._dtype.name, node._inputs[2]._dtype.name, node._dtype.name
+    rounded = node._params["sdtype"]
+    return found if rounded == found[1] else found + (rounded,)
 
 
 def name(executor, node) -> str:

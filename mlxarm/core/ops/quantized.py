@@ -457,8 +457,13 @@ def _array_args(tag, *xs):
     return [None if x is None else _array_arg(x, tag) for x in xs]
 
 
-def _matmul_setup(tag, x, w, scales, biases, transpose, group_size, bits, mode, stream):
-    """Checked inputs (cast as MLX casts them), the output dtype and the recorded parameters."""
+def _matmul_setup(tag, x, w, scales, biases, transpose, group_size, bits, mode, stream, widen=True):
+    """Checked inputs (cast as MLX casts them), the output dtype and the recorded parameters.
+
+    With ``widen``, float16 scales and biases of a float32 product stay float16: the product still
+    computes with their float32 values (``sdtype`` and ``bdtype`` say so; widening is exact, so the
+    result is MLX's), but no float32 copy of them is made. A quantized float16 model run in float32
+    would otherwise hold both copies of every layer's scales and biases."""
     if mode not in _MODES:
         raise ValueError(f"[{tag}] Invalid quantization mode '{mode}'.")
     vals = _output_type(tag, scales, biases, None, mode)
@@ -471,7 +476,8 @@ def _matmul_setup(tag, x, w, scales, biases, transpose, group_size, bits, mode, 
               "vdtype": out.name}
     if mode == "affine":
         params.update(sdtype=out.name, bdtype=out.name)
-        inputs = [cast(x, out, stream), w, cast(scales, out, stream), cast(biases, out, stream)]
+        keep = widen and out is dt.float32 and scales._dtype is biases._dtype is dt.float16
+        inputs = [cast(x, out, stream), w] + [a if keep else cast(a, out, stream) for a in (scales, biases)]
     else:
         inputs = [x, w, scales]
     return inputs, out, params
@@ -483,7 +489,7 @@ def quantized_matmul(x, w, /, scales, biases=None, transpose=True, group_size=No
     """``x @ w.T`` (or ``x @ w``) with ``w`` packed by :func:`quantize`."""
     x, w, scales, biases = _array_args("quantized_matmul", x, w, scales, biases)
     inputs, out, params = _matmul_setup("quantized_matmul", x, w, scales, biases, transpose, group_size, bits,
-                                        mode, stream)
+                                        mode, stream, widen=True)
     if x.ndim > 2 and w.ndim > 2:
         from .shape import broadcast_to
 
@@ -545,6 +551,11 @@ def _group_grads(p, dw, w, argnums, scales_at, biases_at):
     return out
 
 
+def _as_inputs(grads: dict, inputs) -> dict:
+    """Gradients in their inputs' dtypes (float16 scales a float32 product widened itself)."""
+    return {i: cast(g, inputs[i]._dtype) for i, g in grads.items()}
+
+
 def _check_grad_args(p, argnums, tag, n_inputs):
     # MLX's error types: RuntimeError for the packed weights and the indices, ValueError for the scales.
     if 1 in argnums:
@@ -570,7 +581,8 @@ def _quantized_matmul_vjp(node, cot, argnums):
         c2 = O.reshape(cot, (-1, cot._shape[-1])) if w.ndim == 2 else cot
         if x2.ndim == 1:
             x2, c2 = O.reshape(x2, (1, -1)), O.reshape(c2, (1, -1))
-        grads.update(_group_grads(p, _weight_grad(x2, c2, p["transpose"]), w, argnums, 2, 3))
+        grads.update(_as_inputs(_group_grads(p, _weight_grad(x2, c2, p["transpose"]), w, argnums, 2, 3),
+                                node._inputs))
     return [grads[i] for i in argnums]
 
 
