@@ -286,6 +286,25 @@ MESSAGES = [{"role": "system", "content": "Réponds en français."}, {"role": "u
 TOOLS = [{"type": "function", "function": {"name": "météo", "parameters": {"ville": "Zürich"}}}]
 
 
+def test_merges_through_symbols_outside_the_vocabulary_and_their_saved_order(tmp_path):
+    """A merge whose symbol the vocabulary lacks ("ab" below, which the reference libraries refuse)
+    still applies in rank order, between merges of vocabulary tokens; save_pretrained writes the
+    vocabulary and the merges back as they were given, in both merge notations."""
+    vocab = {"a": 0, "b": 1, "c": 2, "d": 3, "abc": 4, "cd": 5, "abcd": 6}
+    for merges in (["c d", "a b", "ab c", "abc d"], [["c", "d"], ["a", "b"], ["ab", "c"], ["abc", "d"]]):
+        spec = {"model": {"type": "BPE", "vocab": vocab, "merges": merges}}
+        tok = Tokenizer(spec)
+        # "c d" ranks first: "abcd" -> a b cd, then "a b" -> ab cd; "ab cd" is no merge, so it stops
+        # there, and "ab" (not in the vocabulary, no unknown token) is an error
+        with pytest.raises(TokenizerError, match="'ab'"):
+            tok.encode("abcd")
+        assert tok.encode("abc") == [4]  # a b c -> ab c -> abc
+        assert tok.encode("cd") == [5] and tok.encode("ba") == [1, 0]
+        tok.save_pretrained(str(tmp_path))
+        model = json.loads((tmp_path / "tokenizer.json").read_text())["model"]
+        assert model["vocab"] == vocab and model["merges"] == merges
+
+
 @pytest.mark.parametrize("source", ["smollm-gguf", "sp-gguf", "sp-json"])
 def test_save_pretrained_loads_in_transformers(tmp_path, source):
     pytest.importorskip("jinja2")

@@ -373,13 +373,38 @@ def _decoder(spec, where: str) -> tuple:
 
 
 class _BPE:
-    """BPE: a word's symbols merged pair by pair, the lowest-ranked pair first (leftmost on ties)."""
+    """BPE: a word's symbols merged pair by pair, the lowest-ranked pair first (leftmost on ties).
 
-    def __init__(self, vocab: dict, merges: dict, unk_id=None, byte_fallback: bool = False,
+    A merge of two vocabulary tokens is ranked under one integer, ``left id * stride + right id``:
+    tens of thousands of merges then cost a few megabytes rather than a tuple and two strings each.
+    The rare merge of a symbol the vocabulary lacks keeps its (left, right) key (``odd``)."""
+
+    def __init__(self, vocab: dict, merges, unk_id=None, byte_fallback: bool = False,
                  fuse_unk: bool = False, ignore_merges: bool = False):
-        self.vocab, self.merges, self.unk_id = vocab, merges, unk_id
+        self.vocab, self.unk_id = vocab, unk_id
         self.byte_fallback, self.fuse_unk, self.ignore_merges = byte_fallback, fuse_unk, ignore_merges
+        self.stride = max(vocab.values(), default=0) + 1
+        self.ranks, self.odd = {}, {}
+        for rank, (left, right) in enumerate(merges):
+            a, b = vocab.get(left), vocab.get(right)
+            if a is not None and b is not None:
+                self.ranks.setdefault(a * self.stride + b, rank)
+            else:
+                self.odd.setdefault((left, right), rank)
         self.cache = {}
+
+    def rank(self, left: str, right: str, a: int, b: int):
+        """The rank of merging ``left`` and ``right`` (ids ``a`` and ``b``, -1 when not in the
+        vocabulary), None when no merge joins them."""
+        if a >= 0 and b >= 0:
+            return self.ranks.get(a * self.stride + b)
+        return self.odd.get((left, right)) if self.odd else None
+
+    def pairs(self, tokens: list) -> list:
+        """The merges in rank order, as (left, right) (``tokens``: id -> token)."""
+        found = [(r, tokens[k // self.stride], tokens[k % self.stride]) for k, r in self.ranks.items()]
+        found += [(r, left, right) for (left, right), r in self.odd.items()]
+        return [(left, right) for _, left, right in sorted(found)]
 
     def __call__(self, word: str) -> list:
         ids = self.cache.get(word)
@@ -388,12 +413,13 @@ class _BPE:
         if self.ignore_merges and word in self.vocab:
             return [self.vocab[word]]
         symbols = list(word)
-        ranks = self.merges
+        vocab, rank_of = self.vocab, self.rank
+        sid = [vocab.get(c, -1) for c in symbols]
         n = len(symbols)
         nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
         heap = []
         for i in range(n - 1):
-            rank = ranks.get((symbols[i], symbols[i + 1]))
+            rank = rank_of(symbols[i], symbols[i + 1], sid[i], sid[i + 1])
             if rank is not None:
                 heap.append((rank, i, symbols[i], symbols[i + 1]))
         heapq.heapify(heap)
@@ -403,19 +429,20 @@ class _BPE:
             if symbols[i] != left or j >= n or symbols[j] != right:
                 continue  # stale: one side was merged since
             symbols[i], symbols[j] = left + right, None
+            sid[i] = vocab.get(symbols[i], -1)
             nxt[i] = nxt[j]
             if nxt[j] < n:
                 prv[nxt[j]] = i
             p, q = prv[i], nxt[i]
             if p >= 0:
-                r = ranks.get((symbols[p], symbols[i]))
+                r = rank_of(symbols[p], symbols[i], sid[p], sid[i])
                 if r is not None:
                     heapq.heappush(heap, (r, p, symbols[p], symbols[i]))
             if q < n:
-                r = ranks.get((symbols[i], symbols[q]))
+                r = rank_of(symbols[i], symbols[q], sid[i], sid[q])
                 if r is not None:
                     heapq.heappush(heap, (r, i, symbols[i], symbols[q]))
-        ids, vocab, i = [], self.vocab, 0
+        ids, i = [], 0
         while i < n:
             symbol = symbols[i]
             if symbol in vocab:
@@ -455,22 +482,29 @@ class Tokenizer:
         if not isinstance(vocab, dict) or not isinstance(model.get("merges"), list):
             raise TokenizerError(f"{source}: the BPE model lacks its vocab or merges")
         self.vocab = dict(vocab)
+        # the added tokens the model's vocabulary lacks (``save_pretrained`` writes the model's alone)
+        self._added_to_vocab = {t["content"] for t in spec.get("added_tokens") or [] if t["content"] not in vocab}
         for token in spec.get("added_tokens") or []:
             self.vocab.setdefault(token["content"], token["id"])
         size = max(self.vocab.values()) + 1 if self.vocab else 0
         self.tokens = [""] * size
         for token, i in self.vocab.items():
             self.tokens[i] = token
-        merges = {}
-        for rank, merge in enumerate(model["merges"]):
+        pairs = []
+        for merge in model["merges"]:
             pair = tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge)
             if len(pair) != 2:
                 raise TokenizerError(f"{source}: merge {merge!r} is not a pair of symbols")
-            merges.setdefault(pair, rank)
+            pairs.append(pair)
+        self._merges_as_text = bool(model["merges"]) and isinstance(model["merges"][0], str)
         unk = model.get("unk_token")
         self.unk_token_id = self.vocab.get(unk) if unk is not None else None
-        self._bpe = _BPE(self.vocab, merges, self.unk_token_id, bool(model.get("byte_fallback")),
+        self._bpe = _BPE(self.vocab, pairs, self.unk_token_id, bool(model.get("byte_fallback")),
                          bool(model.get("fuse_unk")), bool(model.get("ignore_merges")))
+        del pairs
+        # The vocabulary and the merges live on in the tables above only: ``save_pretrained`` writes
+        # them back from there.
+        self.spec = {**spec, "model": {k: v for k, v in model.items() if k not in ("vocab", "merges")}}
         self._normalize = _normalizer(spec.get("normalizer"), source)
         self._pre_tokenize = _pre_tokenizer(spec.get("pre_tokenizer"), source)
         self._token_bytes, self._strip = _decoder(spec.get("decoder"), source)
@@ -659,6 +693,11 @@ class Tokenizer:
         as HF ``transformers`` saves a fast tokenizer (and loads it back with AutoTokenizer)."""
         os.makedirs(folder, exist_ok=True)
         spec = dict(self.spec)
+        merges = self._bpe.pairs(self.tokens)
+        spec["model"] = {**spec["model"],
+                         "vocab": {t: i for t, i in self.vocab.items() if t not in self._added_to_vocab},
+                         "merges": [f"{a} {b}" for a, b in merges] if self._merges_as_text else
+                         [[a, b] for a, b in merges]}
         spec.setdefault("version", "1.0")
         spec.setdefault("truncation", None)
         spec.setdefault("padding", None)
