@@ -714,7 +714,8 @@ class _Values(_Lanes):
             return v
         if cs == "double" and dst == "float16":
             # Rounding to odd on the way to float32 keeps the final rounding to half exact (numpy
-            # rounds once); double -> half directly would be a compiler-rt call MCJIT cannot link.
+            # rounds once); double -> half directly would be a call of compiler-rt's __truncdfhf2,
+            # which the process need not have.
             f = self.conv("fptrunc", "double", v, "float")
             back = self.conv("fpext", "float", f, "double")
             exact = self.cmp("fcmp", "oeq", "double", back, v)

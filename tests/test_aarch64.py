@@ -104,6 +104,8 @@ def _graphs():
                             + np.vectorize(__import__("math").erf)(a).astype(np.float32)),
         "reduce": (ma.sum(ma.exp(xa) * xb, axis=-1), [xa, xb], (np.exp(a) * b).sum(-1)),
         "max": (ma.max(xa * xc, axis=1), [xa, xc], (a * c).max(1)),
+        # a call of libm's fmodf per element
+        "remainder": (ma.remainder(xa, 0.3) * xc, [xa, xc], np.remainder(a, np.float32(0.3)) * c),
     }
 
 
@@ -156,7 +158,7 @@ def test_sve_assembly_uses_scalable_registers(name):
 @pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
                     reason="needs Debian packages gcc-aarch64-linux-gnu and qemu-user-static")
 @pytest.mark.parametrize("target", [NEON, SVE], ids=["neon", "sve"])
-@pytest.mark.parametrize("name", ["chain", "transcendentals", "trig", "reduce", "max"])
+@pytest.mark.parametrize("name", ["chain", "transcendentals", "trig", "reduce", "max", "remainder"])
 def test_runs_under_qemu(tmp_path, target, name):
     kernel, bases, out, expected = _lowered(name, target.lanes)
     got = run_under_qemu(tmp_path, kernel, target, bases, out)
@@ -180,7 +182,7 @@ def run_source_under_qemu(tmp_path, source, name, target, units, bases, out):
     (tmp_path / "harness.c").write_text(HARNESS)
     exe = tmp_path / f"run_{name}"
     subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={name}", "harness.c",
-                    "kernel.o", "-o", str(exe)], cwd=tmp_path, check=True, capture_output=True)
+                    "kernel.o", "-lm", "-o", str(exe)], cwd=tmp_path, check=True, capture_output=True)
     inputs = []
     for i, base in enumerate(bases):
         path = tmp_path / f"in{i}.bin"

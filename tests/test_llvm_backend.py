@@ -148,9 +148,9 @@ def test_half_precision_without_f16c(monkeypatch, tmp_path):
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the code model question is x86-64's")
 def test_x86_objects_need_no_32_bit_displacements(tmp_path, monkeypatch):
     """Kernel objects on x86-64 reach their constants, the other sections and external functions (libm,
-    the C library) through 64-bit addresses only: the JIT maps an object's sections separately, and in
-    a process with gigabytes mapped they may lie over 2 GiB apart, which a 32-bit displacement cannot
-    span (loading such an object aborted the process)."""
+    the C library) through 64-bit addresses only (the large code model, which the cached objects' keys
+    name; LLVM's JIT, which loaded them before ``elf_loader``, could map an object's sections over
+    2 GiB apart, beyond a 32-bit displacement)."""
     import shutil
     import subprocess
 

@@ -5,7 +5,8 @@
 through ctypes (which releases the GIL); a kernel big enough is shared out in chunks of its output
 index space to worker threads waiting in native code (``llvm_threads``). Nodes no kernel covers run on
 the numpy executor in between; buffers are numpy arrays either way, so nothing is copied between the
-two. Object code is cached on disk (``cache``) and the loaded functions in memory, keyed by the kernel IR.
+two. Object code is cached on disk (``cache``) and loaded by ``elf_loader`` (llvmlite is imported only to
+compile a kernel the cache lacks), the loaded functions kept in memory, keyed by the kernel IR.
 
 Each eval is recorded as a list of actions (a kernel with where each of its buffers comes from, or a call
 that realizes one node), kept under its graph's structural key (``fuse.signature``) once that structure
@@ -46,10 +47,11 @@ from ..kernels import attention as attention_template
 from ..kernels import matmul as gemm_template
 from ..codegen import target as targets
 from ..core.device import count_buffer as count, counted_alone
+from ..core.errors import CompileError
 from ..core.fast import rope_inv_freq
 from . import blas
 from .cache import ObjectCache
-from . import buffers, llvm_program, llvm_quantized, llvm_runtime, llvm_threads
+from . import buffers, elf_loader, llvm_program, llvm_quantized, llvm_runtime, llvm_threads
 from .buffers import owns
 from ..core.compile import PROGRAM, PROGRAM_OUTPUT, finish_program, program_outputs
 from .numpy_executor import NumpyExecutor, _keeps_graph
@@ -83,10 +85,6 @@ _ATTENTION_KEYS_MAX = 1 << 16
 _HEAD_MAX = 1024
 
 
-class CompileError(RuntimeError):
-    pass
-
-
 def _address_reader():
     """A function giving a numpy array's data address. ``a.ctypes.data`` takes about a microsecond (it
     builds a ctypes helper each time), which a replayed decode step would pay a thousand times; the
@@ -109,37 +107,48 @@ address = _address_reader()
 
 
 class Compiler:
-    """llvmlite MCJIT for one target, with the disk cache in front of it."""
+    """Kernels compiled for one target by llvmlite, with the disk cache in front of it, and loaded by
+    ``elf_loader``: llvmlite (and LLVM with it) is imported only when a kernel the cache lacks must be
+    compiled (or its version is asked for)."""
 
     def __init__(self, target: targets.Target | None = None, cache: ObjectCache | None = None):
+        self.cache = cache or ObjectCache()
+        self.target = target or targets.host(self.cache.directory)
+        # The code model is part of every cache key, so it stays what it was when LLVM's JIT loaded
+        # the objects: on x86-64, the large one (64-bit absolute addresses: the JIT could map an
+        # object's sections over 2 GiB apart). ``elf_loader`` keeps an object in one mapping, where
+        # either would do.
+        x86_64 = self.target.triple.split("-")[0] == "x86_64"
+        self.code_model = "large" if x86_64 else "small"
+        self.reloc = "static" if x86_64 else "pic"
+        self.loader = elf_loader.Loader()
+        self.lock = threading.Lock()
+        self.images: dict = {}  # cache key -> elf_loader.Image, mapped as long as this compiler lives
+        self.compiled = 0
+        llvm_runtime.link(self)
+
+    @functools.cached_property
+    def llvm(self):
+        """llvmlite's binding module, set up for code generation (imported on the first compile)."""
         import llvmlite.binding as llvm
 
-        self.llvm = llvm
         llvm.initialize_all_targets()
         llvm.initialize_all_asmprinters()
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        self.target = target or targets.host()
-        # On x86-64 the JIT's memory manager maps an object's code, its constants and the stubs of its
-        # external calls separately; in a process that has mapped gigabytes since starting, they can
-        # land more than 2 GiB apart, beyond the small code model's 32-bit displacements, and loading
-        # the object then fails an assertion that aborts the process. The large code model addresses
-        # everything with 64-bit absolute addresses. (On aarch64 llvmlite's own memory manager keeps
-        # an object's sections together.)
-        x86_64 = self.target.triple.split("-")[0] == "x86_64"
-        self.code_model = "large" if x86_64 else "small"
-        self.machine = llvm.Target.from_triple(self.target.triple).create_target_machine(
-            cpu=self.target.cpu, features=self.target.features, opt=3, reloc="static" if x86_64 else "pic",
-            codemodel=self.code_model)
-        self.cache = cache or ObjectCache()
-        self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.machine)
-        self.lock = threading.Lock()
-        self.objects: list = []
-        self.compiled = 0
-        llvm_runtime.link(self)
+        return llvm
 
-    def object_code(self, source: str) -> bytes:
-        key = self.cache.key(source, self.target.triple, self.target.features, f"{__version__} {self.code_model}")
+    @functools.cached_property
+    def machine(self):
+        return self.llvm.Target.from_triple(self.target.triple).create_target_machine(
+            cpu=self.target.cpu, features=self.target.features, opt=3, reloc=self.reloc,
+            codemodel=self.code_model)
+
+    def key(self, source: str) -> str:
+        return self.cache.key(source, self.target.triple, self.target.features, f"{__version__} {self.code_model}")
+
+    def object_code(self, source: str, key: str | None = None) -> bytes:
+        key = key or self.key(source)
         obj = self.cache.get(key)
         if obj is not None:
             return obj
@@ -164,17 +173,17 @@ class Compiler:
         return _KERNEL_FN(self.address(source, name))
 
     def address(self, source: str, name: str) -> int:
-        """The machine code address of function ``name`` of ``source``, compiled and loaded."""
-        return self.address_in(self.object_code(source), name)
-
-    def address_in(self, obj: bytes, name: str) -> int:
-        """The address of function ``name`` of object code ``obj``, once loaded."""
-        with self.lock:
-            ref = self.llvm.ObjectFileRef.from_data(obj)
-            self.objects.append(ref)  # the engine runs code from this object's memory
-            self.engine.add_object_file(ref)
-            self.engine.finalize_object()
-            addr = self.engine.get_function_address(name)
+        """The machine code address of function ``name`` of ``source``, compiled and loaded (an
+        object is loaded once, however many of its functions are asked for)."""
+        key = self.key(source)
+        image = self.images.get(key)
+        if image is None:
+            obj = self.object_code(source, key)  # compiled outside the lock: llvmlite releases the GIL
+            with self.lock:
+                image = self.images.get(key)
+                if image is None:
+                    image = self.images[key] = self.loader.load(obj)
+        addr = image.address(name)
         if not addr:
             raise CompileError(f"[llvm] Kernel {name} was not found in its object code.")
         return addr
@@ -1164,9 +1173,10 @@ def _private_reads(root, consumers: dict):
 
 
 def available() -> str | None:
-    """None when llvmlite can be used, else the reason it cannot."""
-    try:
-        import llvmlite.binding  # noqa: F401
-    except ImportError as e:
-        return f"llvmlite is not installed ({e})"
+    """None when llvmlite can be used, else the reason it cannot (without importing it: a process
+    whose kernels are all cached never does)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llvmlite") is None:
+        return "llvmlite is not installed"
     return None

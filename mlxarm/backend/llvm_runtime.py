@@ -1,10 +1,10 @@
-"""Functions LLVM's code may call that MCJIT finds nowhere: the half-precision conversions.
+"""Functions LLVM's code may call that the process may not have: the half-precision conversions.
 
 On an x86 CPU without F16C, LLVM turns ``fpext half`` and ``fptrunc ... to half`` into calls of
 compiler-rt's ``__extendhfsf2`` and ``__truncsfhf2``. A process running Python need not have them
-(libgcc has them only from GCC 12 on, and only where it is loaded), and a call MCJIT cannot resolve
-crashes the process. So the LLVM executor compiles them here, from integer operations on the bits (no
-``half`` arithmetic, which would call them again), and registers them before any kernel is loaded.
+(libgcc has them only from GCC 12 on, and only where it is loaded). So the LLVM executor compiles them
+here, from integer operations on the bits (no ``half`` arithmetic, which would call them again), and
+registers them with its loader (``elf_loader``) before any kernel is loaded.
 Both round as IEEE 754 does (to nearest, ties to even; NaN stays NaN with its sign, infinities and
 subnormals are exact), as numpy converts.
 """
@@ -96,12 +96,10 @@ def source(target) -> str:
 
 
 def link(compiler) -> None:
-    """Compile the functions for ``compiler``'s target and make them what kernels' calls resolve to."""
+    """Compile (or find in the cache) and load the functions for ``compiler``'s target, and make them
+    what kernels' calls resolve to."""
     if not needed(compiler.target):
         return
-    llvm = compiler.llvm
-    module = llvm.parse_assembly(source(compiler.target))
-    module.verify()
-    obj = compiler.machine.emit_object(module)  # a few milliseconds, once per executor, not cached
+    text = source(compiler.target)
     for name in NAMES:
-        llvm.add_symbol(name, compiler.address_in(obj, name))
+        compiler.loader.define(name, compiler.address(text, name))

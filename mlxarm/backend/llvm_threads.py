@@ -229,19 +229,14 @@ class Workers:
     """``workers - 1`` threads that help the calling thread run kernels (``run``)."""
 
     def __init__(self, compiler, workers: int):
-        import llvmlite.binding as llvm
-
         self.workers = workers
         self.helpers = workers - 1
-        self.compiler = compiler  # its engine holds the code the helpers run: alive as long as they are
+        self.compiler = compiler  # it holds the code the helpers run: alive as long as they are
         self._memory = np.zeros(_WORDS + 8, np.int64)  # a 64-byte aligned block inside
         start = (-self._memory.ctypes.data % 64) // 8
         self.state = self._memory[start:start + _WORDS]
         self.state[_TICKET] = _BIAS  # job 0, no chunks: a helper's first look takes nothing
         self.address = self.state.ctypes.data
-        libc = ctypes.CDLL(None)
-        for name in ("usleep", "syscall"):  # AttributeError where the C library lacks one
-            llvm.add_symbol(name, ctypes.cast(getattr(libc, name), ctypes.c_void_p).value)
         source = render(compiler.target.triple)
         self.dispatch_address = compiler.address(source, "mlxarm_dispatch")  # programs call it natively
         self.dispatch = _DISPATCH_FN(self.dispatch_address)
@@ -252,7 +247,7 @@ class Workers:
                                          daemon=True) for w in range(self.helpers)]
         for t in self.threads:
             t.start()  # in native code from here on (ctypes releases the GIL) until ``stop``
-        # Back in Python before the interpreter tears modules (and the engine) down.
+        # Back in Python before the interpreter tears modules (and the compiler) down.
         atexit.register(self.stop, join=True)
 
     def run(self, fn_address: int, args_address: int, total: int, chunk: int, wake: bool = True) -> bool:

@@ -12,3 +12,7 @@ class DtypeError(TypeError, ValueError, RuntimeError):
 
 class AxisError(IndexError, ValueError):
     """An axis outside an array's dimensions: MLX 0.32 raises IndexError, later releases ValueError."""
+
+
+class CompileError(RuntimeError):
+    """A kernel that a backend could not compile or load; the message names the backend ("[llvm] ...")."""
