@@ -4,7 +4,9 @@ same model, the same machine and the same thread count, in one run.
 For every system: prefill tokens/s of a ``--prompt-tokens`` prompt (128), decode tokens/s over
 ``--gen-tokens`` greedy steps (64, never stopping at end-of-text; measured after a warm-up generation of
 three tokens, ``_measure``), time to first token in a fresh process
-(for mlxarm twice: with an empty kernel cache and with a warm one), and the process's peak RSS. For mlxarm
+(for mlxarm twice: with an empty kernel cache, which that process then fills with every kernel the runs
+use, and with the cache it filled), and the process's peak RSS (for mlxarm the warm process's, and in
+parentheses the cold one's: compiling loads LLVM, which a process finding every kernel cached never does). For mlxarm
 on the LLVM executor also the host (Python) time of a decode step: its wall time less the time spent in
 native code (its compiled program and the replayed sampling kernels). Every system runs in its own process, so RSS and first-token times are its own.
 
@@ -60,8 +62,8 @@ def _measure(run, n_prompt: int, options, result: dict) -> dict:
     produced (the first right after the prompt). Every system gets the same runs."""
     start, stamps = run(1)
     result["ttft_s"] = stamps[0] - start
+    run(3)  # with an empty kernel cache, this fills it with the decode step's kernels too
     if not options.first_token_only:
-        run(3)
         start, stamps = run(options.gen_tokens + 1)
         result["prefill_tps"] = n_prompt / (stamps[0] - start)
         result["decode_tps"] = options.gen_tokens / (stamps[-1] - stamps[0])
@@ -305,6 +307,8 @@ def main(argv=None) -> int:
             return
         extra = f", host {result['host_ms_per_step']:.2f} ms/step" if "host_ms_per_step" in result else ""
         cold = f", first token cold {result['ttft_cold_s']:.2f} s" if "ttft_cold_s" in result else ""
+        if "peak_rss_cold_mb" in result:
+            extra = f" ({result['peak_rss_cold_mb']:.0f} MB cold)" + extra
         print(f"{system:28s} prefill {result.get('prefill_tps', 0):8.1f} tok/s  decode "
               f"{result.get('decode_tps', 0):7.2f} tok/s  first token {result['ttft_s']:.2f} s{cold}  "
               f"peak RSS {result['peak_rss_mb']:.0f} MB{extra}", flush=True)
@@ -316,6 +320,7 @@ def main(argv=None) -> int:
             warm = _spawn(sys.executable, "mlxarm", options.model, ids, options, env)
         if "error" not in warm and "error" not in cold:
             warm["ttft_cold_s"] = cold["ttft_s"]
+            warm["peak_rss_cold_mb"] = cold["peak_rss_mb"]  # compiling: the compiler is loaded
         record(f"mlxarm {device}", warm)
 
     peers = [p for p in options.peers.split(",") if p]
