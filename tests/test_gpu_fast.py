@@ -217,6 +217,74 @@ def test_slice_update_narrow_elements(device, dtype, keep):
     assert ("kernel", f"slice_update_{mode} (1, 3, 7, 5)") in executor(device).last_plan
 
 
+_BOXES = [  # (shape, index, update shape): ints, unit-step slices, one Ellipsis; broadcast updates
+    ((1, 3, 16, 8), (Ellipsis, slice(2, 7), slice(None)), (1, 3, 5, 8)),  # a prompt's keys into a cache
+    ((4, 6), (1, slice(None)), (6,)),
+    ((4, 6), (slice(1, 3), 2), (2,)),
+    ((2, 5, 7), (slice(None), slice(0, 5), slice(3, 7)), (1, 4)),
+    ((3, 4), (-1,), (1,)),
+    ((6,), (slice(-4, None),), (4,)),
+    ((3, 4), (slice(2, 2),), (0, 4)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("keep", [False, True], ids=["into", "copy"])
+def test_static_slice_update_runs_as_a_kernel(device, dtype, keep):
+    """``a[box] = v`` (a KV cache's prompt write) by the slice_update template, into the input's own
+    buffer, or into a copy while the old value is still seen; no numpy step, so no download. A strided
+    box or a new axis stays on numpy."""
+    rng = np.random.default_rng(11)
+    for shape, index, ushape in _BOXES:
+        x = rng.integers(-50, 50, shape).astype(dtype)
+        u = rng.integers(-50, 50, ushape).astype(dtype)
+        a = ma.array(x) + ma.array(np.zeros((), dtype))  # on the device
+        on(device, lambda: a)
+        old = a + ma.array(np.zeros((), dtype)) if keep else None  # reads the value before the write
+        a[index] = ma.array(u) + ma.array(np.zeros((), dtype))
+        on(device, lambda: a)
+        assert not _numpy_steps(device), (index, executor(device).last_plan)
+        mode = "copy" if keep else "into"
+        assert ("kernel", f"slice_update_{mode} {shape}") in executor(device).last_plan, index
+        want = x.copy()
+        want[index] = u
+        np.testing.assert_array_equal(np.array(a), want)
+        if keep:
+            np.testing.assert_array_equal(np.array(on(device, lambda: old)), x)
+    for index in ((Ellipsis, slice(None, None, 2)), (slice(None), None, slice(None))):
+        a = ma.array(np.zeros((4, 6), dtype)) + ma.array(np.ones((), dtype))
+        on(device, lambda: a)
+        a[index] = ma.array(np.full((1,), 3, dtype))
+        on(device, lambda: a)
+        assert _numpy_steps(device) == ["slice_update"]
+        want = np.ones((4, 6), dtype)
+        want[index] = 3
+        np.testing.assert_array_equal(np.array(a), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=lambda d: d.__name__)
+def test_reshape_of_a_transposed_output_is_copied_on_the_device(device, dtype):
+    """A reshape no view can make, read by a kernel template (attention's heads joined for the output
+    projection: ``o.transpose(0, 2, 1, 3).reshape(...) @ w``), is a copy kernel reading the transposed
+    output where it is: nothing is downloaded before the host reads the result."""
+    rng = np.random.default_rng(12)
+    x = rng.integers(-8, 8, (1, 3, 5, 4)).astype(dtype)
+    w = rng.integers(-8, 8, (12, 6)).astype(dtype)
+    for view, want in ((lambda a: ma.transpose(a, (0, 2, 1, 3)).reshape(5, 12), x.transpose(0, 2, 1, 3).reshape(5, 12)),
+                       (lambda a: a[:, ::-1, :, ::-1].transpose(0, 2, 1, 3).reshape(5, 12),  # negative strides
+                        x[:, ::-1, :, ::-1].transpose(0, 2, 1, 3).reshape(5, 12))):
+        rt = executor(device).rt
+        before = rt.downloads
+        a = ma.array(x) + ma.array(np.zeros((), dtype))
+        out = ma.matmul(view(a), ma.array(w))
+        on(device, lambda: out)
+        assert ("kernel", "reshape_copy (5, 12)") in executor(device).last_plan, executor(device).last_plan
+        assert not _numpy_steps(device) and rt.downloads == before
+        np.testing.assert_array_equal(np.array(out), want @ w)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_slice_update_in_place_only_when_unseen(device):
     rng = np.random.default_rng(6)

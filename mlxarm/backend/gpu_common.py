@@ -57,7 +57,7 @@ from .numpy_executor import NumpyExecutor
 
 # Primitives a kernel template (``kernels.gpu_*``) may run.
 _TEMPLATES = frozenset({"matmul", "quantized_matmul", *rows.OPS, *gpu_argmax.OPS, *lower.VIEWS, "rope",
-                        "scaled_dot_product_attention", "dynamic_slice_update"})
+                        "scaled_dot_product_attention", "dynamic_slice_update", "slice_update"})
 # What the C-style renderers cover: the portable ops and reductions, and all/any (min/max over bools).
 CAPS = (lower.PORTABLE[0] | {"all", "any"}, lower.PORTABLE[1])
 
@@ -586,6 +586,8 @@ class GPUExecutor:
         array positions (1-, 2- or 4-byte elements). Returns False when none covers it, else its ``_Template`` for
         replays (True where a replay must run it afresh)."""
         name = node._prim.name if node._prim is not None else None
+        if name == "reshape":  # one that is no view (``run_view`` tried first)
+            return self.run_reshape_copy(node, debug)
         if name not in _TEMPLATES or name in lower.VIEWS:
             return False
         # Template arguments (offsets, strides) are 32-bit integers.
@@ -606,6 +608,8 @@ class GPUExecutor:
             return self.run_sdpa(node, debug)
         if name == "dynamic_slice_update":
             return self.run_slice_update(node, debug)
+        if name == "slice_update":
+            return self.run_static_slice_update(node, debug)
         return False
 
     def bind(self, t: _Template, node, index, arr: np.ndarray, align: int = 0) -> tuple:
@@ -931,6 +935,71 @@ class GPUExecutor:
         del q, k, v
         return self.fire(node, t, debug)
 
+    def run_reshape_copy(self, node, debug: int):
+        """A reshape of an input no view can reshape (``x.transpose(...).reshape(...)``, attention's
+        heads joined): the input's elements in row-major order, copied into a fresh contiguous buffer by
+        the ``slice_update`` template's copy mode with an empty window, so that the input can stay on the
+        device (numpy's copy would read it on the host)."""
+        x = node._inputs[0]._data
+        size = x.itemsize
+        if 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or any(st % size for st in x.strides) \
+                or x.size >= _INT32:
+            return False
+        zeros = (0,) * (gpu_update.RANK - x.ndim)
+        space = (1,) * (gpu_update.RANK - x.ndim) + x.shape
+        t = _Template(node, f"reshape_copy {node._shape}")
+        if x.size:
+            vx, _ = self.bind(t, node, 0, x)
+            self._launch_update(t, "copy", size, [OUT, vx, vx], space, (0,) * 4, (0,) * 4, 0, (0,) * 4,
+                                t.offset(vx), zeros + tuple(st // size for st in x.strides),
+                                zeros + lower.contiguous_strides(x.shape), x.size)
+        del x
+        return self.fire(node, t, debug)
+
+    def run_static_slice_update(self, node, debug: int):
+        """``slice_update`` at fixed positions (``cache[..., i:j, :] = kv``, a prompt's write into a KV
+        cache) by the ``dynamic_slice_update`` template, where its index is a box (ints, unit-step
+        slices, one Ellipsis) and the update broadcasts to it: into the input's own buffer when nothing
+        else can see it, else into a fresh output. Anything else stays on numpy."""
+        donate = self.donates(node)  # first: it counts the references to the input
+        x, upd = (i._data for i in node._inputs)
+        box = _box(node._params["index"], x.shape)
+        size = x.itemsize
+        if box is None or 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or upd.itemsize != size \
+                or any(st % size for st in upd.strides):
+            return False
+        begin, lengths, kept = box
+        region = tuple(n for n, k in zip(lengths, kept) if k)  # what numpy broadcasts the update to
+        if upd.ndim > len(region) or any(u not in (1, r) for u, r in zip(upd.shape[::-1], region[::-1])):
+            return False
+        # the update's strides over the box's axes: 0 along an int's axis and a broadcast one
+        strides = [0] * (len(region) - upd.ndim) + [0 if u == 1 else st // size
+                                                    for u, st in zip(upd.shape, upd.strides)]
+        u_strides = [strides.pop(0) if k else 0 for k in kept]
+        pad = (1,) * (gpu_update.RANK - x.ndim)
+        zeros = (0,) * (gpu_update.RANK - x.ndim)
+        u_shape, u_strides = pad + tuple(lengths), zeros + tuple(u_strides)
+        begin = zeros + tuple(begin)
+        x_strides = zeros + tuple(st // size for st in x.strides)
+        t = _Template(node, f"slice_update_{'into' if donate else 'copy'} {node._shape}")
+        t.guard = lambda node, donate=donate: () if self.donates(node) == donate else None
+        total = int(np.prod(lengths))
+        if donate:
+            vx, _ = self.bind(t, node, 0, x)
+            t.into = vx
+            if total:
+                vu, _ = self.bind(t, node, 1, upd)
+                self._launch_update(t, "into", size, [vx, vu], u_shape, begin, u_shape, t.offset(vu), u_strides,
+                                    0, (0,) * 4, x_strides, total)
+        elif x.size:
+            vx, _ = self.bind(t, node, 0, x)
+            vu, _ = self.bind(t, node, 1, upd)
+            self._launch_update(t, "copy", size, [OUT, vx, vu], pad + x.shape, begin, u_shape, t.offset(vu),
+                                u_strides, t.offset(vx), x_strides, zeros + lower.contiguous_strides(x.shape),
+                                x.size)
+        del x, upd
+        return self.fire(node, t, debug)
+
     def donates(self, node) -> bool:
         """Whether ``dynamic_slice_update`` ``node`` may write into its input's own buffer: nothing else
         can see it (as ``llvm.run_in_place`` decides, MLX's buffer donation). Called before its
@@ -1014,6 +1083,37 @@ class GPUExecutor:
                       file=sys.stderr)
         self.numpy_steps += len(nodes)
         self.numpy.run([weakref.ref(n) for n in nodes])
+
+
+def _box(index: tuple, shape: tuple):
+    """(start, length, kept) per axis of an array of ``shape`` for a basic ``index`` of ints, unit-step
+    slices and at most one Ellipsis (``kept``: a slice's axis, which the update has; an int's is not);
+    None for any other index (new axes, steps, an int out of range)."""
+    index = index if isinstance(index, tuple) else (index,)
+    if sum(e is Ellipsis for e in index) > 1:
+        return None
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (len(shape) - len(index) + 1) + index[at + 1:]
+    index = index + (slice(None),) * (len(shape) - len(index))
+    if len(index) != len(shape):
+        return None
+    begin, lengths, kept = [], [], []
+    for e, n in zip(index, shape):
+        if isinstance(e, slice):
+            start, stop, step = e.indices(n)
+            if step != 1:
+                return None
+            begin.append(start)
+            lengths.append(max(0, stop - start))
+            kept.append(True)
+        elif isinstance(e, (int, np.integer)) and not isinstance(e, bool) and -n <= e < n:
+            begin.append(int(e) % n)
+            lengths.append(1)
+            kept.append(False)
+        else:
+            return None
+    return begin, lengths, kept
 
 
 def _rows_view(arr: np.ndarray, n: int):
