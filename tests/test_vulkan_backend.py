@@ -28,6 +28,39 @@ def test_unary_matches_numpy(prim, d):
 
 
 @needs_vulkan
+def test_interleaved_evals_settle_on_their_pipelines():
+    """Pipelines are bound to their tensors, so each eval's n-th tensor request is given the tensor it
+    got last time; evals of several structures taking turns (a prompt, decode steps, sampling) keep
+    their requests apart and, once each has run, build no more pipelines."""
+    rt = executor(DEVICE).rt
+    rng = np.random.default_rng(0)
+    x = ma.array(rng.standard_normal((64, 256)).astype(np.float32))
+
+    def chained_softmax():
+        h = x
+        for _ in range(3):
+            h = ma.softmax(h, axis=-1) * 2.0
+        return h
+
+    def chained_exp():
+        h = x
+        for _ in range(2):
+            h = ma.exp(h - ma.max(h, axis=-1, keepdims=True))
+        return h
+
+    def row_sums():
+        return ma.sum(x * 3.0, axis=-1)
+
+    built = []
+    for _ in range(6):
+        for f in (chained_softmax, chained_softmax, chained_exp, row_sums, chained_exp):
+            shared.on(DEVICE, f)
+        built.append(rt.pipelines_built)
+    assert built[-3] == built[-1], built
+    np.testing.assert_allclose(np.array(shared.on(DEVICE, row_sums)), np.array(x).sum(-1) * 3, rtol=1e-5)
+
+
+@needs_vulkan
 @pytest.mark.parametrize("name", ["sin", "cos"])
 def test_sin_and_cos_of_large_arguments(name):
     """Vulkan bounds the error of GLSL's sin and cos on [-pi, pi] only (a GPU may be far off beyond:

@@ -366,7 +366,6 @@ class GPUExecutor:
         if not nodes:
             return
         debug = int(os.environ.get("MLXARM_DEBUG", "0") or 0)
-        self.rt.begin()
         try:
             key, leaves, counted = fuse.signature(nodes)
         except AttributeError:
@@ -374,6 +373,7 @@ class GPUExecutor:
             # plan fuses it in, and the eval is not kept
             key, leaves, counted = None, [], None
         key = fuse.Structure(key)
+        self.rt.begin(key.hash if counted is not None else None)
         self.leaves, self.leaf_ids = leaves, None
         recorded = self.evals.pop(key, None) if counted is not None else None
         try:

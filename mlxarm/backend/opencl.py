@@ -148,7 +148,7 @@ class OpenCLRuntime:
     def alloc(self, nbytes: int):
         return self._pooled(nbytes) or self.cl.Buffer(self.context, self._flags(), max(4, nbytes))
 
-    def begin(self) -> None:
+    def begin(self, structure=None) -> None:
         """An eval begins (nothing to do here: the Vulkan runtime counts its submissions)."""
 
     def submit(self, jobs: list) -> None:

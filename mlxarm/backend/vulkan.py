@@ -48,6 +48,10 @@ class VulkanValidationError(RuntimeError):
     pass
 
 
+# Structures of eval whose tensor requests are remembered (``VulkanRuntime._tensor``): more than the
+# executors keep recorded evals of.
+_SLOT_SPACES = 64
+
 # Dispatch operations kept per pipeline, one per distinct set of push constants (a rope's position changes
 # every step: the oldest are dropped).
 _OPS_PER_PIPELINE = 8
@@ -112,7 +116,10 @@ class VulkanRuntime:
         self.pool: dict = {}  # (words, host-visible) -> free tensors
         self.requests = 0  # tensors asked for since the last submit
         self.submission = 0  # submits since the eval began (``begin``)
-        self.slots: dict = {}  # (submission, request number) -> the tensors it got the last two times
+        # per structure of eval (``begin``), least recently used first: (submission, request number) ->
+        # the tensors it got the last two times
+        self.slot_spaces: collections.OrderedDict = collections.OrderedDict()
+        self.slots: dict = {}
         self.sequence = None
         self.pending_uploads: list = []
         self.dying: list = []
@@ -121,6 +128,7 @@ class VulkanRuntime:
         self.downloads = 0  # device buffers written to their host arrays
         self.submits = 0
         self.dispatches = 0
+        self.pipelines_built = 0
 
     def info(self) -> dict:
         p = self.props
@@ -148,7 +156,8 @@ class VulkanRuntime:
         same tensors, or on one of two sets, and finds its pipelines built, instead of building
         hundreds a step on tensors shuffled by the pool. Requests are counted per submission of an
         eval: an eval that submits twice (a numpy step reads a kernel's output) keeps the first
-        submission's tensors apart from the second's."""
+        submission's tensors apart from the second's; and per structure of eval (``begin``), so that a
+        prompt's eval and the decode steps between two prompts do not take each other's."""
         slot = (self.submission, self.requests)
         self.requests += 1
         free = self.pool.get((words, self.unified))
@@ -194,9 +203,16 @@ class VulkanRuntime:
     def alloc(self, nbytes: int):
         return self._tensor(_words(nbytes))
 
-    def begin(self) -> None:
-        """An eval begins: its submissions count from 0 (``_tensor``)."""
+    def begin(self, structure=None) -> None:
+        """An eval begins: its submissions count from 0, and its tensor requests are remembered under
+        ``structure``, the hash of its graph's structure (None: one not kept) (``_tensor``)."""
         self.submission = 0
+        slots = self.slot_spaces.pop(structure, None)
+        if slots is None:
+            slots = {}
+            if len(self.slot_spaces) >= _SLOT_SPACES:
+                self.slot_spaces.popitem(last=False)
+        self.slot_spaces[structure] = self.slots = slots
 
     def _seq(self):
         if self.sequence is None:
@@ -290,6 +306,7 @@ class VulkanRuntime:
             algo = self.manager.algorithm(bufs, spirv, groups, np.zeros(0, np.uint32), _push_words(push))
             # (pipeline, its tensors (kept alive), its dispatch operations by push constants)
             entry = self.pipelines[key] = (algo, bufs, {})
+            self.pipelines_built += 1
             if len(self.pipelines) > self.pipelines_kept:
                 self.pipelines.popitem(last=False)
         else:
