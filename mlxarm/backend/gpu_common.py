@@ -939,7 +939,10 @@ class GPUExecutor:
         """A reshape of an input no view can reshape (``x.transpose(...).reshape(...)``, attention's
         heads joined): the input's elements in row-major order, copied into a fresh contiguous buffer by
         the ``slice_update`` template's copy mode with an empty window, so that the input can stay on the
-        device (numpy's copy would read it on the host)."""
+        device (numpy's copy would read it on the host); not on a runtime that keeps an eval's tensors
+        apart until it submits (``whole_evals``)."""
+        if not self.rt.whole_evals:
+            return False
         x = node._inputs[0]._data
         size = x.itemsize
         if 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or any(st % size for st in x.strides) \
@@ -960,7 +963,10 @@ class GPUExecutor:
         """``slice_update`` at fixed positions (``cache[..., i:j, :] = kv``, a prompt's write into a KV
         cache) by the ``dynamic_slice_update`` template, where its index is a box (ints, unit-step
         slices, one Ellipsis) and the update broadcasts to it: into the input's own buffer when nothing
-        else can see it, else into a fresh output. Anything else stays on numpy."""
+        else can see it, else into a fresh output. Anything else stays on numpy, and so does every one
+        on a runtime that keeps an eval's tensors apart until it submits (``whole_evals``)."""
+        if not self.rt.whole_evals:
+            return False
         donate = self.donates(node)  # first: it counts the references to the input
         x, upd = (i._data for i in node._inputs)
         box = _box(node._params["index"], x.shape)
