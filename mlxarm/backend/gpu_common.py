@@ -989,20 +989,7 @@ class GPUExecutor:
         x_strides = zeros + tuple(st // size for st in x.strides)
         t = _Template(node, f"slice_update_{'into' if donate else 'copy'} {node._shape}")
         t.guard = lambda node, donate=donate: () if self.donates(node) == donate else None
-        total = int(np.prod(lengths))
-        if donate:
-            vx, _ = self.bind(t, node, 0, x)
-            t.into = vx
-            if total:
-                vu, _ = self.bind(t, node, 1, upd)
-                self._launch_update(t, "into", size, [vx, vu], u_shape, begin, u_shape, t.offset(vu), u_strides,
-                                    0, (0,) * 4, x_strides, total)
-        elif x.size:
-            vx, _ = self.bind(t, node, 0, x)
-            vu, _ = self.bind(t, node, 1, upd)
-            self._launch_update(t, "copy", size, [OUT, vx, vu], pad + x.shape, begin, u_shape, t.offset(vu),
-                                u_strides, t.offset(vx), x_strides, zeros + lower.contiguous_strides(x.shape),
-                                x.size)
+        self._bind_update(t, node, donate, x, upd, begin, u_shape, u_strides, x_strides, int(np.prod(lengths)))
         del x, upd
         return self.fire(node, t, debug)
 
@@ -1054,21 +1041,31 @@ class GPUExecutor:
 
         t.guard = guard
         begin = [t.value(d) for d in range(gpu_update.RANK)]  # the window's start, read per launch
+        self._bind_update(t, node, donate, x, upd, begin, u_shape, u_strides, x_strides, upd.size)
+        del x, upd, start
+        return self.fire(node, t, debug, self.window(node, axes, zeros))
+
+    def _bind_update(self, t: _Template, node, donate: bool, x, upd, begin, u_shape, u_strides, x_strides,
+                     total: int) -> None:
+        """The launch of a slice update of ``x`` by ``upd`` (``total`` elements in its window at ``begin``;
+        shapes and strides padded to the template's rank): into ``x``'s own buffer (``donate``), else into
+        a fresh output."""
+        size = x.itemsize
+        pad = (1,) * (gpu_update.RANK - x.ndim)
+        zeros = (0,) * (gpu_update.RANK - x.ndim)
         if donate:
             vx, _ = self.bind(t, node, 0, x)
             t.into = vx
-            if upd.size:
+            if total:
                 vu, _ = self.bind(t, node, 1, upd)
                 self._launch_update(t, "into", size, [vx, vu], u_shape, begin, u_shape, t.offset(vu), u_strides,
-                                    0, (0,) * 4, x_strides, upd.size)
+                                    0, (0,) * 4, x_strides, total)
         elif x.size:
             vx, _ = self.bind(t, node, 0, x)
             vu, _ = self.bind(t, node, 1, upd)
             self._launch_update(t, "copy", size, [OUT, vx, vu], pad + x.shape, begin, u_shape, t.offset(vu),
                                 u_strides, t.offset(vx), x_strides, zeros + lower.contiguous_strides(x.shape),
                                 x.size)
-        del x, upd, start
-        return self.fire(node, t, debug, self.window(node, axes, zeros))
 
     def _launch_update(self, t: _Template, mode, size, bufs, space, begin, u_shape, uoff, u_strides, xoff, x_strides,
                        o_strides, total) -> None:
