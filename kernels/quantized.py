@@ -10,9 +10,10 @@ the order of the float32 accumulation differs.
 
 x, the scales and biases (one dtype for both) and the output are each float32, float16 or bfloat16
 (``DTYPES``; bfloat16 arrives as its uint16 bit patterns). Scales and biases stored as float16 or
-bfloat16 may be rounded to (computed in) float32 instead: a fourth dtype names it. Everything is widened to float32 as it is
-loaded (bfloat16 is the top half of a float32, float16 goes through ``fpext``), products are summed
-in float32, and the output is rounded to nearest even when it is stored (``_Values``).
+bfloat16 may be rounded to (computed in) float32 instead: a fourth dtype names it. Everything is
+widened to float32 as it is loaded (bfloat16 is the top half of a float32, float16 goes through
+``fpext``), products are summed in float32, and the output is rounded to nearest even when it is stored
+(``_Values``).
 
 Codes are unpacked a *block* at a time: the fewest codes that fill whole vectors and start on a word
 boundary (``block_codes``). Within a block every lane's word and shift are constants, so one vector

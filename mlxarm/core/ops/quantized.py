@@ -457,7 +457,7 @@ def _array_args(tag, *xs):
     return [None if x is None else _array_arg(x, tag) for x in xs]
 
 
-def _matmul_setup(tag, x, w, scales, biases, transpose, group_size, bits, mode, stream, widen=True):
+def _matmul_setup(tag, x, w, scales, biases, transpose, group_size, bits, mode, stream, widen=False):
     """Checked inputs (cast as MLX casts them), the output dtype and the recorded parameters.
 
     With ``widen``, float16 scales and biases of a float32 product stay float16: the product still
