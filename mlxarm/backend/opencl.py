@@ -148,7 +148,7 @@ class OpenCLRuntime:
     def alloc(self, nbytes: int):
         return self._pooled(nbytes) or self.cl.Buffer(self.context, self._flags(), max(4, nbytes))
 
-    whole_evals = True  # an eval's kernels are best kept on the device between numpy steps (``vulkan``)
+    whole_evals = True  # a prompt's KV cache write and copying reshapes run as kernels (not on Vulkan)
 
     def begin(self, structure=None) -> None:
         """An eval begins (nothing to do here: the Vulkan runtime counts its submissions)."""

@@ -71,6 +71,14 @@ _HOST_MEMORY_DEVICES = (1, 4)
 
 
 class VulkanRuntime:
+    # Pipelines are bound to tensors, and a tensor that dies mid-submission is reused only after it: an
+    # eval recorded whole (a prompt's, 500 kernels) makes a tensor and a pipeline for nearly every
+    # output, where numpy steps between its parts (each a submit) recycle them. On the H100 the second
+    # eval of a 128-token prompt took 0.84 s whole (540 pipelines built) against 0.20 s in 91 submits
+    # (4 built), so the KV cache's prompt write and the reshapes that copy stay numpy steps here
+    # (``GPUExecutor.run_static_slice_update``, ``run_reshape_copy``).
+    whole_evals = False
+
     def __init__(self, cache: ObjectCache | None = None, device: int = 0):
         self.validation_log = None
         if os.environ.get("MLXARM_VK_VALIDATION") == "1":
@@ -129,13 +137,6 @@ class VulkanRuntime:
         self.submits = 0
         self.dispatches = 0
         self.pipelines_built = 0
-        # Pipelines are bound to tensors, and a tensor that dies mid-submission is reused only after it:
-        # an eval recorded whole (a prompt's, 500 kernels) makes a tensor and a pipeline for nearly every
-        # output, where numpy steps between its parts (each a submit) recycle them. On the H100 the
-        # second eval of a 128-token prompt took 0.84 s whole (540 pipelines built) against 0.20 s in
-        # 91 submits (4 built), so the KV cache's prompt write and the reshapes that copy stay numpy
-        # steps here (``GPUExecutor.run_static_slice_update``).
-        self.whole_evals = False
 
     def info(self) -> dict:
         p = self.props
