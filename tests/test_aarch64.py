@@ -19,12 +19,10 @@ TRIPLE = "aarch64-unknown-linux-gnu"
 NEON = for_triple(TRIPLE, "generic", "+neon,+fp-armv8,+fullfp16")
 SVE = for_triple(TRIPLE, "generic", "+neon,+fp-armv8,+fullfp16,+sve,+sve2")
 
-HARNESS = r"""
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-
-void KERNEL(void **args, int64_t start, int64_t end);
+# What a static harness needs to run a kernel: its inputs read from files, the kernel run over its index
+# space in two calls (as two threads would split the work), the output written to a file.
+RUNNER = r"""
+typedef void (*kernel_fn)(void **args, int64_t start, int64_t end);
 
 static void *slurp(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -38,21 +36,30 @@ static void *slurp(const char *path) {
     return p;
 }
 
-/* usage: run TOTAL OUT_PATH OUT_BYTES INPUT... (buffer 0 is the output, then the inputs in order) */
-int main(int argc, char **argv) {
-    int64_t total = atoll(argv[1]);
-    long out_bytes = atol(argv[3]);
-    int n = argc - 4;
+/* buffer 0 is the output (out_bytes, written to out_path), then the n inputs' files in order */
+static int run(kernel_fn kernel, int64_t total, const char *out_path, long out_bytes, int n, char **inputs) {
     void **args = malloc(sizeof(void *) * (n + 1));
     args[0] = calloc(1, out_bytes + 64);
-    for (int i = 0; i < n; i++) args[i + 1] = slurp(argv[4 + i]);
-    /* two calls, as two threads would split the work */
-    KERNEL(args, 0, total / 3);
-    KERNEL(args, total / 3, total);
-    FILE *f = fopen(argv[2], "wb");
+    for (int i = 0; i < n; i++) args[i + 1] = slurp(inputs[i]);
+    kernel(args, 0, total / 3);
+    kernel(args, total / 3, total);
+    FILE *f = fopen(out_path, "wb");
     fwrite(args[0], 1, out_bytes, f);
     fclose(f);
     return 0;
+}
+"""
+
+HARNESS = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+void KERNEL(void **args, int64_t start, int64_t end);
+""" + RUNNER + r"""
+/* usage: run TOTAL OUT_PATH OUT_BYTES INPUT... */
+int main(int argc, char **argv) {
+    return run(KERNEL, atoll(argv[1]), argv[2], atol(argv[3]), argc - 4, argv + 4);
 }
 """
 
@@ -183,16 +190,22 @@ def run_source_under_qemu(tmp_path, source, name, target, units, bases, out):
     exe = tmp_path / f"run_{name}"
     subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={name}", "harness.c",
                     "kernel.o", "-lm", "-o", str(exe)], cwd=tmp_path, check=True, capture_output=True)
-    inputs = []
-    for i, base in enumerate(bases):
-        path = tmp_path / f"in{i}.bin"
-        path.write_bytes(np.ascontiguousarray(base).tobytes())
-        inputs.append(str(path))
+    inputs = input_files(tmp_path, bases)
     out_path = tmp_path / "out.bin"
     cpu = "max" if target.scalable else "cortex-a72"
     subprocess.run(["qemu-aarch64-static", "-cpu", cpu, str(exe), str(units), str(out_path),
                     str(out.nbytes)] + inputs, check=True, capture_output=True, timeout=120)
     return np.frombuffer(out_path.read_bytes(), dtype=out.dtype).reshape(out.shape)
+
+
+def input_files(tmp_path, bases) -> list:
+    """The paths of the arrays ``bases`` written to files in ``tmp_path``, as the harnesses read them."""
+    paths = []
+    for i, base in enumerate(bases):
+        path = tmp_path / f"in{i}.bin"
+        path.write_bytes(np.ascontiguousarray(base).tobytes())
+        paths.append(str(path))
+    return paths
 
 
 @pytest.mark.parametrize("target", [NEON, SVE], ids=["neon", "sve"])

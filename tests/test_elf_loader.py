@@ -28,7 +28,7 @@ from mlxarm.backend.elf_loader import LoadError  # noqa: E402
 from mlxarm.backend.llvm import CompileError, Compiler  # noqa: E402
 from mlxarm.codegen import render_llvm  # noqa: E402
 from mlxarm.codegen import target as targets  # noqa: E402
-from test_aarch64 import NEON, SVE, TOOLS, _lowered  # noqa: E402
+from test_aarch64 import NEON, RUNNER, SVE, TOOLS, _lowered, input_files  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
@@ -321,24 +321,11 @@ LOADER_HARNESS = r"""
 #define MAP_FIXED_NOREPLACE MAP_FIXED
 #endif
 
-typedef void (*kernel_fn)(void **args, int64_t start, int64_t end);
-
+""" + RUNNER + r"""
 static const struct { const char *name; void *address; } offered[] = {
     {"expf", (void *)expf}, {"fmodf", (void *)fmodf}, {"atan2f", (void *)atan2f}, {"sincosf", (void *)sincosf},
     {"memcpy", (void *)memcpy}, {"memmove", (void *)memmove}, {"memset", (void *)memset},
 };
-
-static void *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { perror(path); exit(2); }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc(n + 64);
-    if (fread(p, 1, n, f) != (size_t)n) exit(3);
-    fclose(f);
-    return p;
-}
 
 /* usage: run BASE SIZE CODE CONSTANTS ENTRY UNITS OUT_PATH OUT_BYTES INPUT...
    Prints the functions it offers ("name address" lines, then "end"), reads an image of SIZE bytes linked
@@ -364,18 +351,7 @@ int main(int argc, char **argv) {
     if (constants > code && mprotect(image + code, constants - code, PROT_READ)) { perror("mprotect"); return 6; }
     __builtin___clear_cache((char *)image, (char *)image + code);
     kernel_fn kernel = (kernel_fn)(image + strtoull(argv[5], 0, 0));
-    int64_t units = atoll(argv[6]);
-    long out_bytes = atol(argv[8]);
-    int n = argc - 9;
-    void **args = malloc(sizeof(void *) * (n + 1));
-    args[0] = calloc(1, out_bytes + 64);
-    for (int i = 0; i < n; i++) args[i + 1] = slurp(argv[9 + i]);
-    kernel(args, 0, units / 3);
-    kernel(args, units / 3, units);
-    FILE *f = fopen(argv[7], "wb");
-    fwrite(args[0], 1, out_bytes, f);
-    fclose(f);
-    return 0;
+    return run(kernel, atoll(argv[6]), argv[7], atol(argv[8]), argc - 9, argv + 9);
 }
 """
 
@@ -399,11 +375,7 @@ def run_linked(harness, tmp_path, obj: bytes, name: str, units: int, bases: list
     output, shaped as ``out``."""
     parsed = elf_loader.parse(obj)
     where = elf_loader.layout(parsed)  # 4 KiB pages, as qemu's
-    inputs = []
-    for i, base in enumerate(bases):
-        path = tmp_path / f"in{i}.bin"
-        path.write_bytes(np.ascontiguousarray(base).tobytes())
-        inputs.append(str(path))
+    inputs = input_files(tmp_path, bases)
     out_path = tmp_path / "out.bin"
     proc = subprocess.Popen(["qemu-aarch64-static", "-cpu", "max", str(harness), hex(BASE), str(where.size),
                              str(where.code), str(where.constants), str(elf_loader.exports(parsed, where)[name]),
