@@ -305,6 +305,23 @@ def test_buffer_protocol_shares_memory_like_numpy(dtype):
         np.testing.assert_array_equal(np.asarray(view), f(values))
 
 
+def test_bfloat16_has_no_buffer_and_converts_to_its_float32_values():
+    """Python's and numpy's buffer formats have no bfloat16: a bfloat16 array has no buffer, so numpy
+    (which tries the buffer protocol first on Python 3.12) takes its float32 values through
+    ``__array__`` on every Python version, never its 16-bit patterns."""
+    import sys
+
+    values = np.array([1.5, -2.25, 3e38], np.float32)
+    a = ma.array(values).astype(ma.bfloat16)
+    with pytest.raises(BufferError, match="bfloat16"):
+        memoryview(a) if sys.version_info >= (3, 12) else a.__buffer__(0)
+    want = np.array(a.astype(ma.float32))
+    np.testing.assert_array_equal(want[:2], values[:2])  # exactly representable in bfloat16
+    for got in (np.array(a), np.asarray(a)):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+
+
 def test_buffer_protocol_keeps_the_array_alive():
     import gc
     import weakref

@@ -127,9 +127,13 @@ class array:
     def __buffer__(self, flags: int) -> memoryview:
         """The buffer protocol from Python (PEP 688, Python 3.12 on): ``memoryview(a)`` shares this
         array's memory, writeable, with numpy's shape, strides and format, and keeps the array alive
-        while it lives (as MLX's arrays do). bfloat16 is shown as its 16-bit patterns (format ``H``):
-        Python's formats have no bfloat16. 64-bit integers are ``q``/``Q`` (long long), as MLX gives them,
-        where numpy says ``l``/``L``."""
+        while it lives (as MLX's arrays do). 64-bit integers are ``q``/``Q`` (long long), as MLX gives
+        them, where numpy says ``l``/``L``. bfloat16 has no format Python or numpy knows: its arrays
+        have no buffer (a ``BufferError``). numpy tries the buffer protocol before ``__array__``; with
+        a buffer of 16-bit patterns, ``np.array`` of a bfloat16 array would be those integers on Python
+        3.12 and its float32 values before."""
+        if self._dtype is dt.bfloat16:
+            raise BufferError("bfloat16 arrays have no buffer format (np.array gives their float32 values).")
         data = np.asarray(_BufferOwner(self, self._realized()))
         if data.dtype.kind in "iu" and data.itemsize == 8:
             data = data.view(np.longlong if data.dtype.kind == "i" else np.ulonglong)
