@@ -586,14 +586,15 @@ class GPUExecutor:
         array positions (1-, 2- or 4-byte elements). Returns False when none covers it, else its ``_Template`` for
         replays (True where a replay must run it afresh)."""
         name = node._prim.name if node._prim is not None else None
-        if name == "reshape":  # one that is no view (``run_view`` tried first)
-            return self.run_reshape_copy(node, debug)
-        if name not in _TEMPLATES or name in lower.VIEWS:
+        # a reshape that is no view (``run_view`` tried first) is copied; other views are not templates
+        if name not in _TEMPLATES or (name in lower.VIEWS and name != "reshape"):
             return False
         # Template arguments (offsets, strides) are 32-bit integers.
         if not all(root_of(i._data).size < _INT32 for i in node._inputs) \
                 or np.prod(node._shape, dtype=np.int64) >= _INT32:
             return False
+        if name == "reshape":
+            return self.run_reshape_copy(node, debug)
         if name == "matmul":
             return self.run_matmul(node, debug)
         if name in rows.OPS:
@@ -945,8 +946,7 @@ class GPUExecutor:
             return False
         x = node._inputs[0]._data
         size = x.itemsize
-        if 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or any(st % size for st in x.strides) \
-                or x.size >= _INT32:
+        if 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or any(st % size for st in x.strides):
             return False
         zeros = (0,) * (gpu_update.RANK - x.ndim)
         space = (1,) * (gpu_update.RANK - x.ndim) + x.shape
@@ -961,10 +961,10 @@ class GPUExecutor:
 
     def run_static_slice_update(self, node, debug: int):
         """``slice_update`` at fixed positions (``cache[..., i:j, :] = kv``, a prompt's write into a KV
-        cache) by the ``dynamic_slice_update`` template, where its index is a box (ints, unit-step
-        slices, one Ellipsis) and the update broadcasts to it: into the input's own buffer when nothing
-        else can see it, else into a fresh output. Anything else stays on numpy, and so does every one
-        on a runtime that keeps an eval's tensors apart until it submits (``whole_evals``)."""
+        cache) by the ``dynamic_slice_update`` template, where its index is a box (ints and unit-step
+        slices): into the input's own buffer when nothing else can see it, else into a fresh output.
+        Anything else stays on numpy, and so does every one on a runtime that keeps an eval's tensors
+        apart until it submits (``whole_evals``)."""
         if not self.rt.whole_evals:
             return False
         donate = self.donates(node)  # first: it counts the references to the input
@@ -975,13 +975,11 @@ class GPUExecutor:
                 or any(st % size for st in upd.strides):
             return False
         begin, lengths, kept = box
-        region = tuple(n for n, k in zip(lengths, kept) if k)  # what numpy broadcasts the update to
-        if upd.ndim > len(region) or any(u not in (1, r) for u, r in zip(upd.shape[::-1], region[::-1])):
+        # the update comes broadcast to the box's slice axes (``indexing._fit_update``)
+        if upd.shape != tuple(n for n, k in zip(lengths, kept) if k):
             return False
-        # the update's strides over the box's axes: 0 along an int's axis and a broadcast one
-        strides = [0] * (len(region) - upd.ndim) + [0 if u == 1 else st // size
-                                                    for u, st in zip(upd.shape, upd.strides)]
-        u_strides = [strides.pop(0) if k else 0 for k in kept]
+        strides = iter(st // size for st in upd.strides)
+        u_strides = [next(strides) if k else 0 for k in kept]  # 0 along an int's axis
         pad = (1,) * (gpu_update.RANK - x.ndim)
         zeros = (0,) * (gpu_update.RANK - x.ndim)
         u_shape, u_strides = pad + tuple(lengths), zeros + tuple(u_strides)
@@ -1088,21 +1086,15 @@ class GPUExecutor:
         self.numpy.run([weakref.ref(n) for n in nodes])
 
 
-def _box(index: tuple, shape: tuple):
-    """(start, length, kept) per axis of an array of ``shape`` for a basic ``index`` of ints, unit-step
-    slices and at most one Ellipsis (``kept``: a slice's axis, which the update has; an int's is not);
-    None for any other index (new axes, steps, an int out of range)."""
-    index = index if isinstance(index, tuple) else (index,)
-    if sum(e is Ellipsis for e in index) > 1:
-        return None
-    if Ellipsis in index:
-        at = index.index(Ellipsis)
-        index = index[:at] + (slice(None),) * (len(shape) - len(index) + 1) + index[at + 1:]
-    index = index + (slice(None),) * (len(shape) - len(index))
-    if len(index) != len(shape):
+def _box(template: tuple, shape: tuple):
+    """(start, length, kept) per axis of an array of ``shape`` for a ``slice_update``'s index template
+    (``indexing._parse``'s: per axis an int within it or a slice, Ellipsis expanded, None for a new
+    axis), ``kept`` for a slice's axis, which the update has; None where a new axis or a step other
+    than 1 makes it no box."""
+    if len(template) != len(shape):  # a new axis
         return None
     begin, lengths, kept = [], [], []
-    for e, n in zip(index, shape):
+    for e, n in zip(template, shape):
         if isinstance(e, slice):
             start, stop, step = e.indices(n)
             if step != 1:
@@ -1110,8 +1102,8 @@ def _box(index: tuple, shape: tuple):
             begin.append(start)
             lengths.append(max(0, stop - start))
             kept.append(True)
-        elif isinstance(e, (int, np.integer)) and not isinstance(e, bool) and -n <= e < n:
-            begin.append(int(e) % n)
+        elif isinstance(e, int):
+            begin.append(e)
             lengths.append(1)
             kept.append(False)
         else:
