@@ -437,7 +437,7 @@ class Loader:
         # unmapped again if anything below fails
         image = Image(base, where.size, {name: base + at for name, at in exports(parsed, where).items()})
         data = link(parsed, where, base, external.__getitem__)
-        ctypes.memmove(base, bytes(data), where.size)
+        ctypes.memmove(base, (ctypes.c_char * where.size).from_buffer(data), where.size)
         for start, end, prot in ((0, where.code, mmap.PROT_READ | mmap.PROT_EXEC),
                                  (where.code, where.constants, mmap.PROT_READ)):
             if end > start and _libc.mprotect(base + start, end - start, prot):
