@@ -174,6 +174,58 @@ def test_kv_cache_update_writes_in_place_only_when_the_cache_dies(llvm):
         del before, held
 
 
+@pytest.mark.parametrize("held", [False, True])
+def test_the_capturing_call_writes_a_cache_update_in_place_and_puts_it_back(llvm, held):
+    """The call that captures the program updates the cache in place for its own evaluation (the
+    copy it would otherwise make doubles a decode step's memory), then puts the written window back:
+    the program runs on the cache as it came, a cache the caller holds keeps its values, and the
+    result is the reference's."""
+    fun = ma.compile(lambda cache, new, pos: (cache := ma.slice_update(cache, new, pos, axes=(1,)),
+                                              (cache * 1.0).sum(axis=1), ma.sort(cache[:, :4], axis=1)))
+    shape = (4, 1024, 256)  # 4 MiB
+    expected = np.zeros(shape, np.float32)
+    cache = ma.array(expected)
+    ma.eval(cache)
+    for step in range(3):  # the second call captures
+        new = np.full((4, 1, 256), step + 1, np.float32)
+        old = expected.copy()
+        expected[:, step:step + 1] = new
+        kept = cache if held else None
+        ma.reset_peak_memory()
+        base = ma.get_active_memory()
+        cache, sums, first = fun(cache, ma.array(new), ma.array(step, ma.int32))
+        ma.eval(cache, sums, first)
+        np.testing.assert_array_equal(np.array(cache), expected)
+        np.testing.assert_allclose(np.array(sums), expected.sum(axis=1), rtol=1e-6)
+        np.testing.assert_array_equal(np.array(first), np.sort(expected[:, :4], axis=1))  # a view read
+        if held:
+            np.testing.assert_array_equal(np.array(kept), old)  # the caller's old cache is intact
+        elif step == 1:
+            # No copy of the cache for the capture, and the program wrote into the dying cache.
+            assert ma.get_peak_memory() - base < old.nbytes // 2
+        del kept
+
+
+def test_a_capture_that_wrote_into_an_input_and_built_no_program_computes_again(llvm):
+    """Without a program (a reshape of a transposed intermediate must copy), the capturing call's
+    results are computed again on the inputs as they came, not read from the written ones."""
+    fun = ma.compile(lambda cache, new, a: (
+        ma.slice_update(cache, new, ma.array(1, ma.int32), axes=(0,)),
+        (a @ a.T + 1.0).T.reshape(-1)[3:50:2]))
+    (v,) = values(1, (8, 5))
+    for step in range(3):
+        base = np.arange(12, dtype=np.float32).reshape(4, 3) + step
+        cache = ma.array(base)
+        new = np.full((1, 3), -1.0, np.float32)
+        got, other = fun(cache, ma.array(new), ma.array(v))
+        ma.eval(got, other)
+        expected = base.copy()
+        expected[1:2] = new
+        np.testing.assert_array_equal(np.array(got), expected)
+        np.testing.assert_array_equal(np.array(cache), base)  # held: never written
+        np.testing.assert_allclose(np.array(other), (v @ v.T + 1.0).T.reshape(-1)[3:50:2], rtol=1e-5)
+
+
 def test_a_new_input_layout_is_captured_again(llvm):
     fun = ma.compile(lambda a: ma.exp(a) + a.sum())
     (v,) = values(3, (12, 12))

@@ -305,6 +305,8 @@ class LLVMExecutor:
         key = fuse.Structure(key)
         # leaf id -> references from the graph, for leaves nothing outside the graph holds
         self.free_leaves = {id(leaves[i]): counted[3][i] for i in counted[4]}
+        if capture is not None:
+            capture.leaf_refs = {id(x): n for x, n in zip(leaves, counted[3])}
         recorded = self.evals.pop(key, None) if capture is None else None
         loose = None
         if recorded is None and swaps and capture is None:
@@ -638,8 +640,9 @@ class LLVMExecutor:
         """Run one call of a compiled function (a ``compiled_program`` node) and realize its output
         nodes by the program built for its inputs' layouts. The first call of a layout evaluates the
         call's graph, captured to build the program, and then runs the program on the same inputs
-        (the capture keeps every buffer apart, so only the program writes into dying inputs); where
-        no program can be built, the graph's results serve."""
+        (the capture keeps every buffer apart but for updates of an input only they read, which it
+        undoes, so only the program writes into dying inputs); where no program can be built, the
+        graph's results serve (evaluated again when the capture wrote into an input)."""
         state, outs = program_outputs(node)
         inputs = node._inputs
         layout = tuple(x._data.strides for x in inputs)
@@ -666,7 +669,8 @@ class LLVMExecutor:
     def capture_program(self, state, inputs: tuple, build: bool, layout: tuple) -> dict:
         """Evaluate a compiled call's graph (recording it into a capture when ``build``), keep the
         program built from the capture (or False where none can be), and return the results as
-        ``Program.run`` does."""
+        ``Program.run`` does: None after a capture, when the program runs next or the capture wrote
+        into an input."""
         from ..codegen.schedule import toposort
 
         outs, values = state.tape.record(list(inputs), False)
@@ -678,10 +682,8 @@ class LLVMExecutor:
         try:
             refs = [weakref.ref(n) for n in toposort(list(wanted.values()))]  # only the results held
             self._run(refs)
-        finally:
-            self.keep_graph, self.free_leaves, self.consumers, self.last_plan, self.capture = saved
-        results = {v: (n._data, True) for v, n in wanted.items()}
-        if build:
+            if not build:
+                return {v: (n._data, True) for v, n in wanted.items()}
             try:
                 program = llvm_program.build(self, capture, inputs, wanted)
             except llvm_program.Unsupported as e:
@@ -690,10 +692,21 @@ class LLVMExecutor:
                 if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
                     print(f"[mlxarm] compiled call stays a graph: {e}", file=sys.stderr)
             state.programs[layout] = program
-            for n in capture.nodes:  # the capture kept the graph: let it go
-                n._inputs = ()
-                n._params = None
-        return results
+        finally:
+            self.keep_graph, self.free_leaves, self.consumers, self.last_plan, self.capture = saved
+            if capture is not None:
+                # Updates the capture wrote into inputs are undone: the program (or, without one,
+                # the graph evaluated again) runs on the inputs as they came.
+                for buf, window, old in reversed(capture.restores):
+                    buf[window] = old
+                for n in capture.nodes:  # the capture kept the graph: let it go
+                    n._inputs = ()
+                    n._params = None
+        if program or capture.restores:
+            # None: the program runs next (nothing here may hold an input it could write into), or,
+            # without one, the results read inputs the capture wrote into and are computed again
+            return None
+        return {v: (n._data, True) for v, n in wanted.items()}
 
     def donatable(self, x):
         """``x``'s buffer when an update may write into it: nothing outside the eval holds ``x``, and
@@ -721,6 +734,22 @@ class LLVMExecutor:
         runs (on a copy)."""
         x = node._inputs[0]
         buf = x._data
+        capture = self.capture
+        if capture is not None:
+            # Capturing: a leaf only this node reads is written in place and put back afterwards
+            # (``capture_program``); anything else is copied, as the capture keeps buffers apart.
+            region = node._prim.extra.get("region")
+            if capture.leaf_refs.get(id(x)) != 1 or region is None or not buf.flags.writeable:
+                del x, buf
+                self.run_numpy(node)
+                return
+            del x, buf
+            ins = [i._data for i in node._inputs]
+            window = region(node._params, *ins)
+            capture.restores.append((ins[0], window, ins[0][window].copy()))
+            node._data = node._prim.extra["in_place"](node._params, *ins)
+            self.interleaved[0] = None
+            return
         # x must be a leaf of the eval that nothing outside the graph holds and only this node reads
         # (an array computed earlier in the eval may have consumers still to run, and a count of
         # references cannot tell them from the eval's own); then x is referenced by node._inputs, this

@@ -151,6 +151,10 @@ class Capture:
         self.entries: list = []
         self.nodes: list = []  # the node of each entry (the capture keeps the graph until it is built)
         self.leaves: list = []
+        self.leaf_refs: dict = {}  # id(leaf) -> references to it from the graph's nodes
+        # (buffer, index, the values there before) per update written into a leaf only it reads: a
+        # KV cache is not copied for the capture; ``capture_program`` puts the values back
+        self.restores: list = []
 
 
 class _Builder:
@@ -215,6 +219,11 @@ class _Builder:
         """A new root for ``buf``, the output ``step`` writes."""
         at = self.address(buf)
         lo, hi = _span(buf, at)
+        hit = self.known.get(id(buf))
+        if hit is not None and hit[2] is buf:
+            # The step wrote into a root's buffer (an update the capture made in place,
+            # ``LLVMExecutor.run_in_place``): what reads that memory from here on reads the new root.
+            self.dynamic = [d for d in self.dynamic if d[2] != hit[0]]
         r = self.root(_Root(_ARENA, hi - lo))
         self.roots[r].first = self.roots[r].last = step
         self.dynamic.append((lo, hi, r, lo))

@@ -462,7 +462,7 @@ def _drop_pages(data: np.ndarray) -> None:
     madvise(lo, hi - lo, advice)
 
 
-def load_quantized(path, *, stream=None):
+def load_quantized(path, *, stream=None, on_metadata=None):
     """Read a GGUF file for a model loader: ``(tensors, metadata, quantization)``.
 
     Block-quantized weights (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) stay packed: tensor
@@ -471,7 +471,9 @@ def load_quantized(path, *, stream=None):
     size 16, which only the private quantized paths take. F32, F16, BF16 and integer tensors are
     views of the file. Any other type raises a ValueError naming the tensor and its type; a
     truncated or corrupt file raises ``MalformedFileError``. ``mx.load`` reads the same files as
-    MLX does (other types dequantized to float16)."""
+    MLX does (other types dequantized to float16). ``on_metadata(metadata)``, when given, is called
+    once the header is read, before any tensor is decoded (a tokenizer built then never shares the
+    peak of the weights' decoding)."""
     import os
 
     from .device import resolve_stream
@@ -480,6 +482,8 @@ def load_quantized(path, *, stream=None):
     path = os.fspath(path)
     s = resolve_stream(stream)
     r, metadata, infos = _read_header(_map_file(path, "load_quantized"), path, s, "load_quantized")
+    if on_metadata is not None:
+        on_metadata(metadata)
     arrays, quantization = {}, {}
     for name, shape, ttype, start in infos:
         tname = _TENSOR_TYPES[ttype][0]

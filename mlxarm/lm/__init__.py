@@ -46,8 +46,11 @@ def load(path: str = None):
             raise ModelLoadError(f"model folder {path} holds neither a config.json (MLX format) "
                                  "nor a .gguf file")
         path = os.path.join(path, ggufs[0])
-    model, metadata = load_gguf(path)
-    return model, tokenizer_from_gguf(metadata, path)
+    # The tokenizer is built from the metadata before the weights are decoded: the peaks of the two
+    # never add up.
+    tokenizer = []
+    model, _ = load_gguf(path, lambda metadata: tokenizer.append(tokenizer_from_gguf(metadata, path)))
+    return model, tokenizer[0]
 
 
 __all__ = ["load", "generate", "stream_generate", "generate_step", "make_sampler", "make_prompt_cache",

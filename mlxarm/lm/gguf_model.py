@@ -154,15 +154,20 @@ def parameter_name(gguf_name: str, arch: str, path: str = "<gguf>") -> str:
     raise ModelLoadError(f"GGUF file {path} has tensor '{gguf_name}', unknown to the {arch} architecture")
 
 
-def read_gguf(path: str):
+def read_gguf(path: str, on_metadata=None):
     """(tensors, metadata, {tensor name: quantization}) of a GGUF file: block-quantized tensors
-    (Q4_0 ... Q8_0 and the K-quants) stay packed as MLX affine triples."""
+    (Q4_0 ... Q8_0 and the K-quants) stay packed as MLX affine triples. ``on_metadata(metadata)``
+    runs once the metadata is read, before the tensors are."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No GGUF model file at {path}")
-    weights, metadata, quantization = load_quantized(path)
-    if not isinstance(metadata, dict) or not metadata:
-        raise ModelLoadError(f"{path} is not a GGUF model file (no metadata)")
-    return weights, metadata, quantization
+
+    def check(metadata):
+        if not isinstance(metadata, dict) or not metadata:
+            raise ModelLoadError(f"{path} is not a GGUF model file (no metadata)")
+        if on_metadata is not None:
+            on_metadata(metadata)
+
+    return load_quantized(path, on_metadata=check)
 
 
 def mlx_weights_from_gguf(weights: dict, metadata: dict, path: str = "<gguf>", quantization: dict = None):
@@ -272,9 +277,10 @@ def packed_quantization(weights: dict, prefix: str, in_dims: int) -> dict:
     return {"group_size": in_dims // scales.shape[-1], "bits": packed.shape[-1] * 32 // in_dims}
 
 
-def load_gguf(path: str):
-    """(model, metadata) from a GGUF file; quantized tensors stay quantized."""
-    weights, metadata, quantization = read_gguf(path)
+def load_gguf(path: str, on_metadata=None):
+    """(model, metadata) from a GGUF file; quantized tensors stay quantized. ``on_metadata(metadata)``
+    runs once the metadata is read, before the tensors are."""
+    weights, metadata, quantization = read_gguf(path, on_metadata)
     args, weights, layers = mlx_weights_from_gguf(weights, metadata, path, quantization)
     return build_model(args, weights, f"GGUF file {path}", layers.__getitem__), metadata
 

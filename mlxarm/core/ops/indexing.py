@@ -313,17 +313,22 @@ def _slice_update_ref(p, x, update):
     return _slice_update_into(p, x.copy(), update)
 
 
+def _slice_update_region(p, x, update):
+    """The index of the region of ``x`` the update overwrites."""
+    return p["index"]
+
+
 def _slice_update_into(p, x, update):
     """The update written into ``x`` itself: for an executor that donates a dying input's buffer (a KV
     cache written at its position with ``cache[..., n:n+1, :] = kv``)."""
-    x[p["index"]] = update
+    x[_slice_update_region(p, x, update)] = update
     return x
 
 
 SLICE_UPDATE = register(Primitive(
     "slice_update", "index", _slice_update_ref, compute=False,
     doc="Overwrite a basic-indexed region (ints, slices, None) with an update.",
-    extra={"in_place": _slice_update_into}))
+    extra={"in_place": _slice_update_into, "region": _slice_update_region}))
 
 SCATTER = register(Primitive(
     "scatter", "index", _scatter_ref(None), compute=False,
@@ -703,16 +708,21 @@ def _dynamic_slice_update_ref(p, x, update, start):
     return _dynamic_slice_update_into(p, x.copy(), update, start)
 
 
+def _dynamic_slice_update_region(p, x, update, start):
+    """The index of the window of ``x`` the update overwrites."""
+    return _region(p, start, x.shape, update.shape)
+
+
 def _dynamic_slice_update_into(p, x, update, start):
     """The update written into ``x`` itself: for an executor that donates a dying input's buffer."""
-    x[_region(p, start, x.shape, update.shape)] = update
+    x[_dynamic_slice_update_region(p, x, update, start)] = update
     return x
 
 
 DYNAMIC_SLICE_UPDATE = register(Primitive(
     "dynamic_slice_update", "index", _dynamic_slice_update_ref, compute=False,
     doc="Overwrite a window of the input, at start positions given by an array, with an update.",
-    extra={"in_place": _dynamic_slice_update_into}))
+    extra={"in_place": _dynamic_slice_update_into, "region": _dynamic_slice_update_region}))
 
 
 @api(primitive="dynamic_slice_update")
