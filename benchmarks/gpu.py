@@ -11,6 +11,11 @@ as PyTorch's does); ``device_s`` for single fused kernels and kernel templates (
 the kernel alone: what a launch adds to a submission (``--reps`` + 1 launches recorded back to back and
 submitted once, less one launch submitted alone, per launch; for a template, the launches one eval of
 it records, replayed with the same arguments). PyTorch's figures are taken the same way.
+On Vulkan, ``gpu_s`` is the GPU's own time per launch besides: the same launches in one sequence that
+latches a timestamp before its first operation and after each, the span over the launches (Kompute
+records a whole sequence before submitting it, so ``device_s`` adds the host's recording of a launch
+to the GPU's time, where OpenCL and CUDA overlap the two); PyTorch's ``gpu_s`` is taken by CUDA
+events around its launches (``vs_torch_gpu``: the ratio of the two).
 Beside them, PyTorch on the same card when it is importable (``vs_torch``: torch's time / ours; torch
 has no 4-bit kernel, so the quantized matvec is compared with its dense float16 matvec). Each system
 keeps the device busy for a second before its figures (an idle GPU starts at low clocks). The float16
@@ -107,9 +112,35 @@ def workloads(mx, n: int, m: int, big: int):
     }
 
 
-def template_seconds(mx, device: str, build, reps: int) -> float | None:
-    """Seconds per launch of the kernel template(s) ``build()`` runs as, ``reps`` launches (the
-    launches one eval records, with the same arguments) recorded back to back and submitted once."""
+def vulkan_gpu_seconds(rt, launch, reps: int) -> float | None:
+    """GPU seconds per ``launch()`` on Vulkan: ``reps`` launches recorded into one sequence that
+    latches a timestamp before its first operation and after each, the span between the first and
+    the last over ``reps`` (the best of three submits); None where the device tells no timestamp
+    period."""
+    period = rt.caps.timestamp_period
+    if not period:
+        return None
+    launch()
+    rt.submit([])
+    before = rt.dispatches
+    launch()
+    ops = rt.dispatches - before
+    rt.submit([])
+    spans = []
+    for _ in range(3):
+        seq = rt.sequence = rt.manager.sequence(0, reps * ops + 8)  # room for an upload's operation too
+        for _ in range(reps):
+            launch()
+        rt.submit([])
+        stamps = seq.get_timestamps()
+        spans.append((stamps[-1] - stamps[0]) * period * 1e-9 / reps)
+    return min(spans)
+
+
+def template_seconds(mx, device: str, build, reps: int) -> tuple:
+    """(seconds per launch, its GPU seconds or None) of the kernel template(s) ``build()`` runs as,
+    ``reps`` launches (the launches one eval records, with the same arguments) recorded back to back
+    and submitted once; (None, None) when it runs as none."""
     from mlxarm.backend import executor
 
     ex = executor(device)
@@ -127,29 +158,31 @@ def template_seconds(mx, device: str, build, reps: int) -> float | None:
     finally:
         del rt.run_template
     if not calls:
-        return None
+        return None, None
 
     def launch():
         for args, kwargs in calls:
             rt.run_template(*args, **kwargs)
 
     seconds = per_launch(launch, lambda: rt.submit([]), reps)
+    gpu = vulkan_gpu_seconds(rt, launch, reps) if device == "vulkan" else None
     del out
-    return seconds
+    return seconds, gpu
 
 
-def device_seconds(device: str, build, reps: int) -> float | None:
-    """Seconds per launch of the single kernel ``build()`` lowers to, ``reps`` launches in one submit."""
+def device_seconds(device: str, build, reps: int) -> tuple:
+    """(seconds per launch, its GPU seconds or None) of the single kernel ``build()`` lowers to,
+    ``reps`` launches in one submit; (None, None) when it is no single kernel."""
     from mlxarm.backend import executor
     from mlxarm.codegen import lower
 
     ex = executor(device)
     node = build()
     if node._prim.kind not in ("unary", "binary", "ternary", "reduce"):
-        return None
+        return None, None
     kernel, arrays, out = lower.lower(node, 1)
     if not ex.supports(kernel):
-        return None
+        return None, None
     prog = ex.rt.program(kernel)
     views = [ex.device_view(a) for a in arrays]
     bufs = [ex.rt.alloc(out.nbytes)] + [v for v, _ in views]
@@ -157,7 +190,11 @@ def device_seconds(device: str, build, reps: int) -> float | None:
     ex.rt.launch(prog, kernel, bufs, offsets)
     ex.rt.submit([])
 
-    return per_launch(lambda: ex.rt.launch(prog, kernel, bufs, offsets), lambda: ex.rt.submit([]), reps)
+    def launch():
+        ex.rt.launch(prog, kernel, bufs, offsets)
+
+    return per_launch(launch, lambda: ex.rt.submit([]), reps), \
+        vulkan_gpu_seconds(ex.rt, launch, reps) if device == "vulkan" else None
 
 
 def eval_overhead(mx, device: str, kernels: int, repeat: int) -> float:
@@ -206,9 +243,20 @@ def torch_figures(n: int, m: int, big: int, reps: int) -> dict | None:
            "matmul_f32": lambda: a @ b, "matmul_big_f32": lambda: a_big @ b_big,
            "matmul_big_f16": lambda: a_half @ b_half, "qmv_big_q4": lambda: v_half @ w_half.T}
     out = {}
+    gpu = out["gpu_s"] = {}  # CUDA events around ``reps`` launches, per launch (best of three)
     warm_up(lambda: (ops["matmul_big_f32"](), torch.cuda.synchronize()))
     for name, fn in ops.items():
         out[name] = per_launch(fn, torch.cuda.synchronize, reps)
+        spans = []
+        for _ in range(3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            spans.append(start.elapsed_time(end) * 1e-3 / reps)
+        gpu[name] = min(spans)
     small = torch.ones(4, 64, device=dev)
     for k in (1, 10, 100):
         def chain():
@@ -279,16 +327,19 @@ def main() -> None:
         for name, (build, nbytes, flops, kind) in loads.items():
             entry = {"eval_s": best_of(lambda: mx.eval(build()), args.repeat)}
             if kind == "kernel":
-                entry["device_s"] = device_seconds(device, build, args.reps)
+                entry["device_s"], entry["gpu_s"] = device_seconds(device, build, args.reps)
             elif kind == "template":
-                entry["device_s"] = template_seconds(mx, device, build, args.reps)
+                entry["device_s"], entry["gpu_s"] = template_seconds(mx, device, build, args.reps)
             t = entry.get("device_s") or entry["eval_s"]
             entry["GB/s"] = nbytes / t / 1e9
             if flops:
                 entry["GFLOP/s"] = flops / t / 1e9
+            if entry.get("gpu_s"):
+                entry["GB/s on the GPU"] = nbytes / entry["gpu_s"] / 1e9
             figures[name] = entry
-            print(f"{device:7s} {name:15s} eval {entry['eval_s'] * 1e3:9.3f} ms  kernel {t * 1e3:9.3f} ms"
-                  f"  {entry['GB/s']:8.2f} GB/s  {entry.get('GFLOP/s', 0):9.1f} GFLOP/s", flush=True)
+            gpu = f"  GPU {entry['gpu_s'] * 1e3:9.4f} ms" if entry.get("gpu_s") else ""
+            print(f"{device:7s} {name:15s} eval {entry['eval_s'] * 1e3:9.3f} ms  kernel {t * 1e3:9.4f} ms"
+                  f"  {entry['GB/s']:8.2f} GB/s  {entry.get('GFLOP/s', 0):9.1f} GFLOP/s{gpu}", flush=True)
         for k in (1, 10, 100):
             figures[f"eval_{k}_kernels"] = {"eval_s": eval_overhead(mx, device, k, args.repeat)}
             print(f"{device:7s} eval of {k:3d} kernels: {figures[f'eval_{k}_kernels']['eval_s'] * 1e3:.3f} ms")
@@ -298,6 +349,8 @@ def main() -> None:
         results["torch_cuda"] = torch
         print(f"{'workload':20s} {'torch ms':>10s}" + "".join(f" {d + ' ms':>12s} {'ratio':>7s}" for d in results["backends"]))
         for name, t in torch.items():
+            if name == "gpu_s":
+                continue
             line = f"{name:20s} {t * 1e3:10.4f}"
             for device, figures in results["backends"].items():
                 if name in figures:
@@ -306,6 +359,13 @@ def main() -> None:
                     f["vs_torch"] = t / ours
                     line += f" {ours * 1e3:12.4f} {t / ours:7.3f}"
             print(line)
+        print("GPU time per launch (Vulkan timestamps, CUDA events):")
+        print(f"{'workload':20s} {'torch ms':>10s} {'vulkan ms':>12s} {'ratio':>7s}")
+        for name, t in torch["gpu_s"].items():
+            f = results["backends"].get("vulkan", {}).get(name, {})
+            if f.get("gpu_s"):
+                f["vs_torch_gpu"] = t / f["gpu_s"]
+                print(f"{name:20s} {t * 1e3:10.4f} {f['gpu_s'] * 1e3:12.4f} {t / f['gpu_s']:7.3f}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)

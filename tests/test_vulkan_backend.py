@@ -263,3 +263,26 @@ def test_device_info_names_the_device():
     finally:
         os.environ.pop("MLXARM_DEVICE") if old is None else os.environ.__setitem__("MLXARM_DEVICE", old)
     assert info["backend"] == "vulkan" and info["device_name"] and "max_work_group_invocations" in info
+
+
+@needs_vulkan
+def test_device_limits_read_from_the_loader_match_vulkaninfo():
+    """The limits the executor reads from VkPhysicalDeviceProperties itself (byte offsets into the
+    limits struct) are the ones vulkaninfo prints for the same device."""
+    import re
+    import shutil
+    import subprocess
+
+    from mlxarm.backend import vulkan_device
+
+    if shutil.which("vulkaninfo") is None:
+        pytest.skip("vulkaninfo (vulkan-tools) is not installed")
+    text = subprocess.run(["vulkaninfo"], capture_output=True, text=True, timeout=120).stdout
+    caps = vulkan_device.query(0)
+    section = text[text.index(caps.name):]  # the first device's properties follow its name
+
+    def limit(name):
+        return float(re.search(rf"\b{name}\s*=\s*([0-9.e+-]+)", section).group(1))
+
+    assert caps.max_shared_bytes == limit("maxComputeSharedMemorySize")
+    assert caps.timestamp_period == pytest.approx(limit("timestampPeriod"), rel=1e-6)

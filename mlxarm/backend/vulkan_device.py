@@ -48,6 +48,7 @@ _SCOPE_SUBGROUP = 3
 # Offsets into VkPhysicalDeviceProperties (64-bit ABI): the limits struct starts at byte 296.
 _LIMITS = 296
 _MAX_SHARED = _LIMITS + 216
+_TIMESTAMP_PERIOD = _LIMITS + 424  # float: nanoseconds per timestamp tick
 
 COOPMAT_EXTENSIONS = ("VK_KHR_cooperative_matrix", "VK_KHR_shader_float16_int8", "VK_KHR_vulkan_memory_model")
 
@@ -76,6 +77,7 @@ class DeviceCaps:
     subgroup_size: int = 0
     subgroup_ops: int = 0  # VkSubgroupFeatureFlags in compute shaders (0 where compute has none)
     max_shared_bytes: int = 0
+    timestamp_period: float = 0.0  # nanoseconds per tick of a timestamp query (0: not known)
     coop_shapes: tuple = ()  # CoopShape at subgroup scope, as the driver lists them
     coop_features: bool = False  # cooperativeMatrix, shaderFloat16 and vulkanMemoryModel all offered
     notes: list = field(default_factory=list)
@@ -172,7 +174,8 @@ def _query(device: int) -> DeviceCaps:
             api_version=(version >> 22, (version >> 12) & 0x3FF), extensions=extensions,
             subgroup_size=_u32(subgroup, 16),
             subgroup_ops=_u32(subgroup, 24) if _u32(subgroup, 20) & _COMPUTE_STAGE else 0,
-            max_shared_bytes=_u32(props, 16 + _MAX_SHARED))
+            max_shared_bytes=_u32(props, 16 + _MAX_SHARED),
+            timestamp_period=ctypes.c_float.from_buffer(props, 16 + _TIMESTAMP_PERIOD).value)
 
         if "VK_KHR_cooperative_matrix" in extensions:
             # Features first: which of cooperative matrices, float16 arithmetic and the Vulkan memory
