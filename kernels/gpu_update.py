@@ -13,6 +13,14 @@ Arguments: out, x (``copy`` only), update, then ``ARGS``: the iteration space ``
 shape for ``into``, the output's for ``copy``), the window's clamped start ``b0..b3`` and shape
 ``u0..u3``, the update's element offset and strides, the input's (``copy``), the output's strides and
 the number of work items.
+
+A *positioned* variant reads the window's start along one axis from a buffer holding it (an int32, or
+an int64 by its low word) bound after the update, as ``window_start`` does: along axis ``pa`` (of the
+padded four) the start is the value at element ``os`` (``sw`` words an element), from the end when
+negative, moved so that the window lies inside the input's extent ``px``; ``b{d}`` on the other axes.
+A decode step's cache write then launches with the same arguments at every position (Vulkan makes an
+operation per set of push constants), and a start still on the device is read there. Its arguments
+stay within the 128 bytes of push constants every Vulkan device offers.
 """
 from __future__ import annotations
 
@@ -23,12 +31,20 @@ ARGS = ("n0", "n1", "n2", "n3", "b0", "b1", "b2", "b3", "u0", "u1", "u2", "u3", 
         "ox", "sx0", "sx1", "sx2", "sx3", "so0", "so1", "so2", "so3", "total")
 
 
-def name(mode: str, bits: int, threads: int) -> str:
-    return f"slice_update_{mode}_b{bits}_{threads}"
+POSITION_ARGS = ("pa", "px", "sw", "os")
 
 
-def _body(mode: str) -> list:
-    lines = ["for (int e = GID; e < total; e += GSIZE) {",
+def name(mode: str, bits: int, threads: int, positioned: bool = False) -> str:
+    return f"slice_update_{mode}_b{bits}_{threads}{'_p' if positioned else ''}"
+
+
+def _body(mode: str, positioned: bool = False) -> list:
+    lines = []
+    if positioned:  # the window's start along axis pa, from the start buffer
+        lines += ["int v_ = START(os * sw);", "if (v_ < 0) v_ += px;",
+                  "v_ = min(max(v_, 0), px - (pa == 0 ? u0 : pa == 1 ? u1 : pa == 2 ? u2 : u3));",
+                  *(f"int b{d} = pa == {d} ? v_ : pb{d};" for d in range(RANK))]
+    lines += ["for (int e = GID; e < total; e += GSIZE) {",
              "  int t = e;",
              "  int i3 = t % n3; t = t / n3;",
              "  int i2 = t % n2; t = t / n2;",
@@ -47,18 +63,30 @@ def _body(mode: str) -> list:
     return lines + ["}"]
 
 
-def source(dialect: str, mode: str, bits: int, threads: int) -> str:
-    fn = name(mode, bits, threads)
+def _arg_names(positioned: bool) -> tuple:
+    """The 32-bit arguments in order; a positioned variant's static starts are ``pb0..pb3``."""
+    if not positioned:
+        return ARGS
+    return tuple(f"p{a}" if a in ("b0", "b1", "b2", "b3") else a for a in ARGS) + POSITION_ARGS
+
+
+def source(dialect: str, mode: str, bits: int, threads: int, positioned: bool = False) -> str:
+    fn = name(mode, bits, threads, positioned)
     names = ["out_"] + (["x_"] if mode == "copy" else []) + ["u_"]
+    args = _arg_names(positioned)
+    body = _body(mode, positioned)
     if dialect == "opencl":
         ty = {8: "uchar", 16: "ushort", 32: "uint"}[bits]
         params = [f"__global {ty}* restrict out_"] + [f"__global const {ty}* restrict {nm}" for nm in names[1:]]
-        params += [f"int {a}" for a in ARGS]
+        if positioned:
+            params.append("__global const int* restrict s_")
+        params += [f"int {a}" for a in args]
         return "\n".join([
             "#define GID ((int)get_global_id(0))", "#define GSIZE ((int)get_global_size(0))",
             "#define STORE(i, v) out_[i] = (v)", "#define UPD(i) u_[i]", "#define X(i) x_[i]",
+            "#define START(i) s_[i]",
             f"__kernel __attribute__((reqd_work_group_size({threads}, 1, 1))) void {fn}({', '.join(params)}) {{",
-            *("  " + ln for ln in _body(mode)), "}", ""])
+            *("  " + ln for ln in body), "}", ""])
     if bits == 32:
         macros = ["#define STORE(i, v) out_[i] = (v)", "#define UPD(i) u_[i]", "#define X(i) x_[i]"]
     else:
@@ -67,12 +95,15 @@ def source(dialect: str, mode: str, bits: int, threads: int) -> str:
         macros = [f"#define UPD(i) {field.format(p='u_')}", f"#define X(i) {field.format(p='x_')}",
                   f"#define STORE(i, v) {{ int w_ = (i) / {per}; uint s_ = uint((i) % {per}) * {bits}u; "
                   f"atomicAnd(out_[w_], ~({mask}u << s_)); atomicOr(out_[w_], (v) << s_); }}"]
+    if positioned:
+        names = names + ["s_"]
+        macros = macros + ["#define START(i) int(s_[i])"]
     access = ["" if bits < 32 else "writeonly "] + ["readonly "] * (len(names) - 1)
     bufs = [f"{acc}buffer B{i} {{ uint {nm}[]; }};" for i, (acc, nm) in enumerate(zip(access, names))]
     return "\n".join([
         "#version 450", f"layout(local_size_x = {threads}) in;",
         *(f"layout(std430, set = 0, binding = {i}) {b}" for i, b in enumerate(bufs)),
-        f"layout(push_constant) uniform Push {{ {' '.join(f'int p_{a};' for a in ARGS)} }} pc;",
-        *(f"#define {a} pc.p_{a}" for a in ARGS),
+        f"layout(push_constant) uniform Push {{ {' '.join(f'int p_{a};' for a in args)} }} pc;",
+        *(f"#define {a} pc.p_{a}" for a in args),
         "#define GID int(gl_GlobalInvocationID.x)", f"#define GSIZE (int(gl_NumWorkGroups.x) * {threads})",
-        *macros, "void main() {", *("  " + ln for ln in _body(mode)), "}", ""])
+        *macros, "void main() {", *("  " + ln for ln in body), "}", ""])

@@ -189,6 +189,61 @@ def test_slice_update_matches_numpy(device, position):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("keep", [True, False], ids=["copy", "into"])
+def test_slice_update_at_a_position_computed_on_the_device(device, keep):
+    """A start the device computed in the same eval is read by the kernel from its buffer (counted
+    from the end when negative, clamped into the array), not downloaded for a numpy step."""
+    rng = np.random.default_rng(8)
+    base, step = _rand(rng, 1, 3, 16, 8), _rand(rng, 1, 3, 2, 8)
+    for p in (5, -3, 99, -40):
+        def write():
+            cache = ma.array(base) * 1.0  # realized on the device first
+            ma.eval(cache)
+            pos = ma.array(np.array([p], np.int32)) * 1  # computed on the device
+            out = ma.slice_update(cache, ma.array(step), pos, axes=(2,))
+            if keep:
+                return cache, out
+            del cache
+            return out
+
+        got = on(device, write)
+        if keep:
+            np.testing.assert_array_equal(np.array(got[0]), base)
+            got = got[1]
+        assert _numpy_steps(device) == []
+        start = min(max(p + 16 if p < 0 else p, 0), 14)
+        want = base.copy()
+        want[:, :, start:start + 2] = step
+        np.testing.assert_array_equal(np.array(got), want)
+
+
+@pytest.mark.skipif(bool(skip_reason("vulkan")), reason=f"vulkan unavailable: {skip_reason('vulkan')}")
+def test_vulkan_decode_writes_launch_alike_at_every_position():
+    """On Vulkan, where every set of push constants is an operation made anew, a replayed step's
+    cache write and rotary embedding read the position from its buffer: once the step has run,
+    later positions make no new operation."""
+    rng = np.random.default_rng(9)
+    x, step = _rand(rng, 1, 2, 1, 8), _rand(rng, 1, 2, 1, 8)
+    cache = on("vulkan", lambda: ma.array(_rand(rng, 1, 2, 16, 8)) * 1.0)
+    rt = executor("vulkan").rt
+    made = []
+    for p in range(8):
+        def decode():
+            pos = ma.array(np.array([p], np.int32))
+            kv = ma.slice_update(cache, ma.array(step), pos, axes=(2,))
+            q = ma.fast.rope(ma.array(x), 8, traditional=False, base=10000.0, scale=1.0, offset=pos)
+            return kv, q
+
+        before = rt.operations_made
+        kv, q = on("vulkan", decode)
+        made.append(rt.operations_made - before)
+        want = on("numpy", decode)
+        np.testing.assert_array_equal(np.array(kv), np.array(want[0]))
+        np.testing.assert_allclose(np.array(q), np.array(want[1]), rtol=1e-5, atol=1e-6)
+    assert made[3:] == [0] * 5, made
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [np.float16, np.int8, np.bool_])
 @pytest.mark.parametrize("keep", [True, False], ids=["copy", "into"])
 def test_slice_update_narrow_elements(device, dtype, keep):

@@ -865,13 +865,17 @@ class GPUExecutor:
         freqs = node._inputs[2]._data if p["freqs"] else _inv_freq(p["base"], p["dims"])
         threads = self.rt.workgroup
         per = 1 if dtype == "float32" else 2
-        value = self.host_offset(off)
+        # The kernel reads the offset from its buffer where the runtime prefers launches that do not
+        # change with the position (``buffer_positions``), or where it is not one value on the host.
+        value = None if self.rt.buffer_positions else self.host_offset(off)
         offsets = value is None
         t = _Template(node, f"rope_{dtype} {node._shape}")
 
         def guard(node, offsets=offsets):  # the same decision on this replay's offset, and its value
+            if offsets:
+                return ()
             value = self.host_offset(node._inputs[1]._data)
-            return None if (value is None) != offsets else () if offsets else (value,)
+            return None if value is None else (value,)
 
         t.guard = guard
         if x.size:
@@ -1021,33 +1025,50 @@ class GPUExecutor:
         donate = self.donates(node)  # first: it counts the references to the input
         x, upd, start = (i._data for i in node._inputs)
         size = x.itemsize
-        if 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or upd.itemsize != size \
-                or id(root_of(start)) in self.resident.stale:
-            return False
+        stale = id(root_of(start)) in self.resident.stale
+        # The kernel reads the start from its buffer (``gpu_update``'s positioned variant) where the
+        # runtime prefers launches that do not change with the position, or where the start is still
+        # on the device; else it is read here and passed as arguments.
         axes = node._params["axes"]
+        positioned = (self.rt.buffer_positions or stale) and start.dtype in (np.int32, np.int64) \
+            and start.size == 1 and len(axes) == 1
+        if 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or upd.itemsize != size \
+                or (stale and not positioned):
+            return False
         pad = (1,) * (gpu_update.RANK - x.ndim)
         zeros = (0,) * (gpu_update.RANK - x.ndim)
         u_shape = pad + upd.shape
         u_strides = zeros + tuple(st // size for st in upd.strides)
         x_strides = zeros + tuple(st // size for st in x.strides)
         t = _Template(node, f"slice_update_{'into' if donate else 'copy'} {node._shape}")
+        if positioned:
+            def guard(node, donate=donate):  # the same decision on this replay's buffers
+                return () if self.donates(node) == donate else None
 
-        def guard(node, donate=donate):  # the same decision on this replay's buffers, and the window
-            if self.donates(node) != donate:
-                return None
-            return self.window(node, axes, zeros)
+            vs, _ = self.bind(t, node, 2, start)
+            axis = len(pad) + axes[0]
+            position = (vs, [axis, x.shape[axes[0]], start.itemsize // 4, t.offset(vs)])
+            begin, values = [0] * gpu_update.RANK, ()
+        else:
+            def guard(node, donate=donate):  # the same decision on this replay's buffers, and the window
+                if self.donates(node) != donate:
+                    return None
+                return self.window(node, axes, zeros)
 
+            position = None
+            begin = [t.value(d) for d in range(gpu_update.RANK)]  # the window's start, read per launch
+            values = self.window(node, axes, zeros)
         t.guard = guard
-        begin = [t.value(d) for d in range(gpu_update.RANK)]  # the window's start, read per launch
-        self._bind_update(t, node, donate, x, upd, begin, u_shape, u_strides, x_strides, upd.size)
+        self._bind_update(t, node, donate, x, upd, begin, u_shape, u_strides, x_strides, upd.size, position)
         del x, upd, start
-        return self.fire(node, t, debug, self.window(node, axes, zeros))
+        return self.fire(node, t, debug, values)
 
     def _bind_update(self, t: _Template, node, donate: bool, x, upd, begin, u_shape, u_strides, x_strides,
-                     total: int) -> None:
+                     total: int, position=None) -> None:
         """The launch of a slice update of ``x`` by ``upd`` (``total`` elements in its window at ``begin``;
         shapes and strides padded to the template's rank): into ``x``'s own buffer (``donate``), else into
-        a fresh output."""
+        a fresh output. ``position``: (view of the start buffer, its ``POSITION_ARGS``) for the variant
+        that reads the start there."""
         size = x.itemsize
         pad = (1,) * (gpu_update.RANK - x.ndim)
         zeros = (0,) * (gpu_update.RANK - x.ndim)
@@ -1057,20 +1078,25 @@ class GPUExecutor:
             if total:
                 vu, _ = self.bind(t, node, 1, upd)
                 self._launch_update(t, "into", size, [vx, vu], u_shape, begin, u_shape, t.offset(vu), u_strides,
-                                    0, (0,) * 4, x_strides, total)
+                                    0, (0,) * 4, x_strides, total, position)
         elif x.size:
             vx, _ = self.bind(t, node, 0, x)
             vu, _ = self.bind(t, node, 1, upd)
             self._launch_update(t, "copy", size, [OUT, vx, vu], pad + x.shape, begin, u_shape, t.offset(vu),
                                 u_strides, t.offset(vx), x_strides, zeros + lower.contiguous_strides(x.shape),
-                                x.size)
+                                x.size, position)
 
     def _launch_update(self, t: _Template, mode, size, bufs, space, begin, u_shape, uoff, u_strides, xoff, x_strides,
-                       o_strides, total) -> None:
+                       o_strides, total, position=None) -> None:
         threads = self.rt.workgroup
         bits = 8 * size
         args = [*space, *begin, *u_shape, uoff, *u_strides, xoff, *x_strides, *o_strides, total]
-        t.launch(gpu_update.name(mode, bits, threads), lambda dialect: gpu_update.source(dialect, mode, bits, threads),
+        positioned = position is not None
+        if positioned:
+            bufs = [*bufs, position[0]]
+            args += position[1]
+        t.launch(gpu_update.name(mode, bits, threads, positioned),
+                 lambda dialect: gpu_update.source(dialect, mode, bits, threads, positioned),
                  bufs, (min(-(-total // threads), self.rt.max_groups), 1, 1), threads, args)
 
     def run_numpy(self, nodes: list, debug: int) -> None:

@@ -149,6 +149,7 @@ class OpenCLRuntime:
         return self._pooled(nbytes) or self.cl.Buffer(self.context, self._flags(), max(4, nbytes))
 
     whole_evals = True  # a prompt's KV cache write and copying reshapes run as kernels (not on Vulkan)
+    buffer_positions = False  # arguments are set per launch: positions read on the host are free to change
 
     def begin(self, structure=None) -> None:
         """An eval begins (nothing to do here: the Vulkan runtime counts its submissions)."""

@@ -78,6 +78,10 @@ class VulkanRuntime:
     # (4 built), so the KV cache's prompt write and the reshapes that copy stay numpy steps here
     # (``GPUExecutor.run_static_slice_update``, ``run_reshape_copy``).
     whole_evals = False
+    # Kompute binds push constants to an operation made per set of values (tens of microseconds on the
+    # H100): a decode step's rope and cache write read the position from its buffer instead, so that
+    # their launches are the same at every position.
+    buffer_positions = True
 
     def __init__(self, cache: ObjectCache | None = None, device: int = 0):
         self.validation_log = None
@@ -141,6 +145,7 @@ class VulkanRuntime:
         self.submits = 0
         self.dispatches = 0
         self.pipelines_built = 0
+        self.operations_made = 0  # dispatch operations (one per pipeline and set of push constants)
 
     def info(self) -> dict:
         p = self.props
@@ -332,6 +337,7 @@ class VulkanRuntime:
             if len(ops) >= _OPS_PER_PIPELINE:
                 ops.clear()
             op = ops[values] = self.kp.OpAlgoDispatch(entry[0], _push_words(push))
+            self.operations_made += 1
         self._seq().record(op)
         self.dispatches += 1
 
