@@ -286,3 +286,42 @@ def test_device_limits_read_from_the_loader_match_vulkaninfo():
 
     assert caps.max_shared_bytes == limit("maxComputeSharedMemorySize")
     assert caps.timestamp_period == pytest.approx(limit("timestampPeriod"), rel=1e-6)
+
+
+@needs_vulkan
+def test_a_replayed_step_submits_its_recorded_commands_again():
+    """A step whose launches are the same as a kept submission's (a decode step at the next position:
+    new uploads, the position read from its buffer) submits that command buffer again instead of
+    recording it anew, and computes each position's result."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+    step = rng.standard_normal((1, 2, 1, 8)).astype(np.float32)
+    base = rng.standard_normal((1, 2, 16, 8)).astype(np.float32)
+    rt = executor(DEVICE).rt
+
+    def decode(cache, p):
+        pos = ma.array(np.array([p], np.int32))
+        kv = ma.slice_update(cache, ma.array(step * (p + 1)), pos, axes=(2,))
+        q = ma.fast.rope(kv @ ma.array(w), 8, traditional=False, base=10000.0, scale=1.0, offset=pos)
+        return kv, q.sum(axis=2)
+
+    old = os.environ.get("MLXARM_DEVICE")
+    os.environ["MLXARM_DEVICE"] = DEVICE
+    try:
+        cache, expected = ma.array(base) * 1.0, base.copy()
+        ma.eval(cache)
+        again = []
+        for p in range(12):
+            before = rt.resubmits
+            cache, q = decode(cache, p)
+            ma.eval(cache, q)
+            again.append(rt.resubmits - before)
+            expected[:, :, p:p + 1] = step * (p + 1)
+            np.testing.assert_array_equal(np.array(cache), expected)
+            os.environ["MLXARM_DEVICE"] = "numpy"
+            want = np.array(decode(ma.array(expected), p)[1])
+            os.environ["MLXARM_DEVICE"] = DEVICE
+            np.testing.assert_allclose(np.array(q), want, rtol=1e-5, atol=1e-5)
+    finally:
+        os.environ.pop("MLXARM_DEVICE") if old is None else os.environ.__setitem__("MLXARM_DEVICE", old)
+    assert sum(again[-4:]) >= 3, again
