@@ -155,6 +155,32 @@ def test_repeated_setitem_keeps_every_earlier_result(mlx):
         np.testing.assert_array_equal(o, t)
 
 
+@pytest.mark.parametrize("age", ["recent", "old"])
+def test_first_update_finds_the_consumers_of_an_aliased_array(monkeypatch, age):
+    """The first in-place update of an array other names refer to re-points the nodes recorded on it
+    at its old value. Among the arrays made last, those are among the ones made after it, with no
+    walk over the heap; an array older than that is searched through the garbage collector."""
+    import gc
+    import sys
+
+    array_module = sys.modules["mlxarm.core.array"]
+
+    keys = ma.zeros((2, 4))
+    alias = keys  # noqa: F841 (a second reference, as mlx-lm's local name for a new cache is)
+    before = [keys * 1.0, keys[:, 1:] + 1.0]  # consumers recorded on the current value
+    if age == "old":
+        filler = [ma.array(np.float32(i)) + 1 for i in range(array_module._RECENT.maxlen)]
+        del filler
+    walks = []
+    real = gc.get_referrers
+    monkeypatch.setattr(gc, "get_referrers", lambda *objs: walks.append(1) or real(*objs))
+    keys[:, 2] = ma.array([5.0, 6.0])
+    assert bool(walks) == (age == "old")
+    np.testing.assert_array_equal(np.array(before[0]), np.zeros((2, 4)))
+    np.testing.assert_array_equal(np.array(before[1]), np.ones((2, 3)))
+    np.testing.assert_array_equal(np.array(keys), [[0, 0, 5, 0], [0, 0, 6, 0]])
+
+
 def test_aliased_array_updated_with_nothing_reading_it_is_watched_from_then_on():
     """A cache object's array written in place once a step, each step's reads evaluated before the
     next write (mlx-lm's decode loop): the first update finds no consumer but starts the watch, so
