@@ -268,7 +268,7 @@ class VulkanRuntime:
         A submission that runs the very operations on the very tensors of one kept before (a replayed
         decode step, whose launches are the same at every position) submits that one's command buffer
         again: recording costs the host about 10 microseconds a dispatch on the H100 (Kompute records a
-        barrier per tensor), where submitting a recorded buffer again costs nothing more. The kept
+        barrier per tensor), and submitting a recorded buffer again costs the submit alone. The kept
         sequences hold their operations and tensors, so the identities in a key stay theirs."""
         seq = self.sequence
         if seq is not None:  # a caller's sequence (with timestamps, say): recorded into, not kept
