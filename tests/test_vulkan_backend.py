@@ -294,7 +294,6 @@ def test_a_replayed_step_submits_its_recorded_commands_again():
     new uploads, the position read from its buffer) submits that command buffer again instead of
     recording it anew, and computes each position's result."""
     rng = np.random.default_rng(3)
-    w = rng.standard_normal((8, 8)).astype(np.float32)
     step = rng.standard_normal((1, 2, 1, 8)).astype(np.float32)
     base = rng.standard_normal((1, 2, 16, 8)).astype(np.float32)
     rt = executor(DEVICE).rt
@@ -302,8 +301,7 @@ def test_a_replayed_step_submits_its_recorded_commands_again():
     def decode(cache, p):
         pos = ma.array(np.array([p], np.int32))
         kv = ma.slice_update(cache, ma.array(step * (p + 1)), pos, axes=(2,))
-        q = ma.fast.rope(kv @ ma.array(w), 8, traditional=False, base=10000.0, scale=1.0, offset=pos)
-        return kv, q.sum(axis=2)
+        return kv, ma.fast.rope(kv * 2.0, 8, traditional=False, base=10000.0, scale=1.0, offset=pos)
 
     old = os.environ.get("MLXARM_DEVICE")
     os.environ["MLXARM_DEVICE"] = DEVICE
@@ -321,7 +319,8 @@ def test_a_replayed_step_submits_its_recorded_commands_again():
             os.environ["MLXARM_DEVICE"] = "numpy"
             want = np.array(decode(ma.array(expected), p)[1])
             os.environ["MLXARM_DEVICE"] = DEVICE
-            np.testing.assert_allclose(np.array(q), want, rtol=1e-5, atol=1e-5)
+            # float32 rounding of the rotation, relative to the largest value rotated
+            np.testing.assert_allclose(np.array(q), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     finally:
         os.environ.pop("MLXARM_DEVICE") if old is None else os.environ.__setitem__("MLXARM_DEVICE", old)
     assert sum(again[-4:]) >= 3, again
