@@ -217,6 +217,23 @@ def test_slice_update_at_a_position_computed_on_the_device(device, keep):
         np.testing.assert_array_equal(np.array(got), want)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_slice_update_at_an_int64_position_past_32_bits(device):
+    """An int64 start is clamped by its whole value (the kernels read 32 bits of a start): one past
+    32 bits, on the host or computed on the device, puts the window at the end, as MLX does."""
+    rng = np.random.default_rng(10)
+    base, step = _rand(rng, 1, 2, 16, 8), _rand(rng, 1, 2, 3, 8)
+    want = base.copy()
+    want[:, :, 13:16] = step
+    for computed in (False, True):
+        def write():
+            cache = ma.array(base) * 1.0
+            pos = ma.array(np.array([2 ** 32 + 3], np.int64))
+            return ma.slice_update(cache, ma.array(step), pos * 1 if computed else pos, axes=(2,))
+
+        np.testing.assert_array_equal(np.array(on(device, write)), want)
+
+
 @pytest.mark.skipif(bool(skip_reason("vulkan")), reason=f"vulkan unavailable: {skip_reason('vulkan')}")
 def test_vulkan_decode_writes_launch_alike_at_every_position():
     """On Vulkan, where every set of push constants is an operation made anew, a replayed step's
