@@ -1028,11 +1028,10 @@ class GPUExecutor:
         stale = id(root_of(start)) in self.resident.stale
         # The kernel reads the start from its buffer (``gpu_update``'s positioned variant) where the
         # runtime prefers launches that do not change with the position, or where the start is still
-        # on the device; else it is read here and passed as arguments. It reads 32 bits: an int64
-        # start only where its value is seen here to fit them.
+        # on the device; else it is read here and passed as arguments.
         axes = node._params["axes"]
         positioned = (self.rt.buffer_positions or stale) and start.size == 1 and len(axes) == 1 \
-            and (start.dtype == np.int32 or (start.dtype == np.int64 and not stale and _fits32(start)))
+            and self.start_readable(start)
         if 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or upd.itemsize != size \
                 or (stale and not positioned):
             return False
@@ -1043,14 +1042,9 @@ class GPUExecutor:
         x_strides = zeros + tuple(st // size for st in x.strides)
         t = _Template(node, f"slice_update_{'into' if donate else 'copy'} {node._shape}")
         if positioned:
-            def guard(node, donate=donate, wide=start.dtype == np.int64):  # the same decisions this replay
-                if self.donates(node) != donate:
-                    return None
-                if wide:  # an int64 start: on the host, and fitting 32 bits, as when recorded
-                    st = node._inputs[2]._data
-                    if id(root_of(st)) in self.resident.stale or not _fits32(st):
-                        return None
-                return ()
+            def guard(node, donate=donate):  # the same decision on this replay's buffers and start
+                ok = self.donates(node) == donate and self.start_readable(node._inputs[2]._data)
+                return () if ok else None
 
             vs, _ = self.bind(t, node, 2, start)
             axis = len(pad) + axes[0]
@@ -1069,6 +1063,14 @@ class GPUExecutor:
         self._bind_update(t, node, donate, x, upd, begin, u_shape, u_strides, x_strides, upd.size, position)
         del x, upd, start
         return self.fire(node, t, debug, values)
+
+    def start_readable(self, start: np.ndarray) -> bool:
+        """Whether the positioned slice update's kernel reads the one-element ``start`` right: it reads
+        32 bits, so an int32, or an int64 on the host whose value fits them."""
+        if start.dtype == np.int32:
+            return True
+        return start.dtype == np.int64 and id(root_of(start)) not in self.resident.stale \
+            and -_INT32 <= int(start.reshape(-1)[0]) < _INT32
 
     def _bind_update(self, t: _Template, node, donate: bool, x, upd, begin, u_shape, u_strides, x_strides,
                      total: int, position=None) -> None:
@@ -1117,11 +1119,6 @@ class GPUExecutor:
                       file=sys.stderr)
         self.numpy_steps += len(nodes)
         self.numpy.run([weakref.ref(n) for n in nodes])
-
-
-def _fits32(start: np.ndarray) -> bool:
-    """Whether the value of a one-element start read on the host fits 32 bits."""
-    return -_INT32 <= int(start.reshape(-1)[0]) < _INT32
 
 
 def _box(template: tuple, shape: tuple):
