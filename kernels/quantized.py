@@ -6,7 +6,10 @@ Packing is MLX's (``mlxarm.core.ops.quantized``): each weight row is a little-en
 with one scale and bias per ``group_size`` consecutive codes of a row. The kernel computes that
 product and that sum as two separate float32 operations (never fused), each rounded to the scales'
 dtype as MLX rounds them, so every dequantized weight is bit-identical to the numpy reference's; only
-the order of the float32 accumulation differs.
+the order of the float32 accumulation differs. The exception is a transposed matvec whose weights are
+float32 values (``factored``), the decode step of a float32 model: it computes a group's terms as
+``scale * sum(code * x) + bias * sum(x)``, as MLX's GPU kernels do, which differs from the weights'
+products by float32 roundings and costs a conversion and a multiply-add per weight.
 
 x, the scales and biases (one dtype for both) and the output are each float32, float16 or bfloat16
 (``DTYPES``; bfloat16 arrives as its uint16 bit patterns). Scales and biases stored as float16 or
@@ -31,7 +34,10 @@ Work is split in *panels*: ``PANEL_ROWS`` weight rows (transposed) or one block 
 panel once into a float32 buffer on the stack (``scratch_floats``; the caller keeps it small) and
 reuses it for every row of x, ``mr`` rows at a time with ``mr`` x panel accumulators in registers. The
 transposed matvec (decode, M = 1) multiplies each dequantized vector straight into its row's
-accumulators, reading every packed word once.
+accumulators, reading every packed word once; the factored one first widens x into the stack buffer
+(its columns gathered in the interleaved order, prescaled where codes are masked but not shifted) with
+each group's sum of x after it, then reads the codes of ``lanes`` groups at a time with their scales
+and biases as vectors (``_dot_rows``).
 
 Arguments (``args``, pointers): out (M, N), x (M, K), packed w, scales, biases (one per group), a pointer
 to int64 ``[M, N, K]``; ``[start, end)`` is a range of panels.
@@ -93,6 +99,29 @@ def looked_up(transpose: bool, bits: int, lanes: int, permute: bool) -> bool:
     return permute and transpose and lanes == 16 and (1 << bits) <= lanes
 
 
+def rounding(dtypes: tuple) -> str:
+    """The dtype a function's dequantized weights are rounded to (``render``'s ``dtypes``)."""
+    return dtypes[3] if len(dtypes) > 3 else dtypes[1]
+
+
+def factored(transpose: bool, bits: int, lanes: int, mr: int, permute: bool, dtypes: tuple = F32) -> bool:
+    """Whether a function multiplies each group of codes by x as codes, ``scale * sum(code * x) +
+    bias * sum(x)`` (as MLX's GPU kernels do): a conversion and a multiply-add per weight instead of
+    four operations. That is a transposed matvec whose codes are not looked up and whose dequantized
+    weights are float32 values: the two forms then differ by float32 roundings, as two orders of the
+    sum do. (Weights rounded to half precision keep MLX's CPU arithmetic, which rounds each.) Such a
+    function reads x in x's own order: the caller does not ``interleave_x`` it."""
+    return transpose and mr == 1 and not looked_up(transpose, bits, lanes, permute) \
+        and rounding(dtypes) == "float32"
+
+
+def x_interleaved(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, permute: bool,
+                  dtypes: tuple = F32) -> bool:
+    """Whether the caller passes x through ``interleave_x`` for this function."""
+    return interleaved(transpose, bits, group_size, lanes) \
+        and not factored(transpose, bits, lanes, mr, permute, dtypes)
+
+
 def tile_rows(transpose: bool, bits: int, lanes: int, m: int) -> int:
     """The register tile's rows of x for an M-row product: 1 for a matvec (decode), else the most
     (a ragged last tile repeats x's last row), so one kernel serves every M > 1."""
@@ -139,17 +168,23 @@ class _Shape:
         self.vt = f"<{lanes} x float>"
         self.it = f"<{lanes} x i32>"
 
-    def unpack(self, ir: _Ir, src: str) -> list:
+    def unpack(self, ir: _Ir, src: str, scaled: bool = False) -> list:
         """Codes (one vector per ``lanes`` codes, as ``weights`` takes them) of the block of words at
         ``src``; interleaved: vector t holds the codes t, t + 8/bits, t + 2*8/bits... (lane j: byte j's
-        t-th code)."""
+        t-th code). ``scaled`` (interleaved only): vector t holds its codes times ``2 ** (t * bits)``,
+        masked in place and not shifted down (``prescale`` gives the factors x is multiplied by)."""
         bits, w, nw = self.bits, self.lanes, self.block_words
-        if self.interleave:
+        if self.interleave or bits == 8:  # a byte per lane (8-bit codes: in order, one vector)
             wide = ir(f"zext <{w} x i8> {ir(f'load <{w} x i8>, ptr {src}, align 1')} to {self.it}")
+            if bits == 8:
+                return [self.lanes_of(ir, wide)]
             out = []
             for t in range(8 // bits):
-                shifted = ir(f"lshr {self.it} {wide}, {_consts('i32', [t * bits] * w)}") if t else wide
-                code = ir(f"and {self.it} {shifted}, {_consts('i32', [(1 << bits) - 1] * w)}")
+                if scaled:
+                    code = ir(f"and {self.it} {wide}, {_consts('i32', [((1 << bits) - 1) << (t * bits)] * w)}")
+                else:
+                    shifted = ir(f"lshr {self.it} {wide}, {_consts('i32', [t * bits] * w)}") if t else wide
+                    code = ir(f"and {self.it} {shifted}, {_consts('i32', [(1 << bits) - 1] * w)}")
                 out.append(self.lanes_of(ir, code))
             return out
         wt = f"<{nw} x i32>"
@@ -172,6 +207,10 @@ class _Shape:
             code = ir(f"and {self.it} {val}, {mask}")
             out.append(self.lanes_of(ir, code))
         return out
+
+    def prescale(self, v: int) -> float:
+        """The factor x's vector ``v`` of a block is multiplied by for ``unpack(scaled=True)``'s codes."""
+        return 2.0 ** -((v % (8 // self.bits)) * self.bits) if self.interleave else 1.0
 
     def lanes_of(self, ir: _Ir, code: str) -> str:
         """Integer codes as ``weights`` takes them: floats, or (``lookup``) the table's lane indices."""
@@ -204,11 +243,24 @@ class _Shape:
         return self.scales.round(ir, ir(f"fadd {self.vt} {prod}, {bias}"), self.lanes)
 
 
-def _loop(ir: _Ir, tag: str, count: str, step: int, body) -> None:
-    """``for (i = 0; i < count; i += step) body(i)``, with the counter in an alloca (mem2reg)."""
+def _gather(ir: _Ir, vectors: list, w: int, lanes: list) -> str:
+    """The vector whose lane j is lane ``lanes[j]`` of the concatenation of ``vectors`` (each of ``w``
+    floats, their count a power of two)."""
+    size = w
+    while len(vectors) > 1:  # concatenated pairwise
+        vectors = [ir(f"shufflevector <{size} x float> {a}, <{size} x float> {b}, "
+                      f"<{2 * size} x i32> {_consts('i32', range(2 * size))}")
+                   for a, b in zip(vectors[::2], vectors[1::2])]
+        size *= 2
+    return ir(f"shufflevector <{size} x float> {vectors[0]}, <{size} x float> poison, "
+              f"<{len(lanes)} x i32> {_consts('i32', lanes)}")
+
+
+def _loop(ir: _Ir, tag: str, count: str, step: int, body, start: str = "0") -> None:
+    """``for (i = start; i < count; i += step) body(i)``, with the counter in an alloca (mem2reg)."""
     slot = f"%{tag}.i"
     ir.alloca(slot, "i64", 8)
-    ir.raw(f"store i64 0, ptr {slot}, align 8")
+    ir.raw(f"store i64 {start}, ptr {slot}, align 8")
     ir.raw(f"br label %{tag}.head")
     ir.raw(f"{tag}.head:")
     i = ir(f"load i64, ptr {slot}, align 8")
@@ -228,8 +280,8 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
     AVX-512's 16-lane ``vpermps`` (see ``looked_up``)."""
     assert bits in BITS and group_size in GROUP_SIZES and 1 <= mr
     xv, sv, ov = (_Values(d) for d in dtypes[:3])
-    rounding = _Values(dtypes[3] if len(dtypes) > 3 else dtypes[1])
-    s = _Shape(bits, group_size, lanes, interleaved(transpose, bits, group_size, lanes), rounding,
+    rounded = _Values(rounding(dtypes))
+    s = _Shape(bits, group_size, lanes, interleaved(transpose, bits, group_size, lanes), rounded,
                looked_up(transpose, bits, lanes, permute))
     w, vt = lanes, s.vt
     fn = name(transpose, bits, group_size, lanes, mr, dtypes)
@@ -269,10 +321,18 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
     dots = [[f"%dot{r}_{a}" for a in range(2)] for r in range(PANEL_ROWS)] if fused else []
     for row in dots:
         for a in row:
-            ir.alloca(a, vt, 64)
+            ir.alloca(a, vt, 64)  # (``_dot_rows``: the second holds one float)
+
+    # A matvec's group of codes is multiplied by x as codes (scale * sum(code * x) + bias * sum(x)),
+    # as MLX's GPU kernels compute it: a conversion and a multiply-add per weight. (Where codes are
+    # looked up, the table gives each weight at the cost of one permute instead.)
+    factored_ = factored(transpose, bits, lanes, mr, permute, dtypes)
+    per_group = group_size // w  # vectors of x per group
 
     def panel_body(p):
-        if transpose:
+        if factored_:
+            _dot_rows(p)
+        elif transpose:
             _dequant_rows(p)
         else:
             _dequant_columns(p)
@@ -328,6 +388,100 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
                 dst = ir(f"getelementptr {ov.element}, ptr {ptrs['out']}, i64 {col}")
                 ok = ir(f"icmp slt i64 {col}, {n}")
                 ov.store(ir, total, ir(f"select i1 {ok}, ptr {dst}, ptr {sink}"))
+
+    def _dot_rows(p):
+        """Rows p*PANEL_ROWS.. of w (the last one repeated past N) times x -> out, each group's codes
+        multiplied by x (``xf``: widened, and prescaled where ``unpack(scaled=True)`` leaves codes in
+        place) and summed, then scaled, plus the group's bias times its sum of x (``xsum``).
+
+        ``lanes`` groups at a time, their scales and biases read as vectors: lane g of the biases
+        times lane g of the sums of x accumulates in a vector, and group g's sum of products is scaled by
+        lane g of the scales (a broadcast of a register lane, NEON's multiply-add by element); the
+        groups past the last whole ``lanes`` read a scale and a bias each. Row by row: streams of
+        several rows at once read memory measurably slower (a vocabulary-sized 8-bit projection: 8
+        against 14 GB/s on one x86 core)."""
+        first = ir(f"mul i64 {p}, {PANEL_ROWS}")
+        last = ir(f"sub i64 {n}, 1")
+        chunk = max(group_size, s.block)  # codes of whole groups and whole blocks
+        span = w * group_size  # codes of ``lanes`` groups: whole chunks
+        full = ir(f"mul i64 {ir(f'udiv i64 {row_groups}, {w}')}, {span}")  # codes read ``lanes`` groups at a time
+        total_slot, offset_slot = dots[0]
+        sums_slot = dots[1][0]  # the vector of bias * sum of x
+
+        def codes_at(wrow, c0, at):
+            """The codes of the chunk ``at`` codes past ``c0`` (blocks start on words)."""
+            codes = []
+            first_bit = ir(f"mul nuw i64 {c0}, {bits}")
+            base = ir(f"getelementptr i32, ptr {wrow}, i64 {ir(f'lshr exact i64 {first_bit}, 5')}")
+            for b in range(chunk // s.block):
+                word = (at + b * s.block) * bits // 32
+                codes += s.unpack(ir, ir(f"getelementptr i32, ptr {base}, i64 {word}") if word else base, scaled=True)
+            return codes
+
+        def group_dot(codes, c0, at, g):
+            """sum(code * x) of group ``g`` of the chunk ``at`` codes past ``c0``, as a vector."""
+            acc = None
+            for v in range(g * per_group, (g + 1) * per_group):
+                xp = ir(f"getelementptr float, ptr {xf}, i64 {ir(f'add i64 {c0}, {at + v * w}')}")
+                x = ir(f"load {vt}, ptr {xp}, align 4")
+                acc = ir(f"fmul {vt} {codes[v]}, {x}") if acc is None else \
+                    ir(f"call {vt} @llvm.fma.v{w}f32({vt} {codes[v]}, {vt} {x}, {vt} {acc})")
+            return acc
+
+        for r in range(PANEL_ROWS):
+            row = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'add i64 {first}, {r}')}, i64 {last})")
+            goff = ir(f"mul i64 {row}, {row_groups}")
+            wrow = ir(f"getelementptr i32, ptr {ptrs['w']}, i64 {ir(f'mul i64 {row}, {row_words}')}")
+            srow = ir(f"getelementptr {sv.element}, ptr {ptrs['scales']}, i64 {goff}")
+            brow = ir(f"getelementptr {sv.element}, ptr {ptrs['biases']}, i64 {goff}")
+            for slot in (total_slot, sums_slot):
+                ir.raw(f"store {vt} zeroinitializer, ptr {slot}, align 64")
+            ir.raw(f"store float 0.0, ptr {offset_slot}, align 4")
+
+            def span_body(c0, wrow=wrow, srow=srow, brow=brow):
+                g0 = ir(f"udiv i64 {c0}, {group_size}")
+                scales = sv.load(ir, ir(f"getelementptr {sv.element}, ptr {srow}, i64 {g0}"), w)
+                biases = sv.load(ir, ir(f"getelementptr {sv.element}, ptr {brow}, i64 {g0}"), w)
+                xs = ir(f"load {vt}, ptr {ir(f'getelementptr float, ptr {xsum}, i64 {g0}')}, align 4")
+                sums = ir(f"load {vt}, ptr {sums_slot}, align 64")
+                ir.raw(f"store {vt} {ir(f'call {vt} @llvm.fma.v{w}f32({vt} {biases}, {vt} {xs}, {vt} {sums})')}, "
+                       f"ptr {sums_slot}, align 64")
+                total = ir(f"load {vt}, ptr {total_slot}, align 64")
+                for at in range(0, span, chunk):
+                    codes = codes_at(wrow, c0, at)
+                    for g in range(chunk // group_size):
+                        lane = (at + g * group_size) // group_size
+                        scale = ir(f"shufflevector {vt} {scales}, {vt} poison, <{w} x i32> {_consts('i32', [lane] * w)}")
+                        total = ir(f"call {vt} @llvm.fma.v{w}f32({vt} {group_dot(codes, c0, at, g)}, {vt} {scale}, "
+                                   f"{vt} {total})")
+                ir.raw(f"store {vt} {total}, ptr {total_slot}, align 64")
+
+            def chunk_body(c0, wrow=wrow, srow=srow, brow=brow):
+                g0 = ir(f"udiv i64 {c0}, {group_size}")
+                codes = codes_at(wrow, c0, 0)
+                total = ir(f"load {vt}, ptr {total_slot}, align 64")
+                offset = ir(f"load float, ptr {offset_slot}, align 4")
+                for g in range(chunk // group_size):
+                    gi = ir(f"add i64 {g0}, {g}")
+                    sc = sv.load(ir, ir(f"getelementptr {sv.element}, ptr {srow}, i64 {gi}"))
+                    bi = sv.load(ir, ir(f"getelementptr {sv.element}, ptr {brow}, i64 {gi}"))
+                    xs = ir(f"load float, ptr {ir(f'getelementptr float, ptr {xsum}, i64 {gi}')}, align 4")
+                    total = ir(f"call {vt} @llvm.fma.v{w}f32({vt} {group_dot(codes, c0, 0, g)}, {vt} {s.splat(ir, sc)}, "
+                               f"{vt} {total})")
+                    offset = ir(f"call float @llvm.fma.f32(float {bi}, float {xs}, float {offset})")
+                ir.raw(f"store {vt} {total}, ptr {total_slot}, align 64")
+                ir.raw(f"store float {offset}, ptr {offset_slot}, align 4")
+
+            _loop(ir, f"rs{r}", full, span, span_body)
+            _loop(ir, f"rc{r}", k, chunk, chunk_body, start=full)
+            acc = ir(f"fadd {vt} {ir(f'load {vt}, ptr {total_slot}, align 64')}, "
+                     f"{ir(f'load {vt}, ptr {sums_slot}, align 64')}")
+            part = ir(f"call reassoc float @llvm.vector.reduce.fadd.v{w}f32(float -0.0, {vt} {acc})")
+            result = ir(f"fadd float {part}, {ir(f'load float, ptr {offset_slot}, align 4')}")
+            col = ir(f"add i64 {first}, {r}")
+            dst = ir(f"getelementptr {ov.element}, ptr {ptrs['out']}, i64 {col}")
+            ok = ir(f"icmp slt i64 {col}, {n}")
+            ov.store(ir, result, ir(f"select i1 {ok}, ptr {dst}, ptr {sink}"))
 
     def _dequant_columns(p):
         """Columns p*block.. of every row of w -> scratch[K][block]."""
@@ -412,7 +566,36 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
                     acc = ir(f"load {vt}, ptr {accs[i][v]}, align 64")
                     ov.store(ir, acc, ir(f"select i1 {ok}, ptr {dst}, ptr {sink}"), w)
 
-    if fused and xv.dtype != "float32":
+    xf = xsum = None
+    if factored_:
+        # x widened (and prescaled) once into the panel buffer, its group sums after it.
+        xf = scratch
+        xsum = ir(f"getelementptr float, ptr {scratch}, i64 {k}")
+
+        def prepare(g):
+            base = ir(f"mul i64 {g}, {group_size}")
+            total = None
+            xs = []  # the group's vectors of x, in x's order
+            for v in range(per_group):
+                col = ir(f"add i64 {base}, {v * w}")
+                xs.append(xv.load(ir, ir(f"getelementptr {xv.element}, ptr {ptrs['x']}, i64 {col}"), w))
+                total = xs[-1] if total is None else ir(f"fadd {vt} {total}, {xs[-1]}")
+            per = s.block // w  # vectors of a block
+            for b0 in range(0, per_group, per):
+                block = xs[b0:b0 + per]
+                if s.interleave:  # vector t of the block: its columns t, t + per, t + 2 * per...
+                    block = [_gather(ir, xs[b0:b0 + per], w, [t + j * per for j in range(w)]) for t in range(per)]
+                for v, x in enumerate(block, b0):
+                    factor = s.prescale(v)
+                    if factor != 1.0:
+                        x = ir(f"fmul {vt} {x}, {_consts('float', [f'{factor:e}'] * w)}")
+                    dst = ir(f"getelementptr float, ptr {xf}, i64 {ir(f'add i64 {base}, {v * w}')}")
+                    ir.raw(f"store {vt} {x}, ptr {dst}, align 4")
+            part = ir(f"call reassoc float @llvm.vector.reduce.fadd.v{w}f32(float -0.0, {vt} {total})")
+            ir.raw(f"store float {part}, ptr {ir(f'getelementptr float, ptr {xsum}, i64 {g}')}, align 4")
+
+        _loop(ir, "xg", row_groups, 1, prepare)
+    elif fused and xv.dtype != "float32":
         # x widened once into the (otherwise unused) panel buffer: each of its vectors is read once
         # per weight row.
         def widen(i):
@@ -441,6 +624,7 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
         f"declare {vt} @llvm.fma.v{w}f32({vt}, {vt}, {vt})",
         f"declare float @llvm.vector.reduce.fadd.v{w}f32(float, {vt})",
         "declare i64 @llvm.smin.i64(i64, i64)",
+        "declare float @llvm.fma.f32(float, float, float)",
     ] + ([f"declare {vt} @llvm.x86.avx512.permvar.sf.512({vt}, {s.it})"] if s.lookup else []) + [
         "",
     ]

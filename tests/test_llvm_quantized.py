@@ -149,7 +149,9 @@ def test_matches_mlx_exactly(dtype, bits, gs, transpose):
     kernel sums in x's dtype) and the template (in float32) both form exactly and round once to
     ``dtype``: the results are identical, so the dequantized weights, the widening of x and the
     rounding of the result are MLX's. A square x (M = K) reads every weight through the panel
-    path; matvecs (M = 1) read three columns each."""
+    path; matvecs (M = 1) read three columns each. A float32 matvec computes scale * (code * x) +
+    bias * x (``template.factored``, the arithmetic of MLX's GPU kernels): it lies within two
+    roundings of either term of the exact (code * scale + bias) * x, as MLX's CPU result does."""
     mx = pytest.importorskip("mlx.core")
     rng = np.random.default_rng(bits + gs + transpose)
     n, k = (37, 128) if transpose else (256, 48)
@@ -162,7 +164,20 @@ def test_matches_mlx_exactly(dtype, bits, gs, transpose):
                                                      transpose=transpose, group_size=gs, bits=bits))
         mr = template.tile_rows(transpose, bits, lanes, 1 if x.ndim == 1 else k)
         assert ("kernel", template.name(transpose, bits, gs, lanes, mr, (dtype,) * 3)) in executor("llvm").last_plan
-        _same_as_mlx(got, mx.quantized_matmul(mx.array(x).astype(getattr(mx, dtype)), *theirs, transpose, gs, bits), mx)
+        want = mx.quantized_matmul(mx.array(x).astype(getattr(mx, dtype)), *theirs, transpose, gs, bits)
+        if not template.factored(transpose, bits, lanes, mr, llvm_quantized._permutes(executor("llvm").target),
+                                 (dtype,) * 3):
+            _same_as_mlx(got, want, mx)
+            continue
+        ones = mx.ones(theirs[1].shape, mx.float32)
+        codes = np.array(mx.dequantize(theirs[0], ones, ones * 0, gs, bits)).astype(np.float64)
+        scale, bias = (np.repeat(np.array(a.astype(mx.float32)).astype(np.float64), gs, axis=-1) for a in theirs[1:])
+        if not transpose:
+            codes, scale, bias = codes.T, scale.T, bias.T
+        exact = ((codes * scale + bias) @ x.astype(np.float64))
+        bound = 2 * EPS * (np.abs(codes * scale) + np.abs(bias)) @ np.abs(x).astype(np.float64)
+        for name, value in (("llvm", _values(got)), ("MLX", np.array(want.astype(mx.float32)))):
+            assert np.all(np.abs(value - exact) <= bound), name
 
 
 @pytest.mark.mlx
@@ -301,12 +316,13 @@ def test_other_products_stay_on_numpy(case):
 
 
 # 3-, 5- and 6-bit codes straddle words, and with 4 lanes a 32-code block spans several vectors and
-# (group size 16) two groups.
-@pytest.mark.parametrize("lanes", [4, 8])
-@pytest.mark.parametrize("bits,gs", [(3, 16), (5, 32), (6, 16), (2, 128), (8, 16)])
+# (group size 16) two groups. 2- and 4-bit codes are read a byte per lane; a float32 matvec
+# (``template.factored``) gathers x's columns to match them itself, 16 lanes wide as well.
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+@pytest.mark.parametrize("bits,gs", [(3, 16), (5, 32), (6, 16), (2, 128), (8, 16), (4, 16), (4, 64)])
 @pytest.mark.parametrize("transpose", [True, False], ids=["t", "n"])
 def test_narrow_vectors(lanes, bits, gs, transpose):
-    """The shapes NEON (4 lanes) and AVX2 (8 lanes) get, compiled for this CPU."""
+    """The shapes NEON (4 lanes), AVX2 (8 lanes) and AVX-512 (16) get, compiled for this CPU."""
     ex = executor("llvm")
     rng = np.random.default_rng(lanes + bits + gs)
     n, k = _shape(transpose, gs)
@@ -341,7 +357,8 @@ def test_aarch64_runs_under_qemu(tmp_path, target, transpose, bits, gs, dtype):
         (tmp_path / "kernel.o").write_bytes(obj)
         subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={fn}", "harness.c", "kernel.o", "-o",
                         "run"], cwd=tmp_path, check=True, capture_output=True)
-        xin = template.interleave_x(x, bits, t.lanes) if template.interleaved(transpose, bits, gs, t.lanes) else x
+        xin = template.interleave_x(x, bits, t.lanes) \
+            if template.x_interleaved(transpose, bits, gs, t.lanes, mr, False, types) else x
         inputs = []
         for i, a in enumerate((_in_dtype(xin, dtype), wq, _in_dtype(scales, dtype), _in_dtype(biases, dtype),
                                np.array([m, n, k], np.int64))):

@@ -81,9 +81,9 @@ def bind(executor, node):
     n = shape[-1]
     m = math.prod(shape[:-1])
     lanes = executor.target.lanes
-    fn = _function(executor, transpose, bits, gs, lanes, template.tile_rows(transpose, bits, lanes, m),
-                   dtypes(node))
-    interleave = template.interleaved(transpose, bits, gs, lanes)
+    mr = template.tile_rows(transpose, bits, lanes, m)
+    fn = _function(executor, transpose, bits, gs, lanes, mr, dtypes(node))
+    interleave = template.x_interleaved(transpose, bits, gs, lanes, mr, _permutes(executor.target), dtypes(node))
     meta = np.array([m, n, k], np.int64)
     args = (ctypes.c_void_p * 6)()
     args[5] = meta.ctypes.data
@@ -190,7 +190,7 @@ def matmul(executor, x: np.ndarray, w: np.ndarray, scales: np.ndarray, biases: n
     lanes = lanes or executor.target.lanes
     mr = template.tile_rows(transpose, bits, lanes, m)
     fn = _function(executor, transpose, bits, group_size, lanes, mr, types)
-    if template.interleaved(transpose, bits, group_size, lanes):
+    if template.x_interleaved(transpose, bits, group_size, lanes, mr, _permutes(executor.target), types):
         x = template.interleave_x(x, bits, lanes)
     out = np.empty((m, n), _NUMPY[types[2]])
     meta = np.array([m, n, k], np.int64)
