@@ -137,55 +137,69 @@ def render(t: Tile, bias: bool = False, act: str | None = None, residual: bool =
     lines += [
         "  %kn = add i64 %k, 1",
         "  %done = icmp eq i64 %kn, %kc",
-        "  br i1 %done, label %store0, label %loop",
+        "  br i1 %done, label %stores, label %loop",
     ]
-    bias_lines = []
-    if bias:
-        for v in range(nv):
-            bias_lines += [f"  %biasp{v} = getelementptr float, ptr %bias, i64 {v * w}",
-                           f"  %bias{v} = call {vt} @llvm.masked.load.v{w}f32.p0(ptr %biasp{v}, i32 4, "
-                           f"{mt} %m{v}, {vt} {zero})"]
-    for r in range(mr):
-        lines.append(f"store{r}:")
-        if r == 0:
-            lines += bias_lines
-        lines += [f"  %crow{r} = mul i64 %ldc, {r}",
-                  f"  %cp{r} = getelementptr float, ptr %c, i64 %crow{r}"]
-        if residual:
-            lines += [f"  %rrow{r} = mul i64 %ldr, {r}",
-                      f"  %rp{r} = getelementptr float, ptr %res, i64 %rrow{r}"]
-        for v in range(nv):
-            s = f"{r}_{v}"
-            lines += [
-                f"  %cp{s} = getelementptr float, ptr %cp{r}, i64 {v * w}",
-                # C's previous value is read on every K block but the first (where it is garbage,
-                # and the select drops it).
-                f"  %old{s} = call {vt} @llvm.masked.load.v{w}f32.p0(ptr %cp{s}, i32 4, {mt} %m{v}, "
-                f"{vt} {zero})",
-                f"  %prev{s} = select i1 %first, {vt} {zero}, {vt} %old{s}",
-                f"  %sum{s} = fadd {vt} %nacc{s}, %prev{s}",
-            ]
-            cur = f"%sum{s}"
-            if bias:
-                lines.append(f"  %wb{s} = fadd {vt} {cur}, %bias{v}")
-                cur = f"%wb{s}"
-            if act == "relu":
-                # maximum, not maxnum: a NaN stays NaN, as numpy's and MLX's maximum(x, 0) keep it
-                lines.append(f"  %act{s} = call {vt} @llvm.maximum.v{w}f32({vt} {cur}, {vt} {zero})")
-                cur = f"%act{s}"
+    def stores(tag: str, masked: bool) -> list:
+        """The block's store-back (``tag`` names its values): with the panel's column masks, or
+        (a whole panel) plain vector loads and stores."""
+        out = []
+
+        def load(ptr, v):
+            if masked:
+                return f"call {vt} @llvm.masked.load.v{w}f32.p0(ptr {ptr}, i32 4, {mt} %m{v}, {vt} {zero})"
+            return f"load {vt}, ptr {ptr}, align 4"
+
+        for r in range(mr):
+            out.append(f"store{r}{tag}:")
+            if r == 0 and bias:
+                for v in range(nv):
+                    out += [f"  %biasp{v}{tag} = getelementptr float, ptr %bias, i64 {v * w}",
+                            f"  %bias{v}{tag} = {load(f'%biasp{v}{tag}', v)}"]
+            out += [f"  %crow{r}{tag} = mul i64 %ldc, {r}",
+                    f"  %cp{r}{tag} = getelementptr float, ptr %c, i64 %crow{r}{tag}"]
             if residual:
-                lines += [f"  %rp{s} = getelementptr float, ptr %rp{r}, i64 {v * w}",
-                          f"  %rv{s} = call {vt} @llvm.masked.load.v{w}f32.p0(ptr %rp{s}, i32 4, {mt} %m{v}, "
-                          f"{vt} {zero})",
-                          f"  %wr{s} = fadd {vt} {cur}, %rv{s}"]
-                cur = f"%wr{s}"
-            lines += [f"  %out{s} = select i1 %last, {vt} {cur}, {vt} %sum{s}",
-                      f"  call void @llvm.masked.store.v{w}f32.p0({vt} %out{s}, ptr %cp{s}, i32 4, {mt} %m{v})"]
-        if r + 1 < mr:
-            lines += [f"  %more{r} = icmp sgt i64 %rows, {r + 1}",
-                      f"  br i1 %more{r}, label %store{r + 1}, label %exit"]
-        else:
-            lines.append("  br label %exit")
+                out += [f"  %rrow{r}{tag} = mul i64 %ldr, {r}",
+                        f"  %rp{r}{tag} = getelementptr float, ptr %res, i64 %rrow{r}{tag}"]
+            for v in range(nv):
+                s_ = f"{r}_{v}{tag}"
+                out += [
+                    f"  %cp{s_} = getelementptr float, ptr %cp{r}{tag}, i64 {v * w}",
+                    # C's previous value is read on every K block but the first (where it is garbage,
+                    # and the select drops it).
+                    f"  %old{s_} = {load(f'%cp{s_}', v)}",
+                    f"  %prev{s_} = select i1 %first, {vt} {zero}, {vt} %old{s_}",
+                    f"  %sum{s_} = fadd {vt} %nacc{r}_{v}, %prev{s_}",
+                ]
+                cur = f"%sum{s_}"
+                if bias:
+                    out.append(f"  %wb{s_} = fadd {vt} {cur}, %bias{v}{tag}")
+                    cur = f"%wb{s_}"
+                if act == "relu":
+                    # maximum, not maxnum: a NaN stays NaN, as numpy's and MLX's maximum(x, 0) keep it
+                    out.append(f"  %act{s_} = call {vt} @llvm.maximum.v{w}f32({vt} {cur}, {vt} {zero})")
+                    cur = f"%act{s_}"
+                if residual:
+                    out += [f"  %rp{s_} = getelementptr float, ptr %rp{r}{tag}, i64 {v * w}",
+                            f"  %rv{s_} = {load(f'%rp{s_}', v)}",
+                            f"  %wr{s_} = fadd {vt} {cur}, %rv{s_}"]
+                    cur = f"%wr{s_}"
+                out.append(f"  %out{s_} = select i1 %last, {vt} {cur}, {vt} %sum{s_}")
+                if masked:
+                    out.append(f"  call void @llvm.masked.store.v{w}f32.p0({vt} %out{s_}, ptr %cp{s_}, i32 4, {mt} %m{v})")
+                else:
+                    out.append(f"  store {vt} %out{s_}, ptr %cp{s_}, align 4")
+            if r + 1 < mr:
+                out += [f"  %more{r}{tag} = icmp sgt i64 %rows, {r + 1}",
+                        f"  br i1 %more{r}{tag}, label %store{r + 1}{tag}, label %exit"]
+            else:
+                out.append("  br label %exit")
+        return out
+
+    # A whole panel (every column mask set) is stored with plain vector accesses: a masked store
+    # costs many times a plain one on some x86 cores.
+    lines += ["stores:", "  %whole = extractelement " + f"{mt} %m{nv - 1}, i64 {w - 1}",
+              "  br i1 %whole, label %store0p, label %store0m"]
+    lines += stores("p", False) + stores("m", True)
     lines += ["exit:", "  ret void", "}", ""]
 
     lane_ids = [", ".join(f"i64 {i + v * w}" for i in range(w)) for v in range(nv)]
