@@ -37,7 +37,8 @@ transposed matvec (decode, M = 1) multiplies each dequantized vector straight in
 accumulators, reading every packed word once; the factored one first widens x into the stack buffer
 (its columns gathered in the interleaved order, prescaled where codes are masked but not shifted) with
 each group's sum of x after it, then reads the codes of ``lanes`` groups at a time with their scales
-and biases as vectors (``_dot_rows``).
+and biases as vectors (``_dot_rows``). One call of it may take up to ``PARTS`` weight matrices of the
+same K (``parts``), their panels one after another: a program runs the products of one x so.
 
 Arguments (``args``, pointers): out (M, N), x (M, K), packed w, scales, biases (one per group), a pointer
 to int64 ``[M, N, K]``; ``[start, end)`` is a range of panels.
@@ -55,6 +56,7 @@ GROUP_SIZES = (16, 32, 64, 128)
 DTYPES = ("float32", "float16", "bfloat16")
 F32 = ("float32",) * 3  # (x, scales and biases, out): the dtypes of a float32 product
 PANEL_ROWS = 4  # weight rows per panel (transposed): x rows are read once per 4 outputs
+PARTS = 3  # weight matrices one matvec call may take (attention's query, key and value projections)
 
 
 def run_codes(bits: int) -> int:
@@ -145,12 +147,16 @@ def supported(transpose: bool, n: int, k: int, bits: int, group_size: int) -> bo
     return inner % group_size == 0 and inner % run_codes(bits) == 0 and inner % 16 == 0
 
 
-def name(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dtypes: tuple = F32) -> str:
+def name(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dtypes: tuple = F32,
+         parts: int = 1) -> str:
     """The function's name; ``dtypes`` is (x, scales and biases, out), named when any is not float32,
-    and the dtype products round to when it is not the scales' (``render``)."""
+    and the dtype products round to when it is not the scales' (``render``); ``parts``, when more
+    than one, the weight matrices it multiplies x by."""
     tail = "" if dtypes == F32 else "_" + "_".join(_SHORT[d] for d in dtypes[:3])
     if len(dtypes) > 3:
         tail += "_r" + _SHORT[dtypes[3]]
+    if parts > 1:
+        tail += f"_p{parts}"
     return f"qmm_{'t' if transpose else 'n'}_b{bits}_g{group_size}_l{lanes}_m{mr}{tail}"
 
 
@@ -273,18 +279,20 @@ def _loop(ir: _Ir, tag: str, count: str, step: int, body, start: str = "0") -> N
 
 
 def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dtypes: tuple = F32,
-           permute: bool = False) -> str:
-    """The module holding ``name(transpose, bits, group_size, lanes, mr, dtypes)``; ``dtypes`` is
-    (x, scales and biases, out), and optionally the dtype dequantized weights are rounded to when it is
-    not the scales' (float32 for float16 scales of a float32 product); ``permute``: the target has
-    AVX-512's 16-lane ``vpermps`` (see ``looked_up``)."""
+           permute: bool = False, parts: int = 1) -> str:
+    """The module holding ``name(transpose, bits, group_size, lanes, mr, dtypes, parts)``; ``dtypes``
+    is (x, scales and biases, out), and optionally the dtype dequantized weights are rounded to when
+    it is not the scales' (float32 for float16 scales of a float32 product); ``permute``: the target
+    has AVX-512's 16-lane ``vpermps`` (see ``looked_up``). ``parts`` (a ``factored`` matvec only):
+    weight matrices of the same K, shape and dtypes that x is multiplied by in one call (``PARTS``)."""
     assert bits in BITS and group_size in GROUP_SIZES and 1 <= mr
+    assert parts == 1 or factored(transpose, bits, lanes, mr, permute, dtypes)
     xv, sv, ov = (_Values(d) for d in dtypes[:3])
     rounded = _Values(rounding(dtypes))
     s = _Shape(bits, group_size, lanes, interleaved(transpose, bits, group_size, lanes), rounded,
                looked_up(transpose, bits, lanes, permute))
     w, vt = lanes, s.vt
-    fn = name(transpose, bits, group_size, lanes, mr, dtypes)
+    fn = name(transpose, bits, group_size, lanes, mr, dtypes, parts)
     ir = _Ir()
     ir.raw(f"define void @{fn}(ptr noalias nocapture readonly %args, i64 %start, i64 %end) {{")
     ir.raw("entry:")
@@ -295,6 +303,12 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
     m_rows = ir(f"load i64, ptr {meta}, align 8")
     n = ir(f"load i64, ptr {ir(f'getelementptr i64, ptr {meta}, i64 1')}, align 8")
     k = ir(f"load i64, ptr {ir(f'getelementptr i64, ptr {meta}, i64 2')}, align 8")
+    # (out, w, scales, biases, N) of each weight matrix: the first from the usual arguments
+    matrices = [(ptrs["out"], ptrs["w"], ptrs["scales"], ptrs["biases"], n)]
+    for j in range(1, parts):
+        slots = [ir(f"load ptr, ptr {ir(f'getelementptr ptr, ptr %args, i64 {6 + 4 * (j - 1) + i}')}, align 8")
+                 for i in range(4)]
+        matrices.append((*slots, ir(f"load i64, ptr {ir(f'getelementptr i64, ptr {meta}, i64 {2 + j}')}, align 8")))
     inner = k if transpose else n
     row_words = ir(f"udiv i64 {ir(f'mul i64 {inner}, {bits}')}, 32")
     row_groups = ir(f"udiv i64 {inner}, {group_size}")
@@ -330,8 +344,19 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
     per_group = group_size // w  # vectors of x per group
 
     def panel_body(p):
-        if factored_:
-            _dot_rows(p)
+        if factored_ and parts > 1:
+            # the matrix panel p falls in (the panels of the matrices before it come first)
+            chosen, first, offset = list(matrices[0]), "0", "0"
+            for j in range(1, parts):
+                panels_before = ir(f"udiv i64 {ir(f'add i64 {matrices[j - 1][4]}, {PANEL_ROWS - 1}')}, {PANEL_ROWS}")
+                first = ir(f"add i64 {first}, {panels_before}")
+                past = ir(f"icmp sge i64 {p}, {first}")
+                chosen = [ir(f"select i1 {past}, {ty} {new}, {ty} {old}")
+                          for ty, new, old in zip(("ptr",) * 4 + ("i64",), matrices[j], chosen)]
+                offset = ir(f"select i1 {past}, i64 {first}, i64 {offset}")
+            _dot_rows(ir(f"sub i64 {p}, {offset}"), *chosen)
+        elif factored_:
+            _dot_rows(p, *matrices[0])
         elif transpose:
             _dequant_rows(p)
         else:
@@ -389,7 +414,7 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
                 ok = ir(f"icmp slt i64 {col}, {n}")
                 ov.store(ir, total, ir(f"select i1 {ok}, ptr {dst}, ptr {sink}"))
 
-    def _dot_rows(p):
+    def _dot_rows(p, out, wp, sp, bp, n):
         """Rows p*PANEL_ROWS.. of w (the last one repeated past N) times x -> out, each group's codes
         multiplied by x (``xf``: widened, and prescaled where ``unpack(scaled=True)`` leaves codes in
         place) and summed, then scaled, plus the group's bias times its sum of x (``xsum``).
@@ -431,9 +456,9 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
         for r in range(PANEL_ROWS):
             row = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'add i64 {first}, {r}')}, i64 {last})")
             goff = ir(f"mul i64 {row}, {row_groups}")
-            wrow = ir(f"getelementptr i32, ptr {ptrs['w']}, i64 {ir(f'mul i64 {row}, {row_words}')}")
-            srow = ir(f"getelementptr {sv.element}, ptr {ptrs['scales']}, i64 {goff}")
-            brow = ir(f"getelementptr {sv.element}, ptr {ptrs['biases']}, i64 {goff}")
+            wrow = ir(f"getelementptr i32, ptr {wp}, i64 {ir(f'mul i64 {row}, {row_words}')}")
+            srow = ir(f"getelementptr {sv.element}, ptr {sp}, i64 {goff}")
+            brow = ir(f"getelementptr {sv.element}, ptr {bp}, i64 {goff}")
             for slot in (total_slot, sums_slot):
                 ir.raw(f"store {vt} zeroinitializer, ptr {slot}, align 64")
             ir.raw(f"store float 0.0, ptr {offset_slot}, align 4")
@@ -479,7 +504,7 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
             part = ir(f"call reassoc float @llvm.vector.reduce.fadd.v{w}f32(float -0.0, {vt} {acc})")
             result = ir(f"fadd float {part}, {ir(f'load float, ptr {offset_slot}, align 4')}")
             col = ir(f"add i64 {first}, {r}")
-            dst = ir(f"getelementptr {ov.element}, ptr {ptrs['out']}, i64 {col}")
+            dst = ir(f"getelementptr {ov.element}, ptr {out}, i64 {col}")
             ok = ir(f"icmp slt i64 {col}, {n}")
             ov.store(ir, result, ir(f"select i1 {ok}, ptr {dst}, ptr {sink}"))
 

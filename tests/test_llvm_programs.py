@@ -345,3 +345,45 @@ def test_gradients_through_a_compiled_function_trace_its_graph(llvm):
         g = ma.grad(fun)(ma.array(v))
         ma.eval(g)
         np.testing.assert_allclose(np.array(g), np.cos(v) * v + np.sin(v), rtol=1e-5, atol=1e-6)
+
+
+def test_matvecs_of_one_x_run_as_one_row(llvm):
+    """A decode step's query, key and value projections (and gate and up) read the same x: the
+    program runs each group as one call of the quantized matvec over its matrices (three matrices at
+    most), with every result the separate products' bit for bit; a product of another x (the output
+    projection) stays a row of its own."""
+    from mlxarm.backend import llvm_program
+
+    rng = np.random.default_rng(3)
+
+    def layer(x, h):
+        return tuple(ma.quantized_matmul(x, q, s, b, group_size=32, bits=4) for q, s, b in weights[:4]) \
+            + (ma.quantized_matmul(h, *weights[4], group_size=32, bits=4),)
+
+    weights = []
+    for n in (64, 24, 24, 40, 96):
+        w = ma.array(rng.standard_normal((n, 96 if n != 96 else 64)).astype(np.float32))
+        weights.append(ma.quantize(w, group_size=32, bits=4))
+    built = []
+    build = llvm_program.build
+
+    def noted(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    arg_sets = [values(seed, (1, 96), (1, 64)) for seed in range(3)]
+    compiled = ma.compile(layer)
+    try:
+        llvm_program.build = noted
+        for x, h in arg_sets:
+            got = compiled(ma.array(x), ma.array(h))
+            ma.eval(got)
+            want = layer(ma.array(x), ma.array(h))  # each product on its own (no compile)
+            ma.eval(want)
+            for g, e in zip(got, want):
+                np.testing.assert_array_equal(np.array(g), np.array(e))
+    finally:
+        llvm_program.build = build
+    assert len(built) == 1
+    # x times four matrices: one call of three and one of one; h: one
+    assert built[0].native_rows == 3

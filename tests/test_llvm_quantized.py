@@ -2,6 +2,7 @@
 transpose x dtype (float32, float16, bfloat16) against the numpy executor, half-precision products
 against real MLX, the plan showing the kernel ran, batched x, the nodes that stay on numpy, the
 narrower vector shapes (AVX2, NEON) on this CPU, and NEON/SVE builds run under qemu."""
+import ctypes
 import shutil
 import subprocess
 
@@ -399,3 +400,46 @@ def test_strided_x():
     got = on("llvm", lambda: ma.quantized_matmul(ma.array(xt).T, *args, group_size=64, bits=4))
     assert any(s.startswith("qmm_") for _, s in executor("llvm").last_plan)
     _check(np.array(got), *_reference(x, wq, scales, biases, True, 4, 64))
+
+
+@pytest.mark.parametrize("bits,gs,ns", [(4, 32, (40, 12, 12)), (4, 32, (37, 5)), (6, 16, (9, 13, 2)), (8, 64, (3, 8)),
+                                        (3, 32, (7, 6, 5))])
+def test_one_call_over_several_matrices(bits, gs, ns):
+    """A float32 matvec over up to ``template.PARTS`` weight matrices of the same K in one call (what a
+    program makes of the products of one x) gives each matrix's product bit for bit as a call of its
+    own, in one piece or split panel by panel, ragged last panels included."""
+    ex = executor("llvm")
+    lanes = ex.target.lanes
+    rng = np.random.default_rng(bits + gs + len(ns))
+    k = 4 * max(gs, 32)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    dtypes = ("float32", "float16", "float32", "float32")  # float16 scales widened: a GGUF model's
+    joined = llvm_quantized._function(ex, True, bits, gs, lanes, 1, dtypes, len(ns))
+    single = llvm_quantized._function(ex, True, bits, gs, lanes, 1, dtypes)
+    addresses, wants, outs, keep = [], [], [], []
+    for j, n in enumerate(ns):
+        _, wq, scales, biases = _operands(rng, True, bits, gs, 1, n, k)
+        scales, biases = scales.astype(np.float16), biases.astype(np.float16)
+        want = np.empty((1, n), np.float32)
+        meta = np.array([1, n, k], np.int64)
+        single((ctypes.c_void_p * 6)(want.ctypes.data, x.ctypes.data, wq.ctypes.data, scales.ctypes.data,
+                                     biases.ctypes.data, meta.ctypes.data), 0, template.panels(True, n, bits, lanes))
+        out = np.full((1, n), np.nan, np.float32)
+        parts = [out, wq, scales, biases]
+        addresses += [a.ctypes.data for a in ([out, x, wq, scales, biases] if j == 0 else parts)]
+        if j == 0:
+            addresses.append(None)  # the joined shape array, below
+        wants.append(want)
+        outs.append(out)
+        keep += parts
+    meta = np.array([1, ns[0], k] + list(ns[1:]), np.int64)
+    addresses[5] = meta.ctypes.data
+    args = (ctypes.c_void_p * len(addresses))(*addresses)
+    units = sum(template.panels(True, n, bits, lanes) for n in ns)
+    for pieces in ([(0, units)], [(u, u + 1) for u in range(units)]):
+        for out in outs:
+            out[...] = np.nan
+        for start, end in pieces:
+            joined(args, start, end)
+        for out, want in zip(outs, wants):
+            np.testing.assert_array_equal(out, want)

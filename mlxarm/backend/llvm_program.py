@@ -171,6 +171,9 @@ class _Builder:
         self.updates: list = []  # (step index, x root, y root) of slice updates
         self.donors: list = []  # (step index, input root, output root) of kernels that may write in place
         self.temps: dict = {}
+        # the last matvec step, which another matvec of the same x may join (``_template_rows``):
+        # (its index, the join key, x's spec, [N, ...], the joined function's maker)
+        self.joinable = None
         for i, x in enumerate(inputs):
             data = x._data
             if id(data) in self.known:  # an input passed twice
@@ -295,17 +298,24 @@ def build(executor, capture: Capture, inputs: tuple, outputs: dict):
         if native is not None and all(d is not None for d, _ in ins):
             rows = native([d for d, _ in ins], out)
             if rows is not None:
-                _template_rows(b, rows, out)
+                _template_rows(b, rows, out, getattr(native, "joins", None))
                 continue
         b.python(call, entry, len(b.steps))
     return Program(executor, b, outputs)
 
 
-def _template_rows(b: _Builder, rows: list, out: np.ndarray) -> None:
+def _template_rows(b: _Builder, rows: list, out: np.ndarray, joins=None) -> None:
     """Rows a bound template gives (``native``): (function, arguments, units, per unit, align,
     shares), an argument being a buffer (the output, a root or a constant the program keeps), or a
     temporary ("temp", kernel, bytes, source buffer) that the row listing it first writes: a later
-    row with the same kernel and source reads it (q, k and v projections interleave one x once)."""
+    row with the same kernel and source reads it (q, k and v projections interleave one x once).
+
+    ``joins`` (key, maker) marks a quantized matvec row (out, x, w, scales, biases, meta) that may
+    join the last such step when that is one of the same key reading the same x: the step becomes
+    one call of ``maker(parts)`` over both weight matrices (query, key and value projections, or gate
+    and up: one row and one wait for the workers instead of three or two)."""
+    if joins is not None and len(rows) == 1 and _join(b, rows[0], out, joins):
+        return
     placed = False
     for fn, args, units, per_unit, align, shares in rows:
         at = len(b.steps)
@@ -338,6 +348,37 @@ def _template_rows(b: _Builder, rows: list, out: np.ndarray) -> None:
             b.native(fn, specs, units, per_unit, align, shares)
     if not placed:
         raise Unsupported("a template row list without its output")
+    if joins is not None and len(rows) == 1:
+        meta = rows[0][1][5]
+        b.joinable = (len(b.steps) - 1, joins[0], b.steps[-1][2][1], [int(meta[1])], joins[1])
+
+
+def _join(b: _Builder, row: tuple, out: np.ndarray, joins) -> bool:
+    """Fold matvec ``row`` into the last matvec step when ``b.joinable`` allows (``_template_rows``):
+    True when done."""
+    from ..kernels import quantized as template
+
+    last = b.joinable
+    # Steps between the two never read the new row's output (they came first), and the row reads
+    # what the earlier step reads (x: the same root, or an update in between would have made it a
+    # new one) and constants, so it can run there.
+    if last is None or last[1] != joins[0] or len(last[3]) >= template.PARTS:
+        return False
+    at, key, x_spec, ns, maker = last
+    _, args, units, *_ = row
+    _, x, w, scales, biases, meta = args
+    if not all(isinstance(a, np.ndarray) for a in args) or b.locate(x, at) != x_spec:
+        return False
+    step = b.steps[at]
+    specs = list(step[2])
+    ns = ns + [int(meta[1])]
+    joined_meta = np.array([int(meta[0]), ns[0], int(meta[2])] + ns[1:], np.int64)
+    b.keep.append(joined_meta)
+    specs[5] = b.address(joined_meta)
+    specs += [b.made(out, at), b.locate(w, at), b.locate(scales, at), b.locate(biases, at)]
+    b.steps[at] = ("native", maker(len(ns)), specs, step[3] + units, step[4], step[5], step[6])
+    b.joinable = (at, key, x_spec, ns, maker)
+    return True
 
 
 def _donor(b: _Builder, kernel: ir.Kernel, args: list, out: int, at: int) -> None:

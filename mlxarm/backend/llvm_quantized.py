@@ -134,6 +134,10 @@ def bind(executor, node):
 
     node_x_dtype = node._inputs[0]._dtype.name
     run_bound.native = native
+    if m == 1 and template.factored(transpose, bits, lanes, mr, _permutes(executor.target), dtypes(node)):
+        # a program may run this matvec in one call with others of the same x (``llvm_program``)
+        native.joins = (("qmv", bits, gs, lanes, dtypes(node), k),
+                        lambda parts: _function(executor, transpose, bits, gs, lanes, mr, dtypes(node), parts))
     return run_bound
 
 
@@ -156,13 +160,14 @@ def _permutes(target) -> bool:
 
 
 def _function(executor, transpose: bool, bits: int, group_size: int, lanes: int, mr: int,
-              dtypes: tuple = template.F32):
-    key = ("qmm", transpose, bits, group_size, lanes, mr) + (() if dtypes == template.F32 else (dtypes,))
+              dtypes: tuple = template.F32, parts: int = 1):
+    key = ("qmm", transpose, bits, group_size, lanes, mr) + (() if dtypes == template.F32 else (dtypes,)) \
+        + (() if parts == 1 else (("parts", parts),))
     fn = executor.functions.get(key)
     if fn is None:
-        source = template.render(transpose, bits, group_size, lanes, mr, dtypes, _permutes(executor.target))
+        source = template.render(transpose, bits, group_size, lanes, mr, dtypes, _permutes(executor.target), parts)
         fn = executor.functions[key] = executor.compiler.load(
-            source, template.name(transpose, bits, group_size, lanes, mr, dtypes))
+            source, template.name(transpose, bits, group_size, lanes, mr, dtypes, parts))
         executor.sources[key] = source
     return fn
 
