@@ -16,7 +16,10 @@ llama-cpp-python, which builds llama.cpp from source once (about 10 minutes), ml
 ``mlxarm-lm convert`` (float32, and 4-bit group 32), so every system computes the same model.
 
     python benchmarks/lm.py [--model GGUF] [--devices llvm,numpy] [--peers llama.cpp,mlx-lm,transformers]
-                            [--threads 2] [--setup-peers]
+                            [--threads 2] [--rounds 1] [--setup-peers]
+
+With ``--rounds N`` mlxarm's warm processes and llama.cpp's take turns N times and each is reported by
+its median round (all rounds are in the JSON): on a shared machine, speed drifts over minutes.
 
 Results: benchmarks/results/lm.json and lm.png.
 """
@@ -271,6 +274,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--gen-tokens", type=int, default=64)
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed to each process")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="warm runs of mlxarm and llama.cpp, taking turns; each reports its median")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
@@ -313,22 +318,40 @@ def main(argv=None) -> int:
               f"{result.get('decode_tps', 0):7.2f} tok/s  first token {result['ttft_s']:.2f} s{cold}  "
               f"peak RSS {result['peak_rss_mb']:.0f} MB{extra}", flush=True)
 
-    for device in [d for d in options.devices.split(",") if d]:
-        with tempfile.TemporaryDirectory() as cold_cache:
-            env = {"MLXARM_DEVICE": device, "XDG_CACHE_HOME": cold_cache}
-            cold = _spawn(sys.executable, "mlxarm", options.model, ids, options, env, first_token_only=True)
-            warm = _spawn(sys.executable, "mlxarm", options.model, ids, options, env)
-        if "error" not in warm and "error" not in cold:
-            warm["ttft_cold_s"] = cold["ttft_s"]
-            warm["peak_rss_cold_mb"] = cold["peak_rss_mb"]  # compiling: the compiler is loaded
-        record(f"mlxarm {device}", warm)
-
+    # mlxarm's warm processes and llama.cpp's take turns, ``--rounds`` times: each is reported by its
+    # median round (by decode speed), so a stretch of a busy machine does not fall on one of them only.
     peers = [p for p in options.peers.split(",") if p]
-    if "llama.cpp" in peers:
-        if _has(peer_python, "llama_cpp"):
-            record("llama.cpp (GGUF Q4_1)", _spawn(peer_python, "llama.cpp", options.model, ids, options, {}))
-        else:
+    rounds: dict = {}
+    colds: dict = {}
+    with tempfile.TemporaryDirectory() as caches:
+        devices = [d for d in options.devices.split(",") if d]
+        for device in devices:
+            env = {"MLXARM_DEVICE": device, "XDG_CACHE_HOME": os.path.join(caches, device)}
+            colds[device] = _spawn(sys.executable, "mlxarm", options.model, ids, options, env, first_token_only=True)
+        llama = "llama.cpp" in peers and _has(peer_python, "llama_cpp")
+        if "llama.cpp" in peers and not llama:
             print(f"llama.cpp: llama_cpp is not importable from {peer_python} (use --setup-peers)")
+        for _ in range(max(1, options.rounds)):
+            for device in devices:
+                env = {"MLXARM_DEVICE": device, "XDG_CACHE_HOME": os.path.join(caches, device)}
+                rounds.setdefault(f"mlxarm {device}", []).append(
+                    _spawn(sys.executable, "mlxarm", options.model, ids, options, env))
+            if llama:
+                rounds.setdefault("llama.cpp (GGUF Q4_1)", []).append(
+                    _spawn(peer_python, "llama.cpp", options.model, ids, options, {}))
+    for system, runs in rounds.items():
+        good = sorted((r for r in runs if "error" not in r), key=lambda r: r["decode_tps"])
+        result = good[len(good) // 2] if good else runs[0]
+        if len(runs) > 1:
+            result["rounds"] = [{k: r.get(k) for k in ("prefill_tps", "decode_tps", "ttft_s")} for r in runs]
+        cold = colds.get(system[len("mlxarm "):]) if system.startswith("mlxarm ") else None
+        if cold is not None and "error" not in result and "error" not in cold:
+            result["ttft_cold_s"] = cold["ttft_s"]
+            result["peak_rss_cold_mb"] = cold["peak_rss_mb"]  # compiling: the compiler is loaded
+        record(system, result)
+        if len(runs) > 1:
+            print(" " * 29 + "rounds (prefill/decode tok/s): "
+                  + ", ".join(f"{r.get('prefill_tps', 0):.1f}/{r.get('decode_tps', 0):.2f}" for r in runs))
     if "mlx-lm" in peers:
         if _has(peer_python, "mlx_lm"):
             for name, folder in _converted(options, options.out).items():
