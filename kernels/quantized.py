@@ -364,6 +364,20 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
         if not fused:
             _loop(ir, "m", m_rows, mr, lambda m0: _tile(p, m0))
 
+    def _row_of(first, r, last, wp, sp, bp) -> tuple:
+        """(codes, scales, biases) of weight row ``first + r`` (row ``last`` past it)."""
+        row = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'add i64 {first}, {r}')}, i64 {last})")
+        goff = ir(f"mul i64 {row}, {row_groups}")
+        return (ir(f"getelementptr i32, ptr {wp}, i64 {ir(f'mul i64 {row}, {row_words}')}"),
+                ir(f"getelementptr {sv.element}, ptr {sp}, i64 {goff}"),
+                ir(f"getelementptr {sv.element}, ptr {bp}, i64 {goff}"))
+
+    def _store_row(value, first, r, out, n) -> None:
+        """Store row ``first + r``'s result (into the sink past N)."""
+        col = ir(f"add i64 {first}, {r}")
+        dst = ir(f"getelementptr {ov.element}, ptr {out}, i64 {col}")
+        ov.store(ir, value, ir(f"select i1 {ir(f'icmp slt i64 {col}, {n}')}, ptr {dst}, ptr {sink}"))
+
     def _dequant_rows(p):
         """Rows p*PANEL_ROWS.. of w (the last one repeated past N) -> scratch[r][K], or (fused) their
         dot products with x's row -> out."""
@@ -371,11 +385,7 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
         last = ir(f"sub i64 {n}, 1")
         chunk = max(group_size, s.block)  # codes of whole groups and whole blocks
         for r in range(PANEL_ROWS):
-            row = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'add i64 {first}, {r}')}, i64 {last})")
-            wrow = ir(f"getelementptr i32, ptr {ptrs['w']}, i64 {ir(f'mul i64 {row}, {row_words}')}")
-            goff = ir(f"mul i64 {row}, {row_groups}")
-            srow = ir(f"getelementptr {sv.element}, ptr {ptrs['scales']}, i64 {goff}")
-            brow = ir(f"getelementptr {sv.element}, ptr {ptrs['biases']}, i64 {goff}")
+            wrow, srow, brow = _row_of(first, r, last, ptrs["w"], ptrs["scales"], ptrs["biases"])
             drow = ir(f"getelementptr float, ptr {scratch}, i64 {ir(f'mul i64 {k}, {r}')}")
             if fused:
                 for a in dots[r]:
@@ -408,11 +418,8 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
             if fused:
                 pair = [ir(f"load {vt}, ptr {a}, align 64") for a in dots[r]]
                 acc = ir(f"fadd {vt} {pair[0]}, {pair[1]}")
-                total = ir(f"call reassoc float @llvm.vector.reduce.fadd.v{w}f32(float -0.0, {vt} {acc})")
-                col = ir(f"add i64 {first}, {r}")
-                dst = ir(f"getelementptr {ov.element}, ptr {ptrs['out']}, i64 {col}")
-                ok = ir(f"icmp slt i64 {col}, {n}")
-                ov.store(ir, total, ir(f"select i1 {ok}, ptr {dst}, ptr {sink}"))
+                _store_row(ir(f"call reassoc float @llvm.vector.reduce.fadd.v{w}f32(float -0.0, {vt} {acc})"),
+                           first, r, ptrs["out"], n)
 
     def _dot_rows(p, out, wp, sp, bp, n):
         """Rows p*PANEL_ROWS.. of w (the last one repeated past N) times x -> out, each group's codes
@@ -454,11 +461,7 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
             return acc
 
         for r in range(PANEL_ROWS):
-            row = ir(f"call i64 @llvm.smin.i64(i64 {ir(f'add i64 {first}, {r}')}, i64 {last})")
-            goff = ir(f"mul i64 {row}, {row_groups}")
-            wrow = ir(f"getelementptr i32, ptr {wp}, i64 {ir(f'mul i64 {row}, {row_words}')}")
-            srow = ir(f"getelementptr {sv.element}, ptr {sp}, i64 {goff}")
-            brow = ir(f"getelementptr {sv.element}, ptr {bp}, i64 {goff}")
+            wrow, srow, brow = _row_of(first, r, last, wp, sp, bp)
             for slot in (total_slot, sums_slot):
                 ir.raw(f"store {vt} zeroinitializer, ptr {slot}, align 64")
             ir.raw(f"store float 0.0, ptr {offset_slot}, align 4")
@@ -502,11 +505,7 @@ def render(transpose: bool, bits: int, group_size: int, lanes: int, mr: int, dty
             acc = ir(f"fadd {vt} {ir(f'load {vt}, ptr {total_slot}, align 64')}, "
                      f"{ir(f'load {vt}, ptr {sums_slot}, align 64')}")
             part = ir(f"call reassoc float @llvm.vector.reduce.fadd.v{w}f32(float -0.0, {vt} {acc})")
-            result = ir(f"fadd float {part}, {ir(f'load float, ptr {offset_slot}, align 4')}")
-            col = ir(f"add i64 {first}, {r}")
-            dst = ir(f"getelementptr {ov.element}, ptr {out}, i64 {col}")
-            ok = ir(f"icmp slt i64 {col}, {n}")
-            ov.store(ir, result, ir(f"select i1 {ok}, ptr {dst}, ptr {sink}"))
+            _store_row(ir(f"fadd float {part}, {ir(f'load float, ptr {offset_slot}, align 4')}"), first, r, out, n)
 
     def _dequant_columns(p):
         """Columns p*block.. of every row of w -> scratch[K][block]."""
