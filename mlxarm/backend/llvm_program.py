@@ -369,13 +369,16 @@ def _join(b: _Builder, row: tuple, out: np.ndarray, joins) -> bool:
     _, x, w, scales, biases, meta = args
     if not all(isinstance(a, np.ndarray) for a in args) or b.locate(x, at) != x_spec:
         return False
+    reads = [b.locate(a, at) for a in (w, scales, biases)]
+    if any(not isinstance(r, int) and (b.roots[r[0]].first or 0) > at for r in reads):
+        return False  # a weight written after the earlier step (a constant or input otherwise)
     step = b.steps[at]
     specs = list(step[2])
     ns = ns + [int(meta[1])]
     joined_meta = np.array([int(meta[0]), ns[0], int(meta[2])] + ns[1:], np.int64)
     b.keep.append(joined_meta)
     specs[5] = b.address(joined_meta)
-    specs += [b.made(out, at), b.locate(w, at), b.locate(scales, at), b.locate(biases, at)]
+    specs += [b.made(out, at)] + reads
     b.steps[at] = ("native", maker(len(ns)), specs, step[3] + units, step[4], step[5], step[6])
     b.joinable = (at, key, x_spec, ns, maker)
     return True
