@@ -1,4 +1,4 @@
-"""tan, arcsin, arccos, arctan, arctan2 and power on the LLVM executor, which computes them inline
+"""tan, arcsin, arccos, arctan, tanh, arctan2 and power on the LLVM executor, which computes them inline
 (polynomials, no libm): float32 against numpy over dense grids and every special value (signed zeros,
 infinities, NaN, subnormals, tan's poles and huge arguments, arctan2's quadrants, C99's special cases
 of pow), float16 and bfloat16 against the numpy executor, on each x86 vector width the host runs and on
@@ -22,7 +22,7 @@ from mlxarm.core import dtypes as dt  # noqa: E402
 from test_aarch64 import NEON, SVE, TOOLS, optimized_module, run_under_qemu  # noqa: E402
 
 F32 = np.float32
-UNARY = ("tan", "arcsin", "arccos", "arctan")
+UNARY = ("tan", "arcsin", "arccos", "arctan", "tanh")
 BINARY = ("arctan2", "power")
 
 SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-40, -1e-40, 1.1754944e-38,
