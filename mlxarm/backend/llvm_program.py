@@ -361,7 +361,7 @@ def _join(b: _Builder, row: tuple, out: np.ndarray, joins) -> bool:
     last = b.joinable
     # Steps between the two never read the new row's output (they came first), and the row reads
     # what the earlier step reads (x: the same root, or an update in between would have made it a
-    # new one) and constants, so it can run there.
+    # new one) and weights that no step from the earlier one on writes, so it can run there.
     if last is None or last[1] != joins[0] or len(last[3]) >= template.PARTS:
         return False
     at, key, x_spec, ns, maker = last
@@ -370,8 +370,9 @@ def _join(b: _Builder, row: tuple, out: np.ndarray, joins) -> bool:
     if not all(isinstance(a, np.ndarray) for a in args) or b.locate(x, at) != x_spec:
         return False
     reads = [b.locate(a, at) for a in (w, scales, biases)]
-    if any(not isinstance(r, int) and (b.roots[r[0]].first or 0) > at for r in reads):
-        return False  # a weight written after the earlier step (a constant or input otherwise)
+    if any(not isinstance(r, int) and b.roots[r[0]].first is not None and b.roots[r[0]].first >= at
+           for r in reads):
+        return False  # a weight some step writes, at the earlier step or after it
     step = b.steps[at]
     specs = list(step[2])
     ns = ns + [int(meta[1])]
