@@ -443,3 +443,27 @@ def test_one_call_over_several_matrices(bits, gs, ns):
             joined(args, start, end)
         for out, want in zip(outs, wants):
             np.testing.assert_array_equal(out, want)
+
+
+def test_a_bound_product_holds_no_node():
+    """The function ``bind`` makes for a product (kept by recorded evals and programs) holds none of the
+    nodes it was made for, nor so their buffers: the float32 matvec's joining maker included (on a
+    host where the matvec is factored)."""
+    import gc
+    import weakref
+
+    ex = executor("llvm")
+    rng = np.random.default_rng(11)
+    w = ma.array(rng.standard_normal((64, 64)).astype(np.float32))
+    packed = ma.quantize(w, group_size=32, bits=4)
+    for m in (1, 3):
+        node = ma.quantized_matmul(ma.array(np.ones((m, 64), np.float32)), *packed, group_size=32, bits=4)
+        bound = llvm_quantized.bind(ex, node)
+        lanes = ex.target.lanes
+        assert hasattr(bound.native, "joins") == template.factored(
+            True, 4, lanes, template.tile_rows(True, 4, lanes, m), llvm_quantized._permutes(ex.target))
+        ref = weakref.ref(node)
+        del node
+        gc.collect()
+        assert ref() is None
+        del bound

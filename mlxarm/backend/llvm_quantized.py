@@ -82,8 +82,9 @@ def bind(executor, node):
     m = math.prod(shape[:-1])
     lanes = executor.target.lanes
     mr = template.tile_rows(transpose, bits, lanes, m)
-    fn = _function(executor, transpose, bits, gs, lanes, mr, dtypes(node))
-    interleave = template.x_interleaved(transpose, bits, gs, lanes, mr, _permutes(executor.target), dtypes(node))
+    types, permute = dtypes(node), _permutes(executor.target)
+    fn = _function(executor, transpose, bits, gs, lanes, mr, types)
+    interleave = template.x_interleaved(transpose, bits, gs, lanes, mr, permute, types)
     meta = np.array([m, n, k], np.int64)
     args = (ctypes.c_void_p * 6)()
     args[5] = meta.ctypes.data
@@ -134,10 +135,11 @@ def bind(executor, node):
 
     node_x_dtype = node._inputs[0]._dtype.name
     run_bound.native = native
-    if m == 1 and template.factored(transpose, bits, lanes, mr, _permutes(executor.target), dtypes(node)):
-        # a program may run this matvec in one call with others of the same x (``llvm_program``)
-        native.joins = (("qmv", bits, gs, lanes, dtypes(node), k),
-                        lambda parts: _function(executor, transpose, bits, gs, lanes, mr, dtypes(node), parts))
+    if template.factored(transpose, bits, lanes, mr, permute, types):
+        # a program may run this matvec in one call with others of the same x (``llvm_program``); the
+        # maker holds no node (a bound function outlives the eval that made it)
+        native.joins = (("qmv", bits, gs, lanes, types, k),
+                        lambda parts: _function(executor, transpose, bits, gs, lanes, mr, types, parts))
     return run_bound
 
 
