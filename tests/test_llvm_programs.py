@@ -387,3 +387,71 @@ def test_matvecs_of_one_x_run_as_one_row(llvm):
     assert len(built) == 1
     # x times four matrices: one call of three and one of one; h: one
     assert built[0].native_rows == 3
+
+
+def _address(a) -> int:
+    return a._data.__array_interface__["data"][0]
+
+
+def test_a_call_run_now_matches_the_lazy_call(llvm):
+    """``now`` runs a call at once by its program: None (nothing run) until the program exists,
+    then the lazy call's results, realized before any eval. Caches passed in a list the caller let
+    go of are updated in their own buffers; one the caller still holds keeps its values."""
+    def step(caches, new, pos):
+        caches = [ma.slice_update(c, new * (i + 1), pos, axes=(1,)) for i, c in enumerate(caches)]
+        return caches, sum(c.sum() for c in caches)
+
+    fun = ma.compile(step)
+    caches = [ma.zeros((2, 8, 4)) for _ in range(3)]
+    ma.eval(caches)
+    expected = [np.zeros((2, 8, 4), np.float32) for _ in range(3)]
+    ran_now = 0
+    for pos in range(7):
+        new = np.full((2, 1, 4), pos + 1, np.float32)
+        for i, e in enumerate(expected):
+            e[:, pos:pos + 1] = new * (i + 1)
+        held = caches[1] if pos == 5 else None  # this step the caller keeps one old cache
+        kept = np.array(held).copy() if held is not None else None
+        addresses = [_address(c) for c in caches]
+        args = (caches, ma.array(new), ma.array(pos, ma.int32))
+        del caches
+        runs = llvm.programs_run
+        got = fun.now(*args)
+        if got is None:
+            assert llvm.programs_run == runs  # nothing ran
+            got = fun(*args)
+        else:
+            ran_now += 1
+            assert llvm.programs_run == runs + 1  # ran before any eval
+            assert [_address(c) == a for c, a in zip(got[0], addresses)] == [True, held is None, True]
+        del args
+        caches, total = got
+        ma.eval(caches, total)
+        np.testing.assert_array_equal(np.stack([np.array(c) for c in caches]), np.stack(expected))
+        np.testing.assert_allclose(np.array(total), sum(e.sum() for e in expected), rtol=1e-6)
+        if held is not None:
+            np.testing.assert_array_equal(np.array(held), kept)
+        del held
+    assert ran_now >= 4
+
+
+def now_or_lazy(fun, *args):
+    got = fun.now(*args)
+    return fun(*args) if got is None else got
+
+
+def test_a_call_run_now_lends_no_array_held_outside_its_containers(llvm):
+    """An array passed bare, or in a list passed twice, is held by the caller too: ``now`` never
+    writes into it, however its references add up."""
+    fun = ma.compile(lambda xs, ys, pos: [ma.slice_update(x, ma.ones((1,)), pos, axes=(0,)) for x in xs + ys])
+    bare = ma.compile(lambda x, pos: ma.slice_update(x, ma.ones((1,)), pos, axes=(0,)))
+    for pos in range(4):
+        a = ma.zeros((8,))
+        ma.eval(a)
+        shared = [a]
+        got = now_or_lazy(fun, shared, shared, ma.array(pos, ma.int32))
+        ma.eval(got)
+        got = now_or_lazy(bare, a, ma.array(pos, ma.int32))
+        ma.eval(got)
+        np.testing.assert_array_equal(np.array(a), np.zeros(8, np.float32))
+        np.testing.assert_array_equal(np.array(got), np.eye(8, dtype=np.float32)[pos])

@@ -163,6 +163,18 @@ def executor_for(device):
     return executor(cpu_backend())
 
 
+def run_program_now(state, inputs: list, free: dict):
+    """``core.graph.run_program_now`` on the default executor, when it runs programs directly."""
+    ex = executor_for(None)
+    run = getattr(ex, "run_call_now", None)
+    if run is None:
+        return None
+    for other in device_writers:
+        if other is not ex and other.resident.stale:
+            other.sync_host()
+    return run(state, inputs, free)
+
+
 def run_order(refs, read=()) -> None:
     """Realize weak references to nodes in order, each with its stream's executor. Outputs another
     executor left on the device are written to their host buffers first. ``read``: nodes the host

@@ -663,6 +663,28 @@ class LLVMExecutor:
             self.realized(o, buf, counted=counted)
         finish_program(node)
 
+    def run_call_now(self, state, inputs: list, free: dict):
+        """``Program.run``'s results for one call of a compiled function on ``inputs`` (realized, or
+        views of realized arrays, which are made here), run at once by the program kept for their
+        layout (``compile._Compiled.now``); None where none is kept yet. ``free``: as ``free_leaves``, the inputs whose buffers the program may write into."""
+        views = [x for x in inputs if x._data is None]  # views of realized arrays (``tokens[None]``)
+        for x in views:
+            if x._prim.name not in lower.VIEWS or x._prim.compute or any(i._data is None for i in x._inputs):
+                return None
+        self.keep_graph = _keeps_graph()
+        for x in views:
+            self.run_view(x)
+        del views
+        program = state.programs.get(tuple(x._data.strides for x in inputs))
+        if not program:
+            return None
+        self.free_leaves, self.consumers, self.last_plan = free, {}, [("kernel", "program")]
+        with blas.single_threaded():
+            results = program.run(self, inputs)
+        self.programs_run += 1
+        self.kernels_run += len(results)
+        return results
+
     def run_program_output(self, node) -> None:
         raise RuntimeError("[compile] A compiled output was reached before its program ran.")
 

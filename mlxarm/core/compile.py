@@ -24,16 +24,17 @@ from __future__ import annotations
 import functools
 import itertools
 import struct
+import sys
 import threading
 import weakref
 
 import numpy as np
 
 from . import dtypes as _dt
-from .array import array, make_node, note_inputs
-from .device import current_stream
+from .array import array, make_node, make_realized, note_inputs
+from .device import count_buffer, current_stream
 from .registry import Primitive, api, register
-from .graph import _in_transform, _transforming, array_leaves, eval_arrays, tracing
+from .graph import _in_transform, _transforming, array_leaves, eval_arrays, run_program_now, tracing
 from .vmap import TRACE_INPUT, trace_input, placeholder_slot, in_tracing
 from .ops._base import broadcast_shapes
 
@@ -438,6 +439,25 @@ def _record_tape(outputs, token, inputs, structure, num_outputs) -> _Tape:
     return _Tape(steps, out_refs, structure, num_outputs, tuple(x._shape for x in inputs))
 
 
+def _container_refs(tree, held: dict, seen: set) -> None:
+    """Add to ``held`` (array id -> count) the references that the lists, tuples and dicts of
+    ``tree`` hold to arrays, each container counted once however often it appears."""
+    if isinstance(tree, array) or id(tree) in seen:
+        return
+    if isinstance(tree, (list, tuple)):
+        items = tree
+    elif isinstance(tree, dict):
+        items = tree.values()
+    else:
+        return
+    seen.add(id(tree))
+    for x in items:
+        if isinstance(x, array):
+            held[id(x)] = held.get(id(x), 0) + 1
+        else:
+            _container_refs(x, held, seen)
+
+
 class _Compiled:
     """The callable ``mx.compile`` returns."""
 
@@ -455,9 +475,9 @@ class _Compiled:
             return self
         return functools.partial(self, obj)
 
-    def __call__(self, *args, **kwargs):
-        if not _enabled[0] or in_tracing():
-            return self._fun(*args, **kwargs)
+    def _key(self, args: tuple, kwargs: dict) -> tuple:
+        """(inputs, cache key, number of array arguments, number of array keyword arguments) of a
+        call."""
         inputs: list = []
         key: list = []
         _signature(args, inputs, key)
@@ -473,7 +493,66 @@ class _Compiled:
         # a trace records its steps on the default stream, so one traced in another thread or under
         # another stream (or device) is not replayed here (MLX keys its cache the same way)
         key.append(current_stream())
-        key = tuple(key)
+        return inputs, tuple(key), num_args, num_kwargs
+
+    def now(self, *args):
+        """The call's result computed at once by the executor's program, realized: where the
+        executor runs programs directly (``run_call_now``), this signature's program exists for the
+        inputs' layouts, and every input is realized. Else None, and nothing was run.
+
+        The result is the one ``__call__`` and an eval would give, less the graph between them: an
+        LLM's decode step has a few hundred arrays in and out (its KV cache), and building, sorting
+        and realizing their nodes costs a large share of the step's host time. As in an eval, an
+        input that nothing but ``args``'s own containers holds (a list of caches the caller has let
+        go of) may lend its buffer to an output."""
+        if not _enabled[0] or in_tracing() or _in_transform() or self._captured_inputs is not None \
+                or self._captured_outputs is not None:
+            return None
+        inputs, key, num_args, _ = self._key(args, {})
+        tape = self._cache.get(key)
+        state = None if tape is None else tape.program
+        if not state or not state.programs:
+            return None
+        # A free input is held by ``inputs`` (once per use), by the containers inside ``args``, by
+        # the loop variable and getrefcount's argument, and by nothing else. (An array passed bare
+        # is held by ``args`` and the caller's frame too, so it is never lent.)
+        uses: dict = {}
+        for x in inputs:
+            uses[id(x)] = uses.get(id(x), 0) + 1
+        held: dict = {}
+        seen: set = set()
+        for item in args:
+            _container_refs(item, held, seen)
+        free = {}
+        for x in inputs:
+            k = uses[id(x)]
+            if x._data is not None and sys.getrefcount(x) - 2 == k + held.get(id(x), 0):
+                free[id(x)] = k
+        x = item = None
+        results = run_program_now(state, inputs, free)
+        if results is None:
+            return None
+        tape.calls += 1
+        outs: list = []
+        made: dict = {}
+        for kind, v in tape.outputs:
+            if kind == 0:
+                o = made.get(v)
+                if o is None:
+                    buf, counted = results[v]
+                    if not counted:
+                        count_buffer(buf)
+                    step = tape.steps[v]
+                    o = made[v] = make_realized(buf, step[4], step[5])
+                outs.append(o)
+            else:
+                outs.append(inputs[v] if kind == 1 else v)
+        return _fill_structure(tape.structure, outs[:tape.num_outputs])
+
+    def __call__(self, *args, **kwargs):
+        if not _enabled[0] or in_tracing():
+            return self._fun(*args, **kwargs)
+        inputs, key, num_args, num_kwargs = self._key(args, kwargs)
         with self._lock:
             tape = self._cache.get(key)
             if tape is None:

@@ -144,6 +144,16 @@ def eval_arrays(outputs, read=False) -> None:
         _run(outputs, read=read)
 
 
+def run_program_now(state, inputs: list, free: dict):
+    """Run a compiled call's program on realized ``inputs`` at once (``compile._Compiled.now``):
+    {tape step index: (buffer, counted)}, or None where the executor has no such program. ``free``:
+    id -> uses of the inputs nothing else holds."""
+    from ..backend import run_program_now as run
+
+    with _LOCK:
+        return run(state, inputs, free)
+
+
 def host_data(data) -> None:
     """Have the executors that may hold ``data``'s current contents on the device only (GPU outputs
     stay there until the host reads them) write its host buffer."""

@@ -115,7 +115,13 @@ def _fixed_shape_decode(model, caches: list, sample: bool = False):
             return None
         if not found:
             found.extend(_decode_step(model, caches, sample))
-        out, state = found[0](chunk[None], mx.array(offset, mx.int32), [(c.keys, c.values) for c in caches])
+        step = found[0]
+        args = (chunk[None], mx.array(offset, mx.int32), [(c.keys, c.values) for c in caches])
+        for c in caches:  # the step may write the new entry into buffers that only it holds
+            c.keys = c.values = None
+        result = step.now(*args)  # run at once once the step has its program (see ``now``)
+        out, state = step(*args) if result is None else result
+        del args, result
         for c, (keys, values) in zip(caches, state):
             c.keys, c.values, c.offset = keys, values, offset + 1
         return out
