@@ -455,3 +455,16 @@ def test_a_call_run_now_lends_no_array_held_outside_its_containers(llvm):
         ma.eval(got)
         np.testing.assert_array_equal(np.array(a), np.zeros(8, np.float32))
         np.testing.assert_array_equal(np.array(got), np.eye(8, dtype=np.float32)[pos])
+
+
+def test_a_call_run_now_never_lends_an_input_it_returns(llvm):
+    """A call returning one of its inputs as it is, beside an update of it: the input keeps its
+    values though nothing but the argument list holds it, and the update is a new array."""
+    fun = ma.compile(lambda xs, pos: (xs[0], ma.slice_update(xs[0], ma.ones((1,)), pos, axes=(0,))))
+    for pos in range(4):
+        xs = [ma.zeros((8,))]
+        ma.eval(xs)
+        same, updated = now_or_lazy(fun, xs, ma.array(pos, ma.int32))
+        ma.eval(same, updated)
+        np.testing.assert_array_equal(np.array(same), np.zeros(8, np.float32))
+        np.testing.assert_array_equal(np.array(updated), np.eye(8, dtype=np.float32)[pos])

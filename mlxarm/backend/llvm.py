@@ -679,7 +679,10 @@ class LLVMExecutor:
         if not program:
             return None
         self.free_leaves, self.consumers, self.last_plan = free, {}, [("kernel", "program")]
-        with blas.single_threaded():
+        if program.python_steps:  # steps numpy runs: its BLAS keeps off the workers' cores
+            with blas.single_threaded():
+                results = program.run(self, inputs)
+        else:
             results = program.run(self, inputs)
         self.programs_run += 1
         self.kernels_run += len(results)
