@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..codegen.render_llvm import _Lanes
 from .ir_text import IrText, Values
 
 MASKS = ("none", "causal", "bool", "float")  # a float mask is float32
@@ -68,6 +69,18 @@ class _Ir(IrText):
     def load(self, base: str, index) -> str:
         """The float at ``base[index]``."""
         return self(f"load float, ptr {self.at('float', base, index)}, align 4")
+
+
+class _Emitter:
+    """What ``render_llvm``'s lane emitters write through (``emit``, ``declare``), on an ``IrText``: the
+    templates compute exp as the elementwise kernels do."""
+
+    def __init__(self, ir: IrText):
+        self.emit, self.raw = ir, ir.raw
+        self.declares: set = set()
+
+    def declare(self, text: str) -> None:
+        self.declares.add(f"declare {text}")
 
 
 def _chunks(n: int, width: int):
@@ -170,9 +183,10 @@ def render_attention(k: Attention, triple: str) -> str:
     group = ir(f"sdiv i64 {hq}, {hk}")
     # S scores on the stack (the caller bounds S), allocated once in the entry block.
     ir.raw(f"%scores = alloca float, i64 {s_len}, align 16")
-    top_slot, total_slot = ir.slot("float"), ir.slot("float")
+    top_slot, total_slot, totals_slot = ir.slot("float"), ir.slot("float"), ir.slot(_vty(w))
     acc_slots = [(j, n, ir.slot(_vty(n))) for j, n in _chunks(k.dv, w)]
     lowest = LOWEST
+    exps = _Emitter(ir)
 
     def row(r):
         l_ = ir(f"srem i64 {r}, {length}")
@@ -196,6 +210,18 @@ def render_attention(k: Attention, triple: str) -> str:
         ir.raw(f"store float 0xFFF0000000000000, ptr {top_slot}")
 
         def score(s):
+            # A key a causal or boolean mask hides scores the lowest float whatever its dot product:
+            # its row of keys is not read (the tail of a cache not written yet, the future of a
+            # prompt chunk).
+            if k.mask == "causal":
+                hidden = ir(f"icmp sgt i64 {s}, {last}")
+            elif k.mask == "bool":
+                ms_ = ir(f"mul i64 {s}, {ms}")
+                m = ir(f"load i8, ptr {ir.at('i8', mask, ir(f'add i64 {mrow}, {ms_}'))}")
+                hidden = ir(f"icmp eq i8 {m}, 0")
+            if k.mask in ("causal", "bool"):
+                ir.raw(f"br i1 {hidden}, label %score.hidden, label %score.dot")
+                ir.raw("score.dot:")
             krow = ir.at(el, kbase, ir(f"mul i64 {s}, {ks}"))
             parts = []
             tail = []
@@ -208,12 +234,12 @@ def render_attention(k: Attention, triple: str) -> str:
             dot = _hsum(ir, parts[0], w) if parts else "0.0"
             for t in tail:
                 dot = ir(f"fadd float {dot}, {t}")
-            if k.mask == "causal":
-                dot = ir(f"select i1 {ir(f'icmp sgt i64 {s}, {last}')}, float {lowest}, float {dot}")
-            elif k.mask == "bool":
-                ms_ = ir(f"mul i64 {s}, {ms}")
-                m = ir(f"load i8, ptr {ir.at('i8', mask, ir(f'add i64 {mrow}, {ms_}'))}")
-                dot = ir(f"select i1 {ir(f'icmp eq i8 {m}, 0')}, float {lowest}, float {dot}")
+            if k.mask in ("causal", "bool"):
+                ir.raw("br label %score.join")
+                ir.raw("score.hidden:")
+                ir.raw("br label %score.join")
+                ir.raw("score.join:")
+                dot = ir(f"phi float [{dot}, %score.dot], [{lowest}, %score.hidden]")
             elif k.mask == "float":
                 m = ir.load(mask, ir(f"add i64 {mrow}, {ir(f'mul i64 {s}, {ms}')}"))
                 dot = ir(f"fadd float {dot}, {m}")
@@ -225,15 +251,32 @@ def render_attention(k: Attention, triple: str) -> str:
         top = ir(f"load float, ptr {top_slot}")
         ir.raw(f"store float 0.0, ptr {total_slot}")
 
+        # exp(score - max) over ``w`` scores at a time (the elementwise kernels' exp), summed in
+        # ``w`` lanes, then one at a time for the last S mod w
+        lanes = _Lanes(exps, w)
+        ir.raw(f"store {_vty(w)} zeroinitializer, ptr {totals_slot}")
+        top_v = _splat(ir, top, w)
+
+        def weights(c):
+            p = ir.at("float", "%scores", ir(f"mul i64 {c}, {w}"))
+            e = lanes.exp(ir(f"fsub {_vty(w)} {ir(f'load {_vty(w)}, ptr {p}, align 4')}, {top_v}"))
+            ir.raw(f"store {_vty(w)} {e}, ptr {p}, align 4")
+            sum_ = ir(f"load {_vty(w)}, ptr {totals_slot}")
+            ir.raw(f"store {_vty(w)} {ir(f'fadd {_vty(w)} {sum_}, {e}')}, ptr {totals_slot}")
+
+        whole = ir(f"sdiv i64 {s_len}, {w}")
+        ir.loop("weights", "0", whole, weights)
+        ir.raw(f"store float {_hsum(ir, ir(f'load {_vty(w)}, ptr {totals_slot}'), w)}, ptr {total_slot}")
+        one = _Lanes(exps, None)
+
         def weight(s):
             p = ir.at("float", "%scores", s)
-            shifted = ir(f"fsub float {ir(f'load float, ptr {p}')}, {top}")
-            e = ir(f"call float @llvm.exp.f32(float {shifted})")
+            e = one.exp(ir(f"fsub float {ir(f'load float, ptr {p}')}, {top}"))
             ir.raw(f"store float {e}, ptr {p}")
             total = ir(f"fadd float {ir(f'load float, ptr {total_slot}')}, {e}")
             ir.raw(f"store float {total}, ptr {total_slot}")
 
-        ir.loop("weight", "0", s_len, weight)
+        ir.loop("weight", ir(f"mul i64 {whole}, {w}"), s_len, weight)
         total = ir(f"load float, ptr {total_slot}")
         for j, n, slot in acc_slots:
             ir.raw(f"store {_vty(n)} {'zeroinitializer' if n > 1 else '0.0'}, ptr {slot}")
@@ -241,12 +284,18 @@ def render_attention(k: Attention, triple: str) -> str:
         def accumulate(s):
             score = ir.at("float", "%scores", s)
             p = ir(f"fdiv float {ir(f'load float, ptr {score}')}, {total}")
+            # A weight of exactly zero (a hidden key, unless every key is) adds nothing to a finite
+            # value: its row of values is not read.
+            ir.raw(f"br i1 {ir(f'fcmp oeq float {p}, 0.0')}, label %acc.next, label %acc.add")
+            ir.raw("acc.add:")
             vrow = ir.at(el, vbase, ir(f"mul i64 {s}, {vs}"))
             for j, n, slot in acc_slots:
                 vv = load(vrow, j, n)
                 t = ir(f"fmul {_vty(n)} {_splat(ir, p, n)}, {vv}")
                 acc = ir(f"fadd {_vty(n)} {ir(f'load {_vty(n)}, ptr {slot}')}, {t}")
                 ir.raw(f"store {_vty(n)} {acc}, ptr {slot}")
+            ir.raw("br label %acc.next")
+            ir.raw("acc.next:")
 
         ir.loop("acc", "0", s_len, accumulate)
         for j, n, slot in acc_slots:
@@ -255,5 +304,4 @@ def render_attention(k: Attention, triple: str) -> str:
     ir.loop("row", "%start", "%end", row)
     ir.raw("ret void")
     return (f'; mlxarm attention kernel\ntarget triple = "{triple}"\n\n'
-            + ir.module(k.name, ["declare float @llvm.exp.f32(float)",
-                                 "declare float @llvm.maximum.f32(float, float)"]))
+            + ir.module(k.name, sorted(exps.declares | {"declare float @llvm.maximum.f32(float, float)"})))

@@ -109,6 +109,30 @@ def test_attention_fully_masked_row_and_strided_cache():
     _plan_has("kernel", "scaled_dot_product_attention")
 
 
+@pytest.mark.parametrize("L", [1, 3])
+def test_attention_reads_no_hidden_key_or_value(L):
+    """A key the mask hides is not read, nor its value (as MLX's fused decode kernel skips them): NaN
+    in the unwritten tail of a cache gives the result of zeros there, which is the reference's."""
+    rng = np.random.default_rng(5)
+    S = 40
+    q, k, v = _rand(rng, 1, 9, L, 16), _rand(rng, 1, 3, S, 16), _rand(rng, 1, 3, S, 16)
+    seen = np.arange(S)[None, :] <= np.arange(L)[:, None] + 23  # a cache written up to 23 + L
+    hidden = ~seen.any(axis=0)
+    clean_k, clean_v = k.copy(), v.copy()
+    clean_k[:, :, hidden] = clean_v[:, :, hidden] = 0
+    k[:, :, hidden] = v[:, :, hidden] = np.nan
+
+    def graph(kk, vv):
+        return lambda: ma.fast.scaled_dot_product_attention(ma.array(q), ma.array(kk), ma.array(vv),
+                                                            scale=0.25, mask=ma.array(seen))
+
+    got = np.array(on("llvm", graph(k, v)))
+    _plan_has("kernel", "scaled_dot_product_attention")
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, np.array(on("llvm", graph(clean_k, clean_v))))
+    np.testing.assert_allclose(got, np.array(on("numpy", graph(clean_k, clean_v))), rtol=RTOL, atol=ATOL)
+
+
 def test_attention_sinks_stay_on_numpy():
     rng = np.random.default_rng(5)
     q, k, v = _rand(rng, 1, 2, 1, 8), _rand(rng, 1, 2, 4, 8), _rand(rng, 1, 2, 4, 8)
