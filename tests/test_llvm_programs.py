@@ -468,3 +468,77 @@ def test_a_call_run_now_never_lends_an_input_it_returns(llvm):
         ma.eval(same, updated)
         np.testing.assert_array_equal(np.array(same), np.zeros(8, np.float32))
         np.testing.assert_array_equal(np.array(updated), np.eye(8, dtype=np.float32)[pos])
+
+
+def test_a_bound_call_updates_its_state_in_place(llvm):
+    """``bind``: None until the program exists; then each call of the ``BoundCall`` runs the program
+    on the arrays given anew, writes the state (the caches) in place and returns the other results,
+    equal to the lazy calls'; ``release`` gives the state back. A call of the same function on other
+    caches in between leaves the bound state right; a call while the caller holds a cache, or with
+    an array of another shape, runs nothing."""
+    def step(tokens, pos, caches):
+        caches = [ma.slice_update(c, tokens * (i + 1.0), pos, axes=(1,)) for i, c in enumerate(caches)]
+        return (caches[0] * caches[1]).sum(axis=1), caches
+
+    fun = ma.compile(step)
+
+    def fresh():
+        cs = [ma.zeros((2, 8, 4)) for _ in range(2)]
+        ma.eval(cs)
+        return cs
+
+    def token(pos):
+        return ma.array(np.full((2, 1, 4), pos + 1, np.float32))
+
+    def write(expected, pos):
+        for i, e in enumerate(expected):
+            e[:, pos] = (pos + 1.0) * (i + 1)
+
+    expected = [np.zeros((2, 8, 4), np.float32) for _ in range(2)]
+    caches, call, pos = fresh(), None, 0
+    while call is None:  # lazy calls, then calls run at once, until the step binds
+        assert pos < 4
+        args = (token(pos), ma.array(pos, ma.int32), caches)
+        del caches
+        got = fun.now(*args)
+        if got is None:
+            assert fun.bind(*args) is None  # no program yet
+            got = fun(*args)
+        del args
+        write(expected, pos)
+        caches = got[1]
+        ma.eval(caches)
+        del got
+        pos += 1
+        args = (token(pos), ma.array(pos, ma.int32), caches)
+        del caches
+        call = fun.bind(*args)
+        caches = args[2]
+        del args
+    del caches
+    addresses = [_address(c) for c in call._state]
+    other, other_expected = fresh(), [np.zeros((2, 8, 4), np.float32) for _ in range(2)]
+    for p in range(pos, 8):
+        write(expected, p)
+        runs = llvm.programs_run
+        if p == 5:
+            held = call._state[0]  # the caller keeps a cache: the call runs nothing
+            assert call(token(p), ma.array(p, ma.int32)) is None and llvm.programs_run == runs
+            del held
+        assert call(ma.zeros((3, 1, 4)), ma.array(p, ma.int32)) is None and llvm.programs_run == runs
+        (total,) = call(token(p), ma.array(p, ma.int32))
+        assert llvm.programs_run == runs + 1
+        np.testing.assert_allclose(np.array(total), (expected[0] * expected[1]).sum(axis=1), rtol=1e-6)
+        if p == 6:  # the same program on other caches, between two bound calls
+            args = (token(0), ma.array(0, ma.int32), other)
+            del other
+            other = now_or_lazy(fun, *args)[1]
+            del args
+            write(other_expected, 0)
+            ma.eval(other)
+    total, caches = call.release()
+    assert call(token(0), ma.array(0, ma.int32)) is None  # released
+    assert [_address(c) for c in caches] == addresses
+    np.testing.assert_array_equal(np.stack([np.array(c) for c in caches]), np.stack(expected))
+    np.testing.assert_allclose(np.array(total), (expected[0] * expected[1]).sum(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(np.stack([np.array(c) for c in other]), np.stack(other_expected))

@@ -212,6 +212,51 @@ def test_fixed_shape_decode_matches_growing_cache(loaded):
     assert cache[0].offset == len(prompt) + 2
 
 
+def test_bound_decode_steps_leave_the_prompt_cache_as_a_plain_loop_does(loaded, monkeypatch):
+    """On the LLVM executor, generate_step's decode steps run bound to the caches (``BoundCall``)
+    once the step has its program: the tokens and log-probabilities are the plain loop's, and afterwards
+    the prompt cache holds what a cache grown step by step holds, at the same position, so the next
+    turn of a chat continues from it."""
+    pytest.importorskip("llvmlite", reason="the LLVM executor needs llvmlite")
+    import importlib
+
+    compile_module = importlib.import_module("mlxarm.core.compile")
+
+    monkeypatch.setenv("MLXARM_DEVICE", "llvm")
+    bound_calls = []
+    call = compile_module.BoundCall.__call__
+
+    def counted(self, *args):
+        out = call(self, *args)
+        bound_calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(compile_module.BoundCall, "__call__", counted)
+    model, _ = loaded
+    prompt = REFERENCE["prompts"][2]["prompt_ids"]
+    steps = 7
+    cache = lm.make_prompt_cache(model, len(prompt) + steps)
+    got = list(lm.generate_step(prompt, model, max_tokens=steps, prompt_cache=cache))
+    # steps 1 to 3 at most trace the step, capture its program and bind it (fewer when a test before
+    # left it compiled); all later ones run bound
+    assert len(bound_calls) >= steps - 4 and all(bound_calls)
+    plain = [lm.KVCache() for _ in model.layers]
+    logits = model(mx.array([prompt], mx.uint32), cache=plain)[:, -1, :]
+    for token, logprobs in got:
+        expected = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))[0]
+        assert token == int(expected.argmax())
+        np.testing.assert_allclose(np.array(logprobs), expected, rtol=1e-5, atol=1e-4)
+        logits = model(mx.array([[token]], mx.uint32), cache=plain)[:, -1, :]
+    n = len(prompt) + steps - 1  # the last token is not fed back
+    for c, p in zip(cache, plain):
+        assert c.offset == n and p.offset == n + 1
+        for a, b in ((c.keys, p.keys), (c.values, p.values)):
+            np.testing.assert_allclose(np.array(a)[..., :n, :], np.array(b)[..., :n, :], rtol=1e-5, atol=1e-5)
+    # the next turn: the new token, then one more, from the cache the bound steps left
+    more = list(lm.generate_step([got[-1][0]], model, max_tokens=2, prompt_cache=cache))
+    assert more[0][0] == int(np.array(logits).argmax())
+
+
 def test_samplers():
     logits = mx.array([[0.0, 3.0, 2.5, -1.0, 1.0]])
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)

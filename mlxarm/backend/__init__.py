@@ -175,6 +175,30 @@ def run_program_now(state, inputs: list, free: dict):
     return run(state, inputs, free)
 
 
+def bind_program(state, inputs: list, free: dict, tops: list):
+    """``core.graph.bind_program`` on the default executor, when it binds programs."""
+    ex = executor_for(None)
+    bind = getattr(ex, "bind_call", None)
+    if bind is None:
+        return None
+    for other in device_writers:
+        if other is not ex and other.resident.stale:
+            other.sync_host()
+    bound = bind(state, inputs, free, tops)
+    return None if bound is None else (ex, bound)
+
+
+def run_bound(ex, bound, given: tuple, layout: tuple):
+    """``core.graph.run_bound``: ``given`` run by ``ex``'s ``bound`` program, when ``ex`` is still
+    the default executor."""
+    if executor_for(None) is not ex:
+        return None
+    for other in device_writers:
+        if other is not ex and other.resident.stale:
+            other.sync_host()
+    return ex.run_bound(bound, given, layout)
+
+
 def run_order(refs, read=()) -> None:
     """Realize weak references to nodes in order, each with its stream's executor. Outputs another
     executor left on the device are written to their host buffers first. ``read``: nodes the host

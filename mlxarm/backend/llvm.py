@@ -526,9 +526,12 @@ class LLVMExecutor:
         count's (a device mirror, a cached repacking). Else (None, False)."""
         buf = leaf._data
         # held by leaf._data, this frame and getrefcount's argument
-        if buf is None or not owns(buf) or not buf.flags.writeable or not buf.flags.c_contiguous \
-                or self.keep_graph or sys.getrefcount(buf) != 3 + views:
+        if buf is None or sys.getrefcount(buf) != 3 + views or self.keep_graph or not owns(buf):
             return None, False
+        flags = buf.flags
+        if not flags.writeable or not flags.c_contiguous:
+            return None, False
+        del flags
         counted = counted_alone(buf)
         if counted is None:
             return None, False
@@ -667,14 +670,9 @@ class LLVMExecutor:
         """``Program.run``'s results for one call of a compiled function on ``inputs`` (realized, or
         views of realized arrays, which are made here), run at once by the program kept for their
         layout (``compile._Compiled.now``); None where none is kept yet. ``free``: as ``free_leaves``, the inputs whose buffers the program may write into."""
-        views = [x for x in inputs if x._data is None]  # views of realized arrays (``tokens[None]``)
-        for x in views:
-            if x._prim.name not in lower.VIEWS or x._prim.compute or any(i._data is None for i in x._inputs):
-                return None
         self.keep_graph = _keeps_graph()
-        for x in views:
-            self.run_view(x)
-        del views
+        if not self._realize_views(inputs):
+            return None
         program = state.programs.get(tuple(x._data.strides for x in inputs))
         if not program:
             return None
@@ -684,6 +682,36 @@ class LLVMExecutor:
                 results = program.run(self, inputs)
         else:
             results = program.run(self, inputs)
+        self.programs_run += 1
+        self.kernels_run += len(results)
+        return results
+
+    def _realize_views(self, arrays) -> bool:
+        """Make the unrealized ``arrays`` that are views of realized arrays (``tokens[None]``): False
+        (nothing made) when one is anything else."""
+        views = [x for x in arrays if x._data is None]
+        for x in views:
+            if x._prim.name not in lower.VIEWS or x._prim.compute or any(i._data is None for i in x._inputs):
+                return False
+        for x in views:
+            self.run_view(x)
+        return True
+
+    def bind_call(self, state, inputs: list, free: dict, tops: list):
+        """The program kept for ``inputs``' layouts bound to the buffers of the inputs not at ``tops``
+        (``Program.bind``), or None."""
+        self.keep_graph = _keeps_graph()
+        if self.keep_graph or not self._realize_views(inputs):
+            return None
+        program = state.programs.get(tuple(x._data.strides for x in inputs))
+        return program.bind(self, inputs, free, tops) if program else None
+
+    def run_bound(self, bound, given: tuple, layout: tuple):
+        """``bound.step`` on ``given`` when they are realized (or views of realized arrays) in
+        ``layout`` (their strides when bound); else None."""
+        if not self._realize_views(given) or tuple(x._data.strides for x in given) != layout:
+            return None
+        results = bound.step(self, given)
         self.programs_run += 1
         self.kernels_run += len(results)
         return results

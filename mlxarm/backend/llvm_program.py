@@ -521,6 +521,53 @@ def plan_arena(roots: list) -> int:
     return top
 
 
+def _c_strides(shape: tuple, dtype) -> tuple:
+    strides = []
+    step = np.dtype(dtype).itemsize
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return tuple(reversed(strides))
+
+
+class Bound:
+    """A program bound to a call's state (``Program.bind``): each ``step`` fills in the addresses of
+    the inputs given anew and of fresh result buffers, and runs the segments. The state's addresses
+    stay in the argument slots from one step to the next (they are written again only after
+    another call of the program moved them)."""
+
+    def __init__(self, program: Program, fixed: list, varying: list, fresh: list, state_results: dict):
+        self.program = program
+        self.fixed = fixed  # (root, address) of the state's buffers and reads of them
+        self.varying = varying  # (root, position among the inputs given to ``step``)
+        self.fresh = fresh  # (tape step index, root, shape, dtype) of the results in fresh buffers
+        self.state_results = state_results  # state input index -> tape step index of its result
+
+    def step(self, executor, given: tuple) -> dict:
+        """Run on ``given`` (realized arrays in the layouts bound): {tape step index: fresh buffer}."""
+        from .llvm import address
+
+        program = self.program
+        set_root = program.set_root
+        if program.owner is not self:
+            for r, a in self.fixed:
+                set_root(r, a)
+            program.owner = self
+        for r, i in self.varying:
+            set_root(r, address(given[i]._data))
+        out = {}
+        made: dict = {}
+        for v, r, shape, dtype in self.fresh:
+            buf = made.get(r)
+            if buf is None:
+                buf = made[r] = empty(shape, dtype)
+                set_root(r, address(buf))
+            out[v] = buf
+        buf = None
+        program.run_segments(executor)
+        return out
+
+
 class Program:
     """A captured compiled call, replayed on new inputs of the same layouts (``run``)."""
 
@@ -629,7 +676,9 @@ class Program:
         if rows:
             self.segments.append(("native", np.array(rows, np.int64)))
         self.patch_groups = list(groups.items())
+        self.groups = groups
         self.patched: dict = {}  # root -> the address its slots hold
+        self.owner = None  # the ``Bound`` whose buffers the slots hold, None after ``run``
         self.native_rows = sum(len(s[1]) for s in self.segments if s[0] == "native")
         self.python_steps = sum(1 for s in self.segments if s[0] == "python")
         self.driver = executor.program_driver()
@@ -642,6 +691,7 @@ class Program:
         roots, at = self.roots, self.at
         buffers: dict = {}
         counted: set = set()
+        self.owner = None
         # Donations first: nothing here may hold an input's buffer while it is checked.
         for r in self.donations:
             root = roots[r]
@@ -670,21 +720,7 @@ class Program:
                 for array, slot, off in group:
                     array[slot] = a + off
                 patched[r] = a
-        driver, pool = self.driver, executor.pool
-        for segment in self.segments:
-            if segment[0] == "native":
-                table = segment[1]
-                start = perf_counter()
-                if pool is not None and pool.lock.acquire(blocking=False):
-                    try:
-                        driver(table.ctypes.data, len(table), pool.dispatch_address, pool.address, 1)
-                    finally:
-                        pool.lock.release()
-                else:
-                    driver(table.ctypes.data, len(table), 0, 0, 0)
-                executor.native_seconds += perf_counter() - start
-            else:
-                self.call(segment)
+        self.run_segments(executor)
         out = {}
         for v, (r, off, shape, strides, dtype) in self.results.items():
             buf = buffers[r]
@@ -701,6 +737,91 @@ class Program:
             else:
                 out[v] = (np.array(view(at[r] + off, shape, strides, dtype)), False)
         return out
+
+    def run_segments(self, executor) -> None:
+        """The native segments (one driver call each) and the steps run by their references, in order,
+        on the addresses the slots hold."""
+        driver, pool = self.driver, executor.pool
+        for segment in self.segments:
+            if segment[0] == "native":
+                table = segment[1]
+                start = perf_counter()
+                if pool is not None and pool.lock.acquire(blocking=False):
+                    try:
+                        driver(table.ctypes.data, len(table), pool.dispatch_address, pool.address, 1)
+                    finally:
+                        pool.lock.release()
+                else:
+                    driver(table.ctypes.data, len(table), 0, 0, 0)
+                executor.native_seconds += perf_counter() - start
+            else:
+                self.call(segment)
+
+    def set_root(self, r: int, a: int) -> None:
+        """Root ``r`` at address ``a``: its argument slots are rewritten when it moved."""
+        self.at[r] = a
+        if self.patched.get(r) != a:
+            for array, slot, off in self.groups.get(r, ()):
+                array[slot] = a + off
+            self.patched[r] = a
+
+    def bind(self, executor, inputs: list, free: dict, tops: list):
+        """A ``Bound`` running this program on the buffers of ``inputs`` that are not in ``tops`` (the
+        call's state: every one free, donated to the result that updates it, written in place by
+        every call), with the inputs at ``tops`` (indices into ``inputs``) given anew on each call.
+        None where the program does not fit that: a state input it does not write into, a result
+        neither state nor a fresh buffer of its own."""
+        from .llvm import address
+
+        top_set = set(tops)
+        state = [i for i in range(len(inputs)) if i not in top_set]
+        if len({id(inputs[i]) for i in state}) != len(state) or any(id(inputs[i]) not in free for i in state):
+            return None
+        roots = self.roots
+        donated: dict = {}  # input index -> its donation root
+        for r in self.donations:
+            i = roots[r].index
+            if i in top_set or i in donated:
+                return None
+            donated[i] = r
+        if set(donated) != set(state):
+            return None
+        results: dict = {}  # state input index -> tape step index of its result
+        fresh: list = []  # (tape step index, root, shape, dtype) of the results made fresh by every call
+        for v, (r, off, shape, strides, dtype) in self.results.items():
+            root = roots[r]
+            if off:
+                return None
+            if root.kind == _DONATE:
+                buf = inputs[root.index]._data
+                if buf.shape != shape or buf.strides != strides or buf.dtype != dtype or root.index in results:
+                    return None
+                results[root.index] = v
+            elif root.kind == _FRESH and strides == _c_strides(shape, dtype) \
+                    and math.prod(shape) * np.dtype(dtype).itemsize == root.nbytes:
+                if any(r == r2 and (shape, dtype) != (s2, d2) for _, r2, s2, d2 in fresh):
+                    return None
+                fresh.append((v, r, shape, dtype))
+            else:
+                return None
+        buf = None  # (``donatable`` counts the references to each buffer)
+        if set(results) != set(state):
+            return None
+        # Every check passed: take the state's buffers (as ``run`` donates them, so the memory count
+        # and the executor see the same), then hold them in place.
+        fixed = []
+        for i, r in donated.items():
+            buf = executor.donatable(inputs[i])
+            if buf is None or buf is not inputs[i]._data:
+                return None
+            fixed.append((r, address(buf)))
+        del buf
+        for r in self.input_roots:
+            i = roots[r].index
+            if i not in top_set:
+                fixed.append((r, address(inputs[i]._data)))
+        varying = [(r, tops.index(roots[r].index)) for r in self.input_roots if roots[r].index in top_set]
+        return Bound(self, fixed, varying, fresh, results)
 
     def call(self, segment) -> None:
         """A step run by its reference (or template) on views of the roots, its result copied into

@@ -34,7 +34,8 @@ from . import dtypes as _dt
 from .array import array, make_node, make_realized, note_inputs
 from .device import count_buffer, current_stream
 from .registry import Primitive, api, register
-from .graph import _in_transform, _transforming, array_leaves, eval_arrays, run_program_now, tracing
+from .graph import (_in_transform, _transforming, array_leaves, bind_program, eval_arrays, run_bound,
+                    run_program_now, tracing)
 from .vmap import TRACE_INPUT, trace_input, placeholder_slot, in_tracing
 from .ops._base import broadcast_shapes
 
@@ -443,6 +444,13 @@ def _record_tape(outputs, token, inputs, structure, num_outputs) -> _Tape:
     return _Tape(steps, out_refs, structure, num_outputs, tuple(x._shape for x in inputs))
 
 
+def _array_count(tree) -> int:
+    """How many arrays ``_signature`` finds in ``tree``."""
+    found: list = []
+    _signature(tree, found, [])
+    return len(found)
+
+
 def _container_refs(tree, held: dict, seen: set) -> None:
     """Add to ``held`` (array id -> count) the references that the lists, tuples and dicts of
     ``tree`` hold to arrays, each container counted once however often it appears."""
@@ -500,6 +508,28 @@ class _Compiled:
         key.append(current_stream())
         return inputs, tuple(key), num_args, num_kwargs
 
+    def _free(self, args: tuple, inputs: list, tape) -> dict:
+        """id -> uses of the inputs whose buffers a call may write into: a free input is held by
+        ``inputs`` (once per use), by the containers inside ``args``, and by nothing else. (An array
+        passed bare is held by ``args`` and the caller's frame too, so it is never lent.) An input
+        the call returns as it is never is."""
+        uses: dict = {}
+        for x in inputs:
+            uses[id(x)] = uses.get(id(x), 0) + 1
+        returned = {id(inputs[v]) for kind, v in tape.outputs if kind == 1}
+        held: dict = {}
+        seen: set = set()
+        for item in args:
+            _container_refs(item, held, seen)
+        free = {}
+        for x in inputs:
+            k = uses[id(x)]
+            if x._data is not None and sys.getrefcount(x) - 2 == k + held.get(id(x), 0) \
+                    and id(x) not in returned:
+                free[id(x)] = k
+        x = item = None
+        return free
+
     def now(self, *args):
         """The call's result computed at once by the executor's program, realized: where the
         executor runs programs directly (``run_call_now``), this signature's program exists for the
@@ -523,25 +553,7 @@ class _Compiled:
         state = None if tape is None else tape.program
         if not state or not state.programs:
             return None
-        # A free input is held by ``inputs`` (once per use), by the containers inside ``args``, by
-        # the loop variable and getrefcount's argument, and by nothing else. (An array passed bare
-        # is held by ``args`` and the caller's frame too, so it is never lent.) An input the call
-        # returns as it is never is.
-        uses: dict = {}
-        for x in inputs:
-            uses[id(x)] = uses.get(id(x), 0) + 1
-        returned = {id(inputs[v]) for kind, v in tape.outputs if kind == 1}
-        held: dict = {}
-        seen: set = set()
-        for item in args:
-            _container_refs(item, held, seen)
-        free = {}
-        for x in inputs:
-            k = uses[id(x)]
-            if x._data is not None and sys.getrefcount(x) - 2 == k + held.get(id(x), 0) \
-                    and id(x) not in returned:
-                free[id(x)] = k
-        x = item = None
+        free = self._free(args, inputs, tape)
         results = run_program_now(state, inputs, free)
         if results is None:
             return None
@@ -569,6 +581,37 @@ class _Compiled:
                 outs.append(inputs[v] if kind == 1 else v)
         return _fill_structure(tape.structure, outs[:tape.num_outputs])
 
+    def bind(self, *args):
+        """This call's program bound to its state, for calls that update the same state in place
+        one after the other (an LLM's decode steps and their KV cache), or None.
+
+        ``args`` is a call as ``now`` takes it: its arrays inside containers are the *state*, every
+        one free (nothing but the containers holds it) and written in place by the program into the
+        result that updates it; its bare arrays are given anew on each call of the returned
+        ``BoundCall``. Nothing runs here. From now on the ``BoundCall`` holds the state."""
+        if not _enabled[0] or in_tracing() or _in_transform() or self._captured_inputs is not None \
+                or self._captured_outputs is not None:
+            return None
+        inputs, key, _, _ = self._key(args, {})
+        tape = self._cache.get(key)
+        state = None if tape is None else tape.program
+        if not state or not state.programs:
+            return None
+        tops: list = []  # indices of the bare arrays among the inputs
+        n = 0
+        for item in args:
+            if isinstance(item, array):
+                tops.append(n)
+                n += 1
+            else:
+                n += _array_count(item)
+        item = None
+        free = self._free(args, inputs, tape)
+        bound = bind_program(state, inputs, free, tops)
+        if bound is None:
+            return None
+        return BoundCall(tape, inputs, tops, *bound)
+
     def __call__(self, *args, **kwargs):
         if not _enabled[0] or in_tracing():
             return self._fun(*args, **kwargs)
@@ -590,6 +633,69 @@ class _Compiled:
         if self._captured_outputs is not None:
             _fill_state(self._captured_outputs, iter(outs[tape.num_outputs:]))
         return _fill_structure(tape.structure, outs[:tape.num_outputs])
+
+
+class BoundCall:
+    """A compiled call bound to its state (``_Compiled.bind``). Each call takes the bare arrays of the
+    bound call anew (same shapes, dtypes and layouts), runs the program, which writes the state in
+    place, and returns the results that are not state, in the order of the function's outputs; it
+    returns None, running nothing, when anything else holds a state array now or the arrays given
+    do not fit. ``release`` ends the binding and gives the state back."""
+
+    def __init__(self, tape, inputs: list, tops: list, ex, bound):
+        self._tape, self._ex, self._bound = tape, ex, bound
+        self._given = [(inputs[i]._shape, inputs[i]._dtype) for i in tops]
+        self._layout = tuple(inputs[i]._data.strides for i in tops)
+        state_index = [i for i in range(len(inputs)) if i not in tops]
+        self._state = [inputs[i] for i in state_index]  # the state's only references from now on
+        state_of = {v: state_index.index(i) for i, v in bound.state_results.items()}
+        self._plan = []  # per output of the function: ("state", j), ("fresh", step), ("given", k), ("const", c)
+        for kind, v in tape.outputs:
+            if kind == 0:
+                self._plan.append(("state", state_of[v]) if v in state_of else ("fresh", v))
+            else:  # a state input is never returned as it is (it would not be free)
+                self._plan.append(("given", tops.index(v)) if kind == 1 else ("const", v))
+        self._last: list | None = None
+
+    def __call__(self, *given):
+        state = self._state
+        if state is None or len(given) != len(self._given) \
+                or any(x._shape != s or x._dtype is not d for x, (s, d) in zip(given, self._given)):
+            return None
+        # held by ``self._state`` and getrefcount's argument, by nothing else
+        if any(n != 2 for n in map(sys.getrefcount, state)):
+            return None
+        results = run_bound(self._ex, self._bound, given, self._layout)
+        if results is None:
+            return None
+        steps = self._tape.steps
+        outs = []
+        made: dict = {}
+        for kind, v in self._plan:
+            if kind == "fresh":
+                o = made.get(v)
+                if o is None:
+                    buf = results[v]
+                    count_buffer(buf)
+                    o = made[v] = make_realized(buf, steps[v][4], steps[v][5])
+                outs.append(o)
+            elif kind == "given":
+                outs.append(given[v])
+            elif kind == "const":
+                outs.append(v)
+        self._tape.calls += 1
+        self._last = outs
+        return outs
+
+    def release(self):
+        """End the binding: the function's whole result as the last call made it (None for the
+        results that are not state when no call ran), its state in place."""
+        state, self._state = self._state, None
+        if state is None:
+            return None
+        last = iter(self._last or [None] * sum(1 for kind, _ in self._plan if kind != "state"))
+        outs = [state[v] if kind == "state" else next(last) for kind, v in self._plan]
+        return _fill_structure(self._tape.structure, outs[:self._tape.num_outputs])
 
 
 @api()

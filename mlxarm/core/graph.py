@@ -154,6 +154,23 @@ def run_program_now(state, inputs: list, free: dict):
         return run(state, inputs, free)
 
 
+def bind_program(state, inputs: list, free: dict, tops: list):
+    """A compiled call's program bound to the buffers of its state (``compile._Compiled.bind``):
+    (executor, bound program), or None."""
+    from ..backend import bind_program as bind
+
+    with _LOCK:
+        return bind(state, inputs, free, tops)
+
+
+def run_bound(ex, bound, given: tuple, layout: tuple):
+    """One call of a bound program on ``given``: {tape step index: fresh buffer}, or None."""
+    from ..backend import run_bound as run
+
+    with _LOCK:
+        return run(ex, bound, given, layout)
+
+
 def host_data(data) -> None:
     """Have the executors that may hold ``data``'s current contents on the device only (GPU outputs
     stay there until the host reads them) write its host buffer."""

@@ -72,13 +72,17 @@ def generate_step(prompt, model, *, max_tokens: int = 256, sampler: Callable = N
         if logits_processors:
             history.append(tokens[:prefill_step_size])
         tokens = tokens[prefill_step_size:]
-    token, logprobs = step(tokens)
-    for n in range(max_tokens):
-        eval_arrays((token, logprobs), read=(token,))  # a GPU executor sends the token back in the same submission
-        value = token.item()
-        yield value, logprobs
-        if n + 1 < max_tokens:
-            token, logprobs = step(mx.array([value], mx.uint32))
+    try:
+        token, logprobs = step(tokens)
+        for n in range(max_tokens):
+            eval_arrays((token, logprobs), read=(token,))  # a GPU executor sends the token back in the same submission
+            value = token.item()
+            yield value, logprobs
+            if n + 1 < max_tokens:
+                token, logprobs = step(mx.array([value], mx.uint32))
+    finally:
+        if decode is not None:
+            decode.release()  # the caches hold the whole generation again
 
 
 def _sampled(logits, sampler) -> tuple:
@@ -102,30 +106,65 @@ def _fixed_shape_decode(model, caches: list, sample: bool = False):
     and values are the caches' whole buffers. It returns the last position's logits, or with
     ``sample`` (greedy sampling) the token and the log-probabilities. The first call traces it
     (computing its constants, such as float32 copies of quantization scales, once); from the second
-    call on it runs as the executor's program. The step is kept for the next generation with the
-    same model (the same parameter arrays) and caches of the same shapes. None when the caches are
-    not all plain ``KVCache``s."""
+    call on it runs as the executor's program, at once (``now``) where the executor can; once it has,
+    the step is bound to the caches (``bind``) and holds their buffers, writing them in place, until
+    ``decode.release()`` gives them back (generate_step does when it ends). The step is kept for the
+    next generation with the same model (the same parameter arrays) and caches of the same shapes.
+    None when the caches are not all plain ``KVCache``s."""
     if not caches or not all(type(c) is KVCache for c in caches):
         return None
     found = []  # [the compiled step, the box holding the caches it runs on], at the first call
+    bound = []  # [the step bound to the caches (``BoundCall``), the next position, the capacity]
+    binds = [3]  # attempts to bind left (a step that cannot be bound stops trying)
+
+    def release():
+        """Give the caches back their buffers and position from the bound step."""
+        if bound:
+            call, offset, _ = bound
+            bound.clear()
+            for c, (keys, values) in zip(caches, call.release()[1]):
+                c.keys, c.values, c.offset = keys, values, offset
 
     def decode(chunk):
+        if bound:
+            call, offset, capacity = bound
+            out = call(chunk[None], mx.array(offset, mx.int32)) if offset < capacity else None
+            if out is not None:
+                bound[1] = offset + 1
+                return tuple(out) if sample else out[0]
+            release()
         offset = caches[0].offset
         if any(c.offset != offset for c in caches) or not all(c.reserve(1) for c in caches):
             return None
         if not found:
             found.extend(_decode_step(model, caches, sample))
         step = found[0]
+        capacity = caches[0].keys.shape[2]
         args = (chunk[None], mx.array(offset, mx.int32), [(c.keys, c.values) for c in caches])
         for c in caches:  # the step may write the new entry into buffers that only it holds
             c.keys = c.values = None
         result = step.now(*args)  # run at once once the step has its program (see ``now``)
+        ran_now = result is not None
         out, state = step(*args) if result is None else result
         del args, result
+        if ran_now and binds[0] and all(c.offset == offset for c in caches):
+            # From the next token on, the step is bound to the caches: it writes them in place, and
+            # a step costs the host a few arrays, not a pass over every cache (``BoundCall``).
+            args = (chunk[None], mx.array(offset + 1, mx.int32), state)
+            del state
+            call = step.bind(*args)
+            state = args[2]
+            del args
+            binds[0] -= call is None
+            if call is not None:
+                del state
+                bound[:] = [call, offset + 1, capacity]
+                return out
         for c, (keys, values) in zip(caches, state):
             c.keys, c.values, c.offset = keys, values, offset + 1
         return out
 
+    decode.release = release
     return decode
 
 
