@@ -669,7 +669,8 @@ class LLVMExecutor:
     def run_call_now(self, state, inputs: list, free: dict):
         """``Program.run``'s results for one call of a compiled function on ``inputs`` (realized, or
         views of realized arrays, which are made here), run at once by the program kept for their
-        layout (``compile._Compiled.now``); None where none is kept yet. ``free``: as ``free_leaves``, the inputs whose buffers the program may write into."""
+        layout (``compile._Compiled.now``); None where none is kept yet. ``free``: as ``free_leaves``,
+        the inputs whose buffers the program may write into."""
         self.keep_graph = _keeps_graph()
         if not self._realize_views(inputs):
             return None
@@ -704,6 +705,7 @@ class LLVMExecutor:
         if self.keep_graph or not self._realize_views(inputs):
             return None
         program = state.programs.get(tuple(x._data.strides for x in inputs))
+        self.free_leaves = free  # (``donatable``)
         return program.bind(self, inputs, free, tops) if program else None
 
     def run_bound(self, bound, given: tuple, layout: tuple):
