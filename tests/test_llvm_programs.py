@@ -512,6 +512,7 @@ def test_a_bound_call_updates_its_state_in_place(llvm):
         pos += 1
         args = (token(pos), ma.array(pos, ma.int32), caches)
         del caches
+        ma.eval(ma.ones((3,)) + 1)  # an unrelated eval in between
         call = fun.bind(*args)
         caches = args[2]
         del args
