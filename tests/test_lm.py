@@ -196,12 +196,9 @@ def test_greedy_sampling_in_the_compiled_step_matches_sampling_after_it(loaded):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-6)
 
 
-def test_fixed_shape_decode_matches_growing_cache(loaded):
-    """generate_step's compiled decode (array position, whole-buffer attention under a mask)
-    gives the tokens and log-probabilities of mlx-lm's plain loop over a cache that grows."""
-    model, _ = loaded
-    prompt = REFERENCE["prompts"][0]["prompt_ids"]
-    got = list(lm.generate_step(prompt, model, max_tokens=2))  # the prompt, then one decode step
+def _plain_loop_matches(model, prompt, got) -> tuple:
+    """Check generate_step's (token, log-probabilities) pairs ``got`` against mlx-lm's plain loop
+    over a cache that grows, fed the same tokens; returns that cache and its last logits."""
     cache = [lm.KVCache() for _ in model.layers]
     logits = model(mx.array([prompt], mx.uint32), cache=cache)[:, -1, :]
     for token, logprobs in got:
@@ -209,6 +206,16 @@ def test_fixed_shape_decode_matches_growing_cache(loaded):
         assert token == int(expected.argmax())
         np.testing.assert_allclose(np.array(logprobs), expected, rtol=1e-5, atol=1e-4)
         logits = model(mx.array([[token]], mx.uint32), cache=cache)[:, -1, :]
+    return cache, logits
+
+
+def test_fixed_shape_decode_matches_growing_cache(loaded):
+    """generate_step's compiled decode (array position, whole-buffer attention under a mask)
+    gives the tokens and log-probabilities of mlx-lm's plain loop over a cache that grows."""
+    model, _ = loaded
+    prompt = REFERENCE["prompts"][0]["prompt_ids"]
+    got = list(lm.generate_step(prompt, model, max_tokens=2))  # the prompt, then one decode step
+    cache, _ = _plain_loop_matches(model, prompt, got)
     assert cache[0].offset == len(prompt) + 2
 
 
@@ -240,13 +247,7 @@ def test_bound_decode_steps_leave_the_prompt_cache_as_a_plain_loop_does(loaded, 
     # steps 1 to 3 at most trace the step, capture its program and bind it (fewer when a test before
     # left it compiled); all later ones run bound
     assert len(bound_calls) >= steps - 4 and all(bound_calls)
-    plain = [lm.KVCache() for _ in model.layers]
-    logits = model(mx.array([prompt], mx.uint32), cache=plain)[:, -1, :]
-    for token, logprobs in got:
-        expected = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))[0]
-        assert token == int(expected.argmax())
-        np.testing.assert_allclose(np.array(logprobs), expected, rtol=1e-5, atol=1e-4)
-        logits = model(mx.array([[token]], mx.uint32), cache=plain)[:, -1, :]
+    plain, logits = _plain_loop_matches(model, prompt, got)
     n = len(prompt) + steps - 1  # the last token is not fed back
     for c, p in zip(cache, plain):
         assert c.offset == n and p.offset == n + 1

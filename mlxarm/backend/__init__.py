@@ -163,15 +163,20 @@ def executor_for(device):
     return executor(cpu_backend())
 
 
+def _host_data_for(ex) -> None:
+    """Outputs other executors than ``ex`` left on the device, written to their host buffers."""
+    for other in device_writers:
+        if other is not ex and other.resident.stale:
+            other.sync_host()
+
+
 def run_program_now(state, inputs: list, free: dict):
     """``core.graph.run_program_now`` on the default executor, when it runs programs directly."""
     ex = executor_for(None)
     run = getattr(ex, "run_call_now", None)
     if run is None:
         return None
-    for other in device_writers:
-        if other is not ex and other.resident.stale:
-            other.sync_host()
+    _host_data_for(ex)
     return run(state, inputs, free)
 
 
@@ -181,9 +186,7 @@ def bind_program(state, inputs: list, free: dict, tops: list):
     bind = getattr(ex, "bind_call", None)
     if bind is None:
         return None
-    for other in device_writers:
-        if other is not ex and other.resident.stale:
-            other.sync_host()
+    _host_data_for(ex)
     bound = bind(state, inputs, free, tops)
     return None if bound is None else (ex, bound)
 
@@ -193,9 +196,7 @@ def run_bound(ex, bound, given: tuple, layout: tuple):
     the default executor."""
     if executor_for(None) is not ex:
         return None
-    for other in device_writers:
-        if other is not ex and other.resident.stale:
-            other.sync_host()
+    _host_data_for(ex)
     return ex.run_bound(bound, given, layout)
 
 
@@ -204,9 +205,7 @@ def run_order(refs, read=()) -> None:
     executor left on the device are written to their host buffers first. ``read``: nodes the host
     reads next, which a GPU executor writes to their host buffers in the eval's own submission."""
     ex = executor_for(None)
-    for other in device_writers:
-        if other is not ex and other.resident.stale:
-            other.sync_host()
+    _host_data_for(ex)
     if read and ex in device_writers:
         ex.run(refs, read)
     else:

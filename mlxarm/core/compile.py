@@ -270,6 +270,22 @@ def _programs_here() -> bool:
     return getattr(executor_for(None), "runs_programs", False)
 
 
+def _call_outputs(tape: _Tape, inputs: list, output) -> tuple:
+    """(the flat outputs of one call, {tape step index: its array}): one array per step the call
+    returns (``output(step index)``), and the inputs and constants it returns as they are."""
+    outs: list = []
+    made: dict = {}
+    for kind, v in tape.outputs:
+        if kind == 0:
+            o = made.get(v)
+            if o is None:
+                o = made[v] = output(v)
+            outs.append(o)
+        else:
+            outs.append(inputs[v] if kind == 1 else v)
+    return outs, made
+
+
 def _program_call(tape: _Tape, inputs: list) -> list:
     """The outputs of one call as program nodes (see the module's docstring)."""
     state = tape.program
@@ -277,20 +293,15 @@ def _program_call(tape: _Tape, inputs: list) -> list:
         state = tape.program = _Program(tape)
     stream = tape.steps[-1][5]
     node = make_node(PROGRAM, tuple(inputs), state.params, _EMPTY_SHAPE, _dt.uint8, stream)
-    outs: list = []
-    made: dict = {}
-    for kind, v in tape.outputs:
-        if kind == 0:
-            o = made.get(v)
-            if o is None:
-                step = tape.steps[v]
-                params = state.output_params.get(v)
-                if params is None:
-                    params = state.output_params[v] = {"index": v}
-                o = made[v] = make_node(PROGRAM_OUTPUT, (node,), params, step[3], step[4], step[5])
-            outs.append(o)
-        else:
-            outs.append(inputs[v] if kind == 1 else v)
+
+    def output(v):
+        step = tape.steps[v]
+        params = state.output_params.get(v)
+        if params is None:
+            params = state.output_params[v] = {"index": v}
+        return make_node(PROGRAM_OUTPUT, (node,), params, step[3], step[4], step[5])
+
+    outs, made = _call_outputs(tape, inputs, output)
     key = id(node)
     PENDING[key] = (weakref.ref(node, lambda _, key=key: PENDING.pop(key, None)), state,
                     {v: weakref.ref(o) for v, o in made.items()})
@@ -561,24 +572,19 @@ class _Compiled:
         # An output written into a lent input's buffer is that input's array: nothing else holds
         # it, so it serves as the new array (and a decode step makes no new array per cache).
         lent = {id(x._data): x for x in inputs if id(x) in free}
-        outs: list = []
-        made: dict = {}
-        for kind, v in tape.outputs:
-            if kind == 0:
-                o = made.get(v)
-                if o is None:
-                    buf, counted = results[v]
-                    step = tape.steps[v]
-                    o = lent.pop(id(buf), None) if counted else None
-                    if o is None or o._data is not buf or o._shape != step[3] or o._dtype is not step[4] \
-                            or o._stream is not step[5]:
-                        if not counted:
-                            count_buffer(buf)
-                        o = make_realized(buf, step[4], step[5])
-                    made[v] = o
-                outs.append(o)
-            else:
-                outs.append(inputs[v] if kind == 1 else v)
+
+        def output(v):
+            buf, counted = results[v]
+            step = tape.steps[v]
+            o = lent.pop(id(buf), None) if counted else None
+            if o is None or o._data is not buf or o._shape != step[3] or o._dtype is not step[4] \
+                    or o._stream is not step[5]:
+                if not counted:
+                    count_buffer(buf)
+                o = make_realized(buf, step[4], step[5])
+            return o
+
+        outs = _call_outputs(tape, inputs, output)[0]
         return _fill_structure(tape.structure, outs[:tape.num_outputs])
 
     def bind(self, *args):
