@@ -675,7 +675,6 @@ class Program:
             self.keep.append(fn)
         if rows:
             self.segments.append(("native", np.array(rows, np.int64)))
-        self.patch_groups = list(groups.items())
         self.groups = groups
         self.patched: dict = {}  # root -> the address its slots hold
         self.owner = None  # the ``Bound`` whose buffers the slots hold, None after ``run``
@@ -688,7 +687,7 @@ class Program:
         a program per layout): {tape step index: (buffer, counted)}."""
         from .llvm import address
 
-        roots, at = self.roots, self.at
+        roots, at, set_root = self.roots, self.at, self.set_root
         buffers: dict = {}
         counted: set = set()
         self.owner = None
@@ -701,25 +700,18 @@ class Program:
             else:
                 counted.add(r)
             buffers[r] = buf
-            at[r] = address(buf)
+            set_root(r, address(buf))
         buf = None
         for r in self.input_roots:
             d = buffers[r] = inputs[roots[r].index]._data
-            at[r] = address(d)
+            set_root(r, address(d))
             counted.add(r)
         for r in self.fresh:
             root = roots[r]
             buf = buffers[r] = empty(root.shape, root.dtype) if root.shape is not None else \
                 empty((root.nbytes,), np.uint8)
-            at[r] = address(buf)
+            set_root(r, address(buf))
         buf = None
-        patched = self.patched
-        for r, group in self.patch_groups:
-            a = at[r]
-            if patched.get(r) != a:
-                for array, slot, off in group:
-                    array[slot] = a + off
-                patched[r] = a
         self.run_segments(executor)
         out = {}
         for v, (r, off, shape, strides, dtype) in self.results.items():
