@@ -217,11 +217,7 @@ class _Lanes:
     def exp(self, x: str) -> str:
         xc = self.fcall("minnum", self.fcall("maxnum", x, self.fk(-104.0)), self.fk(89.0))
         n = self.fcall("floor", self.fma(xc, self.fk(1.44269504088896341), self.fk(0.5)))
-        r = self.fma(n, self.fk(-0.693359375), xc)
-        r = self.fma(n, self.fk(2.12194440e-4), r)
-        p = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                          1.6666665459e-1, 5.0000001201e-1])
-        y = self.fadd(self.fma(p, self.fmul(r, r), r), self.fk(1.0))
+        y = self.exp_reduced(xc, n)
         ni = self.conv("fptosi", "float", n, "i32")
         n1 = self.iop("ashr", ni, self.const("i32", 1))
         n2 = self.iop("sub", ni, n1)
@@ -229,6 +225,15 @@ class _Lanes:
         s2 = self.from_bits(self.iop("shl", self.iop("add", n2, self.const("i32", 127)), self.const("i32", 23)))
         out = self.fmul(self.fmul(y, s1), s2)
         return self.fsel(self.fcmp("uno", x, x), x, out)
+
+    def exp_reduced(self, x: str, n: str) -> str:
+        """e^(x - n ln 2) for a whole ``n`` near x / ln 2: ln 2 taken off in two parts, then ``exp``'s
+        polynomial."""
+        r = self.fma(n, self.fk(-0.693359375), x)
+        r = self.fma(n, self.fk(2.12194440e-4), r)
+        p = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                          1.6666665459e-1, 5.0000001201e-1])
+        return self.fadd(self.fma(p, self.fmul(r, r), r), self.fk(1.0))
 
     def log(self, x: str) -> str:
         tiny = self.fcmp("olt", x, self.fk(1.17549435e-38))
@@ -280,11 +285,7 @@ class _Lanes:
         small = self.fma(self.fmul(p, z), ax, ax)
         y = self.fcall("minnum", self.fadd(ax, ax), self.fk(20.0))
         n = self.fcall("roundeven", self.fmul(y, self.fk(1.44269504088896341)))
-        r = self.fma(n, self.fk(-0.693359375), y)
-        r = self.fma(n, self.fk(2.12194440e-4), r)
-        q = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                          1.6666665459e-1, 5.0000001201e-1])
-        e = self.fadd(self.fma(q, self.fmul(r, r), r), self.fk(1.0))
+        e = self.exp_reduced(y, n)
         shift = self.iop("shl", self.conv("fptosi", "float", n, "i32"), self.const("i32", 23))
         s = self.from_bits(self.iop("add", self.bits(e), shift))
         big = self.fsub(self.fk(1.0), self.fdiv(self.fk(2.0), self.fadd(s, self.fk(1.0))))
