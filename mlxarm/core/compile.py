@@ -490,7 +490,7 @@ class _Compiled:
         self._captured_outputs = outputs
         self._shapeless = bool(shapeless)
         self._cache: dict = {}
-        self._last_now = None  # (key, tape) of the last ``now``
+        self._last_now = None  # (key, tape) of the last ``now`` or ``bind``
         self._lock = threading.RLock()
         functools.update_wrapper(self, fun)
 
@@ -541,6 +541,25 @@ class _Compiled:
         x = item = None
         return free
 
+    def _with_program(self, args: tuple):
+        """(inputs, tape) of a call on ``args`` (no keyword arguments) whose tape has programs from the
+        executor, for ``now`` and ``bind``; None when there are none yet, or the call would not be
+        compiled (compile disabled, a transformation tracing, captured state)."""
+        if not _enabled[0] or in_tracing() or _in_transform() or self._captured_inputs is not None \
+                or self._captured_outputs is not None:
+            return None
+        inputs, key, _, _ = self._key(args, {})
+        last = self._last_now
+        if last is not None and last[0] == key:  # a decode step's key: compared, not hashed again
+            tape = last[1]
+        else:
+            tape = self._cache.get(key)
+            self._last_now = None if tape is None else (key, tape)
+        state = None if tape is None else tape.program
+        if not state or not state.programs:
+            return None
+        return inputs, tape
+
     def now(self, *args):
         """The call's result computed at once by the executor's program, realized: where the
         executor runs programs directly (``run_call_now``), this signature's program exists for the
@@ -551,19 +570,11 @@ class _Compiled:
         and realizing their nodes costs a large share of the step's host time. As in an eval, an
         input that nothing but ``args``'s own containers holds (a list of caches the caller has let
         go of) may lend its buffer to an output."""
-        if not _enabled[0] or in_tracing() or _in_transform() or self._captured_inputs is not None \
-                or self._captured_outputs is not None:
+        found = self._with_program(args)
+        if found is None:
             return None
-        inputs, key, num_args, _ = self._key(args, {})
-        last = self._last_now
-        if last is not None and last[0] == key:  # a decode step's key: compared, not hashed again
-            tape = last[1]
-        else:
-            tape = self._cache.get(key)
-            self._last_now = None if tape is None else (key, tape)
-        state = None if tape is None else tape.program
-        if not state or not state.programs:
-            return None
+        inputs, tape = found
+        state = tape.program
         free = self._free(args, inputs, tape)
         results = run_program_now(state, inputs, free)
         if results is None:
@@ -595,14 +606,11 @@ class _Compiled:
         one free (nothing but the containers holds it) and written in place by the program into the
         result that updates it; its bare arrays are given anew on each call of the returned
         ``BoundCall``. Nothing runs here. From now on the ``BoundCall`` holds the state."""
-        if not _enabled[0] or in_tracing() or _in_transform() or self._captured_inputs is not None \
-                or self._captured_outputs is not None:
+        found = self._with_program(args)
+        if found is None:
             return None
-        inputs, key, _, _ = self._key(args, {})
-        tape = self._cache.get(key)
-        state = None if tape is None else tape.program
-        if not state or not state.programs:
-            return None
+        inputs, tape = found
+        state = tape.program
         tops: list = []  # indices of the bare arrays among the inputs
         n = 0
         for item in args:
