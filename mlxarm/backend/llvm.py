@@ -30,6 +30,7 @@ buffers' addresses and runs.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
@@ -671,21 +672,29 @@ class LLVMExecutor:
         views of realized arrays, which are made here), run at once by the program kept for their
         layout (``compile._Compiled.now``); None where none is kept yet. ``free``: as ``free_leaves``,
         the inputs whose buffers the program may write into."""
-        self.keep_graph = _keeps_graph()
-        if not self._realize_views(inputs):
-            return None
-        program = state.programs.get(tuple(x._data.strides for x in inputs))
-        if not program:
+        program = self._kept_program(state, inputs)
+        if program is None:
             return None
         self.free_leaves, self.consumers, self.last_plan = free, {}, [("kernel", "program")]
-        if program.python_steps:  # steps numpy runs: its BLAS keeps off the workers' cores
-            with blas.single_threaded():
-                results = program.run(self, inputs)
-        else:
+        with self._blas_for(program):
             results = program.run(self, inputs)
         self.programs_run += 1
         self.kernels_run += len(results)
         return results
+
+    def _kept_program(self, state, inputs: list):
+        """The program kept for ``inputs``' layouts (views of realized arrays among them made first),
+        or None."""
+        self.keep_graph = _keeps_graph()
+        if not self._realize_views(inputs):
+            return None
+        return state.programs.get(tuple(x._data.strides for x in inputs)) or None
+
+    @staticmethod
+    def _blas_for(program):
+        """numpy's BLAS on one thread while ``program`` runs steps on numpy (off the workers' cores);
+        nothing to switch for a program without them."""
+        return blas.single_threaded() if program.python_steps else contextlib.nullcontext()
 
     def _realize_views(self, arrays) -> bool:
         """Make the unrealized ``arrays`` that are views of realized arrays (``tokens[None]``): False
@@ -701,19 +710,19 @@ class LLVMExecutor:
     def bind_call(self, state, inputs: list, free: dict, tops: list):
         """The program kept for ``inputs``' layouts bound to the buffers of the inputs not at ``tops``
         (``Program.bind``), or None."""
-        self.keep_graph = _keeps_graph()
-        if self.keep_graph or not self._realize_views(inputs):
+        program = self._kept_program(state, inputs)
+        if program is None or self.keep_graph:
             return None
-        program = state.programs.get(tuple(x._data.strides for x in inputs))
         self.free_leaves = free  # (``donatable``)
-        return program.bind(self, inputs, free, tops) if program else None
+        return program.bind(self, inputs, free, tops)
 
     def run_bound(self, bound, given: tuple, layout: tuple):
         """``bound.step`` on ``given`` when they are realized (or views of realized arrays) in
         ``layout`` (their strides when bound); else None."""
         if not self._realize_views(given) or tuple(x._data.strides for x in given) != layout:
             return None
-        results = bound.step(self, given)
+        with self._blas_for(bound.program):
+            results = bound.step(self, given)
         self.programs_run += 1
         self.kernels_run += len(results)
         return results
