@@ -79,8 +79,7 @@ def signature(nodes: list, held_by_caller: int = 0, swaps: list | None = None) -
     ``swaps``, when a list, receives (position in ``key``, loose entry) per node of a ``LOOSE``
     primitive: ``loosened(key, swaps)`` is the eval's loose key.
     It runs on every eval, so it walks the graph once and counts per position, not per id."""
-    position: dict = {}
-    first: dict = {}
+    position: dict = {}  # id -> position of a node (from 0 up) or of a leaf (from -1 down)
     leaves: list = []
     key: list = []
     refs = [0] * len(nodes)  # references from consumers' input tuples, per node
@@ -91,14 +90,12 @@ def signature(nodes: list, held_by_caller: int = 0, swaps: list | None = None) -
         ins = []
         for x in n._inputs:
             j = at(id(x))
-            if j is None:  # a realized buffer: numbered from -1 down, in order of first use
-                k = id(x)
-                j = first.get(k)
-                if j is None:
-                    j = first[k] = -1 - len(leaves)
-                    leaves.append(x)
-                    leaf_refs.append(0)
-                    add((x._shape, x._data.strides, x._dtype.name))
+            if j is None:  # a realized buffer read first: numbered from -1 down, in order of first use
+                j = position[id(x)] = -1 - len(leaves)
+                leaves.append(x)
+                leaf_refs.append(1)
+                add((x._shape, x._data.strides, x._dtype.name))
+            elif j < 0:
                 leaf_refs[-1 - j] += 1
             else:
                 refs[j] += 1
@@ -109,8 +106,9 @@ def signature(nodes: list, held_by_caller: int = 0, swaps: list | None = None) -
         name = n._prim.name
         if swaps is not None and name in LOOSE:
             swaps.append((len(key), (name, None, len(n._shape), n._dtype.name, tuple(ins))))
-        add((name, params_token(n._params), n._shape, n._dtype.name, tuple(ins)))
-    n = x = None  # the loop variables would count as references from outside
+        p = n._params  # None for most elementwise nodes: no token to look up
+        add((name, None if p is None else params_token(p), n._shape, n._dtype.name, tuple(ins)))
+    n = x = p = None  # the loop variables would count as references from outside
     base = 3 + held_by_caller  # as in _observed: the list, the loop variable, getrefcount's argument
     observed = []
     i = 0

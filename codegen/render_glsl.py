@@ -12,7 +12,12 @@ with subgroup operations (``render(..., subgroups=True)``; ``render_c.subgroup_t
 from __future__ import annotations
 
 from .ir import Cast, Kernel, Load, Op, walk
-from .render_c import ELEMENTWISE, FLOATS, HALF_HELPERS, CRenderer, bits, unsigned
+from .render_c import FLOATS, HALF_HELPERS, CRenderer, bits, unsigned
+
+# Output elements a work item computes per step of an elementwise kernel's loop (``render_c``'s
+# ``elementwise_body``). Four, not the C base's two: on an H200 a 64 MB copy's GPU time (Vulkan
+# timestamps) went from 0.88 of PyTorch's to 0.95 with four, and no workload measured got slower.
+ELEMENTWISE = 4
 
 SUPPORTED = frozenset({"bool", "uint8", "uint16", "uint32", "int8", "int16", "int32", "float16", "float32",
                        "bfloat16"})

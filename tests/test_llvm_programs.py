@@ -373,17 +373,20 @@ def test_matvecs_of_one_x_run_as_one_row(llvm):
 
     arg_sets = [values(seed, (1, 96), (1, 64)) for seed in range(3)]
     compiled = ma.compile(layer)
+    gots = []
     try:
         llvm_program.build = noted
         for x, h in arg_sets:
             got = compiled(ma.array(x), ma.array(h))
             ma.eval(got)
-            want = layer(ma.array(x), ma.array(h))  # each product on its own (no compile)
-            ma.eval(want)
-            for g, e in zip(got, want):
-                np.testing.assert_array_equal(np.array(g), np.array(e))
+            gots.append(got)
     finally:
         llvm_program.build = build
+    for (x, h), got in zip(arg_sets, gots):  # each product on its own (no compile)
+        want = layer(ma.array(x), ma.array(h))
+        ma.eval(want)
+        for g, e in zip(got, want):
+            np.testing.assert_array_equal(np.array(g), np.array(e))
     assert len(built) == 1
     # x times four matrices: one call of three and one of one; h: one
     assert built[0].native_rows == 3

@@ -116,6 +116,119 @@ def test_an_intermediate_held_outside_changes_the_plan(llvm):
     np.testing.assert_allclose(np.array(out), np.exp(x * y).sum(1), rtol=1e-5)
 
 
+def test_many_small_kernels_run_as_one_program_from_the_first_replay(llvm):
+    """An eval seen twice replays; its first replay captures a program, and every later one runs
+    all its kernels (and its numpy steps) by that program on the eval's own buffers: results as a
+    fresh plan's, an intermediate the caller holds is realized, and one held by nobody is not."""
+    shapes = ((6, 5), (5,), (5, 8))
+
+    def small(a, b, w):
+        h = ma.tanh(a * b + 1.0)
+        outs = [ma.exp(h * k) for k in (0.5, 1.5, 2.5)]  # held: none fuses into another
+        c = ma.cumsum(h, axis=1)  # a numpy step between kernels
+        return outs + [c @ w, ma.sum(c * c, axis=1)]
+
+    for seed in (0, 1):  # planned, then kept
+        run(small, data(seed, *shapes))
+    before, replays = llvm.eval_programs_run, llvm.replays
+    for seed in (2, 3, 4, 5):  # captured, then run by the program
+        arrays = data(seed, *shapes)
+        got = run(small, arrays)
+        for g, r in zip(got, numpy_reference(small, arrays)):
+            np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5)
+    assert llvm.replays - replays == 4
+    assert llvm.eval_programs_run - before == 3
+    a, b, w = (ma.array(x) for x in data(6, *shapes))
+    held = ma.tanh(a * b + 1.0)  # the same graph but with an intermediate held: another structure
+    outs = [ma.exp(held * k) for k in (0.5, 1.5, 2.5)]
+    ma.eval(outs)
+    assert llvm.eval_programs_run - before == 3 and held._data is not None
+    x, y, _ = data(6, *shapes)
+    np.testing.assert_allclose(np.array(held), np.tanh(x * y + 1), rtol=1e-5, atol=1e-6)
+    for k, o in zip((0.5, 1.5, 2.5), outs):
+        np.testing.assert_allclose(np.array(o), np.exp(np.tanh(x * y + 1) * k), rtol=1e-5, atol=1e-6)
+
+
+def test_an_eval_program_writes_into_dying_inputs_only(llvm):
+    """A program may give an output the buffer of an input that dies with the eval (as a replay
+    would); an input the caller still holds keeps its values."""
+    def step(x):
+        return ma.exp(x) * 2.0 + 1.0, ma.sin(x) * 0.5
+
+    def held_and_dying(seed):
+        (v,) = data(seed, (64,))
+        kept = ma.array(v)
+        outs = step(kept)  # ``kept`` is held here: its buffer is never written
+        ma.eval(outs)
+        np.testing.assert_array_equal(np.array(kept), v)
+        np.testing.assert_allclose(np.array(outs[0]), np.exp(v) * 2 + 1, rtol=1e-5)
+        donated = llvm.donated
+        outs = step(ma.array(v))  # a dying input: the program may write into it
+        ma.eval(outs)
+        np.testing.assert_allclose(np.array(outs[0]), np.exp(v) * 2 + 1, rtol=1e-5)
+        np.testing.assert_allclose(np.array(outs[1]), np.sin(v) * 0.5, rtol=1e-5, atol=1e-7)
+        return llvm.donated - donated
+
+    for seed in range(3):  # each structure planned, kept, captured
+        held_and_dying(seed)
+    before = llvm.eval_programs_run
+    for seed in (3, 4):
+        assert held_and_dying(seed) == 1
+    assert llvm.eval_programs_run - before == 4
+
+
+def test_an_eval_with_large_intermediates_or_an_in_place_update_keeps_replaying(llvm):
+    """No program where its arena would keep more than ``_EVAL_ARENA_MAX`` bytes of intermediates,
+    nor where a slice update writes into a leaf in place: their recorded actions replay."""
+    n = llvm_backend._EVAL_ARENA_MAX // 4 + 1024
+    before = llvm.eval_programs_run
+    for seed in range(4):
+        (x,) = data(seed, (n,))
+        a = ma.array(x)
+        ma.eval(a)
+        out = ma.sum(ma.cumsum(a * 2.0, axis=0))  # the product and the cumsum are intermediates
+        ma.eval(out)
+        np.testing.assert_allclose(np.array(out), np.cumsum(x * 2).sum(), rtol=1e-3)
+    for seed in range(4):
+        (x,) = data(seed, (16, 8))
+        cache = ma.array(np.zeros((16, 8), np.float32)) + 0.0
+        cache[3:5] = ma.array(x[:2]) * 2.0
+        ma.eval(cache)
+        want = np.zeros((16, 8), np.float32)
+        want[3:5] = x[:2] * 2
+        np.testing.assert_array_equal(np.array(cache), want)
+    assert llvm.eval_programs_run == before
+
+
+def test_eval_programs_arenas_are_cache_memory_that_clear_cache_frees(llvm):
+    """The arena of an eval's program (its intermediates) counts as cache memory; ``clear_cache``
+    lets the programs go, and under a cache limit too small for it no program is kept."""
+    def graph(a):
+        h = ma.cumsum(a * 2.0, axis=0)  # two intermediates, in the arena
+        return ma.sum(ma.exp(h * 1e-3)), ma.max(h)
+
+    ma.clear_cache()
+    empty = ma.get_cache_memory()
+    arrays = [data(seed, (4096,))[0] for seed in range(4)]
+    for x in arrays:
+        got = graph(ma.array(x))
+        ma.eval(got)
+    assert ma.get_cache_memory() >= empty + 2 * 4096 * 4
+    ma.clear_cache()
+    assert ma.get_cache_memory() == empty
+    before = llvm.eval_programs_run
+    old = ma.set_cache_limit(0)
+    try:
+        for x in arrays:
+            got = graph(ma.array(x))
+            ma.eval(got)
+            h = np.cumsum(x * 2)
+            np.testing.assert_allclose(np.array(got[0]), np.exp(h * 1e-3).sum(), rtol=1e-4)
+        assert llvm.eval_programs_run == before and ma.get_cache_memory() == empty
+    finally:
+        ma.set_cache_limit(old)
+
+
 def test_recorded_evals_are_bounded(llvm):
     for n in range(1, llvm_backend._EVALS_KEPT + 20):
         for _ in range(2):  # each shape twice, so each is kept

@@ -47,7 +47,7 @@ from ..codegen import fuse, ir, lower, render_llvm, rows
 from ..kernels import attention as attention_template
 from ..kernels import matmul as gemm_template
 from ..codegen import target as targets
-from ..core.device import count_buffer as count, counted_alone
+from ..core.device import count_buffer as count, count_buffers, counted_alone, on_clear_cache
 from ..core.errors import CompileError
 from ..core.fast import rope_inv_freq
 from . import blas
@@ -71,6 +71,7 @@ _WAKE_MIN = 1 << 20
 # about a megabyte), structures seen once remembered by hash, and lowered kernel groups kept (oldest
 # dropped first): a program cycling through many graph shapes keeps bounded memory.
 _EVALS_KEPT = 32
+_EVAL_ARENA_MAX = 1 << 20  # bytes of intermediates a plain eval's program may keep (``capture_eval``)
 _SEEN_KEPT = 4096
 _GROUPS_KEPT = 4096
 # The kinds of a recorded action (LLVMExecutor.action).
@@ -225,6 +226,8 @@ class LLVMExecutor:
         self.interleaved: list = [None, 0, None]
         self.driver = None  # ``llvm_program``'s driver function, compiled when a program is first built
         self.programs_run = 0
+        self.eval_programs_run = 0  # replays of plain evals run by their programs (``capture_eval``)
+        on_clear_cache(self.release_programs)
         # wall time spent in native code by programs (their driver calls) and replayed kernels
         self.native_seconds = 0.0
         self.capture = None  # a ``llvm_program.Capture`` the eval being recorded fills in
@@ -309,6 +312,7 @@ class LLVMExecutor:
         if capture is not None:
             capture.leaf_refs = {id(x): n for x, n in zip(leaves, counted[3])}
         recorded = self.evals.pop(key, None) if capture is None else None
+        exact = recorded is not None  # found under its own key, not a loose one: params as recorded
         loose = None
         if recorded is None and swaps and capture is None:
             # Another eval's plan may hold for this one: the same graph on other slices of the same
@@ -323,7 +327,20 @@ class LLVMExecutor:
                     key = partial
         if recorded is not None:
             self.evals[key] = recorded  # now the most recently used
-            actions, self.last_plan = recorded
+            actions, self.last_plan, program = recorded
+            if exact and program[0] is not False and len(actions) > 1 and not self.keep_graph:
+                if program[0] is not None:
+                    self.replays += 1
+                    self.run_eval_program(program[0], nodes, leaves)
+                    return
+                program[0] = False  # unless the capture below builds one
+                if not any("in_place" in n._prim.extra for n in nodes if n._prim is not None):
+                    # its first replay: captured, for a program that runs the later ones
+                    self.replays += 1
+                    outputs = {i: nodes[i] for i in counted[2]}  # held outside the graph already
+                    del nodes, leaves, counted
+                    self.capture_eval(refs, program, outputs)
+                    return
             # weakly: a node lives while something not yet computed reads it, not until the eval ends
             targets = [weakref.ref(nodes[a[1]]) for a in actions]
             del nodes
@@ -413,7 +430,9 @@ class LLVMExecutor:
             return
         if len(self.evals) >= _EVALS_KEPT:
             del self.evals[next(iter(self.evals))]  # the least recently used
-        self.evals[key] = (tuple(actions), self.last_plan)
+        # the program a replay of the eval may run (``capture_eval``): None until one is tried, then
+        # the program, or False where none serves
+        self.evals[key] = (tuple(actions), self.last_plan, [None])
 
     def action(self, step, pos: int, sources: dict, numpy_made: set) -> tuple:
         """How to realize ``step.node`` (its inputs realized), as a replayable action:
@@ -729,6 +748,61 @@ class LLVMExecutor:
 
     def run_program_output(self, node) -> None:
         raise RuntimeError("[compile] A compiled output was reached before its program ran.")
+
+    def capture_eval(self, refs, box: list, outputs: dict) -> None:
+        """Run an eval whose plan is recorded as a captured eval, and keep the program built from the
+        capture in ``box`` for the later replays of its structure: one call into native code for all
+        its kernels, its intermediates in the program's arena, its inputs the eval's leaves and its
+        results ``outputs`` (position -> the nodes something outside the graph holds). No program
+        (``box`` stays False, and the recorded actions replay) for an eval whose program cannot be
+        built, or whose intermediates would keep more than ``_EVAL_ARENA_MAX`` bytes of arena or
+        exceed the cache limit: a program pays where an eval is many small kernels, and its arena is
+        cache memory for as long as it is kept (``clear_cache`` lets it go). The caller checked that
+        no update is written in place (a capture writes into a leaf and puts it back)."""
+        capture = llvm_program.Capture()
+        self.capture = capture
+        try:
+            self._run(refs)
+        finally:
+            self.capture = None
+            self.keep_graph = False
+        try:
+            box[0] = llvm_program.build(self, capture, tuple(capture.leaves), outputs, _EVAL_ARENA_MAX)
+        except llvm_program.Unsupported as e:
+            if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
+                print(f"[mlxarm] eval stays a replay: {e}", file=sys.stderr)
+        finally:
+            for n in capture.nodes:  # the capture kept the graph: let it go, as an eval does
+                n._inputs = ()
+                n._params = None
+            for n in outputs.values():
+                n._inputs = ()
+                n._params = None
+
+    def release_programs(self) -> None:
+        """Let go of the plain evals' programs and their arenas (``clear_cache``): each is captured
+        again at its next replay."""
+        for recorded in self.evals.values():
+            recorded[2][0] = None
+
+    def run_eval_program(self, program, nodes: list, leaves: list) -> None:
+        """Realize the held ``nodes`` of an eval by the program its capture built, on ``leaves``."""
+        if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
+            print(f"[mlxarm] program of {program.native_rows} kernels, {program.python_steps} numpy steps",
+                  file=sys.stderr)
+        with self._blas_for(program):
+            results = program.run(self, leaves)
+        self.eval_programs_run += 1
+        self.kernels_run += len(results)
+        made = []
+        for v, (buf, counted) in results.items():  # ``realized`` for each, inline (no graph kept)
+            node = nodes[v]
+            node._data = buf
+            node._inputs = ()
+            node._params = None
+            if not counted:
+                made.append(buf)
+        count_buffers(made)
 
     def capture_program(self, state, inputs: tuple, build: bool, layout: tuple) -> dict:
         """Evaluate a compiled call's graph (recording it into a capture when ``build``), keep the

@@ -22,7 +22,10 @@ kernel, the buffers it read and wrote, or the call a template or the numpy execu
 Each call then fills in the addresses of its inputs and fresh outputs (a few hundred words for an LLM
 decode step) and runs the segments: no graph is built, planned or walked. A capture that cannot become a
 program (a kernel lowered afresh on a copy, a step that cannot be replayed on buffers) leaves that
-call's layouts on the ordinary path."""
+call's layouts on the ordinary path.
+
+A plain eval whose structure comes a third time is captured the same way (``LLVMExecutor.capture_eval``):
+its leaves are the inputs, the nodes held outside its graph the results."""
 from __future__ import annotations
 
 import ctypes
@@ -33,8 +36,8 @@ import numpy as np
 
 from ..codegen import ir
 from ..core import dtypes as dt
-from ..core.device import count_buffer as count, reserve_buffer
-from .buffers import empty
+from ..core.device import cache_room, count_buffer as count, reserve_buffer
+from .buffers import MIN_BYTES, empty
 from ..kernels import dequantize as dequantize_template
 from ..kernels import slice_update as update_template
 from ..kernels import take_rows as take_template
@@ -250,9 +253,10 @@ class _Builder:
                            (prim, params, shape, dtype, stream)))
 
 
-def build(executor, capture: Capture, inputs: tuple, outputs: dict):
+def build(executor, capture: Capture, inputs: tuple, outputs: dict, arena_max: int | None = None):
     """A ``Program`` for the captured eval of a compiled call on ``inputs``, whose results are
-    ``outputs`` (tape step index -> realized node); ``Unsupported`` when a step cannot be replayed."""
+    ``outputs`` (tape step index -> realized node); ``Unsupported`` when a step cannot be replayed, or
+    when its arena would exceed ``arena_max`` bytes or the cache limit (``arena_max`` given)."""
     from .llvm import _CALL, _KERNEL, _ROWS, _KERNEL_FN
 
     b = _Builder(executor, inputs)
@@ -301,7 +305,7 @@ def build(executor, capture: Capture, inputs: tuple, outputs: dict):
                 _template_rows(b, rows, out, getattr(native, "joins", None))
                 continue
         b.python(call, entry, len(b.steps))
-    return Program(executor, b, outputs)
+    return Program(executor, b, outputs, arena_max)
 
 
 def _template_rows(b: _Builder, rows: list, out: np.ndarray, joins=None) -> None:
@@ -530,6 +534,12 @@ def _c_strides(shape: tuple, dtype) -> tuple:
     return tuple(reversed(strides))
 
 
+def _native_segment(rows: list) -> tuple:
+    """("native", table, its address, its rows) for rows of the driver's table."""
+    table = np.array(rows, np.int64)
+    return ("native", table, table.ctypes.data, len(table))
+
+
 class Bound:
     """A program bound to a call's state (``Program.bind``): each ``step`` fills in the addresses of
     the inputs given anew and of fresh result buffers, and runs the segments. The state's addresses
@@ -545,9 +555,8 @@ class Bound:
 
     def step(self, executor, given: tuple) -> dict:
         """Run on ``given`` (realized arrays in the layouts bound): {tape step index: fresh buffer}."""
-        from .llvm import address
-
         program = self.program
+        address = program.address
         set_root = program.set_root
         if program.owner is not self:
             for r, a in self.fixed:
@@ -569,13 +578,15 @@ class Bound:
 
 
 class Program:
-    """A captured compiled call, replayed on new inputs of the same layouts (``run``)."""
+    """A captured compiled call, replayed on new inputs of the same layouts (``run``); or a captured
+    plain eval, replayed on the leaves of a graph of the same structure (``LLVMExecutor.capture_eval``)."""
 
-    def __init__(self, executor, b: _Builder, outputs: dict):
+    def __init__(self, executor, b: _Builder, outputs: dict, arena_max: int | None = None):
         from .llvm import address
 
         roots = b.roots
         self.keep = b.keep
+        self.address = address  # (an import in ``run`` would cost a microsecond a call)
         # where each result is: (root, byte offset, shape, strides, dtype)
         self.results = {}
         for v, node in outputs.items():
@@ -618,8 +629,11 @@ class Program:
                     and not any(r.kind == _DONATE and r.index == xr.index for r in roots):
                 yr.kind, yr.index = _DONATE, xr.index
         size = plan_arena(roots)
-        self.arena = np.empty(size + _ALIGN, np.uint8)
-        reserve_buffer(self.arena)  # cache memory, as MLX's buffer cache: no array's
+        if arena_max is not None and (size > arena_max or not cache_room(size + _ALIGN)):
+            raise Unsupported(f"its intermediates would keep {size} bytes of arena")
+        self.arena = np.empty(size + _ALIGN if size else 0, np.uint8)
+        if size:
+            reserve_buffer(self.arena)  # cache memory, as MLX's buffer cache: no array's
         base = address(self.arena)
         base += -base % _ALIGN
 
@@ -648,7 +662,7 @@ class Program:
         for step in b.steps:
             if step[0] == "python":
                 if rows:
-                    self.segments.append(("native", np.array(rows, np.int64)))
+                    self.segments.append(_native_segment(rows))
                     rows = []
                 _, call, specs, out, node = step
                 self.segments.append(("python", call, [((resolve(s[0][0]), s[0][1]) if isinstance(s[0], tuple)
@@ -674,8 +688,18 @@ class Program:
             rows.append((ctypes.cast(fn, ctypes.c_void_p).value, ctypes.addressof(array), units, chunk, mode, 0))
             self.keep.append(fn)
         if rows:
-            self.segments.append(("native", np.array(rows, np.int64)))
+            self.segments.append(_native_segment(rows))
         self.groups = groups
+        # per fresh root: what ``run`` makes it as, and its argument slots (the roots of an eval of
+        # a thousand small kernels are mostly fresh: each is made and placed in one pass)
+        self.fresh_specs = [((r, roots[r].shape, roots[r].dtype) if roots[r].shape is not None else
+                             (r, (roots[r].nbytes,), np.uint8))
+                            + (np.empty if roots[r].nbytes < MIN_BYTES else empty, tuple(groups.get(r, ())))
+                            for r in self.fresh]
+        # the results that are a fresh root's whole buffer as ``run`` makes it: handed out as they are
+        self.whole = {v for v, (r, off, shape, strides, dtype) in self.results.items()
+                      if not off and roots[r].kind == _FRESH and roots[r].shape == shape
+                      and roots[r].dtype == dtype and strides == _c_strides(shape, dtype)}
         self.patched: dict = {}  # root -> the address its slots hold
         self.owner = None  # the ``Bound`` whose buffers the slots hold, None after ``run``
         self.native_rows = sum(len(s[1]) for s in self.segments if s[0] == "native")
@@ -685,8 +709,7 @@ class Program:
     def run(self, executor, inputs: tuple) -> dict:
         """Run on ``inputs`` (the call's arrays, realized, laid out as the capture's: the executor keeps
         a program per layout): {tape step index: (buffer, counted)}."""
-        from .llvm import address
-
+        address = self.address
         roots, at, set_root = self.roots, self.at, self.set_root
         buffers: dict = {}
         counted: set = set()
@@ -706,17 +729,21 @@ class Program:
             d = buffers[r] = inputs[roots[r].index]._data
             set_root(r, address(d))
             counted.add(r)
-        for r in self.fresh:
-            root = roots[r]
-            buf = buffers[r] = empty(root.shape, root.dtype) if root.shape is not None else \
-                empty((root.nbytes,), np.uint8)
-            set_root(r, address(buf))
+        patched = self.patched
+        for r, shape, dtype, make, slots in self.fresh_specs:  # ``set_root`` for each, inline
+            buf = buffers[r] = make(shape, dtype)
+            a = at[r] = address(buf)
+            if patched.get(r) != a:
+                for array, slot, off in slots:
+                    array[slot] = a + off
+                patched[r] = a
         buf = None
         self.run_segments(executor)
         out = {}
+        whole = self.whole
         for v, (r, off, shape, strides, dtype) in self.results.items():
             buf = buffers[r]
-            if off == 0 and buf.shape == shape and buf.strides == strides and buf.dtype == dtype:
+            if v in whole or off == 0 and buf.shape == shape and buf.strides == strides and buf.dtype == dtype:
                 out[v] = (buf, r in counted)
                 counted.add(r)
                 continue
@@ -736,15 +763,15 @@ class Program:
         driver, pool = self.driver, executor.pool
         for segment in self.segments:
             if segment[0] == "native":
-                table = segment[1]
+                _, _, table, rows = segment
                 start = perf_counter()
                 if pool is not None and pool.lock.acquire(blocking=False):
                     try:
-                        driver(table.ctypes.data, len(table), pool.dispatch_address, pool.address, 1)
+                        driver(table, rows, pool.dispatch_address, pool.address, 1)
                     finally:
                         pool.lock.release()
                 else:
-                    driver(table.ctypes.data, len(table), 0, 0, 0)
+                    driver(table, rows, 0, 0, 0)
                 executor.native_seconds += perf_counter() - start
             else:
                 self.call(segment)

@@ -30,7 +30,7 @@ import tempfile
 import numpy as np
 
 from .. import __version__
-from ..codegen import render_c, render_glsl
+from ..codegen import render_glsl
 from ..codegen.render_c import combine_name
 from ..kernels import gpu_matmul
 from . import vulkan_device
@@ -346,9 +346,9 @@ class VulkanRuntime:
             self.release(scratch)
             return
         # An elementwise kernel loops over its index space (a grid-stride loop), each thread taking
-        # ``render_c.ELEMENTWISE`` elements a step, in up to ``elementwise_groups`` workgroups.
+        # ``render_glsl.ELEMENTWISE`` elements a step, in up to ``elementwise_groups`` workgroups.
         groups = min(self.max_groups, n) if kernel.reduce_op else \
-            min(self.elementwise_groups, -(-n // (self.workgroup * render_c.ELEMENTWISE)))
+            min(self.elementwise_groups, -(-n // (self.workgroup * render_glsl.ELEMENTWISE)))
         self.dispatch(spirv, kernel, bufs, groups, list(offsets) + [n])
 
     def dispatch(self, spirv: bytes, name, bufs: list, groups, push: list) -> None:

@@ -399,6 +399,20 @@ def count_buffer(data) -> None:
     _counted[id(ref)] = ref
 
 
+def count_buffers(buffers) -> None:
+    """``count_buffer`` for each of ``buffers``, made together (one eval's outputs): the peak is
+    the same, as nothing dies between their allocations."""
+    total = 0
+    new, counted = _Counted, _counted
+    for data in buffers:
+        n = data.nbytes
+        total += n
+        ref = new(data, _uncount)
+        ref.nbytes = n
+        counted[id(ref)] = ref
+    memory.alloc(total)
+
+
 def counted_alone(data):
     """Whether the memory count holds ``data`` (True or False) when no other weak reference does (a
     device mirror, a cached repacking: something that would see a write into it); else None."""
@@ -440,10 +454,35 @@ def get_cache_memory() -> int:
     return buffers.cached_bytes() + sum(n for _, n in list(_reserved.values()))
 
 
+def cache_room(n: int) -> bool:
+    """Whether ``n`` more bytes of cache memory stay within the cache limit."""
+    return get_cache_memory() + n <= memory.cache_limit
+
+
+# weak references to the methods that let go of what an executor keeps only to be faster (the
+# programs of plain evals, ``LLVMExecutor.release_programs``): called by ``clear_cache``
+_releasers: list = []
+
+
+def on_clear_cache(method) -> None:
+    """Have ``clear_cache`` (and a cache limit below what is kept) call bound ``method``."""
+    _releasers.append(weakref.WeakMethod(method))
+
+
+def _release() -> None:
+    for ref in list(_releasers):
+        method = ref()
+        if method is None:
+            _releasers.remove(ref)
+        else:
+            method()
+
+
 def clear_cache() -> None:
     from ..backend import buffers
 
     buffers.clear()
+    _release()
 
 
 def set_memory_limit(limit: int) -> int:
@@ -465,6 +504,8 @@ def set_cache_limit(limit: int) -> int:
         prev, memory.cache_limit = memory.cache_limit, int(limit)
     if buffers.cached_bytes() > memory.cache_limit:
         buffers.clear()
+    if get_cache_memory() > memory.cache_limit:
+        _release()
     return prev
 
 

@@ -70,11 +70,12 @@ class Dtype:
 
     __str__ = __repr__
 
-    def __hash__(self):
-        return self.index
-
     def __eq__(self, other):
         return self is other
+
+    # equal only to itself, so hashed as any object is: in C, where every set or dict of dtypes that
+    # an op consults would call a Python-level ``__hash__``
+    __hash__ = object.__hash__
 
     def __reduce__(self):
         return (_dtype_by_name, (self.name,))

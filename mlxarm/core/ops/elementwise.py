@@ -13,7 +13,9 @@ import numpy as np
 
 from ._base import (DtypeError, Primitive, api, array, broadcast_shapes, cast, dt, make_node,
                     operands, register, resolve_stream, to_array)
-from ..convert import operand
+from ..convert import operand, weak_scalar
+from ..device import current_stream
+from ._base import _broadcast_two
 
 INT_BOOL = tuple(d for d in dt.ALL if d.kind in "biu")
 REAL = tuple(d for d in dt.ALL if d.kind != "c")
@@ -361,6 +363,9 @@ _BINARY = [
 _BITWISE = {"bitwise_and", "bitwise_or", "bitwise_xor", "left_shift", "right_shift"}
 
 
+_PY_SCALARS = frozenset({bool, int, float})
+
+
 def _make_binary(name, ref, rule, dtypes, domain):
     prim = register(Primitive(name, "binary", ref, dtypes=dtypes, domain=domain, extra={"out": rule}))
     allowed = frozenset(dtypes)
@@ -369,7 +374,10 @@ def _make_binary(name, ref, rule, dtypes, domain):
     shifts = name in ("left_shift", "right_shift")
 
     def op(a, b, /, *, stream=None):
-        a, b = operands(a, b)
+        if type(b) in _PY_SCALARS and isinstance(a, array):  # ``x * 0.5``: ``operands``' most common case
+            b = weak_scalar(b, a._dtype)
+        else:
+            a, b = operands(a, b)
         d = promote[a._dtype.index][b._dtype.index]
         if d not in allowed:
             if bitwise:
@@ -383,13 +391,13 @@ def _make_binary(name, ref, rule, dtypes, domain):
         if rule == "float" and d.kind in "biu":
             d = dt.float32
         sa, sb = a._shape, b._shape
-        shape = sa if sa == sb else broadcast_shapes(sa, sb)
+        shape = sa if sa == sb else _broadcast_two(sa, sb, "broadcast_shapes")
         if a._dtype is not d:
             a = astype(a, d, stream=stream)
         if b._dtype is not d:
             b = astype(b, d, stream=stream)
         out = dt.bool_ if rule == "bool" else d
-        return make_node(prim, (a, b), None, shape, out, resolve_stream(stream))
+        return make_node(prim, (a, b), None, shape, out, current_stream() if stream is None else resolve_stream(stream))
 
     op.__name__ = op.__qualname__ = name
     op.__doc__ = f"Elementwise {name} with broadcasting (MLX ``mlx.core.{name}``)."
