@@ -124,9 +124,9 @@ def test_many_small_kernels_run_as_one_program_from_the_first_replay(llvm):
 
     def small(a, b, w):
         h = ma.tanh(a * b + 1.0)
-        outs = [ma.exp(h * k) for k in (0.5, 1.5, 2.5)]  # held: none fuses into another
+        outs = [ma.exp(h * k) for k in range(12)]  # held: none fuses into another
         c = ma.cumsum(h, axis=1)  # a numpy step between kernels
-        return outs + [c @ w, ma.sum(c * c, axis=1)]
+        return outs + [ma.sum(c * c, axis=1), ma.max(c * w[:, 0], axis=1)]
 
     for seed in (0, 1):  # planned, then kept
         run(small, data(seed, *shapes))
@@ -140,12 +140,12 @@ def test_many_small_kernels_run_as_one_program_from_the_first_replay(llvm):
     assert llvm.eval_programs_run - before == 3
     a, b, w = (ma.array(x) for x in data(6, *shapes))
     held = ma.tanh(a * b + 1.0)  # the same graph but with an intermediate held: another structure
-    outs = [ma.exp(held * k) for k in (0.5, 1.5, 2.5)]
+    outs = [ma.exp(held * k) for k in range(12)]
     ma.eval(outs)
     assert llvm.eval_programs_run - before == 3 and held._data is not None
     x, y, _ = data(6, *shapes)
     np.testing.assert_allclose(np.array(held), np.tanh(x * y + 1), rtol=1e-5, atol=1e-6)
-    for k, o in zip((0.5, 1.5, 2.5), outs):
+    for k, o in zip(range(12), outs):
         np.testing.assert_allclose(np.array(o), np.exp(np.tanh(x * y + 1) * k), rtol=1e-5, atol=1e-6)
 
 
@@ -179,7 +179,8 @@ def test_an_eval_program_writes_into_dying_inputs_only(llvm):
 
 def test_an_eval_with_large_intermediates_or_an_in_place_update_keeps_replaying(llvm):
     """No program where its arena would keep more than ``_EVAL_ARENA_MAX`` bytes of intermediates,
-    nor where a slice update writes into a leaf in place: their recorded actions replay."""
+    where a slice update writes into a leaf in place, or where numpy steps outweigh the native rows:
+    their recorded actions replay."""
     n = llvm_backend._EVAL_ARENA_MAX // 4 + 1024
     before = llvm.eval_programs_run
     for seed in range(4):
@@ -197,6 +198,12 @@ def test_an_eval_with_large_intermediates_or_an_in_place_update_keeps_replaying(
         want = np.zeros((16, 8), np.float32)
         want[3:5] = x[:2] * 2
         np.testing.assert_array_equal(np.array(cache), want)
+    for seed in range(4):
+        x, y = data(seed, (8, 8), (8, 8))
+        a, b = ma.array(x), ma.array(y)
+        out = ma.cumsum(ma.cumsum(a * b, axis=0) + 1.0, axis=1)  # numpy, kernel, numpy
+        ma.eval(out)
+        np.testing.assert_allclose(np.array(out), np.cumsum(np.cumsum(x * y, axis=0) + 1, axis=1), rtol=1e-5)
     assert llvm.eval_programs_run == before
 
 
@@ -205,7 +212,7 @@ def test_eval_programs_arenas_are_cache_memory_that_clear_cache_frees(llvm):
     lets the programs go, and under a cache limit too small for it no program is kept."""
     def graph(a):
         h = ma.cumsum(a * 2.0, axis=0)  # two intermediates, in the arena
-        return ma.sum(ma.exp(h * 1e-3)), ma.max(h)
+        return [ma.sum(ma.exp(h * (k * 1e-3))) for k in range(1, 9)] + [ma.max(h)]
 
     ma.clear_cache()
     empty = ma.get_cache_memory()
