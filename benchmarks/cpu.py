@@ -127,13 +127,14 @@ def workloads(ma, n: int) -> dict:
 
 def tiny_kernel_overhead(ma, repeat: int) -> dict:
     """Seconds for one eval of k independent 8-element kernels (each output is held, so none fuse;
-    all are the same kernel, so this is launch overhead, not compilation)."""
+    all are the same kernel, so this is launch overhead, not compilation). A run takes milliseconds
+    at most, so the best of at least 20 is taken: the first runs of a structure plan and record it."""
     x = ma.array(np.ones(8, np.float32))
     out = {}
     for k in (1, 10, 100, 1000):
         def run(k=k):
             ma.eval([x + 1 for _ in range(k)])
-        out[str(k)] = best_of(run, repeat)
+        out[str(k)] = best_of(run, max(repeat, 20))
     return out
 
 
