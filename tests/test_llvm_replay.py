@@ -1,10 +1,13 @@
 """Plan capture and replay on the LLVM executor: an eval whose graph has the structure of an earlier
 one runs that eval's recorded steps on its own buffers. Replays must give what a fresh plan gives,
 also when the buffers change, and a structurally different graph must be planned afresh; the cache
-of recorded evals stays bounded; a compiled decode step of a language model replays. Quantized
-products reading one x share its interleaved copy only while x's buffer and bits are unchanged."""
+of recorded evals stays bounded; a compiled decode step of a language model replays. From its first
+replay a structure runs as a program (one native call for its kernels) where one pays, with the same
+results. Quantized products reading one x share its interleaved copy only while x's buffer and bits
+are unchanged."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 pytest.importorskip("llvmlite", reason="the LLVM backend needs llvmlite")
 
@@ -12,6 +15,7 @@ import mlxarm.core as ma  # noqa: E402
 from mlxarm.backend import executor, llvm as llvm_backend  # noqa: E402
 from mlxarm.lm import KVCache, generate_step  # noqa: E402
 from mlxarm.lm.models import llama  # noqa: E402
+from _graphs import apply_steps, graphs, inputs  # noqa: E402
 
 
 @pytest.fixture
@@ -147,6 +151,34 @@ def test_many_small_kernels_run_as_one_program_from_the_first_replay(llvm):
     np.testing.assert_allclose(np.array(held), np.tanh(x * y + 1), rtol=1e-5, atol=1e-6)
     for k, o in zip(range(12), outs):
         np.testing.assert_allclose(np.array(o), np.exp(np.tanh(x * y + 1) * k), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=12, deadline=None)
+@given(graphs(max_steps=10))
+def test_random_graphs_repeated_agree_with_the_reference(recipe):
+    """A random graph evaluated on new inputs four times (planned, kept, captured, run as a program
+    where one is built), every step's result held: each eval gives the reference's results."""
+    import os
+
+    rows, cols, steps, seed = recipe
+
+    def prefixes(base):
+        return [apply_steps(base, steps[:i]) for i in range(1, len(steps) + 1)]
+
+    old = os.environ.get("MLXARM_DEVICE")
+    os.environ["MLXARM_DEVICE"] = "llvm"  # (hypothesis runs the body many times per fixture)
+    try:
+        for k in range(4):
+            a, b = (np.array(x) for x in inputs(rows, cols, seed + k))
+            got = prefixes([ma.array(a), ma.array(b)])
+            ma.eval(got)
+            for g, e in zip(got, numpy_reference(lambda x, y: prefixes([x, y]), [a, b])):
+                np.testing.assert_allclose(np.array(g), e, rtol=1e-5, atol=1e-6)
+    finally:
+        if old is None:
+            os.environ.pop("MLXARM_DEVICE", None)
+        else:
+            os.environ["MLXARM_DEVICE"] = old
 
 
 def test_an_eval_program_writes_into_dying_inputs_only(llvm):
