@@ -11,11 +11,10 @@ import math
 
 import numpy as np
 
-from ._base import (DtypeError, Primitive, api, array, broadcast_shapes, cast, dt, make_node,
+from ._base import (DtypeError, Primitive, _broadcast_two, api, array, broadcast_shapes, cast, dt, make_node,
                     operands, register, resolve_stream, to_array)
 from ..convert import operand, weak_scalar
 from ..device import current_stream
-from ._base import _broadcast_two
 
 INT_BOOL = tuple(d for d in dt.ALL if d.kind in "biu")
 REAL = tuple(d for d in dt.ALL if d.kind != "c")
@@ -397,7 +396,8 @@ def _make_binary(name, ref, rule, dtypes, domain):
         if b._dtype is not d:
             b = astype(b, d, stream=stream)
         out = dt.bool_ if rule == "bool" else d
-        return make_node(prim, (a, b), None, shape, out, current_stream() if stream is None else resolve_stream(stream))
+        return make_node(prim, (a, b), None, shape, out,
+                         current_stream() if stream is None else resolve_stream(stream))
 
     op.__name__ = op.__qualname__ = name
     op.__doc__ = f"Elementwise {name} with broadcasting (MLX ``mlx.core.{name}``)."
