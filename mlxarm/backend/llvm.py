@@ -332,19 +332,20 @@ class LLVMExecutor:
                     key = partial
         if recorded is not None:
             self.evals[key] = recorded  # now the most recently used
-            actions, self.last_plan, program = recorded
-            if exact and program[0] is not False and len(actions) > 1 and not self.keep_graph:
-                if program[0] is not None:
+            actions, self.last_plan, box = recorded
+            program = box[0]  # read once: ``clear_cache`` may empty the box from another thread
+            if exact and program is not False and len(actions) > 1 and not self.keep_graph:
+                if program is not None:
                     self.replays += 1
-                    self.run_eval_program(program[0], nodes, leaves)
+                    self.run_eval_program(program, nodes, leaves)
                     return
-                program[0] = False  # unless the capture below builds one
+                box[0] = False  # unless the capture below builds one
                 if not any("in_place" in n._prim.extra for n in nodes if n._prim is not None):
                     # its first replay: captured, for a program that runs the later ones
                     self.replays += 1
                     outputs = {i: nodes[i] for i in counted[2]}  # held outside the graph already
                     del nodes, leaves, counted
-                    self.capture_eval(refs, program, outputs)
+                    self.capture_eval(refs, box, outputs)
                     return
             # weakly: a node lives while something not yet computed reads it, not until the eval ends
             targets = [weakref.ref(nodes[a[1]]) for a in actions]
