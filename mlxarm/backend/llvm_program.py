@@ -28,6 +28,7 @@ A plain eval whose structure comes a third time is captured the same way (``LLVM
 its leaves are the inputs, the nodes held outside its graph the results."""
 from __future__ import annotations
 
+import bisect
 import ctypes
 import math
 from time import perf_counter
@@ -168,6 +169,12 @@ class _Builder:
         self.roots: list = []
         self.known: dict = {}  # id(buffer) -> (root index, byte offset, buffer)
         self.dynamic: list = []  # (lo, hi, root index, base address) of roots that are not constants
+        # the same entries that span memory, ordered by ``lo``, for ``within`` to bisect while no two
+        # of them overlap (``overlap``: then it scans ``dynamic`` in order, as it always did); a
+        # decode step's capture looks up a thousand buffers among a thousand roots
+        self.starts: list = []
+        self.spans: list = []
+        self.overlap = False
         self.keep: list = []  # what the program keeps alive (constant buffers, bound calls)
         self.steps: list = []  # ("native", fn, [(root, offset) | address], units, per_unit, align, shares)
         #                        or ("python", call, [input spec], output spec, node description)
@@ -186,8 +193,27 @@ class _Builder:
             if any(lo < h and l_ < hi for l_, h, _, _ in self.dynamic):
                 raise Unsupported("inputs share memory")
             r = self.root(_Root(_INPUT, hi - lo, index=i))
-            self.dynamic.append((lo, hi, r, at))
+            self.add((lo, hi, r, at))
             self.known[id(data)] = (r, 0, data)
+
+    def add(self, entry: tuple) -> None:
+        """A root's (lo, hi, root index, base address) among the dynamic ones."""
+        self.dynamic.append(entry)
+        lo, hi = entry[0], entry[1]
+        if lo >= hi or self.overlap:
+            return  # an empty span holds no buffer (``within``)
+        i = bisect.bisect_right(self.starts, lo)
+        if (i and self.spans[i - 1][1] > lo) or (i < len(self.starts) and self.starts[i] < hi):
+            self.overlap = True
+            return
+        self.starts.insert(i, lo)
+        self.spans.insert(i, entry)
+
+    def drop(self, r: int) -> None:
+        """Root ``r`` leaves the dynamic ones."""
+        self.dynamic = [d for d in self.dynamic if d[2] != r]
+        kept = [(lo, d) for lo, d in zip(self.starts, self.spans) if d[2] != r]
+        self.starts, self.spans = [lo for lo, _ in kept], [d for _, d in kept]
 
     def root(self, root: _Root) -> int:
         self.roots.append(root)
@@ -211,7 +237,12 @@ class _Builder:
         """(root, byte offset) of a root that holds all of ``buf``'s memory, or None."""
         at = self.address(buf)
         lo, hi = _span(buf, at)
-        for l_, h, r, base in self.dynamic:
+        if not self.overlap:  # at most one span can hold it: the last starting at or before ``lo``
+            i = bisect.bisect_right(self.starts, lo)
+            candidates = self.spans[i - 1:i] if i else ()
+        else:
+            candidates = self.dynamic
+        for l_, h, r, base in candidates:
             if l_ <= lo and hi <= h and lo < h:
                 self.known[id(buf)] = (r, at - base, buf)
                 return r, at - base
@@ -229,10 +260,10 @@ class _Builder:
         if hit is not None and hit[2] is buf:
             # The step wrote into a root's buffer (an update the capture made in place,
             # ``LLVMExecutor.run_in_place``): what reads that memory from here on reads the new root.
-            self.dynamic = [d for d in self.dynamic if d[2] != hit[0]]
+            self.drop(hit[0])
         r = self.root(_Root(_ARENA, hi - lo))
         self.roots[r].first = self.roots[r].last = step
-        self.dynamic.append((lo, hi, r, lo))
+        self.add((lo, hi, r, lo))
         self.known[id(buf)] = (r, at - lo, buf)
         return r, at - lo
 
