@@ -87,6 +87,27 @@ def test_a_call_no_program_can_replay_keeps_its_graph(llvm):
         ma.eval(out)
 
 
+def test_a_function_compiled_for_replays_runs_as_a_program_from_its_first_call(llvm):
+    """``compile_for_replays``: the first call is traced and captured into a program at once (no
+    graph evaluated first); every call equals the plain function's result."""
+    from mlxarm.core.compile import compile_for_replays
+
+    fun = lambda a, b: (ma.tanh(a @ b.T + 1.0) * 0.5, ma.sum(a * a, axis=1))  # noqa: E731
+    fast, plain = compile_for_replays(fun), ma.compile(fun)
+    for k in range(3):
+        args = values(20 + k, (4, 16), (8, 16))
+        ran = llvm.programs_run
+        got = fast(*[ma.array(v) for v in args])
+        ma.eval(got)
+        assert llvm.programs_run - ran == 1
+        ran = llvm.programs_run
+        want = plain(*[ma.array(v) for v in args])
+        ma.eval(want)
+        assert llvm.programs_run - ran == (0 if k == 0 else 1)  # a plain compile's first call is a graph
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(np.array(g), np.array(w))
+
+
 @settings(max_examples=20, deadline=None)
 @given(graphs())
 def test_random_compiled_graphs_match_the_reference(recipe):

@@ -484,11 +484,13 @@ def _container_refs(tree, held: dict, seen: set) -> None:
 class _Compiled:
     """The callable ``mx.compile`` returns."""
 
-    def __init__(self, fun, inputs, outputs, shapeless):
+    def __init__(self, fun, inputs, outputs, shapeless, program_first: bool = False):
         self._fun = fun
         self._captured_inputs = inputs
         self._captured_outputs = outputs
         self._shapeless = bool(shapeless)
+        # a first call already runs as a program (``compile_for_replays``), not as a graph first
+        self._program_first = program_first
         self._cache: dict = {}
         self._last_now = None  # (key, tape) of the last ``now`` or ``bind``
         self._lock = threading.RLock()
@@ -637,7 +639,8 @@ class _Compiled:
                               self._captured_outputs, num_args, num_kwargs, self._shapeless)
                 self._cache[key] = tape
         outs = None
-        if tape.calls and tape.program is not False and tape.steps and not _in_transform() \
+        if (tape.calls or self._program_first) and tape.program is not False and tape.steps \
+                and not _in_transform() \
                 and all(x._shape == s for x, s in zip(inputs, tape.in_shapes)):
             if _programs_here():
                 outs = _program_call(tape, inputs)
@@ -717,6 +720,13 @@ def compile(fun, inputs=None, outputs=None, shapeless: bool = False):
     """Compile ``fun``: trace it once per input signature and replay the graph (MLX
     ``mlx.core.compile``)."""
     return _Compiled(fun, inputs, outputs, shapeless)
+
+
+def compile_for_replays(fun):
+    """``compile(fun)`` for a function called many times on inputs of one layout (a decode step):
+    where the executor runs programs, its first call is already captured into one, rather than
+    evaluated as a graph and captured on the second call, which evaluates the graph once more."""
+    return _Compiled(fun, None, None, False, program_first=True)
 
 
 # --- shapeless replay: each step's shape from its new inputs -----------------------------------------

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Generator, Optional, Union
 
 import mlxarm.core as mx
+from mlxarm.core.compile import compile_for_replays
 from mlxarm.core.graph import eval_arrays
 
 from .models.cache import KVCache, make_prompt_cache
@@ -105,8 +106,9 @@ def _fixed_shape_decode(model, caches: list, sample: bool = False):
     call records the same graph: the position is an array input (``models.cache``), and the keys
     and values are the caches' whole buffers. It returns the last position's logits, or with
     ``sample`` (greedy sampling) the token and the log-probabilities. The first call traces it
-    (computing its constants, such as float32 copies of quantization scales, once); from the second
-    call on it runs as the executor's program, at once (``now``) where the executor can; once it has,
+    (computing its constants, such as float32 copies of quantization scales, once) and, where the
+    executor runs programs, captures its program (``compile_for_replays``); from the second call on
+    it runs as that program, at once (``now``); once it has,
     the step is bound to the caches (``bind``) and holds their buffers, writing them in place, until
     ``decode.release()`` gives them back (generate_step does when it ends). The step is kept for the
     next generation with the same model (the same parameter arrays) and caches of the same shapes.
@@ -195,7 +197,7 @@ def _decode_step(model, caches: list, sample: bool) -> tuple:
             for c, (keys, values, offset) in zip(current, saved):
                 c.keys, c.values, c.offset = keys, values, offset
 
-    compiled = mx.compile(forward)
+    compiled = compile_for_replays(forward)
     _LAST_STEP[:] = [weakref.ref(model), key, compiled, box]
     return compiled, box
 
