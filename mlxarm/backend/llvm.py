@@ -111,6 +111,11 @@ def _address_reader():
 address = _address_reader()
 
 
+def _debugging() -> bool:
+    """Whether ``MLXARM_DEBUG`` asks for output (read each time: it may change between evals)."""
+    return os.environ.get("MLXARM_DEBUG", "0") not in ("", "0")
+
+
 
 
 class Compiler:
@@ -351,7 +356,7 @@ class LLVMExecutor:
             targets = [weakref.ref(nodes[a[1]]) for a in actions]
             del nodes
             self.replays += 1
-            if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
+            if _debugging():
                 print(f"[mlxarm] replay {len(actions)} recorded steps", file=sys.stderr)
             self.replay(actions, targets, leaves)
             return
@@ -763,9 +768,9 @@ class LLVMExecutor:
         (``box`` stays False, and the recorded actions replay) for an eval whose program cannot be
         built, with fewer than ``_NATIVE_PER_NUMPY_STEP`` native rows per numpy step, or whose
         intermediates would keep more than ``_EVAL_ARENA_MAX`` bytes of arena or exceed the cache
-        limit: a program pays where an eval is many small kernels, and its arena is
-        cache memory for as long as it is kept (``clear_cache`` lets it go). The caller checked that
-        no update is written in place (a capture writes into a leaf and puts it back)."""
+        limit: a program pays where an eval is many small kernels, and its arena is cache memory
+        for as long as it is kept (``clear_cache`` lets it go). The caller checked that no update is
+        written in place (a capture writes into a leaf and puts it back)."""
         capture = llvm_program.Capture()
         self.capture = capture
         try:
@@ -780,15 +785,10 @@ class LLVMExecutor:
                                                f"{program.native_rows} native rows")
             box[0] = program
         except llvm_program.Unsupported as e:
-            if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
+            if _debugging():
                 print(f"[mlxarm] eval stays a replay: {e}", file=sys.stderr)
         finally:
-            for n in capture.nodes:  # the capture kept the graph: let it go, as an eval does
-                n._inputs = ()
-                n._params = None
-            for n in outputs.values():
-                n._inputs = ()
-                n._params = None
+            capture.let_go(outputs.values())  # the capture kept the graph: let it go, as an eval does
 
     def release_programs(self) -> None:
         """Let go of the plain evals' programs and their arenas (``clear_cache``): each is captured
@@ -798,7 +798,7 @@ class LLVMExecutor:
 
     def run_eval_program(self, program, nodes: list, leaves: list) -> None:
         """Realize the held ``nodes`` of an eval by the program its capture built, on ``leaves``."""
-        if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
+        if _debugging():
             print(f"[mlxarm] program of {program.native_rows} kernels, {program.python_steps} numpy steps",
                   file=sys.stderr)
         with self._blas_for(program):
@@ -838,7 +838,7 @@ class LLVMExecutor:
             except llvm_program.Unsupported as e:
                 program = False
                 state.tape.program = False  # later calls record their graphs again
-                if os.environ.get("MLXARM_DEBUG", "0") not in ("", "0"):
+                if _debugging():
                     print(f"[mlxarm] compiled call stays a graph: {e}", file=sys.stderr)
             state.programs[layout] = program
         finally:
@@ -848,9 +848,7 @@ class LLVMExecutor:
                 # the graph evaluated again) runs on the inputs as they came.
                 for buf, window, old in reversed(capture.restores):
                     buf[window] = old
-                for n in capture.nodes:  # the capture kept the graph: let it go
-                    n._inputs = ()
-                    n._params = None
+                capture.let_go()  # the capture kept the graph: let it go
         if program or capture.restores:
             # None: the program runs next (nothing here may hold an input it could write into), or,
             # without one, the results read inputs the capture wrote into and are computed again

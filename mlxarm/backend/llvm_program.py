@@ -160,6 +160,14 @@ class Capture:
         # KV cache is not copied for the capture; ``capture_program`` puts the values back
         self.restores: list = []
 
+    def let_go(self, more=()) -> None:
+        """Drop the inputs and params of the captured nodes and of ``more`` (the capture kept the
+        graph; an eval that keeps none lets it go as each node is realized)."""
+        for nodes in (self.nodes, more):
+            for n in nodes:
+                n._inputs = ()
+                n._params = None
+
 
 class _Builder:
     def __init__(self, executor, inputs: tuple):
