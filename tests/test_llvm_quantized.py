@@ -115,15 +115,21 @@ def test_matches_numpy(dtype, bits, gs, transpose):
 
         got = on("llvm", product)
         assert got.dtype == d
-        lanes = executor("llvm").target.lanes
-        kernel = template.name(transpose, bits, gs, lanes, template.tile_rows(transpose, bits, lanes, m),
-                               (dtype,) * 3)
-        assert ("kernel", kernel) in executor("llvm").last_plan
+        assert ("kernel", _kernel(transpose, bits, gs, m, k, (dtype,) * 3)) in executor("llvm").last_plan
         want = on("numpy", product)
         w = on("numpy", lambda: ma.dequantize(*args[1:], group_size=gs, bits=bits))
         lo, hi = _interval(_values(args[0]), _values(w), transpose, dtype)
         _check_within(_values(got), lo, hi, "llvm")
         _check_within(_values(want), lo, hi, "numpy")
+
+
+def _kernel(transpose, bits, gs, m, k, types) -> str:
+    """The name of the template function the LLVM executor runs an M x K product by."""
+    ex = executor("llvm")
+    lanes = ex.target.lanes
+    mr = template.tile_rows(transpose, bits, lanes, m)
+    words = template.word_lanes(transpose, bits, gs, lanes, mr, llvm_quantized._permutes(ex.target), types, k)
+    return template.name(transpose, bits, gs, lanes, mr, types, words=words)
 
 
 def _mlx_operands(mx, rng, dtype, transpose, bits, gs, n, k):
@@ -164,7 +170,8 @@ def test_matches_mlx_exactly(dtype, bits, gs, transpose):
         got = on("llvm", lambda: ma.quantized_matmul(ma.array(x).astype(getattr(ma, dtype)), *ours,
                                                      transpose=transpose, group_size=gs, bits=bits))
         mr = template.tile_rows(transpose, bits, lanes, 1 if x.ndim == 1 else k)
-        assert ("kernel", template.name(transpose, bits, gs, lanes, mr, (dtype,) * 3)) in executor("llvm").last_plan
+        assert ("kernel", _kernel(transpose, bits, gs, 1 if x.ndim == 1 else k, k, (dtype,) * 3)) \
+            in executor("llvm").last_plan
         want = mx.quantized_matmul(mx.array(x).astype(getattr(mx, dtype)), *theirs, transpose, gs, bits)
         if not template.factored(transpose, bits, lanes, mr, llvm_quantized._permutes(executor("llvm").target),
                                  (dtype,) * 3):
@@ -333,6 +340,28 @@ def test_narrow_vectors(lanes, bits, gs, transpose):
         _check(got, *_reference(x, wq, scales, biases, transpose, bits, gs))
 
 
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("gs", template.GROUP_SIZES)
+def test_word_lanes(lanes, bits, gs):
+    """A float32 matvec reading a word per lane (``template.word_lanes``): a block of ``lanes`` words
+    within a group, a whole group, or (wider than a group) several groups' lanes, over K of one block
+    or group, of several spans and a tail, within the rounded summation bound; the same product with
+    K not a whole number of blocks reads a byte per lane instead."""
+    ex = executor("llvm")
+    rng = np.random.default_rng(lanes * bits + gs)
+    types = ("float32",) * 3
+    block = lanes * 32 // bits
+    unit = max(block, gs)
+    for k in (unit, 3 * unit, 2 * lanes * gs + unit):
+        assert template.word_lanes(True, bits, gs, lanes, 1, False, types, k)
+        x, wq, scales, biases = _operands(rng, True, bits, gs, 1, 37, k)
+        got = llvm_quantized.matmul(ex, x, wq, scales, biases, True, bits, gs, lanes=lanes)
+        _check(got, *_reference(x, wq, scales, biases, True, bits, gs))
+    if block > gs:
+        assert not template.word_lanes(True, bits, gs, lanes, 1, False, types, block + gs)
+
+
 @pytest.mark.skipif(any(shutil.which(t) is None for t in ("aarch64-linux-gnu-gcc", "qemu-aarch64-static")),
                     reason="needs Debian packages gcc-aarch64-linux-gnu and qemu-user-static")
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -352,8 +381,9 @@ def test_aarch64_runs_under_qemu(tmp_path, target, transpose, bits, gs, dtype):
         x, wq, scales, biases = _operands(rng, transpose, bits, gs, m, n, k)
         x, scales, biases = (_rounded(a, dtype) for a in (x, scales, biases))
         mr = template.tile_rows(transpose, bits, t.lanes, m)
-        fn = template.name(transpose, bits, gs, t.lanes, mr, types)
-        asm, obj = _compile(template.render(transpose, bits, gs, t.lanes, mr, types), t)
+        words = template.word_lanes(transpose, bits, gs, t.lanes, mr, False, types, k)  # the 4-bit float32 matvec
+        fn = template.name(transpose, bits, gs, t.lanes, mr, types, words=words)
+        asm, obj = _compile(template.render(transpose, bits, gs, t.lanes, mr, types, words=words), t)
         assert "fmla\tv" in asm or "fmla v" in asm  # vector FMAs on NEON registers
         (tmp_path / "kernel.o").write_bytes(obj)
         subprocess.run(["aarch64-linux-gnu-gcc", "-static", "-O1", f"-DKERNEL={fn}", "harness.c", "kernel.o", "-o",
@@ -414,8 +444,9 @@ def test_one_call_over_several_matrices(bits, gs, ns):
     k = 4 * max(gs, 32)
     x = rng.standard_normal((1, k)).astype(np.float32)
     dtypes = ("float32", "float16", "float32", "float32")  # float16 scales widened: a GGUF model's
-    joined = llvm_quantized._function(ex, True, bits, gs, lanes, 1, dtypes, len(ns))
-    single = llvm_quantized._function(ex, True, bits, gs, lanes, 1, dtypes)
+    words = template.word_lanes(True, bits, gs, lanes, 1, llvm_quantized._permutes(ex.target), dtypes, k)
+    joined = llvm_quantized._function(ex, True, bits, gs, lanes, 1, dtypes, len(ns), words)
+    single = llvm_quantized._function(ex, True, bits, gs, lanes, 1, dtypes, words=words)
     addresses, wants, outs, keep = [], [], [], []
     for j, n in enumerate(ns):
         _, wq, scales, biases = _operands(rng, True, bits, gs, 1, n, k)

@@ -66,7 +66,10 @@ def name(executor, node) -> str:
     m = math.prod(node._shape[:-1])
     lanes = executor.target.lanes
     mr = template.tile_rows(p["transpose"], p["bits"], lanes, m)
-    return template.name(p["transpose"], p["bits"], p["group_size"], lanes, mr, dtypes(node))
+    types = dtypes(node)
+    words = template.word_lanes(p["transpose"], p["bits"], p["group_size"], lanes, mr, _permutes(executor.target),
+                                types, node._inputs[0]._shape[-1])
+    return template.name(p["transpose"], p["bits"], p["group_size"], lanes, mr, types, words=words)
 
 
 def bind(executor, node):
@@ -83,7 +86,8 @@ def bind(executor, node):
     lanes = executor.target.lanes
     mr = template.tile_rows(transpose, bits, lanes, m)
     types, permute = dtypes(node), _permutes(executor.target)
-    fn = _function(executor, transpose, bits, gs, lanes, mr, types)
+    words = template.word_lanes(transpose, bits, gs, lanes, mr, permute, types, k)
+    fn = _function(executor, transpose, bits, gs, lanes, mr, types, words=words)
     interleave = template.x_interleaved(transpose, bits, gs, lanes, mr, permute, types)
     meta = np.array([m, n, k], np.int64)
     args = (ctypes.c_void_p * 6)()
@@ -139,7 +143,7 @@ def bind(executor, node):
         # a program may run this matvec in one call with others of the same x (``llvm_program``); the
         # maker holds no node (a bound function outlives the eval that made it)
         native.joins = (("qmv", bits, gs, lanes, types, k),
-                        lambda parts: _function(executor, transpose, bits, gs, lanes, mr, types, parts))
+                        lambda parts: _function(executor, transpose, bits, gs, lanes, mr, types, parts, words))
     return run_bound
 
 
@@ -162,14 +166,15 @@ def _permutes(target) -> bool:
 
 
 def _function(executor, transpose: bool, bits: int, group_size: int, lanes: int, mr: int,
-              dtypes: tuple = template.F32, parts: int = 1):
+              dtypes: tuple = template.F32, parts: int = 1, words: bool = False):
     key = ("qmm", transpose, bits, group_size, lanes, mr) + (() if dtypes == template.F32 else (dtypes,)) \
-        + (() if parts == 1 else (("parts", parts),))
+        + (() if parts == 1 else (("parts", parts),)) + (("words",) if words else ())
     fn = executor.functions.get(key)
     if fn is None:
-        source = template.render(transpose, bits, group_size, lanes, mr, dtypes, _permutes(executor.target), parts)
+        source = template.render(transpose, bits, group_size, lanes, mr, dtypes, _permutes(executor.target), parts,
+                                 words)
         fn = executor.functions[key] = executor.compiler.load(
-            source, template.name(transpose, bits, group_size, lanes, mr, dtypes, parts))
+            source, template.name(transpose, bits, group_size, lanes, mr, dtypes, parts, words))
         executor.sources[key] = source
     return fn
 
@@ -196,7 +201,8 @@ def matmul(executor, x: np.ndarray, w: np.ndarray, scales: np.ndarray, biases: n
     n = w.shape[0] if transpose else w.shape[1] * 32 // bits
     lanes = lanes or executor.target.lanes
     mr = template.tile_rows(transpose, bits, lanes, m)
-    fn = _function(executor, transpose, bits, group_size, lanes, mr, types)
+    words = template.word_lanes(transpose, bits, group_size, lanes, mr, _permutes(executor.target), types, k)
+    fn = _function(executor, transpose, bits, group_size, lanes, mr, types, words=words)
     if template.x_interleaved(transpose, bits, group_size, lanes, mr, _permutes(executor.target), types):
         x = template.interleave_x(x, bits, lanes)
     out = np.empty((m, n), _NUMPY[types[2]])
