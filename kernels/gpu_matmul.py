@@ -79,8 +79,11 @@ def name(t: Tiling, a_rows: bool, b_rows: bool, dtype: str = "float32") -> str:
 def _body(t: Tiling, a_rows: bool, b_rows: bool, idx: str, pairs: bool = False) -> list:
     """The kernel body in the C subset OpenCL C and GLSL share (``idx``: the index type; ``LID``,
     ``GROUP_X/Y/Z``, ``BARRIER``, ``A``, ``B`` and ``STORE_C`` (or ``STORE_PAIR``) come from the
-    dialect). ``pairs``: a work item owns pairs of neighbouring columns (``2 * (lx + p * TX)`` and the
-    next), so 16-bit results can be written a 32-bit word at a time."""
+    dialect, and ``RAW``, ``ZERO`` and ``WIDEN``: ``A`` and ``B`` read an element as stored, of type
+    ``RAW``, which ``WIDEN`` makes a float as it is staged in local memory; a half is widened only then,
+    after the step's arithmetic, so the prefetch's loads stay in flight behind it). ``pairs``: a work
+    item owns pairs of neighbouring columns (``2 * (lx + p * TX)`` and the next), so 16-bit results can
+    be written a 32-bit word at a time."""
     bm, bn, bk = t.bm, t.bn, t.bk
     amp, bnp = bm + 1, bn + 1  # one word of padding per row of a panel: no bank conflicts on writes
     # Panel loads: consecutive work items walk the operand's contiguous axis (a_rows: A's rows are
@@ -101,8 +104,8 @@ def _body(t: Tiling, a_rows: bool, b_rows: bool, idx: str, pairs: bool = False) 
         f"float av[{t.tm}];",
         f"float bv[{t.tn}];",
     ]
-    a_load = "(gr < M && gk < K) ? A(abase + gr * sam + gk * sak) : 0.0f"
-    b_load = "(gk < K && gc < N) ? B(bbase + gk * sbk + gc * sbn) : 0.0f"
+    a_load = "(gr < M && gk < K) ? A(abase + gr * sam + gk * sak) : ZERO"
+    b_load = "(gk < K && gc < N) ? B(bbase + gk * sbk + gc * sbn) : ZERO"
     na, nb = bm * bk // t.threads, bk * bn // t.threads
     if na * t.threads == bm * bk and nb * t.threads == bk * bn:
         # Each work item's share of the panels is a fixed number of words, held in registers: the next
@@ -113,11 +116,11 @@ def _body(t: Tiling, a_rows: bool, b_rows: bool, idx: str, pairs: bool = False) 
                      f"pa[{u}] = {a_load}; }}" for u in range(na)]
                     + [f"{{ {idx} i = tid + {u * t.threads}; {b_rc} {idx} gk = {k0} + r; {idx} gc = col0 + c; "
                        f"pb[{u}] = {b_load}; }}" for u in range(nb)])
-        lines += [f"float pa[{na}];", f"float pb[{nb}];", *fetch("0"),
+        lines += [f"RAW pa[{na}];", f"RAW pb[{nb}];", *fetch("0"),
                   f"for ({idx} k0 = 0; k0 < K; k0 += {bk}) {{",
-                  *(f"  {{ {idx} i = tid + {u * t.threads}; {a_rc} As[c * {amp} + r] = pa[{u}]; }}"
+                  *(f"  {{ {idx} i = tid + {u * t.threads}; {a_rc} As[c * {amp} + r] = WIDEN(pa[{u}]); }}"
                     for u in range(na)),
-                  *(f"  {{ {idx} i = tid + {u * t.threads}; {b_rc} Bs[r * {bnp} + c] = pb[{u}]; }}"
+                  *(f"  {{ {idx} i = tid + {u * t.threads}; {b_rc} Bs[r * {bnp} + c] = WIDEN(pb[{u}]); }}"
                     for u in range(nb)),
                   "  BARRIER",
                   f"  if (k0 + {bk} < K) {{",
@@ -130,13 +133,13 @@ def _body(t: Tiling, a_rows: bool, b_rows: bool, idx: str, pairs: bool = False) 
             f"    {a_rc}",
             f"    {idx} gr = row0 + r;",
             f"    {idx} gk = k0 + c;",
-            f"    As[c * {amp} + r] = {a_load};",
+            f"    As[c * {amp} + r] = WIDEN({a_load});",
             "  }",
             f"  for ({idx} i = tid; i < {bk * bn}; i += {t.threads}) {{",
             f"    {b_rc}",
             f"    {idx} gk = k0 + r;",
             f"    {idx} gc = col0 + c;",
-            f"    Bs[r * {bnp} + c] = {b_load};",
+            f"    Bs[r * {bnp} + c] = WIDEN({b_load});",
             "  }",
             "  BARRIER"]
     lines += [
@@ -178,9 +181,9 @@ def opencl(t: Tiling, a_rows: bool, b_rows: bool, dtype: str = "float32") -> str
     params = [f"__global {st}* restrict c_", f"__global const {st}* restrict a_",
               f"__global const {st}* restrict b_"] + [f"int {a}" for a in ARGS]
     body = _body(t, a_rows, b_rows, "int")
-    load, store = {"float32": ("{p}[i]", "{p}[i] = v"),
-                   "float16": ("mx_f16_to_f32((uint){p}[i])", "{p}[i] = (ushort)mx_f32_to_f16(v)"),
-                   "bfloat16": ("mx_bf16_to_f32((uint){p}[i])", "{p}[i] = (ushort)mx_f32_to_bf16(v)")}[dtype]
+    widen, store = {"float32": ("(x)", "{p}[i] = v"),
+                    "float16": ("mx_f16_to_f32((uint)(x))", "{p}[i] = (ushort)mx_f32_to_f16(v)"),
+                    "bfloat16": ("mx_bf16_to_f32((uint)(x))", "{p}[i] = (ushort)mx_f32_to_bf16(v)")}[dtype]
     lines = [render_opencl.PRELUDE] if dtype != "float32" else []
     lines += [
         "#define LID ((int)get_local_id(0))",
@@ -188,8 +191,11 @@ def opencl(t: Tiling, a_rows: bool, b_rows: bool, dtype: str = "float32") -> str
         "#define GROUP_Y ((int)get_group_id(1))",
         "#define GROUP_Z ((int)get_group_id(2))",
         "#define BARRIER barrier(CLK_LOCAL_MEM_FENCE);",
-        f"#define A(i) {load.format(p='a_')}",
-        f"#define B(i) {load.format(p='b_')}",
+        f"#define RAW {st}",
+        f"#define ZERO (({st})0)",
+        f"#define WIDEN(x) {widen}",
+        "#define A(i) a_[i]",
+        "#define B(i) b_[i]",
         f"#define STORE_C(i, v) {store.format(p='c_')}",
         f"__kernel __attribute__((reqd_work_group_size({t.threads}, 1, 1))) void {fn}({', '.join(params)}) {{",
         *("  " + ln for ln in _panels(t, "__local")),
@@ -209,7 +215,8 @@ def glsl(t: Tiling, a_rows: bool, b_rows: bool, dtype: str = "float32") -> str:
         head = ["#version 450"]
         bufs = ["writeonly buffer BC { float c_[]; };", "readonly buffer BA { float a_[]; };",
                 "readonly buffer BB { float b_[]; };"]
-        macros = ["#define A(i) a_[i]", "#define B(i) b_[i]", "#define STORE_C(i, v) c_[i] = v"]
+        macros = ["#define RAW float", "#define ZERO 0.0", "#define WIDEN(x) (x)", "#define A(i) a_[i]",
+                  "#define B(i) b_[i]", "#define STORE_C(i, v) c_[i] = v"]
     else:
         # Kompute binds 32-bit words: a 16-bit element is half of one; neighbouring outputs of one word
         # belong to different work items, so stores go through atomics on their half.
@@ -219,7 +226,8 @@ def glsl(t: Tiling, a_rows: bool, b_rows: bool, dtype: str = "float32") -> str:
         conv, back = ("mx_f16_to_f32", "mx_f32_to_f16") if dtype == "float16" else ("mx_bf16_to_f32", "mx_f32_to_bf16")
         # A pair that starts a word is written whole; one that straddles two words (odd N or offset)
         # or has no second column sets its halves with atomics, as neighbours may share the word.
-        macros = [f"#define A(i) {conv}({half.format(p='a_')})", f"#define B(i) {conv}({half.format(p='b_')})",
+        macros = ["#define RAW uint", "#define ZERO 0u", f"#define WIDEN(x) {conv}(x)",
+                  f"#define A(i) {half.format(p='a_')}", f"#define B(i) {half.format(p='b_')}",
                   "#define STORE_HALF(i, v) { int w_ = (i) >> 1; uint s_ = uint((i) & 1) * 16u; "
                   f"atomicAnd(c_[w_], ~(0xFFFFu << s_)); atomicOr(c_[w_], ({back}(v) & 0xFFFFu) << s_); }}",
                   "#define STORE_PAIR(i, v0, v1, two) { if (((i) & 1) == 0 && (two)) "
