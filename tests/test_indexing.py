@@ -180,6 +180,23 @@ def test_setitem_casts_and_keeps_other_references():
     assert z.tolist() == [1, 0, 0]
 
 
+def test_setitem_update_of_the_region_shape_is_written_as_it_is():
+    """An update already shaped as the region (a KV cache's, each decode step) is the slice update's
+    input itself, with no reshape or broadcast node between; other shapes still broadcast."""
+    base = np.arange(96, dtype=np.float32).reshape(1, 3, 8, 4)
+    a = mx.array(base)
+    u = mx.array(np.full((1, 3, 1, 4), -1, np.float32))
+    a[..., 2:3, :] = u
+    assert a._prim.name == "slice_update" and a._inputs[1] is u
+    want = base.copy()
+    want[..., 2:3, :] = -1
+    np.testing.assert_array_equal(np.array(a), want)
+    b = mx.array(base)
+    b[..., 2:3, :] = mx.array(np.full((3, 1, 1), -2, np.float32))
+    want[..., 2:3, :] = -2
+    np.testing.assert_array_equal(np.array(b), want)
+
+
 def test_setitem_duplicates_last_wins():
     ours, ref = both((3,), "float32")
     ours[mx.array([0, 0, 0, 1])] = mx.array([1., 2., 3., 4.])

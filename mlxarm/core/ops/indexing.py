@@ -371,6 +371,8 @@ def _strip_leading_ones(u: array) -> array:
 def _fit_update(u: array, shape: tuple, accumulate: bool) -> array:
     from .shape import broadcast_to
 
+    if u._shape == shape:  # the common case (a KV cache's update): no reshape and broadcast nodes
+        return u
     u = _strip_leading_ones(u)
     if len(u._shape) > len(shape) or any(
             s != t and s != 1 for s, t in zip(u._shape[::-1], shape[::-1])):
