@@ -61,6 +61,16 @@ def buffers(kernel: Kernel) -> dict:
 # Half-precision conversions done on bits, so rounding is round-to-nearest-even on every device
 # (builtins such as GLSL's packHalf2x16 leave the rounding mode to the implementation). F2U/U2F
 # reinterpret float bits and RINT rounds half to even; each dialect defines them.
+# (OpenCL C puts its built-in conversion in place of ``HALF_TO_FLOAT``.)
+HALF_TO_FLOAT = """float mx_f16_to_f32(uint h) {
+  uint sign = (h & 0x8000u) << 16;
+  uint e = (h >> 10) & 0x1Fu;
+  uint m = h & 0x3FFu;
+  if (e == 0u) { float v = TO_F(m) * 5.9604644775390625e-8f; return sign != 0u ? -v : v; }
+  if (e == 31u) return U2F(sign | 0x7F800000u | (m << 13));
+  return U2F(sign | ((e + 112u) << 23) | (m << 13));
+}
+"""
 HALF_HELPERS = """
 uint mx_f32_to_f16(float f) {
   uint x = F2U(f);
@@ -72,15 +82,7 @@ uint mx_f32_to_f16(float f) {
   uint m = ax - 0x38000000u;
   return sign | ((m + 0xFFFu + ((m >> 13) & 1u)) >> 13);
 }
-float mx_f16_to_f32(uint h) {
-  uint sign = (h & 0x8000u) << 16;
-  uint e = (h >> 10) & 0x1Fu;
-  uint m = h & 0x3FFu;
-  if (e == 0u) { float v = TO_F(m) * 5.9604644775390625e-8f; return sign != 0u ? -v : v; }
-  if (e == 31u) return U2F(sign | 0x7F800000u | (m << 13));
-  return U2F(sign | ((e + 112u) << 23) | (m << 13));
-}
-uint mx_f32_to_bf16(float f) {
+""" + HALF_TO_FLOAT + """uint mx_f32_to_bf16(float f) {
   uint u = F2U(f);
   if (ISNAN(f)) return ((u >> 16) | 0x40u) & 0xFFFFu;
   return ((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16) & 0xFFFFu;
