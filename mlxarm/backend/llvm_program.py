@@ -741,7 +741,7 @@ class Program:
                       and roots[r].dtype == dtype and strides == _c_strides(shape, dtype)}
         self.patched: dict = {}  # root -> the address its slots hold
         self.owner = None  # the ``Bound`` whose buffers the slots hold, None after ``run``
-        self.native_rows = sum(len(s[1]) for s in self.segments if s[0] == "native")
+        self.native_rows = sum(s[3] for s in self.segments if s[0] == "native")
         self.python_steps = sum(1 for s in self.segments if s[0] == "python")
         self.driver = executor.program_driver()
 
@@ -802,15 +802,15 @@ class Program:
         driver, pool = self.driver, executor.pool
         for segment in self.segments:
             if segment[0] == "native":
-                _, _, table, rows = segment
+                _, _, table_at, rows = segment
                 start = perf_counter()
                 if pool is not None and pool.lock.acquire(blocking=False):
                     try:
-                        driver(table, rows, pool.dispatch_address, pool.address, 1)
+                        driver(table_at, rows, pool.dispatch_address, pool.address, 1)
                     finally:
                         pool.lock.release()
                 else:
-                    driver(table, rows, 0, 0, 0)
+                    driver(table_at, rows, 0, 0, 0)
                 executor.native_seconds += perf_counter() - start
             else:
                 self.call(segment)
