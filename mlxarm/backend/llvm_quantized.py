@@ -60,15 +60,18 @@ def dtypes(node) -> tuple:
     return found if rounded == found[1] else found + (rounded,)
 
 
+def _form(executor, transpose: bool, bits: int, group_size: int, lanes: int, m: int, k: int, types: tuple) -> tuple:
+    """(register tile rows, codes read a word per lane) of the template function for an M x K product."""
+    mr = template.tile_rows(transpose, bits, lanes, m)
+    return mr, template.word_lanes(transpose, bits, group_size, lanes, mr, _permutes(executor.target), types, k)
+
+
 def name(executor, node) -> str:
     """The template function that runs ``node`` (its rows of x decide the register tile)."""
     p = node._params
-    m = math.prod(node._shape[:-1])
-    lanes = executor.target.lanes
-    mr = template.tile_rows(p["transpose"], p["bits"], lanes, m)
-    types = dtypes(node)
-    words = template.word_lanes(p["transpose"], p["bits"], p["group_size"], lanes, mr, _permutes(executor.target),
-                                types, node._inputs[0]._shape[-1])
+    lanes, types = executor.target.lanes, dtypes(node)
+    mr, words = _form(executor, p["transpose"], p["bits"], p["group_size"], lanes, math.prod(node._shape[:-1]),
+                      node._inputs[0]._shape[-1], types)
     return template.name(p["transpose"], p["bits"], p["group_size"], lanes, mr, types, words=words)
 
 
@@ -84,9 +87,8 @@ def bind(executor, node):
     n = shape[-1]
     m = math.prod(shape[:-1])
     lanes = executor.target.lanes
-    mr = template.tile_rows(transpose, bits, lanes, m)
     types, permute = dtypes(node), _permutes(executor.target)
-    words = template.word_lanes(transpose, bits, gs, lanes, mr, permute, types, k)
+    mr, words = _form(executor, transpose, bits, gs, lanes, m, k, types)
     fn = _function(executor, transpose, bits, gs, lanes, mr, types, words=words)
     interleave = template.x_interleaved(transpose, bits, gs, lanes, mr, permute, types)
     meta = np.array([m, n, k], np.int64)
@@ -200,8 +202,7 @@ def matmul(executor, x: np.ndarray, w: np.ndarray, scales: np.ndarray, biases: n
     m, k = x.shape
     n = w.shape[0] if transpose else w.shape[1] * 32 // bits
     lanes = lanes or executor.target.lanes
-    mr = template.tile_rows(transpose, bits, lanes, m)
-    words = template.word_lanes(transpose, bits, group_size, lanes, mr, _permutes(executor.target), types, k)
+    mr, words = _form(executor, transpose, bits, group_size, lanes, m, k, types)
     fn = _function(executor, transpose, bits, group_size, lanes, mr, types, words=words)
     if template.x_interleaved(transpose, bits, group_size, lanes, mr, _permutes(executor.target), types):
         x = template.interleave_x(x, bits, lanes)
