@@ -2,8 +2,8 @@
 seen twice before runs its recorded steps on its own buffers (``GPUExecutor.replay``). Each eval is
 checked against the numpy executor: new input values, leaves that are views at other offsets of
 their buffer, dtypes and shapes that change between evals, outputs held across evals (and fed back in),
-a KV cache written in place at a new position each step (rope's offset and the write position are read
-on the host per replay), and a replay whose recorded in-place write is no longer allowed."""
+a KV cache written in place at a new position each step (rope's offset and the write position read
+from their buffers), and a replay whose recorded in-place write is no longer allowed."""
 import numpy as np
 import pytest
 

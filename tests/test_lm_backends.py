@@ -83,7 +83,8 @@ def test_cached_decode_matches_numpy(model, numpy_decode, device):
 def test_gpu_decode_step_is_one_submission(model, device):
     """``generate_step`` on a GPU executor: the greedy token is taken on the device (the argmax
     template, no numpy step after the first kernel) and comes back in the step's own submission, so a
-    decode step waits for the device once. The tokens are the reference's."""
+    decode step waits for the device once; a bound step (``backend.gpu_bind``, from the fourth) reads
+    back its log-probabilities too. The tokens are the reference's."""
     from mlxarm.backend import executor
     from mlxarm.lm.generate import generate_step
 
@@ -100,6 +101,6 @@ def test_gpu_decode_step_is_one_submission(model, device):
     on(device, generate)
     assert tokens == case["greedy_ids"][:4]
     for (s0, d0), (s1, d1) in zip(marks[1:], marks[2:]):
-        assert d1 - d0 == 1, "a step downloaded more than its token"
+        assert d1 - d0 in (1, 2), "a step downloaded more than its token and log-probabilities"
         if s0 is not None:  # Vulkan counts its submissions
             assert s1 - s0 == 1, "a decode step waited for the device more than once"

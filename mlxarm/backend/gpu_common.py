@@ -138,6 +138,16 @@ class Resident:
         """A kernel wrote ``root``'s device buffer ``buf`` in place: its host copy is stale."""
         self.stale[id(root)] = (self.refs.get(id(root)) or weakref.ref(root), buf)
 
+    def detach(self, root, release: bool) -> None:
+        """Forget ``root``'s device buffer (its host copy is current): handed to ``on_drop`` when
+        ``release``, else kept by whoever took it (a bound call, ``gpu_bind``)."""
+        key = id(root)
+        self.refs.pop(key, None)
+        self.stale.pop(key, None)
+        buf = self.buffers.pop(key, None)
+        if release and buf is not None and self.on_drop is not None:
+            self.on_drop(buf)
+
     def _drop(self, ref) -> None:
         key = ref.key
         if self.refs.get(key) is not ref:
@@ -258,6 +268,8 @@ class GPUExecutor:
         self.leaves = None  # the eval's leaves (fuse.signature) while it runs
         self.leaf_ids = None
         self.located: dict = {}  # id(array) -> _Located, for eval leaves (weights live across evals)
+        self.capture = None  # a bound call's capture while one runs (``gpu_bind``)
+        self.bound_runs = 0  # calls of bound calls replayed as their launches (``gpu_bind``)
         device_writers.append(self)
 
     def info(self) -> dict:
@@ -351,6 +363,34 @@ class GPUExecutor:
             key = id(root_of(data))
             if key in stale:
                 self.sync_host((key,))
+
+    # --- a compiled call bound to its state (``gpu_bind``) ---------------------------------------------
+    binds_tapes = True  # binds a compiled call's tape, with no program of it (``compile._Compiled.bind``)
+
+    def bind_call(self, state, inputs: list, free: dict, tops: list):
+        """``gpu_bind.bind``: the call of ``state.tape`` on ``inputs`` bound to the inputs not at
+        ``tops`` (its state, written in place by every call), or None."""
+        from . import gpu_bind
+
+        if not self._realize_views(inputs):
+            return None
+        return gpu_bind.bind(self, state, inputs, free, tops)
+
+    def _realize_views(self, arrays) -> bool:
+        """Make the unrealized ``arrays`` that are views of realized arrays (``tokens[None]``) on the
+        host: False (stopping there) at one that is anything else."""
+        for x in arrays:
+            if x._data is None and (x._prim is None or x._prim.name not in lower.VIEWS
+                                    or any(i._data is None for i in x._inputs) or not self.run_view(x, 0)):
+                return False
+        return True
+
+    def run_bound(self, bound, given: tuple, layout: tuple):
+        """One call of ``bound`` on ``given`` when they are realized (or views of realized arrays,
+        made here) in ``layout`` (their strides when bound): {tape step index: fresh result}, or None."""
+        if not self._realize_views(given) or tuple(x._data.strides for x in given) != layout:
+            return None
+        return bound.step(self, given)
 
     # --- one eval ------------------------------------------------------------------------------------
     def supports(self, kernel: ir.Kernel) -> bool:
@@ -1007,6 +1047,8 @@ class GPUExecutor:
         # of leaves when it is one; x by x_node, this frame and getrefcount's argument. One more of
         # either is a user, another node or a view.
         held = 4 if id(x_node) in self.leaf_ids else 3
+        if self.capture is not None:
+            held += self.capture.lent.get(id(x_node), 0)  # a bound call's state, held by the call
         return sys.getrefcount(x_node) <= held and sys.getrefcount(x) <= 3 and x.base is None \
             and x.flags.writeable and x.flags.c_contiguous
 
@@ -1118,7 +1160,10 @@ class GPUExecutor:
                 print(f"[mlxarm] {self.name} numpy {self.last_plan[-1][1]} {n._shape} {n._dtype.name}",
                       file=sys.stderr)
         self.numpy_steps += len(nodes)
+        taken = self.capture.before_host_steps(nodes) if self.capture is not None else None
         self.numpy.run([weakref.ref(n) for n in nodes])
+        if taken is not None:
+            self.capture.after_host_steps(taken)
 
 
 def _box(template: tuple, shape: tuple):

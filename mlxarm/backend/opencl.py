@@ -82,6 +82,9 @@ class OpenCLRuntime:
         except cl.Error:  # the query is deprecated since OpenCL 2.0; a driver may refuse it
             self.host_memory = False
         self.unified = self.host_memory and os.environ.get("MLXARM_UNIFIED") != "0"
+        self.tap = None  # a list while a bound call is captured: what this runtime did (``gpu_bind``)
+        self.withheld: set = set()  # ids of buffers a bound call owns: never pooled
+        self.parked: dict = {}  # id -> a withheld buffer whose array died: pooled when the call lets it go
 
     def info(self) -> dict:
         d = self.device
@@ -116,8 +119,11 @@ class OpenCLRuntime:
 
     def release(self, buf) -> None:
         """Keep a dead array's large buffer for reuse once the recorded work that may still use it has run
-        (the driver keeps any buffer alive while enqueued work uses it)."""
-        if buf.size >= self.large:
+        (the driver keeps any buffer alive while enqueued work uses it). A bound call's buffer is
+        parked until the call lets it go (``gpu_bind``)."""
+        if id(buf) in self.withheld:
+            self.parked[id(buf)] = buf
+        elif buf.size >= self.large:
             self.dying.append(buf)
 
     def upload(self, host: np.ndarray):
@@ -127,10 +133,9 @@ class OpenCLRuntime:
         self.uploads += 1
         buf = self._pooled(host.nbytes)
         if buf is None:
-            if host.nbytes == 0:
-                return cl.Buffer(self.context, self._flags(), 4)
-            return cl.Buffer(self.context, self._flags() | cl.mem_flags.COPY_HOST_PTR, hostbuf=host)
-        if host.nbytes:
+            buf = cl.Buffer(self.context, self._flags(), 4) if host.nbytes == 0 else \
+                cl.Buffer(self.context, self._flags() | cl.mem_flags.COPY_HOST_PTR, hostbuf=host)
+        elif host.nbytes:
             q = self.queue()
             if self._mapped(buf, host.nbytes):
                 mapped, _ = cl.enqueue_map_buffer(q, buf, cl.map_flags.WRITE_INVALIDATE_REGION, 0, (host.nbytes,),
@@ -139,6 +144,8 @@ class OpenCLRuntime:
                 mapped.base.release(q).wait()  # unmapped before a kernel on any queue reads it
             else:
                 cl.enqueue_copy(q, buf, host, is_blocking=True)
+        if self.tap is not None:
+            self.tap.append(("upload", host, buf))
         return buf
 
     def _mapped(self, buf, nbytes: int) -> bool:
@@ -149,7 +156,9 @@ class OpenCLRuntime:
         return self._pooled(nbytes) or self.cl.Buffer(self.context, self._flags(), max(4, nbytes))
 
     whole_evals = True  # a prompt's KV cache write and copying reshapes run as kernels (not on Vulkan)
-    buffer_positions = False  # arguments are set per launch: positions read on the host are free to change
+    # A decode step's rope and cache write read the position from its buffer, as on Vulkan: their launches
+    # are then the same at every position, which a bound step replays (``gpu_bind``).
+    buffer_positions = True
 
     def begin(self, structure=None) -> None:
         """An eval begins (nothing to do here: the Vulkan runtime counts its submissions)."""
@@ -159,6 +168,8 @@ class OpenCLRuntime:
         host-allocated buffer is mapped and copied from, any other read into the host array."""
         cl = self.cl
         q = self.queue()
+        if self.tap is not None:
+            self.tap.append(("submit", tuple(jobs)))
         self.downloads += len(jobs)
         maps, events = [], []
         for buf, host in jobs:
@@ -235,10 +246,8 @@ class OpenCLRuntime:
             self.launch_two_stage(kernel, bufs, offsets, parts, stream)
             return
         groups = min(self.max_groups, n if kernel.reduce_op else -(-n // (wg * render_c.ELEMENTWISE)))
-        self.set_args(fn, bufs, [*offsets, n], np.int64)
-        event = self.cl.enqueue_nd_range_kernel(self.queue(stream), fn, (groups * wg,), (wg,),
-                                                wait_for=self._waits(bufs[1:]))
-        self.written[id(bufs[0])] = event
+        self.written[id(bufs[0])] = self._enqueue(self.queue(stream), fn, bufs, [*offsets, n], np.int64,
+                                                  (groups * wg,), (wg,), self._waits(bufs[1:]))
 
     def launch_two_stage(self, kernel, bufs: list, offsets: list, parts: int, stream=None) -> None:
         """A reduction over few outputs: ``parts`` workgroups per output write partial results (8
@@ -247,14 +256,12 @@ class OpenCLRuntime:
         wg = self.workgroup
         scratch = self.alloc(8 * n * parts)
         first = self.program(kernel, 0, "partial")
-        self.set_args(first, [scratch, *bufs[1:]], [0, *offsets[1:], n, parts], np.int64)
         q = self.queue(stream)
-        event = self.cl.enqueue_nd_range_kernel(q, first, (min(self.max_groups, n * parts) * wg,), (wg,),
-                                                wait_for=self._waits(bufs[1:]))
+        event = self._enqueue(q, first, [scratch, *bufs[1:]], [0, *offsets[1:], n, parts], np.int64,
+                              (min(self.max_groups, n * parts) * wg,), (wg,), self._waits(bufs[1:]))
         second = self.program(kernel, 0, "combine")
-        self.set_args(second, [bufs[0], scratch], [offsets[0], n, parts], np.int64)
-        self.written[id(bufs[0])] = self.cl.enqueue_nd_range_kernel(
-            q, second, (min(self.max_groups, n) * wg,), (wg,), wait_for=[event])
+        self.written[id(bufs[0])] = self._enqueue(q, second, [bufs[0], scratch], [offsets[0], n, parts], np.int64,
+                                                  (min(self.max_groups, n) * wg,), (wg,), [event])
         self.release(scratch)
 
     def set_args(self, fn, bufs: list, scalars: list, dtype) -> None:
@@ -266,6 +273,14 @@ class OpenCLRuntime:
             fn.set_scalar_arg_dtypes([None] * len(bufs) + [dtype] * len(scalars))
             self.typed[id(fn)] = shape
         fn.set_args(*bufs, *scalars)
+
+    def _enqueue(self, q, fn, bufs: list, scalars: list, dtype, size: tuple, local: tuple, waits):
+        """Launch ``fn`` on queue ``q`` over ``size`` work items in groups of ``local``; its event."""
+        self.set_args(fn, bufs, scalars, dtype)
+        event = self.cl.enqueue_nd_range_kernel(q, fn, size, local, wait_for=waits)
+        if self.tap is not None:
+            self.tap.append(("launch", tuple(bufs), q, fn, tuple(scalars), dtype, size, local))
+        return event
 
     def template_kernel(self, name: str, render, debug: int = 0):
         """Kernel template ``name`` (``render("opencl")`` gives its source), built once."""
@@ -283,10 +298,48 @@ class OpenCLRuntime:
         """Record template kernel ``fn`` over ``groups`` workgroups of ``threads`` work items; its
         arguments are ``bufs`` (the first one written) and ``args``, integers that fit 32 bits (as
         ``int``, as in GLSL)."""
-        self.set_args(fn, bufs, args, np.int32)
         size = (groups[0] * threads, groups[1], groups[2])
-        self.written[id(bufs[0])] = self.cl.enqueue_nd_range_kernel(self.queue(), fn, size, (threads, 1, 1),
-                                                                    wait_for=self._waits(bufs[1:]))
+        self.written[id(bufs[0])] = self._enqueue(self.queue(), fn, bufs, args, np.int32, size, (threads, 1, 1),
+                                                  self._waits(bufs[1:]))
+
+    # --- a bound call (``gpu_bind``) -------------------------------------------------------------------
+    def withhold(self, bufs) -> None:
+        """Keep ``bufs`` out of the pool while a bound call owns them: the ones dead arrays left to it
+        are parked (``release``)."""
+        held = {id(b) for b in bufs}
+        self.withheld |= held
+        for b in self.dying:
+            if id(b) in held:
+                self.parked[id(b)] = b
+        self.dying = [b for b in self.dying if id(b) not in held]
+        for key, free in self.pool.items():
+            kept = [b for b in free if id(b) not in held]
+            for b in free:
+                if id(b) in held:
+                    self.parked[id(b)] = b
+                    self.pooled_bytes -= b.size
+            self.pool[key] = kept
+
+    def bound_handle(self, submit: tuple, launches: list, written: list, read: list):
+        """What ``run_bound`` replays: the tapped launches (on one queue), or None where they cannot be."""
+        if len({id(entry[2]) for entry in launches}) > 1:
+            return None
+        return tuple(launches)
+
+    def run_bound(self, handle, writes: list, reads: list) -> None:
+        """Replay a bound call: write (buffer, byte offset, contiguous host array) pairs, run the
+        launches ``handle`` holds, read (buffer, byte offset, host array) pairs, and wait."""
+        cl = self.cl
+        q = handle[0][2] if handle else self.queue()
+        for buf, off, host in writes:
+            cl.enqueue_copy(q, buf, host, dst_offset=off, is_blocking=False)
+        for _, bufs, lq, fn, scalars, dtype, size, local in handle:
+            self.set_args(fn, bufs, scalars, dtype)
+            cl.enqueue_nd_range_kernel(lq, fn, size, local)
+        events = [cl.enqueue_copy(q, host, buf, src_offset=off, is_blocking=False) for buf, off, host in reads]
+        cl.wait_for_events(events) if events else None
+        q.finish()
+        self.downloads += len(reads)
 
 
 class OpenCLExecutor(GPUExecutor):

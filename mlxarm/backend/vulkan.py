@@ -144,6 +144,9 @@ class VulkanRuntime:
         self.resubmits = 0  # submissions that ran a kept sequence again
         self.pending_uploads: list = []
         self.dying: list = []
+        self.tap = None  # a list while a bound call is captured: what this runtime did (``gpu_bind``)
+        self.withheld: set = set()  # ids of tensors a bound call owns: never pooled
+        self.parked: dict = {}  # id -> a withheld tensor whose array died: pooled when the call lets it go
         self.compiled = 0
         self.uploads = 0
         self.downloads = 0  # device buffers written to their host arrays
@@ -204,8 +207,12 @@ class VulkanRuntime:
         return tensor.tensor_type() != self.kp.TensorTypes.host
 
     def release(self, tensor) -> None:
-        """Keep a dead array's tensor for reuse once the recorded work that may still use it has run."""
-        self.dying.append(tensor)
+        """Keep a dead array's tensor for reuse once the recorded work that may still use it has run. A
+        bound call's tensor is parked until the call lets it go (``gpu_bind``)."""
+        if id(tensor) in self.withheld:
+            self.parked[id(tensor)] = tensor
+        else:
+            self.dying.append(tensor)
 
     def upload(self, host: np.ndarray):
         """A tensor holding ``host``'s bytes (C-contiguous): written into its mapped memory now (a new
@@ -220,6 +227,8 @@ class VulkanRuntime:
             t.data().view(np.uint8)[:raw.nbytes] = raw
         if self._staged(t):
             self.pending_uploads.append(t)
+        if self.tap is not None:
+            self.tap.append(("upload", host, t))
         return t
 
     def alloc(self, nbytes: int):
@@ -247,9 +256,11 @@ class VulkanRuntime:
         self.downloads += len(jobs)
         staged = [t for t, _ in jobs if self._staged(t)]
         self._flush_uploads()
-        if self.pending or staged:
-            if staged:
-                self.pending.append((_DOWNLOAD, tuple(staged)))
+        if staged:
+            self.pending.append((_DOWNLOAD, tuple(staged)))
+        if self.tap is not None:
+            self.tap.append(("submit", tuple(jobs), tuple(self.pending)))
+        if self.pending:
             self._run(self.pending)
             self.submits += 1
         self.pending = []
@@ -380,6 +391,8 @@ class VulkanRuntime:
             self._flush_uploads()
         self.pending.append(op)
         self.dispatches += 1
+        if self.tap is not None:
+            self.tap.append(("launch", tuple(bufs), id(spirv), groups, values))
 
     def template_kernel(self, name: str, render, debug: int = 0) -> tuple:
         """Kernel template ``name`` (``render("glsl")`` gives its shader), compiled once: (SPIR-V, its
@@ -398,6 +411,50 @@ class VulkanRuntime:
         """Record template ``kernel`` (``template_kernel``; its workgroup size is ``threads``) over
         ``groups`` workgroups; ``bufs`` bind in order, ``args`` are its 32-bit push constants."""
         self.dispatch(kernel[0], kernel[1], bufs, groups, args)
+
+    # --- a bound call (``gpu_bind``) -------------------------------------------------------------------
+    def withhold(self, tensors) -> None:
+        """Keep ``tensors`` out of the pool while a bound call owns them: the ones dead arrays left to
+        it are parked (``release``)."""
+        held = {id(t) for t in tensors}
+        self.withheld |= held
+        for free in [self.dying, *self.pool.values()]:
+            for t in free:
+                if id(t) in held:
+                    self.parked[id(t)] = t
+        self.dying = [t for t in self.dying if id(t) not in held]
+        for key, free in self.pool.items():
+            self.pool[key] = [t for t in free if id(t) not in held]
+
+    def bound_handle(self, submit: tuple, launches: list, written: list, read: list):
+        """What ``run_bound`` replays: a sequence recorded once from the tapped submission ``submit``
+        (its uploads, dispatches and downloads); None where it would not carry the ``written`` tensors
+        to the device or the ``read`` ones back (a staged tensor its submission did not copy)."""
+        items = submit[2]
+        synced = {_UPLOAD: set(), _DOWNLOAD: set()}
+        for i in items:
+            if type(i) is tuple:
+                synced[i[0]].update(map(id, i[1]))
+        if any(self._staged(t) and id(t) not in synced[_UPLOAD] for t in written) \
+                or any(self._staged(t) and id(t) not in synced[_DOWNLOAD] for t in read):
+            return None
+        seq = self.manager.sequence()
+        self._record(seq, list(items))
+        return seq, items
+
+    def run_bound(self, handle, writes: list, reads: list) -> None:
+        """Replay a bound call: write (tensor, byte offset, contiguous host array) pairs into the
+        tensors' mapped memory, submit the recorded sequence, and read (tensor, byte offset, host
+        array) pairs back."""
+        for t, off, host in writes:
+            t.data().view(np.uint8)[off:off + host.nbytes] = host.reshape(-1).view(np.uint8)
+        handle[0].eval()
+        self.submits += 1
+        self.resubmits += 1
+        self.check_validation()
+        for t, off, host in reads:
+            host.reshape(-1).view(np.uint8)[:] = t.data().view(np.uint8)[off:off + host.nbytes]
+        self.downloads += len(reads)
 
     def check_validation(self) -> None:
         if self.validation_log is None:

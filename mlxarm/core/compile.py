@@ -270,6 +270,12 @@ def _programs_here() -> bool:
     return getattr(executor_for(None), "runs_programs", False)
 
 
+def _binds_tapes() -> bool:
+    from ..backend import executor_for
+
+    return getattr(executor_for(None), "binds_tapes", False)
+
+
 def _call_outputs(tape: _Tape, inputs: list, output) -> tuple:
     """(the flat outputs of one call, {tape step index: its array}): one array per step the call
     returns (``output(step index)``), and the inputs and constants it returns as they are."""
@@ -543,10 +549,11 @@ class _Compiled:
         x = item = None
         return free
 
-    def _with_program(self, args: tuple):
+    def _with_program(self, args: tuple, tape_only: bool = False):
         """(inputs, tape) of a call on ``args`` (no keyword arguments) whose tape has programs from the
         executor, for ``now`` and ``bind``; None when there are none yet, or the call would not be
-        compiled (compile disabled, a transformation tracing, captured state)."""
+        compiled (compile disabled, a transformation tracing, captured state). ``tape_only``: a
+        traced tape serves without programs (for an executor that binds tapes, ``bind``)."""
         if not _enabled[0] or in_tracing() or _in_transform() or self._captured_inputs is not None \
                 or self._captured_outputs is not None:
             return None
@@ -557,6 +564,10 @@ class _Compiled:
         else:
             tape = self._cache.get(key)
             self._last_now = None if tape is None else (key, tape)
+        if tape_only and tape is not None and tape.steps:
+            if tape.program is None:
+                tape.program = _Program(tape)
+            return inputs, tape
         state = None if tape is None else tape.program
         if not state or not state.programs:
             return None
@@ -607,8 +618,10 @@ class _Compiled:
         ``args`` is a call as ``now`` takes it: its arrays inside containers are the *state*, every
         one free (nothing but the containers holds it) and written in place by the program into the
         result that updates it; its bare arrays are given anew on each call of the returned
-        ``BoundCall``. Nothing runs here. From now on the ``BoundCall`` holds the state."""
-        found = self._with_program(args)
+        ``BoundCall``. Nothing runs here. From now on the ``BoundCall`` holds the state. An executor
+        that binds tapes (``binds_tapes``: the GPU executors, ``backend.gpu_bind``) binds the traced
+        call itself, with no program."""
+        found = self._with_program(args, tape_only=_binds_tapes())
         if found is None:
             return None
         inputs, tape = found

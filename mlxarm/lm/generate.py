@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Callable, Generator, Optional, Union
 
 import mlxarm.core as mx
-from mlxarm.core.compile import compile_for_replays
-from mlxarm.core.graph import eval_arrays
+from mlxarm.core.compile import _binds_tapes, compile_for_replays
+from mlxarm.core.graph import array_leaves, eval_arrays
 
 from .models.cache import KVCache, make_prompt_cache
 from .sample import greedy, make_sampler
@@ -134,6 +134,8 @@ def _fixed_shape_decode(model, caches: list, sample: bool = False):
             if out is not None:
                 bound[1] = offset + 1
                 return tuple(out) if sample else out[0]
+            if offset < capacity and binds[0]:
+                binds[0] -= 1  # a bound step that declined counts as a failed attempt
             release()
         offset = caches[0].offset
         if any(c.offset != offset for c in caches) or not all(c.reserve(1) for c in caches):
@@ -149,7 +151,10 @@ def _fixed_shape_decode(model, caches: list, sample: bool = False):
         ran_now = result is not None
         out, state = step(*args) if result is None else result
         del args, result
-        if ran_now and binds[0] and all(c.offset == offset for c in caches):
+        tapes = not ran_now and binds[0] and _binds_tapes()
+        if tapes:  # a GPU executor binds the step's tape (``backend.gpu_bind``): its state realized first
+            eval_arrays(array_leaves((out, state)), read=array_leaves(out))
+        if (ran_now or tapes) and binds[0] and all(c.offset == offset for c in caches):
             # From the next token on, the step is bound to the caches: it writes them in place, and
             # a step costs the host a few arrays, not a pass over every cache (``BoundCall``).
             args = (chunk[None], mx.array(offset + 1, mx.int32), state)
