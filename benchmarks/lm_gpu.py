@@ -91,12 +91,16 @@ def build_folder(folder: str, layers: int) -> dict:
 # --- workers (each runs in its own process) -----------------------------------------------------------
 
 def _timed(run, options) -> dict:
-    """Time to first token of the process's first run, then prefill and decode rates of a later one
-    (after two decode steps that build the decode kernels, which a kernel cache keeps across runs)."""
+    """Time to first token of the process's first run, then prefill and decode rates of a later one,
+    after two runs of four decode steps: they build the decode kernels (which a kernel cache keeps
+    across runs) and the Vulkan pipelines of the bound decode step's buffers (``backend.gpu_bind``,
+    built over a process's first two generations, kept by it). Each generation binds its decode step
+    again in its first two steps, which are measured."""
     start, stamps = run(0)
     result = {"ttft_s": stamps[0] - start}
     if not options.first_token_only:
-        run(2)
+        run(4)
+        run(4)
         start, stamps = run(options.gen_tokens)
         steps = [b - a for a, b in zip(stamps, stamps[1:])]
         result.update(prefill_tps=len(options.ids) / (stamps[0] - start), decoded=len(steps),

@@ -125,9 +125,9 @@ def _generate(device, model, sampler, bind: bool, monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sampling", ["greedy", "forced"])
 def test_bound_decode_steps_match_graph_steps(device, sampling, monkeypatch):
-    """``generate_step``'s decode steps bound (from the fourth on, replayed) against the same steps as
-    graphs: the same tokens and the same log-probabilities, bit for bit (the same kernels run on the
-    same data). ``greedy`` samples in the step (token and log-probabilities come back); ``forced``
+    """``generate_step``'s decode steps bound (replayed from the fourth on; in a later generation,
+    which binds the step before its first call, from the third) against the same steps as graphs: the
+    same tokens and the same log-probabilities, bit for bit (the same kernels run on the same data). ``greedy`` samples in the step (token and log-probabilities come back); ``forced``
     returns the logits and feeds back tokens picked outside (so the gathered rows change each step)."""
     from mlxarm.lm.sample import greedy
 
@@ -147,8 +147,12 @@ def test_bound_decode_steps_match_graph_steps(device, sampling, monkeypatch):
     runs = ex.bound_runs
     graph = _generate(device, model, sampler_for(), False, monkeypatch)
     assert ex.bound_runs == runs
-    assert [t for t, _ in bound] == [t for t, _ in graph]
+    # a later generation binds the step traced by the first one before its first decode step
+    again = _generate(device, model, sampler_for(), True, monkeypatch)
+    assert ex.bound_runs - runs >= 12 - 3
+    for got in (bound, again):
+        assert [t for t, _ in got] == [t for t, _ in graph]
+        for (_, a), (_, b) in zip(got, graph):
+            np.testing.assert_array_equal(a, b)
     if sampling == "forced":
         assert [t for t, _ in bound] == picks
-    for (_, a), (_, b) in zip(bound, graph):
-        np.testing.assert_array_equal(a, b)

@@ -148,6 +148,14 @@ def _fixed_shape_decode(model, caches: list, sample: bool = False):
         for c in caches:  # the step may write the new entry into buffers that only it holds
             c.keys = c.values = None
         result = step.now(*args)  # run at once once the step has its program (see ``now``)
+        if result is None and binds[0] and _binds_tapes():
+            # A GPU executor binds a step traced before (by an earlier generation) before it runs:
+            # this call is already the bound call's (``backend.gpu_bind``), with no graph before it.
+            call = step.bind(*args)
+            if call is not None:
+                del args
+                bound[:] = [call, offset, capacity]
+                return decode(chunk)
         ran_now = result is not None
         out, state = step(*args) if result is None else result
         del args, result
