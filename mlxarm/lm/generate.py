@@ -127,35 +127,48 @@ def _fixed_shape_decode(model, caches: list, sample: bool = False):
             for c, (keys, values) in zip(caches, call.release()[1]):
                 c.keys, c.values, c.offset = keys, values, offset
 
+    def bound_step(chunk):
+        """The bound step on ``chunk``; None (the caches given their buffers back) where it declines."""
+        call, offset, capacity = bound
+        out = call(chunk[None], mx.array(offset, mx.int32)) if offset < capacity else None
+        if out is not None:
+            bound[1] = offset + 1
+            return tuple(out) if sample else out[0]
+        if offset < capacity and binds[0]:
+            binds[0] -= 1  # a bound step that declined counts as a failed attempt
+        release()
+        return None
+
+    # (``decode`` never refers to itself: a closure in a cycle, holding the caches, would outlive its
+    # generation until the garbage collector ran, and the next generation's caches would come first)
     def decode(chunk):
-        if bound:
-            call, offset, capacity = bound
-            out = call(chunk[None], mx.array(offset, mx.int32)) if offset < capacity else None
-            if out is not None:
-                bound[1] = offset + 1
-                return tuple(out) if sample else out[0]
-            if offset < capacity and binds[0]:
-                binds[0] -= 1  # a bound step that declined counts as a failed attempt
-            release()
-        offset = caches[0].offset
-        if any(c.offset != offset for c in caches) or not all(c.reserve(1) for c in caches):
-            return None
-        if not found:
-            found.extend(_decode_step(model, caches, sample))
-        step = found[0]
-        capacity = caches[0].keys.shape[2]
-        args = (chunk[None], mx.array(offset, mx.int32), [(c.keys, c.values) for c in caches])
-        for c in caches:  # the step may write the new entry into buffers that only it holds
-            c.keys = c.values = None
-        result = step.now(*args)  # run at once once the step has its program (see ``now``)
-        if result is None and binds[0] and _binds_tapes():
-            # A GPU executor binds a step traced before (by an earlier generation) before it runs:
-            # this call is already the bound call's (``backend.gpu_bind``), with no graph before it.
-            call = step.bind(*args)
-            if call is not None:
-                del args
-                bound[:] = [call, offset, capacity]
-                return decode(chunk)
+        first = True
+        while True:
+            if bound:
+                out = bound_step(chunk)
+                if out is not None:
+                    return out
+            offset = caches[0].offset
+            if any(c.offset != offset for c in caches) or not all(c.reserve(1) for c in caches):
+                return None
+            if not found:
+                found.extend(_decode_step(model, caches, sample))
+            step = found[0]
+            capacity = caches[0].keys.shape[2]
+            args = (chunk[None], mx.array(offset, mx.int32), [(c.keys, c.values) for c in caches])
+            for c in caches:  # the step may write the new entry into buffers that only it holds
+                c.keys = c.values = None
+            result = step.now(*args)  # run at once once the step has its program (see ``now``)
+            if result is None and first and binds[0] and _binds_tapes():
+                # A GPU executor binds a step traced before (by an earlier generation) before it runs:
+                # this call is already the bound call's (``backend.gpu_bind``), with no graph before it.
+                first = False
+                call = step.bind(*args)
+                if call is not None:
+                    del args
+                    bound[:] = [call, offset, capacity]
+                    continue
+            break
         ran_now = result is not None
         out, state = step(*args) if result is None else result
         del args, result
