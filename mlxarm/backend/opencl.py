@@ -321,21 +321,28 @@ class OpenCLRuntime:
             self.pool[key] = kept
 
     def bound_handle(self, submit: tuple, launches: list, written: list, read: list):
-        """What ``run_bound`` replays: the tapped launches (on one queue), or None where they cannot be."""
+        """What ``run_bound`` replays: the tapped launches (on one queue), each on a kernel object of
+        its own whose arguments are set once here; None where they cannot be replayed."""
         if len({id(entry[2]) for entry in launches}) > 1:
             return None
-        return tuple(launches)
+        handle = []
+        for _, bufs, q, fn, scalars, dtype, size, local in launches:
+            own = self.cl.Kernel(fn.program, fn.function_name)
+            own.set_scalar_arg_dtypes([None] * len(bufs) + [dtype] * len(scalars))
+            own.set_args(*bufs, *scalars)
+            handle.append((q, own, size, local))
+        return tuple(handle)
 
     def run_bound(self, handle, writes: list, reads: list) -> None:
         """Replay a bound call: write (buffer, byte offset, contiguous host array) pairs, run the
         launches ``handle`` holds, read (buffer, byte offset, host array) pairs, and wait."""
         cl = self.cl
-        q = handle[0][2] if handle else self.queue()
+        q = handle[0][0] if handle else self.queue()
         for buf, off, host in writes:
             cl.enqueue_copy(q, buf, host, dst_offset=off, is_blocking=False)
-        for _, bufs, lq, fn, scalars, dtype, size, local in handle:
-            self.set_args(fn, bufs, scalars, dtype)
-            cl.enqueue_nd_range_kernel(lq, fn, size, local)
+        enqueue = cl.enqueue_nd_range_kernel
+        for lq, fn, size, local in handle:
+            enqueue(lq, fn, size, local)
         events = [cl.enqueue_copy(q, host, buf, src_offset=off, is_blocking=False) for buf, off, host in reads]
         cl.wait_for_events(events) if events else None
         q.finish()
