@@ -16,9 +16,9 @@ instead of one per weight).
 
 ``rope``: one work item per output element (float32) or pair of elements (float16: a 32-bit word, so
 a GLSL invocation never shares a word with another). Arguments: out (contiguous), x (any strides, seen
-as (B, M, L, D)), the offsets when they come in a buffer (int32 words: an int64 offset is read by its
-low word; a single offset known on the host is the argument ``oo`` instead, so a decode step's new
-position array is no new buffer), the frequencies (``inv_freq``, or ``freqs`` when the kernel
+as (B, M, L, D)), the offsets (int32 words: an int64 offset is read by its low word; read from their
+buffer even when one value, so that a decode step's launch is the same at every position), the
+frequencies (``inv_freq``, or ``freqs`` when the kernel
 divides), then ``ROPE_ARGS``.
 
 ``sdpa``: one workgroup per query row (a grid-stride loop over the rows (b, h, l)). Arguments: out
@@ -60,8 +60,8 @@ def head_capacity(d: int, dv: int) -> int:
 
 # --- rope --------------------------------------------------------------------------------------------
 
-def rope_name(traditional: bool, freqs: bool, offsets: bool, dtype: str, threads: int) -> str:
-    return f"rope_{int(traditional)}{int(freqs)}{int(offsets)}_{_TAGS[dtype]}_{threads}"
+def rope_name(traditional: bool, freqs: bool, dtype: str, threads: int) -> str:
+    return f"rope_{int(traditional)}{int(freqs)}_{_TAGS[dtype]}_{threads}"
 
 
 def _rope_value(traditional: bool, freqs: bool, idx: str) -> list:
@@ -115,17 +115,17 @@ def _rope_body(traditional: bool, freqs: bool, per: int, idx: str) -> list:
     return [lines[0]] + ["  " + ln for ln in lines[1:]] + ["}"]
 
 
-def rope_source(dialect: str, traditional: bool, freqs: bool, offsets: bool, dtype: str, threads: int) -> str:
-    """``offsets``: the offsets are read from a buffer (``oo``, ``so``: its word offset and stride per
-    batch element); else ``oo`` is the one offset and the kernel has no offset buffer."""
-    fn = rope_name(traditional, freqs, offsets, dtype, threads)
-    offset = "#define OFFSET(bi) off_[oo + (bi) * so]" if offsets else "#define OFFSET(bi) oo"
+def rope_source(dialect: str, traditional: bool, freqs: bool, dtype: str, threads: int) -> str:
+    """The offsets are read from their buffer (``oo``, ``so``: its word offset and stride per batch
+    element)."""
+    fn = rope_name(traditional, freqs, dtype, threads)
+    offset = "#define OFFSET(bi) off_[oo + (bi) * so]"
     per = 1 if dtype == "float32" else 2
     body = _rope_body(traditional, freqs, per, "int")
     if dialect == "opencl":
         st = "float" if dtype == "float32" else "ushort"
         params = [f"__global {st}* restrict out_", f"__global const {st}* restrict x_",
-                  *(["__global const int* restrict off_"] if offsets else []), "__global const float* restrict f_"]
+                  "__global const int* restrict off_", "__global const float* restrict f_"]
         params += [f"int {a}" for a in ROPE_ARGS]
         if dtype == "float32":
             io = ["#define X(i) x_[i]", "#define STORE(w) if ((w) < n) out_[w] = vals[0];"]
@@ -143,7 +143,7 @@ def rope_source(dialect: str, traditional: bool, freqs: bool, offsets: bool, dty
             *("  " + ln for ln in body), "}", ""])
     st = "float" if dtype == "float32" else "uint"
     bufs = [f"writeonly buffer B0 {{ {st} out_[]; }};", f"readonly buffer B1 {{ {st} x_[]; }};",
-            *(["readonly buffer B2 { int off_[]; };"] if offsets else []), "readonly buffer B3 { float f_[]; };"]
+            "readonly buffer B2 { int off_[]; };", "readonly buffer B3 { float f_[]; };"]
     if dtype == "float32":
         io = ["#define X(i) x_[i]", "#define STORE(w) if ((w) < n) out_[w] = vals[0];"]
     else:

@@ -7,8 +7,8 @@ times what the GPU spends on it. Bound to its state (the KV cache, which every c
 a call runs so:
 
 - The first calls are evaluated as graphs while the runtime taps what they do (``tap``: uploads,
-  launches, submits); the runtime reads positions from their buffers (``buffer_positions``), so that
-  no launch changes with them. Each tap becomes a replay (``_Replay``) where it can: one submission,
+  launches, submits); rope and the cache write read the position from its buffer, so that no launch
+  changes with it. Each tap becomes a replay (``_Replay``) where it can: one submission,
   at the end; host steps (numpy steps, such as a quantized embedding's gather) reading only the given
   arrays, constants and each other; every state written in place; every fresh result in a buffer of
   its own.
@@ -324,7 +324,7 @@ def bind(ex, state, inputs: list, free: dict, tops: list):
     """``GPUExecutor.bind_call``: a ``GPUBound`` for the compiled call ``state.tape`` on ``inputs``,
     the ones not at ``tops`` its state; None where the call does not fit (a state input that no
     result updates in place, or one that is not free)."""
-    if not state or not ex.rt.buffer_positions:
+    if not state:
         return None
     tape = state.tape
     top_set = set(tops)

@@ -31,7 +31,7 @@ of that structure (a compiled decode step) replays the steps on its own buffers:
 (``_Fused``) finds each input buffer again as a byte offset from the first element of an eval leaf
 or of an earlier step's output, a template (``_Template``) as a byte offset from one of its node's
 inputs; only the device buffers, their element offsets, the outputs and what a template reads on the
-host (rope's offset, the KV cache's write position) are found again. What a step decided from more
+host (a slice update's start indices, unless one value read from its buffer) are found again. What a step decided from more
 than the structure is checked before it launches (the layout of an input a numpy step made, a buffer
 numpy cannot hand over as it is, offsets past 32 bits, a template's decision on the host values or
 on whether an input's buffer is free); a step whose check fails, and a step no replay covers (numpy,
@@ -883,14 +883,6 @@ class GPUExecutor:
         node._params = None
         return True
 
-    def host_offset(self, off: np.ndarray):
-        """Rope's offset as an argument: one value on the host that fits 32 bits; None where the
-        kernel reads it from its buffer (offsets per batch element, or computed on the device)."""
-        if off.size != 1 or id(root_of(off)) in self.resident.stale:
-            return None
-        value = int(off.reshape(-1)[0])
-        return value if -_INT32 <= value < _INT32 else None
-
     def run_rope(self, node, debug: int):
         p = node._params
         dtype = node._dtype.name
@@ -905,42 +897,27 @@ class GPUExecutor:
         freqs = node._inputs[2]._data if p["freqs"] else _inv_freq(p["base"], p["dims"])
         threads = self.rt.workgroup
         per = 1 if dtype == "float32" else 2
-        # The kernel reads the offset from its buffer where the runtime prefers launches that do not
-        # change with the position (``buffer_positions``), or where it is not one value on the host.
-        value = None if self.rt.buffer_positions else self.host_offset(off)
-        offsets = value is None
+        # The kernel reads the offset from its buffer, so that its launch is the same at every position
+        # (a bound decode step replays it, ``gpu_bind``).
         t = _Template(node, f"rope_{dtype} {node._shape}")
-
-        def guard(node, offsets=offsets):  # the same decision on this replay's offset, and its value
-            if offsets:
-                return ()
-            value = self.host_offset(node._inputs[1]._data)
-            return None if value is None else (value,)
-
-        t.guard = guard
         if x.size:
             vx, _ = self.bind(t, node, 0, xv)
             vf, _ = self.bind(t, node, 2 if p["freqs"] else None, freqs)
-            bufs = [OUT, vx, vf]
-            if offsets:
-                vo, _ = self.bind(t, node, 1, off)
-                bufs.insert(2, vo)
-                words = off.itemsize // 4  # an int64 offset is read by its low word
-                o_args = [t.offset(vo, words), off.strides[0] // 4 if off.ndim == 1 and off.size > 1 else 0]
-            else:
-                o_args = [t.value(0), 0]
+            vo, _ = self.bind(t, node, 1, off)
+            bufs = [OUT, vx, vo, vf]
+            words = off.itemsize // 4  # an int64 offset is read by its low word
+            o_args = [t.offset(vo, words), off.strides[0] // 4 if off.ndim == 1 and off.size > 1 else 0]
             scale_bits = int(np.array(p["scale"], np.float32).view(np.int32))
             size = x.size
             args = [size, D, p["dims"], L, M, t.offset(vx), *(st // x.itemsize for st in xv.strides), *o_args,
                     t.offset(vf), scale_bits]
             groups = min(-(-size // (per * threads)), self.rt.max_groups)
             traditional, has_freqs = p["traditional"], p["freqs"]
-            t.launch(gpu_attention.rope_name(traditional, has_freqs, offsets, dtype, threads),
-                     lambda dialect: gpu_attention.rope_source(dialect, traditional, has_freqs, offsets, dtype,
-                                                               threads),
+            t.launch(gpu_attention.rope_name(traditional, has_freqs, dtype, threads),
+                     lambda dialect: gpu_attention.rope_source(dialect, traditional, has_freqs, dtype, threads),
                      bufs, (groups, 1, 1), threads, args)
         del x, off, xv, freqs
-        return self.fire(node, t, debug, () if offsets else (value,))
+        return self.fire(node, t, debug)
 
     def run_sdpa(self, node, debug: int):
         p = node._params
@@ -1063,17 +1040,16 @@ class GPUExecutor:
     def run_slice_update(self, node, debug: int):
         """``dynamic_slice_update`` (a KV cache's write) written into the input's own device buffer
         when nothing else can see it (``donates``), else into a fresh output. The start indices are
-        read on the host: they are the caller's position."""
+        the caller's position: one value is read by the kernel from its buffer, several on the host."""
         donate = self.donates(node)  # first: it counts the references to the input
         x, upd, start = (i._data for i in node._inputs)
         size = x.itemsize
         stale = id(root_of(start)) in self.resident.stale
-        # The kernel reads the start from its buffer (``gpu_update``'s positioned variant) where the
-        # runtime prefers launches that do not change with the position, or where the start is still
-        # on the device; else it is read here and passed as arguments.
+        # The kernel reads a one-element start from its buffer (``gpu_update``'s positioned variant), so
+        # that its launch is the same at every position (a bound decode step replays it, ``gpu_bind``);
+        # any other start is read here and passed as arguments.
         axes = node._params["axes"]
-        positioned = (self.rt.buffer_positions or stale) and start.size == 1 and len(axes) == 1 \
-            and self.start_readable(start)
+        positioned = start.size == 1 and len(axes) == 1 and self.start_readable(start)
         if 8 * size not in gpu_update.BITS or x.ndim > gpu_update.RANK or upd.itemsize != size \
                 or (stale and not positioned):
             return False

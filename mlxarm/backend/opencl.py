@@ -156,9 +156,6 @@ class OpenCLRuntime:
         return self._pooled(nbytes) or self.cl.Buffer(self.context, self._flags(), max(4, nbytes))
 
     whole_evals = True  # a prompt's KV cache write and copying reshapes run as kernels (not on Vulkan)
-    # A decode step's rope and cache write read the position from its buffer, as on Vulkan: their launches
-    # are then the same at every position, which a bound step replays (``gpu_bind``).
-    buffer_positions = True
 
     def begin(self, structure=None) -> None:
         """An eval begins (nothing to do here: the Vulkan runtime counts its submissions)."""

@@ -80,10 +80,6 @@ class VulkanRuntime:
     # (4 built), so the KV cache's prompt write and the reshapes that copy stay numpy steps here
     # (``GPUExecutor.run_static_slice_update``, ``run_reshape_copy``).
     whole_evals = False
-    # Kompute binds push constants to an operation made per set of values (tens of microseconds on the
-    # H100): a decode step's rope and cache write read the position from its buffer instead, so that
-    # their launches are the same at every position.
-    buffer_positions = True
 
     def __init__(self, cache: ObjectCache | None = None, device: int = 0):
         self.validation_log = None
